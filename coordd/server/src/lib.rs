@@ -1,0 +1,1 @@
+//! coordd server library.

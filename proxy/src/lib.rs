@@ -1,0 +1,1 @@
+//! Switchyard agent and router: to be built (issues 3 and 4).
