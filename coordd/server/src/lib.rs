@@ -1,1 +1,3 @@
-//! coordd server library.
+//! coordd: a ZooKeeper-compatible coordination server.
+
+pub mod state;

@@ -1,0 +1,1 @@
+//! ACL validation and checks: schemes world, auth, digest, ip; the superuser.
