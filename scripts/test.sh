@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The single test command of the workspace: installs what the tests need (idempotent),
+# builds the coordd release binary, then runs fmt check, the whole test suite and clippy.
+#
+#   bash scripts/test.sh
+#
+# Works on a fresh Debian 12 machine as root (CI runs it through .ci/run).
+#
+# How tests find things:
+#   - coordd: env COORDD_BIN, else $CARGO_TARGET_DIR (or ./target)/release/coordd, else
+#     .../debug/coordd. This script builds the release binary and exports COORDD_BIN.
+#   - Apache ZooKeeper: Debian's `zookeeper` package (3.8), /usr/share/zookeeper and
+#     /usr/share/java/zookeeper.jar; tests that need it skip with a printed reason when
+#     it is absent. This script installs it, so here they run.
+#   - PostgreSQL: /usr/lib/postgresql/15/bin (Debian's `postgresql` package).
+#
+# Env knobs:
+#   SKIP_INSTALL=1   do not touch apt (use what is there)
+#   SKIP_CLIPPY=1    skip clippy (local iteration only; CI runs it)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+log() { printf '==> %s\n' "$*"; }
+
+# ---------------------------------------------------------------------------
+# 1. System packages
+# ---------------------------------------------------------------------------
+apt_missing=()
+need_pkg() { # need_pkg <package> <test command...>
+    local pkg=$1
+    shift
+    if "$@" >/dev/null 2>&1; then
+        return 0
+    fi
+    apt_missing+=("$pkg")
+}
+
+need_pkg build-essential command -v cc
+need_pkg build-essential command -v make
+need_pkg pkg-config command -v pkg-config
+need_pkg zookeeper test -x /usr/share/zookeeper/bin/zkServer.sh -a -f /usr/share/java/zookeeper.jar
+need_pkg postgresql test -x /usr/lib/postgresql/15/bin/postgres
+need_pkg default-jre-headless command -v java
+# Debian's cargo only when there is no cargo at all (the machine normally has rustup's).
+need_pkg cargo command -v cargo
+
+# de-duplicate, keep order
+if ((${#apt_missing[@]})); then
+    mapfile -t apt_missing < <(printf '%s\n' "${apt_missing[@]}" | awk '!seen[$0]++')
+fi
+
+if ((${#apt_missing[@]})) && [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
+    if [[ $(id -u) != 0 ]]; then
+        echo "error: missing packages (${apt_missing[*]}) and not root; install them or run as root" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt_log=$(mktemp)
+    # apt-get update only when the package lists are empty or the install fails on them.
+    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+        log "apt-get update (no package lists yet)"
+        apt-get update -qq >"$apt_log" 2>&1 || { cat "$apt_log" >&2; exit 1; }
+    fi
+    log "apt-get install ${apt_missing[*]}"
+    if ! apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >"$apt_log" 2>&1; then
+        log "install failed on current lists; apt-get update and retry"
+        apt-get update -qq >"$apt_log" 2>&1 || { cat "$apt_log" >&2; exit 1; }
+        apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >"$apt_log" 2>&1 ||
+            { cat "$apt_log" >&2; exit 1; }
+    fi
+    rm -f "$apt_log"
+    log "installed: ${apt_missing[*]}"
+elif ((${#apt_missing[@]})); then
+    log "SKIP_INSTALL=1: not installing missing packages: ${apt_missing[*]}"
+else
+    log "system packages: all present"
+fi
+
+# Print the versions the run uses.
+{
+    printf '    cargo:     %s\n' "$(cargo --version 2>/dev/null || echo 'not found')"
+    printf '    rustc:     %s\n' "$(rustc --version 2>/dev/null || echo 'not found')"
+    printf '    java:      %s\n' "$(java -version 2>&1 | head -n1 || echo 'not found')"
+    printf '    zookeeper: %s\n' "$(dpkg-query -W -f='${Version}' zookeeper 2>/dev/null || echo 'not installed')"
+    printf '    postgres:  %s\n' "$(/usr/lib/postgresql/15/bin/postgres --version 2>/dev/null || echo 'not installed')"
+}
+
+if ! cargo fmt --version >/dev/null 2>&1; then
+    echo "error: rustfmt is not available for this toolchain (rustup component add rustfmt)" >&2
+    exit 1
+fi
+if [[ "${SKIP_CLIPPY:-0}" != 1 ]] && ! cargo clippy --version >/dev/null 2>&1; then
+    echo "error: clippy is not available for this toolchain (rustup component add clippy)" >&2
+    exit 1
+fi
+
+# ---------------------------------------------------------------------------
+# 2. Format check (fast, fails early)
+# ---------------------------------------------------------------------------
+log "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+# ---------------------------------------------------------------------------
+# 3. The coordd binary the end-to-end tests and benches start
+# ---------------------------------------------------------------------------
+target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+log "cargo build --release -p coordd"
+cargo build --release -p coordd
+export COORDD_BIN="$target_dir/release/coordd"
+log "COORDD_BIN=$COORDD_BIN"
+
+# ---------------------------------------------------------------------------
+# 4. Tests
+# ---------------------------------------------------------------------------
+log "cargo test --workspace"
+cargo test --workspace --no-fail-fast
+
+# ---------------------------------------------------------------------------
+# 5. Lints
+# ---------------------------------------------------------------------------
+if [[ "${SKIP_CLIPPY:-0}" != 1 ]]; then
+    log "cargo clippy --workspace --all-targets -- -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+log "all checks passed"
