@@ -1,0 +1,2 @@
+//! Coordination benchmark (coordd vs Apache ZooKeeper): being written.
+fn main() {}

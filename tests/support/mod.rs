@@ -1,0 +1,4 @@
+#![allow(dead_code)]
+pub mod coordd;
+pub mod raw;
+pub mod zookeeper;

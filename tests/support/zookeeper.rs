@@ -1,0 +1,416 @@
+//! Real Apache ZooKeeper 3.8 (Debian's `zookeeper` package) for tests and benches.
+//!
+//! [`ZooKeeper::start`] runs a standalone server on `127.0.0.1:<free port>` with its own
+//! `zoo.cfg` in a fresh temp dir. It runs `java` directly (the class path and JVM flags of
+//! the package's `zkServer.sh`/`zkEnv.sh`), not the daemonizing script, so [`ZooKeeper::pid`]
+//! is the JVM itself and [`ZooKeeper::rss_kib`] / [`ZooKeeper::hwm_kib`] measure the server.
+//! Readiness is `ruok` -> `imok` polled under a deadline. Drop kills the JVM and removes the
+//! dir.
+//!
+//! [`zk_cli`] runs the package's zkCli (`org.apache.zookeeper.ZooKeeperMain`) in batch mode:
+//! the commands go to its stdin, one JVM for the whole script.
+//!
+//! Use from tests: `mod support;` (tests/support/mod.rs). From benches:
+//! `#[path = "../tests/support/mod.rs"] mod support;`.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The package's jar; its manifest Class-Path brings netty, jute, slf4j, jetty, ...
+pub const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+/// The package's config dir (log4j.properties); first on the class path as in zkEnv.sh.
+pub const ZOOKEEPER_CONF_DIR: &str = "/etc/zookeeper/conf";
+/// The package's scripts (only checked for presence; we run java directly).
+pub const ZOOKEEPER_BIN_DIR: &str = "/usr/share/zookeeper/bin";
+/// `JAVA` in the package's zkEnv.sh.
+pub const JAVA: &str = "/usr/bin/java";
+
+const SERVER_MAIN: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
+const CLI_MAIN: &str = "org.apache.zookeeper.ZooKeeperMain";
+
+/// How long a JVM may take to answer `imok` (JVM start + ZooKeeper start; ~1-2 s here).
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound for one zkCli batch run.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `CLASSPATH` as the package's zkEnv.sh sets it.
+pub fn classpath() -> String {
+    format!("{ZOOKEEPER_CONF_DIR}:{ZOOKEEPER_JAR}")
+}
+
+/// Options of a standalone server. Defaults: tickTime 2000, fsync on (forceSync=yes,
+/// ZooKeeper's default), admin server off, all four-letter words allowed.
+#[derive(Clone, Debug)]
+pub struct ZkOptions {
+    pub tick_time_ms: u32,
+    pub force_sync: bool,
+    /// Extra `key=value` lines for zoo.cfg.
+    pub extra_cfg: Vec<String>,
+    /// Extra JVM flags (e.g. `-Xmx512m`); none by default, like the Debian package.
+    pub jvm_flags: Vec<String>,
+}
+
+impl Default for ZkOptions {
+    fn default() -> Self {
+        ZkOptions {
+            tick_time_ms: 2000,
+            force_sync: true,
+            extra_cfg: Vec::new(),
+            jvm_flags: Vec::new(),
+        }
+    }
+}
+
+/// A running standalone ZooKeeper server. Killed, and its dir removed, on drop.
+pub struct ZooKeeper {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ZooKeeper {
+    /// `Ok(())` when the Debian package and java are installed, else the reason to skip.
+    pub fn available() -> Result<(), String> {
+        for p in [ZOOKEEPER_JAR, ZOOKEEPER_CONF_DIR, ZOOKEEPER_BIN_DIR, JAVA] {
+            if !Path::new(p).exists() {
+                return Err(format!(
+                    "Apache ZooKeeper not installed ({p} missing; `apt-get install zookeeper`, or run scripts/test.sh)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints why the caller skips and returns true when ZooKeeper is not installed.
+    /// Use as `if ZooKeeper::skip_if_unavailable("my_test") { return; }`.
+    pub fn skip_if_unavailable(what: &str) -> bool {
+        match Self::available() {
+            Ok(()) => false,
+            Err(reason) => {
+                eprintln!("SKIP {what}: {reason}");
+                true
+            }
+        }
+    }
+
+    /// Starts a standalone server with default options and waits until it answers `imok`.
+    pub fn start() -> io::Result<ZooKeeper> {
+        Self::start_with(ZkOptions::default())
+    }
+
+    pub fn start_with(opts: ZkOptions) -> io::Result<ZooKeeper> {
+        Self::available().map_err(io::Error::other)?;
+        // The port is free when we look; another process may take it before the JVM binds
+        // it. Then the JVM exits and we try again on another port.
+        let mut last_err = None;
+        for _ in 0..3 {
+            match Self::try_start(&opts) {
+                Ok(zk) => return Ok(zk),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("tried at least once"))
+    }
+
+    fn try_start(opts: &ZkOptions) -> io::Result<ZooKeeper> {
+        let dir = tempfile::Builder::new()
+            .prefix("zookeeper-test-")
+            .tempdir()?;
+        let port = free_port()?;
+        let data_dir = dir.path().join("data");
+        fs::create_dir(&data_dir)?;
+        let cfg_path = dir.path().join("zoo.cfg");
+        let mut cfg = format!(
+            "tickTime={}\n\
+             dataDir={}\n\
+             clientPort={port}\n\
+             clientPortAddress=127.0.0.1\n\
+             maxClientCnxns=0\n\
+             forceSync={}\n\
+             admin.enableServer=false\n\
+             4lw.commands.whitelist=*\n",
+            opts.tick_time_ms,
+            data_dir.display(),
+            if opts.force_sync { "yes" } else { "no" },
+        );
+        for line in &opts.extra_cfg {
+            cfg.push_str(line);
+            cfg.push('\n');
+        }
+        fs::write(&cfg_path, cfg)?;
+
+        let log_path = dir.path().join("zookeeper.out");
+        let log = File::create(&log_path)?;
+        // The command line of the package's `zkServer.sh start-foreground`, minus the
+        // script: same class path, same JVM flags, our config.
+        let child = Command::new(JAVA)
+            .arg(format!("-Dzookeeper.log.dir={}", dir.path().display()))
+            .arg("-Dzookeeper.log.file=zookeeper.log")
+            .arg("-Dzookeeper.root.logger=INFO,CONSOLE")
+            .arg("-XX:+HeapDumpOnOutOfMemoryError")
+            .arg("-XX:OnOutOfMemoryError=kill -9 %p")
+            .args(&opts.jvm_flags)
+            .arg("-cp")
+            .arg(classpath())
+            .arg(SERVER_MAIN)
+            .arg(&cfg_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        let mut zk = ZooKeeper { child, port, dir };
+        zk.wait_ready(START_TIMEOUT)?;
+        Ok(zk)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let addr = self.socket_addr();
+        let child = &mut self.child;
+        let log_path = self.dir.path().join("zookeeper.out");
+        let deadline = Instant::now() + timeout;
+        let mut exited = || match child.try_wait() {
+            Ok(Some(status)) => Some(format!(
+                "ZooKeeper exited with {status} before it served; output:\n{}",
+                fs::read_to_string(&log_path).unwrap_or_default()
+            )),
+            _ => None,
+        };
+        wait_for_imok(addr, timeout, &mut exited)?;
+        // `imok` only says the port is open: ZooKeeper answers it before its server
+        // is running, and closes client sessions opened then (the first request gets
+        // ConnectionLoss). `srvr` answers "not currently serving requests" until then.
+        loop {
+            if let Some(reason) = exited() {
+                return Err(io::Error::other(reason));
+            }
+            let answer =
+                four_letter_word(addr, "srvr", Duration::from_millis(500)).unwrap_or_default();
+            if answer.contains("Mode: ") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "ZooKeeper on {addr} not serving within {timeout:?} (srvr: {answer:?})"
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// `127.0.0.1:PORT`, the connect string for clients.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JVM's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// What the JVM printed (stdout and stderr).
+    pub fn output(&self) -> String {
+        fs::read_to_string(self.dir.path().join("zookeeper.out")).unwrap_or_default()
+    }
+
+    /// Resident set size now (VmRSS), KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid(), "VmRSS")
+    }
+
+    /// Peak resident set size (VmHWM), KiB.
+    pub fn hwm_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid(), "VmHWM")
+    }
+
+    /// Sends a four-letter word (`ruok`, `srvr`, `mntr`, ...) and returns the answer.
+    pub fn four_letter(&self, word: &str) -> io::Result<String> {
+        four_letter_word(self.socket_addr(), word, Duration::from_secs(5))
+    }
+
+    /// Runs zkCli in batch mode against this server.
+    pub fn cli(&self, commands: &[&str]) -> io::Result<ZkCliOutput> {
+        zk_cli(&self.addr(), commands)
+    }
+}
+
+impl Drop for ZooKeeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // TempDir removes the directory when it drops, right after this.
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> io::Result<u16> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`, ...), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// Sends a four-letter word on the client port and reads the answer until the server
+/// closes the connection.
+pub fn four_letter_word(addr: SocketAddr, word: &str, timeout: Duration) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(word.as_bytes())?;
+    // Half-close like `nc -q`: servers answer and close.
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// Polls `ruok` until the answer is `imok` or the deadline passes. `exited` is asked
+/// between tries; returning `Some(reason)` (the process died) stops the wait with it.
+pub fn wait_for_imok(
+    addr: SocketAddr,
+    timeout: Duration,
+    mut exited: impl FnMut() -> Option<String>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last: String;
+    loop {
+        if let Some(reason) = exited() {
+            return Err(io::Error::other(reason));
+        }
+        match four_letter_word(addr, "ruok", Duration::from_millis(500)) {
+            Ok(answer) if answer.trim() == "imok" => return Ok(()),
+            Ok(answer) => last = format!("answered {answer:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{addr} did not answer imok within {timeout:?} (last: {last})"),
+            ));
+        }
+        // Poll interval of a condition wait, not a settle delay.
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// What one zkCli batch run printed.
+#[derive(Clone, Debug)]
+pub struct ZkCliOutput {
+    pub status: ExitStatus,
+    /// stdout and stderr interleaved as printed (both go to one file, so results on
+    /// stdout and `Created /x` / error lines on stderr keep their order).
+    pub raw: String,
+}
+
+impl ZkCliOutput {
+    /// The lines that answer the commands: drops the JVM and zkCli chatter (SLF4J,
+    /// `Connecting to`, `Welcome to ZooKeeper!`, `JLine support is disabled`, the
+    /// session-state `WATCHER::`/`WatchedEvent state:... type:None` blocks) and blank lines.
+    /// Node watch events (type other than None) are kept.
+    pub fn lines(&self) -> Vec<String> {
+        self.raw
+            .lines()
+            .map(|l| l.trim_end())
+            .filter(|l| !is_cli_noise(l))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn is_cli_noise(line: &str) -> bool {
+    line.is_empty()
+        || line.starts_with("SLF4J:")
+        || line.starts_with("Connecting to ")
+        || line == "Welcome to ZooKeeper!"
+        || line == "JLine support is disabled"
+        || line == "JLine support is enabled"
+        || line == "WATCHER::"
+        || (line.starts_with("WatchedEvent state:") && line.contains(" type:None "))
+}
+
+/// Runs zkCli (`org.apache.zookeeper.ZooKeeperMain -server SERVER`) with `commands` on its
+/// stdin, then `quit`: one JVM (~0.6 s here) for the whole script. Without jline (Debian
+/// does not ship it for ZooKeeper) zkCli reads stdin line by line, runs each command in
+/// order, waits for its reply, and keeps going after a failed command. Killed after
+/// [`CLI_TIMEOUT`] (the Java client retries a dead server forever).
+pub fn zk_cli(server: &str, commands: &[&str]) -> io::Result<ZkCliOutput> {
+    ZooKeeper::available().map_err(io::Error::other)?;
+    let out = tempfile::NamedTempFile::new()?;
+    // One open file (one offset) behind both stdout and stderr keeps the order of lines.
+    let sink = out.reopen()?;
+    let mut child = Command::new(JAVA)
+        // Client JVM: C1 only starts faster; nothing here runs long enough for C2.
+        .arg("-XX:TieredStopAtLevel=1")
+        .arg("-Dzookeeper.log.dir=/tmp")
+        .arg("-cp")
+        .arg(classpath())
+        .arg(CLI_MAIN)
+        .arg("-server")
+        .arg(server)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(sink.try_clone()?))
+        .stderr(Stdio::from(sink))
+        .spawn()?;
+    {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let mut script = String::new();
+        for c in commands {
+            script.push_str(c);
+            script.push('\n');
+        }
+        script.push_str("quit\n");
+        // A JVM that died early closes the pipe; its output says why.
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "zkCli against {server} did not finish within {CLI_TIMEOUT:?}; output so far:\n{}",
+                    fs::read_to_string(out.path()).unwrap_or_default()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let raw = fs::read_to_string(out.path())?;
+    Ok(ZkCliOutput { status, raw })
+}
