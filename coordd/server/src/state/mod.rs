@@ -70,8 +70,11 @@ impl Entry {
 /// A reply body (what follows the reply header) for a request that succeeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    /// delete, check, setWatches, addWatch, removeWatches, checkWatches, auth, close.
+    /// delete, check, setWatches, removeWatches, checkWatches, auth, close.
     Empty,
+    /// addWatch: ZooKeeper answers with an `ErrorResponse { err: 0 }` body (four zero
+    /// bytes), and its Java client fails to decode an empty body.
+    AddWatch,
     Create { path: String },
     Create2 { path: String, stat: Stat },
     /// exists, setData, setACL.
@@ -137,8 +140,12 @@ pub struct StateStats {
 }
 
 pub mod acl;
+mod snapshot;
 pub mod tree;
 pub mod txn;
 pub mod watches;
+
+#[cfg(test)]
+mod tests;
 
 pub use tree::StateMachine;
