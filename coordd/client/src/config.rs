@@ -1,0 +1,136 @@
+//! Client configuration.
+
+use crate::Error;
+
+/// Default requested session timeout.
+pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+/// Default bound on one TCP connect plus handshake.
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u32 = 3_000;
+/// Default deadline of every request, including the wait for a connection.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+/// Default first reconnect delay.
+pub const RECONNECT_BACKOFF_MIN_MS_DEFAULT: u32 = 50;
+/// Default longest reconnect delay; well under the session timeout so a reconnect can
+/// still save the session.
+pub const RECONNECT_BACKOFF_MAX_MS_DEFAULT: u32 = 1_000;
+/// Default capacity of the [`Events`](crate::Events) queue.
+pub const EVENTS_QUEUE_MAX_DEFAULT: usize = 4096;
+
+/// How to reach the ensemble and what session to ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// "host:port" of every server; tried in a shuffled order, as ZooKeeper does.
+    pub servers: Vec<String>,
+    /// Requested session timeout; the server negotiates it (see
+    /// [`Client::session_timeout_ms`](crate::Client::session_timeout_ms)).
+    pub session_timeout_ms: u32,
+    /// Bound on one TCP connect plus the connect handshake.
+    pub connect_timeout_ms: u32,
+    /// Deadline of every call, from the call until its reply, including any wait for a
+    /// connection. Also bounds `Client::connect` as a whole.
+    pub request_timeout_ms: u32,
+    /// Reconnect delays grow from min to max (with jitter) while attempts fail.
+    pub reconnect_backoff_min_ms: u32,
+    pub reconnect_backoff_max_ms: u32,
+    /// Longest frame sent or accepted; a larger incoming frame drops the connection.
+    pub frame_bytes_max: usize,
+    /// (scheme, auth bytes) pairs sent after every connect, before any request.
+    pub auth: Vec<(String, Vec<u8>)>,
+    /// Ask for a read-only session (accepted by servers in read-only mode).
+    pub read_only: bool,
+    /// Capacity of the events queue. When it is full the connection stops processing
+    /// frames until the application takes an event (see the crate docs).
+    pub events_queue_max: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            servers: vec!["127.0.0.1:2181".to_owned()],
+            session_timeout_ms: SESSION_TIMEOUT_MS_DEFAULT,
+            connect_timeout_ms: CONNECT_TIMEOUT_MS_DEFAULT,
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            reconnect_backoff_min_ms: RECONNECT_BACKOFF_MIN_MS_DEFAULT,
+            reconnect_backoff_max_ms: RECONNECT_BACKOFF_MAX_MS_DEFAULT,
+            frame_bytes_max: coordd_proto::FRAME_BYTES_MAX_DEFAULT,
+            auth: Vec::new(),
+            read_only: false,
+            events_queue_max: EVENTS_QUEUE_MAX_DEFAULT,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The defaults with these servers.
+    pub fn new<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> Self {
+        ClientConfig {
+            servers: servers.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn with_session_timeout_ms(mut self, ms: u32) -> Self {
+        self.session_timeout_ms = ms;
+        self
+    }
+
+    pub fn with_request_timeout_ms(mut self, ms: u32) -> Self {
+        self.request_timeout_ms = ms;
+        self
+    }
+
+    pub fn with_connect_timeout_ms(mut self, ms: u32) -> Self {
+        self.connect_timeout_ms = ms;
+        self
+    }
+
+    pub fn with_reconnect_backoff_ms(mut self, min_ms: u32, max_ms: u32) -> Self {
+        self.reconnect_backoff_min_ms = min_ms;
+        self.reconnect_backoff_max_ms = max_ms;
+        self
+    }
+
+    pub fn with_auth(mut self, scheme: &str, auth: &[u8]) -> Self {
+        self.auth.push((scheme.to_owned(), auth.to_vec()));
+        self
+    }
+
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    pub fn with_events_queue_max(mut self, n: usize) -> Self {
+        self.events_queue_max = n;
+        self
+    }
+
+    pub fn with_frame_bytes_max(mut self, n: usize) -> Self {
+        self.frame_bytes_max = n;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::InvalidArgument(m.to_owned()));
+        if self.servers.is_empty() {
+            return bad("no servers configured");
+        }
+        if self.session_timeout_ms == 0 || self.session_timeout_ms > i32::MAX as u32 {
+            return bad("session_timeout_ms must be in 1..=i32::MAX");
+        }
+        if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return bad("connect and request timeouts must be > 0");
+        }
+        if self.reconnect_backoff_min_ms > self.reconnect_backoff_max_ms {
+            return bad("reconnect_backoff_min_ms exceeds reconnect_backoff_max_ms");
+        }
+        if self.events_queue_max == 0 {
+            return bad("events_queue_max must be > 0");
+        }
+        // A frame must at least hold a connect response and a reply header.
+        if self.frame_bytes_max < 64 || self.frame_bytes_max > i32::MAX as usize {
+            return bad("frame_bytes_max must be in 64..=i32::MAX");
+        }
+        Ok(())
+    }
+}
