@@ -178,7 +178,11 @@ pub fn ip_matches(id: &str, expr: &str) -> bool {
     let (Some((net, bits)), Some(addr)) = (ip_expr(expr), ipv4_bytes(id)) else {
         return false;
     };
-    let mask: u32 = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    let mask: u32 = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
     u32::from_be_bytes(net) & mask == u32::from_be_bytes(addr) & mask
 }
 
@@ -204,9 +208,7 @@ pub fn check(acl: &[Acl], perm: i32, auth: &[Id], superuser_digest: Option<&str>
             return true;
         }
         match a.scheme.as_str() {
-            "digest" => auth
-                .iter()
-                .any(|id| id.scheme == "digest" && id.id == a.id),
+            "digest" => auth.iter().any(|id| id.scheme == "digest" && id.id == a.id),
             "ip" => auth
                 .iter()
                 .any(|id| id.scheme == "ip" && ip_matches(&id.id, &a.id)),
@@ -412,11 +414,26 @@ mod tests {
         assert!(check(&acl, perms::WRITE, &[id("ip", "10.9.9.9")], None));
         assert!(!check(&acl, perms::READ, &[id("ip", "10.9.9.9")], None));
         assert!(check(&acl, perms::ADMIN, &[id("super", "")], None));
-        assert!(check(&acl, perms::ADMIN, &[id("digest", "s:x")], Some("s:x")));
-        assert!(!check(&acl, perms::ADMIN, &[id("digest", "s:x")], Some("s:y")));
+        assert!(check(
+            &acl,
+            perms::ADMIN,
+            &[id("digest", "s:x")],
+            Some("s:x")
+        ));
+        assert!(!check(
+            &acl,
+            perms::ADMIN,
+            &[id("digest", "s:x")],
+            Some("s:y")
+        ));
         assert!(check(&[], perms::ADMIN, &[], None));
         // Any of the requested bits is enough (getACL asks READ|ADMIN).
-        assert!(check(&acl, perms::READ | perms::ADMIN, &[id("digest", "u:h")], None));
+        assert!(check(
+            &acl,
+            perms::READ | perms::ADMIN,
+            &[id("digest", "u:h")],
+            None
+        ));
     }
 
     #[test]
@@ -439,10 +456,17 @@ mod tests {
 
     #[test]
     fn redaction_and_whoami() {
-        let r = redact(&[Acl::new(1, "digest", "u:hash"), Acl::new(1, "ip", "1.2.3.4")]);
+        let r = redact(&[
+            Acl::new(1, "digest", "u:hash"),
+            Acl::new(1, "ip", "1.2.3.4"),
+        ]);
         assert_eq!(r[0].id, "u:x");
         assert_eq!(r[1].id, "1.2.3.4");
-        let infos = client_infos(&[id("ip", "127.0.0.1"), id("digest", "bob:h"), id("super", "")]);
+        let infos = client_infos(&[
+            id("ip", "127.0.0.1"),
+            id("digest", "bob:h"),
+            id("super", ""),
+        ]);
         assert_eq!(infos[0].user, "127.0.0.1");
         assert_eq!(infos[1].user, "bob");
         assert_eq!(infos[2].user, "");

@@ -7,9 +7,7 @@
 //! watch registrations.
 
 use bytes::BytesMut;
-use coordd_proto::{
-    Acl, DecodeError, ErrorCode, Id, MultiResult, Request, Stat, WatcherEvent,
-};
+use coordd_proto::{Acl, DecodeError, ErrorCode, Id, MultiResult, Request, Stat, WatcherEvent};
 
 pub type SessionId = i64;
 pub type Zxid = i64;
@@ -75,17 +73,35 @@ pub enum Response {
     /// addWatch: ZooKeeper answers with an `ErrorResponse { err: 0 }` body (four zero
     /// bytes), and its Java client fails to decode an empty body.
     AddWatch,
-    Create { path: String },
-    Create2 { path: String, stat: Stat },
+    Create {
+        path: String,
+    },
+    Create2 {
+        path: String,
+        stat: Stat,
+    },
     /// exists, setData, setACL.
     Stat(Stat),
-    GetData { data: Vec<u8>, stat: Stat },
-    GetChildren { children: Vec<String> },
-    GetChildren2 { children: Vec<String>, stat: Stat },
-    GetAcl { acl: Vec<Acl>, stat: Stat },
+    GetData {
+        data: Vec<u8>,
+        stat: Stat,
+    },
+    GetChildren {
+        children: Vec<String>,
+    },
+    GetChildren2 {
+        children: Vec<String>,
+        stat: Stat,
+    },
+    GetAcl {
+        acl: Vec<Acl>,
+        stat: Stat,
+    },
     AllChildrenNumber(i32),
     Ephemerals(Vec<String>),
-    Sync { path: String },
+    Sync {
+        path: String,
+    },
     /// multi and multiRead: one result per op. A failed multi is still `Ok` here, with
     /// the failing op's error inside, because ZooKeeper answers it with err 0 in the
     /// reply header.

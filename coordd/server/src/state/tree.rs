@@ -924,7 +924,14 @@ impl StateMachine {
         n.stat.version = version;
         let acl = self.acls.get(n.acl).clone();
         let stat = self.client_stat(&self.nodes[path]);
-        self.fire(Which::Data, path, EventType::NodeDataChanged, &acl, None, out);
+        self.fire(
+            Which::Data,
+            path,
+            EventType::NodeDataChanged,
+            &acl,
+            None,
+            out,
+        );
         stat
     }
 
@@ -1080,8 +1087,8 @@ impl StateMachine {
                 path: r.path.clone(),
             }),
             Request::RemoveWatches(r) => {
-                let kind =
-                    WatcherType::try_from(r.watcher_type).map_err(|_| ErrorCode::MarshallingError)?;
+                let kind = WatcherType::try_from(r.watcher_type)
+                    .map_err(|_| ErrorCode::MarshallingError)?;
                 let w = &mut self.watches;
                 let removed = match kind {
                     WatcherType::Children => w.child.remove(&r.path, session_id),
@@ -1099,14 +1106,15 @@ impl StateMachine {
                 }
             }
             Request::CheckWatches(r) => {
-                let kind =
-                    WatcherType::try_from(r.watcher_type).map_err(|_| ErrorCode::MarshallingError)?;
+                let kind = WatcherType::try_from(r.watcher_type)
+                    .map_err(|_| ErrorCode::MarshallingError)?;
                 let w = &self.watches;
                 let found = match kind {
                     WatcherType::Children => w.child.contains(&r.path, session_id),
                     WatcherType::Data => w.data.contains(&r.path, session_id),
                     WatcherType::Any => {
-                        w.child.contains(&r.path, session_id) || w.data.contains(&r.path, session_id)
+                        w.child.contains(&r.path, session_id)
+                            || w.data.contains(&r.path, session_id)
                     }
                 };
                 if found {
@@ -1241,9 +1249,7 @@ impl StateMachine {
         for p in &watches.child_watches {
             match self.lookup(p).map(|n| n.stat.pzxid) {
                 None => out.push(event(EventType::NodeDeleted, p)),
-                Some(pzxid) if pzxid > rel => {
-                    out.push(event(EventType::NodeChildrenChanged, p))
-                }
+                Some(pzxid) if pzxid > rel => out.push(event(EventType::NodeChildrenChanged, p)),
                 Some(_) => self.watches.child.add(p, session_id, WatchMode::Standard),
             }
         }

@@ -118,7 +118,10 @@ impl WatchManager {
         };
         for p in paths {
             if let Some(watchers) = self.table.get_mut(&p) {
-                if watchers.remove(&session).is_some_and(WatchMode::is_recursive) {
+                if watchers
+                    .remove(&session)
+                    .is_some_and(WatchMode::is_recursive)
+                {
                     self.recursive -= 1;
                 }
                 if watchers.is_empty() {
@@ -253,7 +256,11 @@ impl Watches {
 
     pub fn watched_paths(&self) -> usize {
         self.data.paths().count()
-            + self.child.paths().filter(|p| !self.data.has_path(p)).count()
+            + self
+                .child
+                .paths()
+                .filter(|p| !self.data.has_path(p))
+                .count()
     }
 }
 
@@ -303,7 +310,10 @@ mod tests {
         m.add("/a", 1, WatchMode::Standard);
         assert_eq!(m.mode("/a", 1), Some(WatchMode::Standard));
         assert_eq!(m.recursive, 0);
-        assert!(m.contains("/a", 2), "ZooKeeper's leaf check ignores the session");
+        assert!(
+            m.contains("/a", 2),
+            "ZooKeeper's leaf check ignores the session"
+        );
         assert!(!m.remove("/a", 2));
         assert!(m.remove("/a", 1));
         assert!(!m.contains("/a", 1));
