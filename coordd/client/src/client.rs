@@ -76,6 +76,18 @@ struct Inner {
     cfg: Arc<ClientConfig>,
 }
 
+impl Drop for Inner {
+    /// The last handle is gone. Connected, the session task sees its request queue
+    /// close and sends closeSession; otherwise nothing can reach the server, so the
+    /// task is told to finish now instead of reconnecting for nobody.
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
+        if self.shared.state() != SessionState::Connected {
+            self.shared.close_now.notify_one();
+        }
+    }
+}
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
@@ -775,8 +787,10 @@ impl Client {
     /// deletes the session's ephemeral nodes), then the state is Closed and an event
     /// (None, Closed) is queued. Calls made after `close` starts fail with
     /// `Error::Closed`; calls made before it are answered first. When not connected,
-    /// closes locally at once (the session then expires on the ensemble). Closing an
-    /// expired or closed client is a no-op.
+    /// closes locally at once (the session then expires on the ensemble). If the
+    /// closeSession reply does not come (connection lost, timeout) the client still
+    /// closes locally and that error is returned: the session may linger on the
+    /// ensemble until it expires. Closing an expired or closed client is a no-op.
     pub async fn close(&self) -> Result<()> {
         let shared = &self.inner.shared;
         if self.state().is_terminal() {

@@ -75,7 +75,7 @@ impl Lease {
 /// The xid after `xid`. Xids of requests are positive: the negative ones are reserved
 /// (notification -1, ping -2, auth -4, setWatches -8), so wrap to 1, never to i32::MIN.
 pub fn next_xid(xid: i32) -> i32 {
-    if xid >= i32::MAX || xid < 1 {
+    if !(1..i32::MAX).contains(&xid) {
         1
     } else {
         xid + 1

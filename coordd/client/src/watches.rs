@@ -20,6 +20,9 @@ use coordd_proto::{AddWatchMode, EventType, Record, SetWatches2, WatcherType};
 /// server's frame limit.
 pub const SET_WATCHES_PATH_BYTES_MAX: usize = 128 * 1024;
 
+/// Picks one of SetWatches2's path lists.
+type WatchListField = fn(&mut SetWatches2) -> &mut Vec<String>;
+
 /// What a request arms on the server if it succeeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WatchReg {
@@ -137,7 +140,7 @@ impl WatchRegistry {
             ..Default::default()
         };
         let mut cur_bytes = 0usize;
-        let kinds: [(&BTreeSet<String>, fn(&mut SetWatches2) -> &mut Vec<String>); 5] = [
+        let kinds: [(&BTreeSet<String>, WatchListField); 5] = [
             (&self.data, |s| &mut s.data_watches),
             (&self.exist, |s| &mut s.exist_watches),
             (&self.child, |s| &mut s.child_watches),
