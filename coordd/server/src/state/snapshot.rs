@@ -72,7 +72,8 @@ pub(super) fn write(sm: &StateMachine) -> Vec<u8> {
         out.put_jute_buffer(&s.passwd);
         out.put_i32(s.timeout_ms);
     }
-    out.to_vec()
+    // No copy: the buffer becomes the vector.
+    Vec::from(out)
 }
 
 /// A count that must fit in what is left of the image.
