@@ -628,17 +628,20 @@ impl Client {
     }
 
     /// Fails with BadVersion unless the node's version is `version` (NoNode if absent).
+    ///
+    /// Sent as a one-op multi: Apache ZooKeeper 3.8 never answers a standalone check
+    /// (op 13), which would stall the connection until the next reply shows the xid
+    /// gap and drops it.
     pub async fn check(&self, path: &str, version: i32) -> Result<()> {
-        check_path(path, false)?;
-        self.call_ok(
-            Request::Check(CheckVersionRequest {
-                path: path.to_owned(),
-                version,
-            }),
-            None,
-        )
-        .await?;
-        Ok(())
+        let op = MultiOp::Check(CheckVersionRequest {
+            path: path.to_owned(),
+            version,
+        });
+        match self.multi(vec![op]).await {
+            Ok(_) => Ok(()),
+            Err(Error::MultiFailed { code, .. }) => Err(Error::Server(code)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs `ops` as one transaction. On success, one result per op. If an op fails,

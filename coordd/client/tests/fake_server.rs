@@ -12,7 +12,7 @@ use coordd_client::{
 };
 use coordd_proto::frame::{split_frame, write_frame};
 use coordd_proto::records::*;
-use coordd_proto::{xid, OpCode, Reader, Record, Request};
+use coordd_proto::{xid, MultiResult, OpCode, Reader, Record, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, Instant};
@@ -576,7 +576,10 @@ async fn reconnect_resends_auth_then_set_watches2() {
     // The session works on the new connection.
     let c = client.clone();
     let call = tokio::spawn(async move { c.check("/d", 0).await });
-    serve_one(&mut peer, OpCode::Check, 43, ErrorCode::Ok, |_| {}).await;
+    serve_one(&mut peer, OpCode::Multi, 43, ErrorCode::Ok, |o| {
+        MultiResult::encode_all(&[MultiResult::Check], o)
+    })
+    .await;
     within("check", call).await.unwrap().unwrap();
 }
 

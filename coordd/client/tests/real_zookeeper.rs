@@ -1,0 +1,429 @@
+//! Against a real Apache ZooKeeper (3.8): runs only when COORDD_CLIENT_ZK_ADDR is set
+//! ("host:port" of a standalone server started with
+//! `-Dzookeeper.extendedTypesEnabled=true` for the TTL case). Skipped otherwise, so the
+//! normal test run needs no Java.
+//!
+//! A small TCP proxy between client and server lets the test cut connections, to check
+//! reconnects (SetWatches2 as the real server parses it) and expiry (the real server's
+//! timeout-0 connect response).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coordd_client::{
+    Acl, AddWatchMode, Client, ClientConfig, CreateMode, Error, ErrorCode, EventType, Events,
+    KeeperState, MultiOp, MultiResult, ReadOp, SessionState, WatchedEvent, WatcherType,
+};
+use coordd_proto::records::*;
+use coordd_proto::OpCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn zk_addr() -> Option<String> {
+    std::env::var("COORDD_CLIENT_ZK_ADDR").ok()
+}
+
+async fn next_event(events: &mut Events) -> WatchedEvent {
+    timeout(DEADLINE, events.recv())
+        .await
+        .expect("timed out waiting for an event")
+        .expect("events ended")
+}
+
+/// Waits for the first event matching `f`, skipping others (e.g. state changes).
+async fn event_where(events: &mut Events, f: impl Fn(&WatchedEvent) -> bool) -> WatchedEvent {
+    loop {
+        let ev = next_event(events).await;
+        if f(&ev) {
+            return ev;
+        }
+    }
+}
+
+fn root(name: &str) -> String {
+    format!(
+        "/coordd-client-test-{name}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+struct Proxy {
+    addr: String,
+    /// While set, new connections are closed at once.
+    blocked: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let blocked = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (b, c) = (blocked.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if b.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                c.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut up) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                }));
+            }
+        });
+        Proxy {
+            addr,
+            blocked,
+            conns,
+        }
+    }
+
+    fn cut(&self) {
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn operations_against_real_zookeeper() {
+    let Some(addr) = zk_addr() else {
+        eprintln!("COORDD_CLIENT_ZK_ADDR not set; skipping");
+        return;
+    };
+    let cfg = ClientConfig::new([addr.clone()]).with_session_timeout_ms(6_000);
+    let (zk, mut events) = Client::connect(cfg.clone()).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await.state,
+        KeeperState::SyncConnected
+    );
+    assert!(zk.session_timeout_ms() >= 4_000);
+    let (other, _other_events) = Client::connect(cfg.clone()).await.unwrap();
+    let base = root("ops");
+    let open = Acl::open_unsafe();
+
+    zk.ensure_path(&format!("{base}/a/b")).await.unwrap();
+    zk.ensure_path(&format!("{base}/a/b")).await.unwrap();
+    assert_eq!(zk.get_all_children_number(&base).await.unwrap(), 2);
+
+    // Sequential ephemerals, ephemeralOwner, getEphemerals.
+    let seq = zk
+        .create(
+            &format!("{base}/a/s-"),
+            b"x",
+            &open,
+            CreateMode::EphemeralSequential,
+        )
+        .await
+        .unwrap();
+    assert_eq!(seq, format!("{base}/a/s-0000000001"), "b was child 0");
+    let (data, st) = zk.get_data(&seq, false).await.unwrap();
+    assert_eq!(
+        (data.as_slice(), st.ephemeral_owner),
+        (&b"x"[..], zk.session_id())
+    );
+    assert_eq!(zk.get_ephemerals(&base).await.unwrap(), vec![seq.clone()]);
+    assert!(matches!(
+        zk.create(&seq, b"", &open, CreateMode::Persistent).await,
+        Err(Error::Server(ErrorCode::NodeExists))
+    ));
+    let before = zk.last_zxid_seen();
+    assert!(before > 0);
+
+    // A data watch fires before the reply of the set that triggered it.
+    let d = format!("{base}/a");
+    zk.get_data(&d, true).await.unwrap();
+    let st = other.set_data(&d, b"v1", Some(0)).await.unwrap();
+    assert_eq!(st.version, 1);
+    let ev = event_where(&mut events, |e| e.event_type != EventType::None).await;
+    assert_eq!(
+        (ev.event_type, ev.path.as_str()),
+        (EventType::NodeDataChanged, d.as_str())
+    );
+    zk.get_data(&d, true).await.unwrap();
+    zk.set_data(&d, b"v2", None).await.unwrap();
+    assert_eq!(
+        events
+            .try_recv()
+            .expect("own change's event before its reply")
+            .event_type,
+        EventType::NodeDataChanged
+    );
+    assert!(matches!(
+        zk.set_data(&d, b"v3", Some(0)).await,
+        Err(Error::Server(ErrorCode::BadVersion))
+    ));
+
+    // exists on a missing node arms a watch that fires on creation.
+    let m = format!("{base}/missing");
+    assert_eq!(zk.exists(&m, true).await.unwrap(), None);
+    assert!(zk.watches().exist.contains(&m));
+    other
+        .create(&m, b"", &open, CreateMode::Persistent)
+        .await
+        .unwrap();
+    let ev = event_where(&mut events, |e| e.event_type != EventType::None).await;
+    assert_eq!(
+        (ev.event_type, ev.path.as_str()),
+        (EventType::NodeCreated, m.as_str())
+    );
+    assert!(zk.watches().is_empty());
+
+    // Children.
+    let (children, st) = zk.get_children2(&d, true).await.unwrap();
+    assert_eq!(children.len(), 2);
+    assert_eq!(st.num_children, 2);
+    zk.delete(&seq, None).await.unwrap();
+    let ev = event_where(&mut events, |e| e.event_type != EventType::None).await;
+    assert_eq!(ev.event_type, EventType::NodeChildrenChanged);
+
+    // multi: success, then a failure reporting the failing op.
+    let t = format!("{base}/t");
+    let results = zk
+        .multi(vec![
+            MultiOp::Create {
+                op: OpCode::Create,
+                req: CreateRequest {
+                    path: t.clone(),
+                    data: b"1".to_vec(),
+                    acl: open.clone(),
+                    flags: 0,
+                },
+                ttl: 0,
+            },
+            MultiOp::Check(CheckVersionRequest {
+                path: t.clone(),
+                version: 0,
+            }),
+            MultiOp::SetData(SetDataRequest {
+                path: t.clone(),
+                data: b"2".to_vec(),
+                version: 0,
+            }),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], MultiResult::Create { ref path } if *path == t));
+    assert!(matches!(results[2], MultiResult::SetData { ref stat } if stat.version == 1));
+    match zk
+        .multi(vec![
+            MultiOp::Check(CheckVersionRequest {
+                path: t.clone(),
+                version: 1,
+            }),
+            MultiOp::Delete(DeleteRequest {
+                path: format!("{base}/nope"),
+                version: -1,
+            }),
+            MultiOp::Delete(DeleteRequest {
+                path: t.clone(),
+                version: -1,
+            }),
+        ])
+        .await
+    {
+        Err(Error::MultiFailed {
+            index,
+            code,
+            results,
+        }) => {
+            assert_eq!((index, code), (1, ErrorCode::NoNode));
+            assert_eq!(results.len(), 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    let reads = zk
+        .multi_read(vec![
+            ReadOp::GetData(PathWatchRequest {
+                path: t.clone(),
+                watch: false,
+            }),
+            ReadOp::GetChildren(PathWatchRequest {
+                path: format!("{base}/nope"),
+                watch: false,
+            }),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(reads[0], MultiResult::GetData { ref data, .. } if data == b"2"));
+    assert_eq!(reads[1], MultiResult::Error(ErrorCode::NoNode));
+
+    // TTL and container nodes, top-level check.
+    let (p, st) = zk
+        .create_ttl(
+            &format!("{base}/ttl"),
+            b"",
+            &open,
+            CreateMode::PersistentWithTtl,
+            60_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(p, format!("{base}/ttl"));
+    // ZooKeeper keeps the TTL / container marker internal: clients see
+    // ephemeralOwner 0 for both (DataNode.copyStat -> getClientEphemeralOwner).
+    assert_eq!(st.ephemeral_owner, 0);
+    let (_, st) = zk
+        .create_container(&format!("{base}/box"), b"", &open)
+        .await
+        .unwrap();
+    assert_eq!(st.ephemeral_owner, 0);
+    zk.check(&t, 1).await.unwrap();
+    assert!(matches!(
+        zk.check(&t, 7).await,
+        Err(Error::Server(ErrorCode::BadVersion))
+    ));
+    assert!(matches!(
+        zk.check(&format!("{base}/nope"), 0).await,
+        Err(Error::Server(ErrorCode::NoNode))
+    ));
+
+    // ACLs and auth.
+    zk.add_auth("digest", b"alice:secret").await.unwrap();
+    let who = zk.who_am_i().await.unwrap();
+    assert!(who
+        .iter()
+        .any(|c| c.auth_scheme == "digest" && c.user == "alice"));
+    let private = format!("{base}/private");
+    zk.create(&private, b"p", &Acl::creator_all(), CreateMode::Persistent)
+        .await
+        .unwrap();
+    let (acl, _) = zk.get_acl(&private).await.unwrap();
+    assert_eq!(acl[0].scheme, "digest");
+    assert!(matches!(
+        other.get_data(&private, false).await,
+        Err(Error::Server(ErrorCode::NoAuth))
+    ));
+    let st = zk.set_acl(&private, &open, Some(0)).await.unwrap();
+    assert_eq!(st.aversion, 1);
+    other.get_data(&private, false).await.unwrap();
+
+    // Persistent recursive watch, then removal.
+    zk.add_watch(&base, AddWatchMode::PersistentRecursive)
+        .await
+        .unwrap();
+    zk.check_watches(&base, WatcherType::Any).await.unwrap();
+    other.set_data(&t, b"3", None).await.unwrap();
+    other.set_data(&t, b"4", None).await.unwrap();
+    for _ in 0..2 {
+        let ev = event_where(&mut events, |e| e.event_type != EventType::None).await;
+        assert_eq!(
+            (ev.event_type, ev.path.as_str()),
+            (EventType::NodeDataChanged, t.as_str())
+        );
+    }
+    zk.remove_watches(&base, WatcherType::Any).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await.event_type,
+        EventType::PersistentWatchRemoved
+    );
+    assert!(matches!(
+        zk.check_watches(&base, WatcherType::Any).await,
+        Err(Error::Server(ErrorCode::NoWatcher))
+    ));
+    zk.sync(&base).await.unwrap();
+
+    // close deletes the session's ephemerals.
+    let eph = zk
+        .create(&format!("{base}/eph"), b"", &open, CreateMode::Ephemeral)
+        .await
+        .unwrap();
+    let lease = zk.lease();
+    assert!(lease > tokio::time::Instant::now());
+    zk.close().await.unwrap();
+    assert_eq!(zk.state(), SessionState::Closed);
+    assert_eq!(
+        event_where(&mut events, |e| e.event_type == EventType::None)
+            .await
+            .state,
+        KeeperState::Closed
+    );
+    assert_eq!(other.exists(&eph, false).await.unwrap(), None);
+    other.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn reconnect_and_expiry_against_real_zookeeper() {
+    let Some(addr) = zk_addr() else {
+        eprintln!("COORDD_CLIENT_ZK_ADDR not set; skipping");
+        return;
+    };
+    let proxy = Proxy::start(addr.clone()).await;
+    let cfg = ClientConfig::new([proxy.addr.clone()])
+        .with_session_timeout_ms(4_000)
+        .with_reconnect_backoff_ms(10, 200);
+    let (zk, mut events) = Client::connect(cfg).await.unwrap();
+    let (other, _e) = Client::connect(ClientConfig::new([addr.clone()]))
+        .await
+        .unwrap();
+    let base = root("reconnect");
+    let open = Acl::open_unsafe();
+    zk.ensure_path(&base).await.unwrap();
+    let leader = format!("{base}/leader");
+    zk.create(&leader, b"me", &open, CreateMode::Ephemeral)
+        .await
+        .unwrap();
+    zk.get_data(&leader, true).await.unwrap();
+    zk.add_watch(&base, AddWatchMode::PersistentRecursive)
+        .await
+        .unwrap();
+    let cz = format!("{base}/c");
+    assert_eq!(zk.exists(&cz, true).await.unwrap(), None);
+
+    // Cut the connection: the client reconnects with its session and re-arms watches.
+    proxy.cut();
+    event_where(&mut events, |e| e.state == KeeperState::Disconnected).await;
+    event_where(&mut events, |e| e.state == KeeperState::SyncConnected).await;
+    other
+        .create(&cz, b"", &open, CreateMode::Persistent)
+        .await
+        .unwrap();
+    // Both the exist watch and the recursive watch fire (ZooKeeper delivers one event
+    // per watch type to the client).
+    let ev = event_where(&mut events, |e| e.event_type != EventType::None).await;
+    assert_eq!(
+        (ev.event_type, ev.path.as_str()),
+        (EventType::NodeCreated, cz.as_str())
+    );
+    assert_eq!(zk.get_data(&leader, false).await.unwrap().0, b"me");
+
+    // Keep it away for longer than the session timeout: the server expires it and
+    // answers the next connect with timeout 0.
+    proxy.blocked.store(true, Ordering::SeqCst);
+    proxy.cut();
+    event_where(&mut events, |e| e.state == KeeperState::Disconnected).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // The ephemeral disappears when the ensemble expires the session.
+    loop {
+        if other.exists(&leader, false).await.unwrap().is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        zk.lease() < tokio::time::Instant::now(),
+        "lease passed before expiry"
+    );
+    proxy.blocked.store(false, Ordering::SeqCst);
+    event_where(&mut events, |e| e.state == KeeperState::Expired).await;
+    assert_eq!(zk.state(), SessionState::Expired);
+    assert!(matches!(
+        zk.get_data(&base, false).await,
+        Err(Error::SessionExpired)
+    ));
+    other.close().await.unwrap();
+}
