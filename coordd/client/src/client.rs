@@ -38,8 +38,10 @@ pub struct WatchedEvent {
 /// Bounded by [`ClientConfig::events_queue_max`]. When it is full the client stops
 /// processing the server's frames (replies included) until an event is taken: events
 /// are never dropped, but an application that stops draining this stalls its own
-/// calls and, after a session timeout, loses the session. Dropping `Events` is fine:
-/// events are then discarded.
+/// calls (they end with `Error::Timeout`), holds back reconnects (the Disconnected
+/// event must be queued first) and, after a session timeout without a processed
+/// reply, loses the session. Do not await a call per event while the queue may be
+/// full. Dropping `Events` is fine: events are then discarded.
 ///
 /// The stream ends (`recv` returns `None`) after the session's terminal event
 /// (`Expired` or `Closed`).
