@@ -1,0 +1,148 @@
+//! Durable storage for coordd: a write-ahead log of entries keyed by zxid, plus
+//! snapshots of the state machine, in one data directory.
+//!
+//! Standalone coordd runs every write as: request -> log entry -> fsync -> apply ->
+//! reply. This module is the "log entry -> fsync" part and the recovery that rebuilds
+//! the state after a restart. It knows nothing about the tree, sessions or the wire
+//! protocol (entries and snapshot images are opaque bytes), so the Raft layer can later
+//! put its own log underneath without touching the server.
+//!
+//! # Invariants
+//!
+//! * **An append that returned Ok survives kill -9 and power loss.** `Wal::append`
+//!   returns only after one `write_all` of the whole batch and one `fdatasync`
+//!   (`File::sync_data`); a new segment or snapshot file is fsynced and so is its
+//!   directory before anything depends on it.
+//! * **Recovery returns exactly a prefix of what was appended**, and that prefix holds
+//!   every acknowledged entry. A batch (one `append`) is all-or-nothing: its records
+//!   carry the batch's base zxid and a countdown, and an incomplete batch at the tail is
+//!   dropped whole, so a torn multi-page write whose pages reached the disk out of order
+//!   cannot resurface as a partial batch.
+//! * **Only an unacknowledged tail may be discarded.** A damaged record is treated as a
+//!   torn tail (truncated, with a `warn!`) only when nothing written after it is valid:
+//!   no valid record of a later batch in the same segment and no valid record in any
+//!   later segment. Anything else — a bad record followed by good ones, a gap or overlap
+//!   in the zxid chain, a log that does not connect to the snapshot — is a hard
+//!   [`StorageError::Corrupt`] naming the file and offset. Acknowledged writes are never
+//!   dropped silently.
+//! * **After a failed write or fsync the `Wal` is poisoned** and every later call fails:
+//!   the page cache may have thrown the dirty pages away (PostgreSQL's "fsyncgate"), so
+//!   the only safe continuation is a restart that recovers from what is on disk.
+//!   [`LogWriter`] reports that as [`Durable::Failed`] and stops; the server must stop.
+//! * **One process per data directory**, enforced by `flock` on `dir/LOCK`.
+//! * **Bounded memory**: a record length is checked against `entry_bytes_max` and
+//!   against the bytes left in the file before anything is allocated, and the
+//!   [`LogWriter`] queue is bounded in entries and bytes.
+//!
+//! # On-disk layout (all integers little-endian)
+//!
+//! ```text
+//! dir/LOCK                         flock(2) target, empty
+//! dir/log.<first zxid, 16 hex>     a log segment
+//! dir/snapshot.<zxid, 16 hex>      a snapshot image
+//! dir/*.tmp                        partially written files, removed at open
+//!
+//! segment  = segment header (16 bytes) then records, then zeros (preallocated space)
+//!   header = magic "coordlog" | u32 version (1) | u32 crc32 of the previous 12 bytes
+//! record   = header (32 bytes) then payload
+//!   u32 magic 0x4C52_4443 ("CDRL")
+//!   u32 crc32 (crc32fast) of bytes 8..32 of this header and of the payload
+//!   u32 payload length (<= entry_bytes_max)
+//!   u32 remaining: records after this one in the same batch (0 = batch complete)
+//!   i64 zxid
+//!   i64 batch base: the log's last zxid (or snapshot zxid, if higher) when the batch
+//!       was written; equal for every record of one batch; chains batches together
+//!
+//! snapshot = magic "coordsnp" | u32 version (1) | u32 crc32 of the next 16 bytes and
+//!            the image | i64 zxid | u64 image length | image
+//! ```
+//!
+//! A batch never spans segments; a segment is rolled (and the old one trimmed to its
+//! exact length) before a batch when it has reached `segment_bytes_max`.
+
+mod error;
+mod io;
+mod lock;
+mod record;
+mod segment;
+mod snapshot;
+mod wal;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::StorageError;
+pub use io::{Fault, FaultHook, FaultInjector, IoOp};
+pub use wal::Wal;
+pub use writer::{Durable, LogWriter, LogWriterConfig};
+
+/// A zxid: the log index of an entry. Positive and strictly increasing in the log.
+pub type Zxid = i64;
+
+/// Default for [`StorageConfig::segment_bytes_max`]: 64 MiB, ZooKeeper's log file size.
+pub const DEFAULT_SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// Default for [`StorageConfig::preallocate_bytes`]: 64 MiB, ZooKeeper's `preAllocSize`.
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 64 << 20;
+/// Default for [`StorageConfig::snapshots_kept`].
+pub const DEFAULT_SNAPSHOTS_KEPT: usize = 3;
+/// Default for [`StorageConfig::entry_bytes_max`]: 16 MiB (ZooKeeper's jute.maxbuffer
+/// is 1 MiB for a request; an entry adds a small header to it, so this is generous).
+pub const DEFAULT_ENTRY_BYTES_MAX: u64 = 16 << 20;
+/// Default for [`StorageConfig::snapshot_bytes_max`]: 4 GiB.
+pub const DEFAULT_SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
+
+/// Where and how the log and snapshots are stored.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// The data directory; created if missing.
+    pub dir: PathBuf,
+    /// fdatasync every append (and fsync new files and the directory). `false` only via
+    /// an explicit operator flag: acknowledged writes can then be lost on power failure,
+    /// and `Wal::open` says so with a `warn!`.
+    pub fsync: bool,
+    /// A segment is rolled before the next batch once it has reached this size.
+    pub segment_bytes_max: u64,
+    /// New segments are preallocated (fallocate) to this size so that an fdatasync after
+    /// an append need not also journal a new file size. 0 = off.
+    pub preallocate_bytes: u64,
+    /// Snapshots kept after a new one is written (at least 1). Log segments wholly
+    /// covered by the oldest kept snapshot are removed.
+    pub snapshots_kept: usize,
+    /// Largest entry payload accepted by `append` and believed by recovery; a length
+    /// field above it is corruption, never an allocation.
+    pub entry_bytes_max: u64,
+    /// Largest snapshot image accepted by `save_snapshot` and read back by recovery.
+    pub snapshot_bytes_max: u64,
+    /// Fault injection for tests: consulted before every I/O operation. `None` in
+    /// production.
+    pub faults: Option<Arc<dyn FaultHook>>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dir: PathBuf::from("./data"),
+            fsync: true,
+            segment_bytes_max: DEFAULT_SEGMENT_BYTES_MAX,
+            preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
+            snapshots_kept: DEFAULT_SNAPSHOTS_KEPT,
+            entry_bytes_max: DEFAULT_ENTRY_BYTES_MAX,
+            snapshot_bytes_max: DEFAULT_SNAPSHOT_BYTES_MAX,
+            faults: None,
+        }
+    }
+}
+
+/// What `Wal::open` found on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The newest snapshot whose checksum verifies: (zxid, image).
+    pub snapshot: Option<(Zxid, Vec<u8>)>,
+    /// Every logged entry with zxid > the snapshot's zxid (all of them without a
+    /// snapshot), in zxid order, with no gaps in the log's chain.
+    pub entries: Vec<(Zxid, Vec<u8>)>,
+}

@@ -1,0 +1,658 @@
+//! The write-ahead log: segment files of batches, snapshots beside them, and the
+//! recovery that turns a data directory back into (snapshot, entries after it).
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, error, info, warn};
+
+use super::io::Io;
+use super::lock::DirLock;
+use super::record::{encode_record, segment_header, SEGMENT_HEADER_LEN};
+use super::segment::{parse_segment_name, segment_file_name, ScannedRecord, SegmentReader, Stop};
+use super::snapshot::{self, parse_snapshot_name, snapshot_file_name};
+use super::{Recovered, StorageConfig, StorageError, Zxid};
+
+/// The batch buffer is kept between appends to avoid reallocating; past this capacity
+/// (one unusually large batch) it is released instead.
+const BATCH_BUFFER_KEEP_BYTES: usize = 16 << 20;
+
+/// The durable log. Owned by one thread (the [`super::LogWriter`] in the server).
+#[derive(Debug)]
+pub struct Wal {
+    cfg: StorageConfig,
+    io: Io,
+    _lock: DirLock,
+    /// All segments in zxid order; the last one is the active one when `active` is set.
+    segments: Vec<SegmentMeta>,
+    active: Option<Active>,
+    /// Zxid of the last record in the log (entry or jump marker); 0 for an empty log.
+    /// The next batch's base, so batches chain.
+    last_log_zxid: Zxid,
+    /// max(last_log_zxid, newest snapshot zxid): appends must be above it.
+    last_zxid: Zxid,
+    /// Zxids of the snapshot files on disk, ascending.
+    snapshots: Vec<Zxid>,
+    buf: Vec<u8>,
+    /// Set by the first failed write or fsync; see the module doc.
+    poisoned: Option<String>,
+}
+
+#[derive(Debug)]
+struct SegmentMeta {
+    path: PathBuf,
+    /// Zxid of its last record; None while it has none.
+    last_zxid: Option<Zxid>,
+}
+
+#[derive(Debug)]
+struct Active {
+    file: File,
+    path: PathBuf,
+    /// Where the next batch goes: the end of the last complete batch.
+    len: u64,
+    /// File size fixed by preallocation (or the real size, if larger).
+    allocated: u64,
+}
+
+impl Wal {
+    /// Locks the data directory, recovers it (see the module doc for what is repaired
+    /// and what is refused) and returns the log ready for appends.
+    pub fn open(cfg: StorageConfig) -> Result<(Wal, Recovered), StorageError> {
+        validate(&cfg)?;
+        if !cfg.fsync {
+            warn!(
+                dir = %cfg.dir.display(),
+                "fsync is disabled: acknowledged writes can be lost on power failure or OS crash"
+            );
+        }
+        let io = Io::new(cfg.faults.clone(), cfg.fsync);
+        let dir = cfg.dir.clone();
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StorageError::io("create directory", &dir, e))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                io.sync_dir(parent)?;
+            }
+        }
+        let lock = DirLock::acquire(&dir)?;
+
+        let mut segs: Vec<(Zxid, PathBuf)> = Vec::new();
+        let mut snaps: Vec<(Zxid, PathBuf)> = Vec::new();
+        let mut dirty_dir = false;
+        let listing =
+            std::fs::read_dir(&dir).map_err(|e| StorageError::io("list directory", &dir, e))?;
+        for ent in listing {
+            let ent = ent.map_err(|e| StorageError::io("list directory", &dir, e))?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let path = ent.path();
+            if name.ends_with(".tmp") {
+                // A segment or snapshot whose creation did not finish; nothing refers
+                // to it.
+                info!(path = %path.display(), "removing unfinished temporary file");
+                io.remove(&path)?;
+                dirty_dir = true;
+            } else if let Some(z) = parse_segment_name(name) {
+                segs.push((z, path));
+            } else if let Some(z) = parse_snapshot_name(name) {
+                snaps.push((z, path));
+            }
+        }
+        segs.sort();
+        snaps.sort();
+
+        // Newest valid snapshot; a damaged one is set aside (renamed, for forensics)
+        // and the previous one is tried.
+        let mut chosen: Option<(Zxid, Vec<u8>)> = None;
+        while let Some((z, path)) = snaps.pop() {
+            match snapshot::read(&io, &path, z, cfg.snapshot_bytes_max)? {
+                Ok(image) => {
+                    chosen = Some((z, image));
+                    snaps.push((z, path));
+                    break;
+                }
+                Err(reason) => {
+                    let mut aside = path.clone().into_os_string();
+                    aside.push(".corrupt");
+                    let aside = PathBuf::from(aside);
+                    warn!(
+                        path = %path.display(), %reason,
+                        "snapshot is corrupt; renaming it to {} and falling back to an older one",
+                        aside.display()
+                    );
+                    io.rename(&path, &aside)?;
+                    dirty_dir = true;
+                }
+            }
+        }
+        let snap_zxid = chosen.as_ref().map_or(0, |(z, _)| *z);
+
+        let mut wal = Wal {
+            io,
+            _lock: lock,
+            segments: Vec::new(),
+            active: None,
+            last_log_zxid: 0,
+            last_zxid: 0,
+            snapshots: snaps.iter().map(|(z, _)| *z).collect(),
+            buf: Vec::new(),
+            poisoned: None,
+            cfg,
+        };
+        let entries = wal.recover_log(&segs, snap_zxid)?;
+        wal.last_zxid = wal.last_log_zxid.max(snap_zxid);
+        if dirty_dir {
+            wal.io.sync_dir(&dir)?;
+        }
+        info!(
+            dir = %dir.display(),
+            snapshot = snap_zxid,
+            entries = entries.len(),
+            last_zxid = wal.last_zxid,
+            segments = wal.segments.len(),
+            "storage recovered"
+        );
+        Ok((
+            wal,
+            Recovered {
+                snapshot: chosen,
+                entries,
+            },
+        ))
+    }
+
+    /// The highest zxid the log or a snapshot holds; appends must be above it.
+    pub fn last_zxid(&self) -> Zxid {
+        self.last_zxid
+    }
+
+    pub(crate) fn entry_bytes_max(&self) -> u64 {
+        self.cfg.entry_bytes_max
+    }
+
+    /// Appends entries (zxids strictly increasing, each above `last_zxid()`) with one
+    /// write and one fdatasync. On Ok they are durable. On an I/O error the `Wal` is
+    /// poisoned; on a validation error (order, size) nothing was written and it is not.
+    pub fn append(&mut self, entries: &[(Zxid, &[u8])]) -> Result<(), StorageError> {
+        self.check_usable()?;
+        let Some(&(last, _)) = entries.last() else {
+            return Ok(());
+        };
+        let mut prev = self.last_zxid;
+        for &(z, p) in entries {
+            if z <= prev {
+                return Err(StorageError::InvalidAppend(format!(
+                    "zxid {z} is not above {prev}"
+                )));
+            }
+            if p.len() as u64 > self.cfg.entry_bytes_max {
+                return Err(StorageError::TooLarge {
+                    what: "entry",
+                    len: p.len() as u64,
+                    limit: "entry_bytes_max",
+                    max: self.cfg.entry_bytes_max,
+                });
+            }
+            prev = z;
+        }
+        // A snapshot ahead of the log (installed from elsewhere) is recorded in the
+        // log before the entries that follow it; see record::MARKER_MAGIC.
+        let marker = self.last_zxid > self.last_log_zxid;
+        let count = entries.len() + usize::from(marker);
+        let Ok(count) = u32::try_from(count) else {
+            return Err(StorageError::InvalidAppend(format!(
+                "{count} entries in one batch"
+            )));
+        };
+        let base = self.last_log_zxid;
+        let mut remaining = count;
+        let mut next = || {
+            remaining -= 1;
+            remaining
+        };
+        self.buf.clear();
+        if marker {
+            encode_record(&mut self.buf, true, self.last_zxid, base, next(), &[]);
+        }
+        for &(z, p) in entries {
+            encode_record(&mut self.buf, false, z, base, next(), p);
+        }
+        let first = if marker { self.last_zxid } else { entries[0].0 };
+        if let Err(e) = self.write_batch(first) {
+            self.poison(&e);
+            return Err(e);
+        }
+        self.last_log_zxid = last;
+        self.last_zxid = last;
+        if let Some(seg) = self.segments.last_mut() {
+            seg.last_zxid = Some(last);
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot image taken at `zxid` durably, then removes snapshots beyond
+    /// `snapshots_kept` and the log segments wholly covered by the oldest kept one.
+    /// `zxid` may be above the log (a snapshot installed from elsewhere); later appends
+    /// must then be above it.
+    pub fn save_snapshot(&mut self, zxid: Zxid, image: &[u8]) -> Result<(), StorageError> {
+        self.check_usable()?;
+        if zxid < 0 {
+            return Err(StorageError::InvalidAppend(format!(
+                "snapshot zxid {zxid} is negative"
+            )));
+        }
+        if let Some(&newest) = self.snapshots.last() {
+            if zxid < newest {
+                return Err(StorageError::InvalidAppend(format!(
+                    "snapshot zxid {zxid} is below the newest snapshot {newest}"
+                )));
+            }
+        }
+        if image.len() as u64 > self.cfg.snapshot_bytes_max {
+            return Err(StorageError::TooLarge {
+                what: "snapshot image",
+                len: image.len() as u64,
+                limit: "snapshot_bytes_max",
+                max: self.cfg.snapshot_bytes_max,
+            });
+        }
+        if let Err(e) = self.save_snapshot_inner(zxid, image) {
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn save_snapshot_inner(&mut self, zxid: Zxid, image: &[u8]) -> Result<(), StorageError> {
+        let dir = self.cfg.dir.clone();
+        snapshot::write(&self.io, &dir, zxid, image)?;
+        if self.snapshots.last() != Some(&zxid) {
+            self.snapshots.push(zxid);
+        }
+        self.last_zxid = self.last_zxid.max(zxid);
+        debug!(zxid, bytes = image.len(), "snapshot saved");
+
+        let mut removed = false;
+        let kept = self.cfg.snapshots_kept.max(1);
+        while self.snapshots.len() > kept {
+            let z = self.snapshots.remove(0);
+            self.io.remove(&dir.join(snapshot_file_name(z)))?;
+            removed = true;
+        }
+        // Every kept snapshot must stay usable as a fallback, so only what the oldest
+        // kept one covers can go. The last segment stays: it is (or becomes) the one
+        // appended to.
+        let oldest = self.snapshots[0];
+        while self.segments.len() > 1 && self.segments[0].last_zxid.is_some_and(|l| l <= oldest) {
+            let seg = self.segments.remove(0);
+            debug!(path = %seg.path.display(), "removing log segment covered by snapshot {oldest}");
+            self.io.remove(&seg.path)?;
+            removed = true;
+        }
+        if removed {
+            self.io.sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            Some(why) => Err(StorageError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, e: &StorageError) {
+        error!(error = %e, "storage write failed; refusing all further writes until restart");
+        self.poisoned = Some(e.to_string());
+    }
+
+    fn write_batch(&mut self, first: Zxid) -> Result<(), StorageError> {
+        let roll = self
+            .active
+            .as_ref()
+            .is_none_or(|a| a.len >= self.cfg.segment_bytes_max);
+        if roll {
+            self.roll(first)?;
+        }
+        let Wal {
+            io,
+            active,
+            buf,
+            cfg,
+            ..
+        } = self;
+        let a = active.as_mut().expect("rolled above");
+        let end = a.len + buf.len() as u64;
+        if end > a.allocated && cfg.preallocate_bytes > 0 {
+            // A segment larger than the preallocation (big batch or big segment_bytes_max)
+            // grows in preallocated steps too.
+            let target = end + cfg.preallocate_bytes;
+            io.allocate(&a.file, &a.path, target)?;
+            a.allocated = target;
+        }
+        io.write_all_at(&a.file, &a.path, a.len, buf)?;
+        io.sync_data(&a.file, &a.path)?;
+        a.len = end;
+        a.allocated = a.allocated.max(end);
+        if buf.capacity() > BATCH_BUFFER_KEEP_BYTES {
+            *buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (trimmed to its last record, so reading a sealed
+    /// segment back never wades through preallocated zeros) and starts a new one,
+    /// created under a temporary name so that a segment file always has a whole
+    /// header.
+    fn roll(&mut self, first_zxid: Zxid) -> Result<(), StorageError> {
+        if let Some(a) = self.active.take() {
+            if a.allocated > a.len {
+                self.io.set_len(&a.file, &a.path, a.len)?;
+                self.io.sync_data(&a.file, &a.path)?;
+            }
+        }
+        let name = segment_file_name(first_zxid);
+        let path = self.cfg.dir.join(&name);
+        let tmp = self.cfg.dir.join(format!("{name}.tmp"));
+        let file = self.io.open(
+            &tmp,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )?;
+        self.io.write_all_at(&file, &tmp, 0, &segment_header())?;
+        let mut allocated = SEGMENT_HEADER_LEN as u64;
+        if self.cfg.preallocate_bytes > allocated {
+            self.io.allocate(&file, &tmp, self.cfg.preallocate_bytes)?;
+            allocated = self.cfg.preallocate_bytes;
+        }
+        self.io.sync_data(&file, &tmp)?;
+        self.io.rename(&tmp, &path)?;
+        self.io.sync_dir(&self.cfg.dir)?;
+        debug!(path = %path.display(), "started log segment");
+        self.segments.push(SegmentMeta {
+            path: path.clone(),
+            last_zxid: None,
+        });
+        self.active = Some(Active {
+            file,
+            path,
+            len: SEGMENT_HEADER_LEN as u64,
+            allocated,
+        });
+        Ok(())
+    }
+
+    /// Scans every segment in order, checks the batch structure and the zxid chain,
+    /// repairs a torn tail and refuses anything else. Returns the entries above
+    /// `snap_zxid` and leaves the last segment open for appends.
+    fn recover_log(
+        &mut self,
+        segs: &[(Zxid, PathBuf)],
+        snap_zxid: Zxid,
+    ) -> Result<Vec<(Zxid, Vec<u8>)>, StorageError> {
+        let entry_max = self.cfg.entry_bytes_max;
+        let mut entries = Vec::new();
+        let mut last_seen: Option<Zxid> = None;
+        for (k, (_, path)) in segs.iter().enumerate() {
+            let is_last = k + 1 == segs.len();
+            let mut r = SegmentReader::open(&self.io, path, entry_max)?;
+            let scan = r.scan()?;
+            let mut pending: Vec<ScannedRecord> = Vec::new();
+            let mut committed_end = SEGMENT_HEADER_LEN as u64;
+            let mut seg_last: Option<Zxid> = None;
+            for rec in scan.records {
+                check_record(path, &rec, pending.last(), last_seen, snap_zxid)?;
+                let complete = rec.header.remaining == 0;
+                pending.push(rec);
+                if complete {
+                    for rec in pending.drain(..) {
+                        let z = rec.header.zxid;
+                        if rec.marker {
+                            if z > snap_zxid {
+                                return Err(StorageError::corrupt(
+                                    path,
+                                    rec.offset,
+                                    format!(
+                                        "the log continues after a snapshot installed at zxid {z}, \
+                                         but the newest valid snapshot is at zxid {snap_zxid}: \
+                                         the entries in between are missing"
+                                    ),
+                                ));
+                            }
+                        } else if z > snap_zxid {
+                            entries.push((z, rec.payload));
+                        }
+                        committed_end = rec.offset
+                            + super::record::RECORD_HEADER_LEN as u64
+                            + rec.header.len as u64;
+                        last_seen = Some(z);
+                        seg_last = Some(z);
+                    }
+                }
+            }
+
+            let torn = match scan.stop {
+                Stop::Bad { offset, reason } => Some((offset, reason)),
+                Stop::Clean if !pending.is_empty() => Some((
+                    pending.last().map_or(committed_end, |r| r.end()),
+                    "incomplete batch (its last records are missing)".to_string(),
+                )),
+                Stop::Clean => None,
+            };
+            if let Some((bad_offset, reason)) = torn {
+                // The batch being written when the scan stopped: its base, or for a
+                // damaged first record, what its base must have been.
+                let base = pending
+                    .first()
+                    .map_or(last_seen.unwrap_or(0), |r| r.header.base);
+                self.refuse_if_valid_after(segs, k, &mut r, bad_offset, base, &reason)?;
+                warn!(
+                    path = %path.display(),
+                    offset = committed_end,
+                    bad_offset,
+                    %reason,
+                    "discarding the torn tail of the log (a batch whose write never completed, \
+                     so never acknowledged)"
+                );
+                for (_, later) in &segs[k + 1..] {
+                    warn!(path = %later.display(), "removing log segment after the torn tail");
+                    self.io.remove(later)?;
+                }
+                if committed_end == SEGMENT_HEADER_LEN as u64 {
+                    self.io.remove(path)?;
+                    self.io.sync_dir(&self.cfg.dir)?;
+                    break;
+                }
+                // Cut the garbage off and re-preallocate zeros, so that bytes of the
+                // torn batch can never reappear behind future appends.
+                self.io.set_len(&r.file, path, committed_end)?;
+                let mut allocated = committed_end;
+                if self.cfg.preallocate_bytes > committed_end {
+                    self.io
+                        .allocate(&r.file, path, self.cfg.preallocate_bytes)?;
+                    allocated = self.cfg.preallocate_bytes;
+                }
+                self.io.sync_data(&r.file, path)?;
+                self.io.sync_dir(&self.cfg.dir)?;
+                self.segments.push(SegmentMeta {
+                    path: path.clone(),
+                    last_zxid: seg_last,
+                });
+                self.active = Some(Active {
+                    file: r.file,
+                    path: path.clone(),
+                    len: committed_end,
+                    allocated,
+                });
+                break;
+            }
+
+            if seg_last.is_none() {
+                if !is_last {
+                    return Err(StorageError::corrupt(
+                        path,
+                        SEGMENT_HEADER_LEN as u64,
+                        "empty log segment in the middle of the log",
+                    ));
+                }
+                // Created by a roll whose first batch never got written.
+                info!(path = %path.display(), "removing empty last log segment");
+                self.io.remove(path)?;
+                self.io.sync_dir(&self.cfg.dir)?;
+                break;
+            }
+            self.segments.push(SegmentMeta {
+                path: path.clone(),
+                last_zxid: seg_last,
+            });
+            if is_last {
+                let mut allocated = r.len;
+                if self.cfg.preallocate_bytes > r.len && committed_end < self.cfg.segment_bytes_max
+                {
+                    self.io
+                        .allocate(&r.file, path, self.cfg.preallocate_bytes)?;
+                    allocated = self.cfg.preallocate_bytes;
+                }
+                self.active = Some(Active {
+                    file: r.file,
+                    path: path.clone(),
+                    len: committed_end,
+                    allocated,
+                });
+            }
+        }
+        if last_seen.is_none() && !segs.is_empty() && self.segments.is_empty() {
+            debug!("log holds no complete batch");
+        }
+        self.last_log_zxid = last_seen.unwrap_or(0);
+        Ok(entries)
+    }
+
+    /// A damaged record may be discarded as a torn tail only if nothing valid was
+    /// written after it: no record of a later batch further on in this segment, and no
+    /// record at all in a later segment (a segment is started only after the previous
+    /// one's last batch was durable).
+    fn refuse_if_valid_after(
+        &self,
+        segs: &[(Zxid, PathBuf)],
+        k: usize,
+        r: &mut SegmentReader<'_>,
+        bad_offset: u64,
+        base: Zxid,
+        reason: &str,
+    ) -> Result<(), StorageError> {
+        let path = &segs[k].1;
+        let mut from = bad_offset;
+        while let Some(rec) = r.next_valid_after(from)? {
+            if rec.header.base != base {
+                return Err(StorageError::corrupt(
+                    path,
+                    bad_offset,
+                    format!(
+                        "{reason}, but a valid record of a later batch (zxid {}) follows at \
+                         offset {}: refusing to drop acknowledged writes",
+                        rec.header.zxid, rec.offset
+                    ),
+                ));
+            }
+            // Same batch as the damaged record: pages of one unsynced write landing
+            // out of order. Keep looking past it.
+            from = rec.end() - 1;
+        }
+        for (_, later) in &segs[k + 1..] {
+            let mut lr = SegmentReader::open(&self.io, later, self.cfg.entry_bytes_max)?;
+            if let Some(rec) = lr.next_valid_after(SEGMENT_HEADER_LEN as u64 - 1)? {
+                return Err(StorageError::corrupt(
+                    path,
+                    bad_offset,
+                    format!(
+                        "{reason}, but the later segment {} holds a valid record (zxid {}) at \
+                         offset {}: refusing to drop acknowledged writes",
+                        later.display(),
+                        rec.header.zxid,
+                        rec.offset
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that an intact record fits the batch it continues, or, as the first record of
+/// a batch, chains to the previous batch.
+fn check_record(
+    path: &Path,
+    rec: &ScannedRecord,
+    prev_in_batch: Option<&ScannedRecord>,
+    last_seen: Option<Zxid>,
+    snap_zxid: Zxid,
+) -> Result<(), StorageError> {
+    let h = &rec.header;
+    let bad = |reason: String| Err(StorageError::corrupt(path, rec.offset, reason));
+    if rec.marker && !rec.payload.is_empty() {
+        return bad("jump marker with a payload".into());
+    }
+    match prev_in_batch {
+        Some(prev) => {
+            let p = &prev.header;
+            if rec.marker {
+                return bad("jump marker inside a batch".into());
+            }
+            if h.base != p.base || h.remaining + 1 != p.remaining || h.zxid <= p.zxid {
+                return bad(format!(
+                    "record (zxid {}, base {}, remaining {}) does not continue its batch \
+                     (previous: zxid {}, base {}, remaining {})",
+                    h.zxid, h.base, h.remaining, p.zxid, p.base, p.remaining
+                ));
+            }
+        }
+        None => {
+            match last_seen {
+                Some(l) if h.base != l => {
+                    return bad(format!(
+                        "gap in the zxid chain: batch written after zxid {} follows zxid {l} \
+                         (entries missing or duplicated)",
+                        h.base
+                    ))
+                }
+                None if h.base > snap_zxid => {
+                    return bad(format!(
+                        "the log starts after zxid {} but the newest valid snapshot is at zxid \
+                         {snap_zxid}: the entries in between are missing",
+                        h.base
+                    ))
+                }
+                _ => {}
+            }
+            if h.zxid <= h.base {
+                return bad(format!(
+                    "zxid {} is not above its batch base {}",
+                    h.zxid, h.base
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate(cfg: &StorageConfig) -> Result<(), StorageError> {
+    if cfg.segment_bytes_max == 0 {
+        return Err(StorageError::Config("segment_bytes_max must be > 0".into()));
+    }
+    if cfg.snapshots_kept == 0 {
+        return Err(StorageError::Config("snapshots_kept must be >= 1".into()));
+    }
+    if cfg.entry_bytes_max > u32::MAX as u64 {
+        return Err(StorageError::Config(format!(
+            "entry_bytes_max must be <= {} (the record length field is 32 bits)",
+            u32::MAX
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! Group commit. One OS thread owns the [`Wal`]; producers queue entries without
+//! blocking; the thread takes everything queued (up to `batch_bytes_max`), writes it
+//! with one write and one fdatasync, and reports the highest durable zxid. While one
+//! fsync is in flight the next batch accumulates, so throughput grows with the number
+//! of concurrent writers instead of being capped at one fsync per entry.
+//!
+//! Invariant: `Durable::UpTo(z)` is sent only after every entry with zxid <= z that was
+//! submitted is durable. After `Durable::Failed` nothing more is written or reported
+//! and `submit` fails: the server must stop.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use super::{StorageError, Wal, Zxid};
+
+/// Default for [`LogWriterConfig::queue_entries_max`].
+pub const DEFAULT_QUEUE_ENTRIES_MAX: usize = 100_000;
+/// Default for [`LogWriterConfig::queue_bytes_max`]: 256 MiB.
+pub const DEFAULT_QUEUE_BYTES_MAX: u64 = 256 << 20;
+/// Default for [`LogWriterConfig::batch_bytes_max`]: 8 MiB, a few ms of disk bandwidth,
+/// so one batch does not hold back the acknowledgement of the ones queued after it.
+pub const DEFAULT_BATCH_BYTES_MAX: u64 = 8 << 20;
+
+#[derive(Clone, Debug)]
+pub struct LogWriterConfig {
+    /// Entries (and snapshot requests) queued and not yet taken by the writer thread;
+    /// `submit` beyond it fails with `QueueFull`.
+    pub queue_entries_max: usize,
+    /// Payload bytes queued; `submit` beyond it fails with `QueueFull` (an entry larger
+    /// than this is still accepted into an empty queue).
+    pub queue_bytes_max: u64,
+    /// Payload bytes per write+fsync (at least one entry per batch).
+    pub batch_bytes_max: u64,
+}
+
+impl Default for LogWriterConfig {
+    fn default() -> Self {
+        LogWriterConfig {
+            queue_entries_max: DEFAULT_QUEUE_ENTRIES_MAX,
+            queue_bytes_max: DEFAULT_QUEUE_BYTES_MAX,
+            batch_bytes_max: DEFAULT_BATCH_BYTES_MAX,
+        }
+    }
+}
+
+/// What the writer thread reports, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Durable {
+    /// Every submitted entry with zxid <= this is durable.
+    UpTo(Zxid),
+    /// A write, fsync or snapshot failed; the writer has stopped. Never continue after
+    /// a failed fsync (the kernel may have dropped the dirty pages): stop the server
+    /// and let recovery read what is really on disk.
+    Failed(String),
+}
+
+enum Item {
+    Entry(Zxid, Bytes),
+    Snapshot(Zxid, Vec<u8>),
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    bytes: u64,
+    /// Highest zxid accepted (or the Wal's last zxid at spawn): submissions must rise.
+    last_submitted: Zxid,
+    closed: bool,
+    failed: Option<String>,
+    /// The writer thread is parked on the condvar; only then is a wake-up needed, which
+    /// keeps a futex syscall off every submit while the thread is busy fsyncing.
+    writer_waiting: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    cfg: LogWriterConfig,
+    entry_bytes_max: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every
+        // critical section is a few field updates), so poisoning is ignored.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn close_and_join(&self) {
+        {
+            let mut q = self.shared.lock();
+            q.closed = true;
+        }
+        self.shared.wake.notify_all();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                error!("log writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close_and_join();
+    }
+}
+
+/// Handle to the writer thread. Clones share it; the thread stops after `shutdown` or
+/// when the last clone is dropped, in both cases after writing everything submitted.
+#[derive(Clone)]
+pub struct LogWriter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriter").finish_non_exhaustive()
+    }
+}
+
+impl LogWriter {
+    /// Starts the writer thread, which owns `wal` from now on.
+    pub fn spawn(wal: Wal, cfg: LogWriterConfig) -> (LogWriter, mpsc::UnboundedReceiver<Durable>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                last_submitted: wal.last_zxid(),
+                ..Queue::default()
+            }),
+            wake: Condvar::new(),
+            entry_bytes_max: wal.entry_bytes_max(),
+            cfg,
+        });
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("coordd-log-writer".into())
+            .spawn(move || run(wal, &thread_shared, &tx))
+            .expect("spawning the log writer thread");
+        let inner = Arc::new(Inner {
+            shared,
+            thread: Mutex::new(Some(handle)),
+        });
+        (LogWriter { inner }, rx)
+    }
+
+    /// Queues an entry; never blocks on I/O. Zxids must rise across calls (the caller
+    /// submits in log order). Fails if the queue is at a bound, the zxid is out of
+    /// order, the entry is too large, or the writer has stopped.
+    pub fn submit(&self, zxid: Zxid, entry: Bytes) -> Result<(), StorageError> {
+        let shared = &self.inner.shared;
+        let len = entry.len() as u64;
+        if len > shared.entry_bytes_max {
+            return Err(StorageError::TooLarge {
+                what: "entry",
+                len,
+                limit: "entry_bytes_max",
+                max: shared.entry_bytes_max,
+            });
+        }
+        let mut q = shared.lock();
+        check_open(&q)?;
+        if zxid <= q.last_submitted {
+            return Err(StorageError::InvalidAppend(format!(
+                "zxid {zxid} is not above the last submitted {}",
+                q.last_submitted
+            )));
+        }
+        if q.items.len() >= shared.cfg.queue_entries_max {
+            return Err(StorageError::QueueFull {
+                limit: "queue_entries_max",
+                max: shared.cfg.queue_entries_max as u64,
+            });
+        }
+        if q.bytes + len > shared.cfg.queue_bytes_max && !q.items.is_empty() {
+            return Err(StorageError::QueueFull {
+                limit: "queue_bytes_max",
+                max: shared.cfg.queue_bytes_max,
+            });
+        }
+        q.items.push_back(Item::Entry(zxid, entry));
+        q.bytes += len;
+        q.last_submitted = zxid;
+        let wake = q.writer_waiting;
+        drop(q);
+        if wake {
+            shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a snapshot image taken at `zxid`, to be written after every entry
+    /// submitted before it. Its outcome is reported only if it fails.
+    pub fn snapshot(&self, zxid: Zxid, image: Vec<u8>) -> Result<(), StorageError> {
+        let shared = &self.inner.shared;
+        let mut q = shared.lock();
+        check_open(&q)?;
+        if q.items.len() >= shared.cfg.queue_entries_max {
+            return Err(StorageError::QueueFull {
+                limit: "queue_entries_max",
+                max: shared.cfg.queue_entries_max as u64,
+            });
+        }
+        q.items.push_back(Item::Snapshot(zxid, image));
+        // A snapshot above the log (installed) moves the floor for later entries, as
+        // in Wal::save_snapshot.
+        q.last_submitted = q.last_submitted.max(zxid);
+        let wake = q.writer_waiting;
+        drop(q);
+        if wake {
+            shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Writes everything submitted so far, stops the thread and waits for it. Other
+    /// clones fail with `WriterStopped` afterwards.
+    pub fn shutdown(self) {
+        self.inner.close_and_join();
+    }
+}
+
+fn check_open(q: &Queue) -> Result<(), StorageError> {
+    if let Some(why) = &q.failed {
+        return Err(StorageError::WriterStopped(why.clone()));
+    }
+    if q.closed {
+        return Err(StorageError::WriterStopped("shut down".into()));
+    }
+    Ok(())
+}
+
+fn run(mut wal: Wal, shared: &Shared, tx: &mpsc::UnboundedSender<Durable>) {
+    let mut batch: Vec<(Zxid, Bytes)> = Vec::new();
+    loop {
+        let mut snapshot = None;
+        {
+            let mut q = shared.lock();
+            while q.items.is_empty() && !q.closed {
+                q.writer_waiting = true;
+                q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                q.writer_waiting = false;
+            }
+            if q.items.is_empty() {
+                break; // closed and drained
+            }
+            let mut bytes = 0u64;
+            while let Some(item) = q.items.front() {
+                match item {
+                    Item::Entry(_, e) => {
+                        let len = e.len() as u64;
+                        if !batch.is_empty() && bytes + len > shared.cfg.batch_bytes_max {
+                            break;
+                        }
+                        bytes += len;
+                        q.bytes -= len;
+                        if let Some(Item::Entry(z, e)) = q.items.pop_front() {
+                            batch.push((z, e));
+                        }
+                    }
+                    Item::Snapshot(..) => {
+                        // Entries before it go first, in their own batch.
+                        if batch.is_empty() {
+                            if let Some(Item::Snapshot(z, image)) = q.items.pop_front() {
+                                snapshot = Some((z, image));
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(&(last, _)) = batch.last() {
+            let refs: Vec<(Zxid, &[u8])> = batch.iter().map(|(z, e)| (*z, &e[..])).collect();
+            let res = wal.append(&refs);
+            drop(refs);
+            batch.clear();
+            match res {
+                Ok(()) => {
+                    // The receiver may be gone during shutdown; nothing to tell then.
+                    let _ = tx.send(Durable::UpTo(last));
+                }
+                Err(e) => return fail(shared, tx, e),
+            }
+        }
+        if let Some((z, image)) = snapshot {
+            match wal.save_snapshot(z, &image) {
+                Ok(()) => {}
+                // A rejected request (older than the newest snapshot, too large) wrote
+                // nothing and leaves the log intact: not a reason to stop the server.
+                Err(e @ (StorageError::InvalidAppend(_) | StorageError::TooLarge { .. })) => {
+                    error!(zxid = z, error = %e, "snapshot rejected");
+                }
+                Err(e) => return fail(shared, tx, e),
+            }
+        }
+    }
+    info!(last_zxid = wal.last_zxid(), "log writer stopped");
+}
+
+fn fail(shared: &Shared, tx: &mpsc::UnboundedSender<Durable>, e: StorageError) {
+    let msg = e.to_string();
+    error!(error = %msg, "log writer failed; the server must stop");
+    {
+        let mut q = shared.lock();
+        q.failed = Some(msg.clone());
+        // Nothing queued will ever be written; free it.
+        q.items.clear();
+        q.bytes = 0;
+    }
+    let _ = tx.send(Durable::Failed(msg));
+}
