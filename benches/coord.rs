@@ -1,2 +1,656 @@
-//! Coordination benchmark (coordd vs Apache ZooKeeper): being written.
-fn main() {}
+//! Coordination benchmark: the same load against standalone coordd and standalone Apache
+//! ZooKeeper 3.8 (Debian's package), fsync on for both, in one run.
+//!
+//!     cargo bench --bench coord
+//!
+//! The load client for both servers is the independent `zookeeper-client` crate: N
+//! concurrent sessions (1, 16, 64), each one request in flight, doing create / setData /
+//! getData with 64-byte values for a fixed time per phase, then the watch-notification
+//! latency (one session sets data, another holds a data watch; time from setData sent to
+//! the event received). Printed per server and operation: ops/s, p50/p99 latency, the
+//! server's RSS after the load (VmRSS) and its peak (VmHWM), and the ratios
+//! candidate/baseline. See benches/RESULTS.md.
+//!
+//! Environment:
+//!   COORDD_BIN              coordd binary (default: target/release/coordd; built with
+//!                           `cargo build --release -p coordd` when missing)
+//!   COORDD_ARGS             extra coordd flags, space separated (never one that turns
+//!                           fsync off: the comparison is fsync on for both)
+//!   COORD_BENCH_CANDIDATE   `coordd` (default) or `zookeeper`: a second ZooKeeper as the
+//!                           candidate, to check the harness itself (ratios ~1.0)
+//!   COORD_BENCH_SECS        seconds per measured phase (default 3)
+//!   COORD_BENCH_CLIENTS     session counts, comma separated (default 1,16,64)
+//!   COORD_BENCH_ENFORCE=1   exit 1 when a target is missed
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::fs::{self, File};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use support::zookeeper::{free_port, proc_status_kib, wait_for_imok, ZooKeeper};
+use zookeeper_client as zk;
+
+const VALUE_LEN: usize = 64;
+const WATCH_ROUNDS: usize = 500;
+const WARMUP: Duration = Duration::from_secs(1);
+/// A request not answered by then counts as an error (a hung server must not hang the run).
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------
+// Servers
+// ---------------------------------------------------------------------------
+
+enum Server {
+    ZooKeeper(ZooKeeper),
+    Coordd(Coordd),
+}
+
+impl Server {
+    fn addr(&self) -> String {
+        match self {
+            Server::ZooKeeper(z) => z.addr(),
+            Server::Coordd(c) => c.addr(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Server::ZooKeeper(z) => z.pid(),
+            Server::Coordd(c) => c.child.id(),
+        }
+    }
+}
+
+/// coordd on 127.0.0.1:<free port>, temp data dir; killed and removed on drop.
+struct Coordd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Coordd {
+    fn binary() -> Result<PathBuf, String> {
+        if let Some(bin) = std::env::var_os("COORDD_BIN") {
+            let bin = PathBuf::from(bin);
+            return if bin.is_file() {
+                Ok(bin)
+            } else {
+                Err(format!("COORDD_BIN={} is not a file", bin.display()))
+            };
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let bin = target.join("release").join("coordd");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        eprintln!(
+            "coordd: {} missing; running `cargo build --release -p coordd`",
+            bin.display()
+        );
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "coordd"])
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("cannot run cargo to build coordd: {e}"))?;
+        if !status.success() || !bin.is_file() {
+            return Err(format!(
+                "coordd did not build ({status}); build it with `cargo build --release -p coordd` or set COORDD_BIN"
+            ));
+        }
+        Ok(bin)
+    }
+
+    fn start(bin: &Path) -> Result<Coordd, String> {
+        let extra: Vec<String> = std::env::var("COORDD_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if extra.iter().any(|a| a.contains("fsync")) {
+            return Err(format!(
+                "COORDD_ARGS {extra:?} touch fsync; the comparison runs fsync on for both"
+            ));
+        }
+        let io_err = |e: io::Error| e.to_string();
+        let dir = tempfile::Builder::new()
+            .prefix("coordd-bench-")
+            .tempdir()
+            .map_err(io_err)?;
+        let port = free_port().map_err(io_err)?;
+        let data = dir.path().join("data");
+        fs::create_dir(&data).map_err(io_err)?;
+        let log = File::create(dir.path().join("coordd.out")).map_err(io_err)?;
+        let child = Command::new(bin)
+            .arg("--client-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(&extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().map_err(io_err)?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let mut c = Coordd { child, port, dir };
+        let out_path = c.dir.path().join("coordd.out");
+        let child = &mut c.child;
+        wait_for_imok(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(30),
+            || match child.try_wait() {
+                Ok(Some(status)) => Some(format!(
+                    "coordd exited with {status} before answering imok; output:\n{}",
+                    fs::read_to_string(&out_path).unwrap_or_default()
+                )),
+                _ => None,
+            },
+        )
+        .map_err(|e| format!("coordd ({}) did not start: {e}", bin.display()))?;
+        Ok(c)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Coordd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Create,
+    Set,
+    Get,
+    Watch,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Set => "setData",
+            Op::Get => "getData",
+            Op::Watch => "watch latency",
+        }
+    }
+}
+
+struct Measured {
+    op: Op,
+    clients: usize,
+    ops: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+    errors: u64,
+}
+
+impl Measured {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    fn p50_us(&self) -> u64 {
+        self.hist.value_at_quantile(0.50)
+    }
+    fn p99_us(&self) -> u64 {
+        self.hist.value_at_quantile(0.99)
+    }
+}
+
+struct ServerResult {
+    label: String,
+    rows: Vec<Measured>,
+    rss_idle_kib: Option<u64>,
+    rss_kib: Option<u64>,
+    hwm_kib: Option<u64>,
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 us .. 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+fn persistent() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+async fn connect(addr: &str) -> zk::Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match zk::Client::connector()
+            .session_timeout(Duration::from_secs(30))
+            .connect(addr)
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("connect {addr}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+async fn create_if_missing(client: &zk::Client, path: &str) {
+    match client.create(path, b"", &persistent()).await {
+        Ok(_) | Err(zk::Error::NodeExists) => {}
+        Err(e) => panic!("create {path}: {e}"),
+    }
+}
+
+async fn within<T>(f: impl std::future::Future<Output = Result<T, zk::Error>>) -> bool {
+    matches!(tokio::time::timeout(OP_TIMEOUT, f).await, Ok(Ok(_)))
+}
+
+/// Runs `op` on every session for `dur`, one request in flight per session.
+async fn run_phase(clients: &[Arc<zk::Client>], root: &str, op: Op, dur: Duration) -> Measured {
+    let value = Arc::new(vec![b'x'; VALUE_LEN]);
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, client) in clients.iter().enumerate() {
+        let client = Arc::clone(client);
+        let value = Arc::clone(&value);
+        let base = format!("{root}/c{i}");
+        tasks.spawn(async move {
+            let mut hist = new_hist();
+            let (mut ops, mut errors) = (0u64, 0u64);
+            let own = format!("{base}/n0");
+            let mut k = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let ok = match op {
+                    Op::Create => {
+                        k += 1;
+                        let path = format!("{base}/n{k}");
+                        within(client.create(&path, &value, &persistent())).await
+                    }
+                    Op::Set => within(client.set_data(&own, &value, None)).await,
+                    Op::Get => within(client.get_data(&own)).await,
+                    Op::Watch => unreachable!("watch latency has its own loop"),
+                };
+                let us = t.elapsed().as_micros().max(1) as u64;
+                if ok {
+                    ops += 1;
+                    hist.saturating_record(us);
+                } else {
+                    errors += 1;
+                }
+            }
+            (hist, ops, errors)
+        });
+    }
+    let mut hist = new_hist();
+    let (mut ops, mut errors) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (h, o, e) = r.expect("load task panicked");
+        hist.add(&h).expect("merge histograms");
+        ops += o;
+        errors += e;
+    }
+    Measured {
+        op,
+        clients: clients.len(),
+        ops,
+        elapsed: start.elapsed(),
+        hist,
+        errors,
+    }
+}
+
+/// Session `setter` sets data, session `watcher` holds a data watch: latency from the
+/// setData request being sent to the watcher's event.
+async fn watch_latency(
+    setter: &zk::Client,
+    watcher: &zk::Client,
+    path: &str,
+    budget: Duration,
+) -> Measured {
+    create_if_missing(setter, path).await;
+    let value = vec![b'w'; VALUE_LEN];
+    let mut hist = new_hist();
+    let (mut ops, mut errors) = (0u64, 0u64);
+    let start = Instant::now();
+    for _ in 0..WATCH_ROUNDS {
+        if start.elapsed() >= budget {
+            break;
+        }
+        // The watch is registered once this reply is in.
+        let w = match tokio::time::timeout(OP_TIMEOUT, watcher.get_and_watch_data(path)).await {
+            Ok(Ok((_, _, w))) => w,
+            _ => {
+                errors += 1;
+                continue;
+            }
+        };
+        let t0 = Instant::now();
+        let set = within(setter.set_data(path, &value, None));
+        let event = async {
+            let e = tokio::time::timeout(OP_TIMEOUT, w.changed()).await;
+            (e, t0.elapsed())
+        };
+        let (set_ok, (event, latency)) = tokio::join!(set, event);
+        let fired = matches!(event, Ok(ref e) if e.event_type == zk::EventType::NodeDataChanged);
+        if set_ok && fired {
+            ops += 1;
+            hist.saturating_record(latency.as_micros().max(1) as u64);
+        } else {
+            errors += 1;
+        }
+    }
+    Measured {
+        op: Op::Watch,
+        clients: 2,
+        ops,
+        elapsed: start.elapsed(),
+        hist,
+        errors,
+    }
+}
+
+async fn bench_server(
+    label: &str,
+    server: &Server,
+    client_counts: &[usize],
+    phase: Duration,
+) -> ServerResult {
+    let addr = server.addr();
+    let pid = server.pid();
+    let rss_idle_kib = proc_status_kib(pid, "VmRSS");
+    let max_clients = client_counts.iter().copied().max().unwrap_or(1);
+    eprintln!("[{label}] {addr} pid {pid}: connecting {max_clients} sessions");
+    let mut sessions = Vec::with_capacity(max_clients);
+    for _ in 0..max_clients {
+        sessions.push(Arc::new(connect(&addr).await));
+    }
+    let admin = &sessions[0];
+    create_if_missing(admin, "/bench").await;
+
+    // Warm-up (not measured): JIT for the JVM, allocator and caches for both.
+    {
+        let root = "/bench/warmup";
+        create_if_missing(admin, root).await;
+        let some = &sessions[..max_clients.min(16)];
+        for i in 0..some.len() {
+            create_if_missing(admin, &format!("{root}/c{i}")).await;
+            create_if_missing(admin, &format!("{root}/c{i}/n0")).await;
+        }
+        for op in [Op::Create, Op::Set, Op::Get] {
+            run_phase(some, root, op, WARMUP / 3).await;
+        }
+    }
+
+    let mut rows = Vec::new();
+    for &n in client_counts {
+        let root = format!("/bench/n{n}");
+        create_if_missing(admin, &root).await;
+        for i in 0..n {
+            create_if_missing(admin, &format!("{root}/c{i}")).await;
+            create_if_missing(admin, &format!("{root}/c{i}/n0")).await;
+        }
+        for op in [Op::Create, Op::Set, Op::Get] {
+            let m = run_phase(&sessions[..n], &root, op, phase).await;
+            eprintln!(
+                "[{label}] {:>8} x{:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  errors {}",
+                op.name(),
+                n,
+                m.ops_per_sec(),
+                m.p50_us(),
+                m.p99_us(),
+                m.errors
+            );
+            rows.push(m);
+        }
+    }
+    let m = watch_latency(
+        &sessions[0],
+        &sessions[1.min(max_clients - 1)],
+        "/bench/watched",
+        phase,
+    )
+    .await;
+    eprintln!(
+        "[{label}] watch latency: {} events, p50 {} us, p99 {} us, errors {}",
+        m.ops,
+        m.p50_us(),
+        m.p99_us(),
+        m.errors
+    );
+    rows.push(m);
+
+    let rss_kib = proc_status_kib(pid, "VmRSS");
+    let hwm_kib = proc_status_kib(pid, "VmHWM");
+    drop(sessions);
+    ServerResult {
+        label: label.to_owned(),
+        rows,
+        rss_idle_kib,
+        rss_kib,
+        hwm_kib,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        format!("{:.2}x", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// Prints the comparison as Markdown (pastes straight into benches/RESULTS.md) and
+/// returns the targets missed.
+fn report(base: &ServerResult, cand: &ServerResult, phase: Duration) -> Vec<String> {
+    let (b, c) = (&base.label, &cand.label);
+    println!();
+    println!("## coord bench: {c} (candidate) vs {b} (baseline)");
+    println!();
+    println!("{phase:?} per phase, value {VALUE_LEN} B, one request in flight per session, fsync on for both.");
+    println!();
+    println!("| op | sessions | {c} ops/s | {b} ops/s | ops/s {c}/{b} | {c} p50/p99 us | {b} p50/p99 us | p99 {c}/{b} | errors {c}/{b} |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut missed = Vec::new();
+    for (mb, mc) in base.rows.iter().zip(&cand.rows) {
+        assert_eq!((mb.op, mb.clients), (mc.op, mc.clients));
+        let tput = if mb.op == Op::Watch {
+            "-".to_owned()
+        } else {
+            ratio(mc.ops_per_sec(), mb.ops_per_sec())
+        };
+        let (cops, bops) = if mb.op == Op::Watch {
+            (format!("{} events", mc.ops), format!("{} events", mb.ops))
+        } else {
+            (
+                format!("{:.0}", mc.ops_per_sec()),
+                format!("{:.0}", mb.ops_per_sec()),
+            )
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {}/{} | {}/{} | {} | {}/{} |",
+            mb.op.name(),
+            mb.clients,
+            cops,
+            bops,
+            tput,
+            mc.p50_us(),
+            mc.p99_us(),
+            mb.p50_us(),
+            mb.p99_us(),
+            ratio(mc.p99_us() as f64, mb.p99_us() as f64),
+            mc.errors,
+            mb.errors
+        );
+        let target = match mb.op {
+            Op::Create | Op::Set => Some(2.0),
+            Op::Get => Some(1.5),
+            Op::Watch => None,
+        };
+        if let Some(t) = target {
+            let r = mc.ops_per_sec() / mb.ops_per_sec().max(f64::MIN_POSITIVE);
+            if r < t {
+                missed.push(format!("{} x{}: {r:.2}x < {t}x", mb.op.name(), mb.clients));
+            }
+        }
+        if mc.errors > 0 {
+            missed.push(format!(
+                "{} x{}: {} errors on {c}",
+                mb.op.name(),
+                mb.clients,
+                mc.errors
+            ));
+        }
+    }
+    println!();
+    println!("| memory | {c} | {b} | {c}/{b} |");
+    println!("|---|---:|---:|---:|");
+    let kib_ratio = |x: Option<u64>, y: Option<u64>| match (x, y) {
+        (Some(x), Some(y)) => ratio(x as f64, y as f64),
+        _ => "n/a".into(),
+    };
+    println!(
+        "| RSS idle (VmRSS after start) | {} | {} | {} |",
+        mib(cand.rss_idle_kib),
+        mib(base.rss_idle_kib),
+        kib_ratio(cand.rss_idle_kib, base.rss_idle_kib)
+    );
+    println!(
+        "| RSS after load (VmRSS) | {} | {} | {} |",
+        mib(cand.rss_kib),
+        mib(base.rss_kib),
+        kib_ratio(cand.rss_kib, base.rss_kib)
+    );
+    println!(
+        "| peak RSS (VmHWM) | {} | {} | {} |",
+        mib(cand.hwm_kib),
+        mib(base.hwm_kib),
+        kib_ratio(cand.hwm_kib, base.hwm_kib)
+    );
+    match (cand.rss_kib, base.rss_kib) {
+        (Some(x), Some(y)) if x * 10 > y => {
+            missed.push(format!("RSS after load: {x} KiB > 1/10 of {y} KiB"))
+        }
+        (Some(_), Some(_)) => {}
+        _ => missed.push("RSS not measured".into()),
+    }
+    println!();
+    println!("Targets: writes (create, setData) >= 2x, reads (getData) >= 1.5x ops/s; RSS after load <= 1/10.");
+    if missed.is_empty() {
+        println!("All targets met.");
+    } else {
+        println!("Missed:");
+        for m in &missed {
+            println!("- {m}");
+        }
+    }
+    missed
+}
+
+fn main() {
+    if let Err(reason) = ZooKeeper::available() {
+        eprintln!("coord bench needs Apache ZooKeeper for the comparison: {reason}");
+        std::process::exit(1);
+    }
+    let phase = Duration::from_secs_f64(
+        std::env::var("COORD_BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0),
+    );
+    let client_counts: Vec<usize> = std::env::var("COORD_BENCH_CLIENTS")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .filter(|&n| n > 0)
+                .collect()
+        })
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1, 16, 64]);
+    let candidate = std::env::var("COORD_BENCH_CANDIDATE").unwrap_or_else(|_| "coordd".into());
+
+    // Find (or build) coordd before spending a minute on the baseline.
+    let coordd_bin = if candidate == "coordd" {
+        match Coordd::binary() {
+            Ok(bin) => Some(bin),
+            Err(e) => {
+                eprintln!("coord bench: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = Instant::now();
+
+    // Baseline first, stopped before the candidate starts: one server on the 2 cores at a time.
+    let base = {
+        let zk = ZooKeeper::start().unwrap_or_else(|e| {
+            eprintln!("cannot start ZooKeeper: {e}");
+            std::process::exit(1);
+        });
+        let server = Server::ZooKeeper(zk);
+        rt.block_on(bench_server("zookeeper", &server, &client_counts, phase))
+    };
+    let cand = {
+        let (label, server) = match candidate.as_str() {
+            "coordd" => match Coordd::start(coordd_bin.as_deref().expect("resolved above")) {
+                Ok(c) => ("coordd", Server::Coordd(c)),
+                Err(e) => {
+                    eprintln!("coord bench: {e}");
+                    std::process::exit(1);
+                }
+            },
+            "zookeeper" => match ZooKeeper::start() {
+                Ok(z) => ("zookeeper#2", Server::ZooKeeper(z)),
+                Err(e) => {
+                    eprintln!("cannot start the second ZooKeeper: {e}");
+                    std::process::exit(1);
+                }
+            },
+            other => {
+                eprintln!("COORD_BENCH_CANDIDATE must be coordd or zookeeper, not {other:?}");
+                std::process::exit(2);
+            }
+        };
+        rt.block_on(bench_server(label, &server, &client_counts, phase))
+    };
+    let missed = report(&base, &cand, phase);
+    eprintln!("coord bench took {:.1?}", started.elapsed());
+    if !missed.is_empty() && std::env::var("COORD_BENCH_ENFORCE").as_deref() == Ok("1") {
+        std::process::exit(1);
+    }
+}
