@@ -1,1 +1,75 @@
-fn main() {}
+//! The `coordd` binary.
+
+use clap::Parser;
+use coordd::config::{Config, Flags};
+use coordd::server::Server;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let flags = Flags::parse();
+    let config = match Config::load(flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coordd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if !config.fsync {
+        tracing::warn!(
+            "fsync is OFF (--no-fsync): acknowledged writes can be lost on a crash or power loss"
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("coordd: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("coordd: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let token = server.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            token.cancel();
+        });
+        match server.wait().await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("coordd: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,317 @@
+//! coordd's configuration: command-line flags, an optional TOML file, defaults.
+//! A flag given on the command line wins over the file; the file wins over defaults.
+//!
+//! Invariant: a `Config` that `resolve` returned is valid (timeouts ordered, limits
+//! non-zero); the server never re-checks it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags. Every option is also a key of the TOML file (snake_case).
+#[derive(Debug, Clone, Parser, Default)]
+#[command(
+    name = "coordd",
+    version,
+    about = "coordd: a ZooKeeper-compatible coordination server",
+    long_about = "coordd speaks the Apache ZooKeeper client protocol, so zkCli, kazoo, Curator \
+                  and the zookeeper-client crate work against it unchanged.\n\n\
+                  Standalone: coordd --client-addr 127.0.0.1:2181 --data-dir ./data"
+)]
+pub struct Flags {
+    /// TOML configuration file; flags given on the command line override its keys.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Address of the client port [default: 127.0.0.1:2181].
+    #[arg(long)]
+    pub client_addr: Option<SocketAddr>,
+    /// Directory of the write-ahead log and snapshots [default: ./data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// ZooKeeper's tickTime: the unit of session timeouts [default: 2000].
+    #[arg(long)]
+    pub tick_time_ms: Option<u32>,
+    /// Smallest session timeout granted [default: 2 ticks].
+    #[arg(long)]
+    pub min_session_timeout_ms: Option<u32>,
+    /// Largest session timeout granted [default: 20 ticks].
+    #[arg(long)]
+    pub max_session_timeout_ms: Option<u32>,
+    /// Largest frame a client may send, in bytes [default: 1048576].
+    #[arg(long)]
+    pub frame_bytes_max: Option<usize>,
+    /// Most client connections at once [default: 10000].
+    #[arg(long)]
+    pub connections_max: Option<usize>,
+    /// Most client connections from one IP address (ZooKeeper's maxClientCnxns) [default: 60].
+    #[arg(long)]
+    pub connections_per_ip_max: Option<usize>,
+    /// Most requests a connection may have outstanding before coordd stops reading
+    /// from it [default: 1000].
+    #[arg(long)]
+    pub outstanding_requests_max: Option<usize>,
+    /// Bytes queued to a client that does not read before it is disconnected
+    /// [default: 16777216].
+    #[arg(long)]
+    pub outbound_bytes_max: Option<usize>,
+    /// Take a snapshot after this many log entries [default: 100000].
+    #[arg(long)]
+    pub snapshot_every_entries: Option<u64>,
+    /// How often empty containers and expired TTL nodes are removed [default: 60000].
+    #[arg(long)]
+    pub container_check_interval_ms: Option<u64>,
+    /// Accept TTL nodes (ZooKeeper's zookeeper.extendedTypesEnabled).
+    #[arg(long)]
+    pub ttl_enabled: bool,
+    /// Superuser digest, user:base64(sha1(user:password)) (ZooKeeper's superDigest).
+    #[arg(long)]
+    pub superuser_digest: Option<String>,
+    /// Server id (1-255), the top byte of the session ids this server hands out
+    /// [default: 1].
+    #[arg(long)]
+    pub server_id: Option<u8>,
+    /// DANGEROUS: do not fsync the log. An acknowledged write can be lost on a crash.
+    #[arg(long)]
+    pub no_fsync: bool,
+}
+
+/// The TOML file: the same keys as the flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub client_addr: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub tick_time_ms: Option<u32>,
+    pub min_session_timeout_ms: Option<u32>,
+    pub max_session_timeout_ms: Option<u32>,
+    pub frame_bytes_max: Option<usize>,
+    pub connections_max: Option<usize>,
+    pub connections_per_ip_max: Option<usize>,
+    pub outstanding_requests_max: Option<usize>,
+    pub outbound_bytes_max: Option<usize>,
+    pub snapshot_every_entries: Option<u64>,
+    pub container_check_interval_ms: Option<u64>,
+    pub ttl_enabled: Option<bool>,
+    pub superuser_digest: Option<String>,
+    pub server_id: Option<u8>,
+    pub no_fsync: Option<bool>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub client_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tick_time_ms: u32,
+    pub min_session_timeout_ms: u32,
+    pub max_session_timeout_ms: u32,
+    pub frame_bytes_max: usize,
+    pub connections_max: usize,
+    pub connections_per_ip_max: usize,
+    pub outstanding_requests_max: usize,
+    pub outbound_bytes_max: usize,
+    pub snapshot_every_entries: u64,
+    pub container_check_interval_ms: u64,
+    pub ttl_enabled: bool,
+    pub superuser_digest: Option<String>,
+    pub server_id: u8,
+    pub fsync: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+pub const CLIENT_ADDR_DEFAULT: &str = "127.0.0.1:2181";
+pub const TICK_TIME_MS_DEFAULT: u32 = 2000;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::resolve(Flags::default(), FileConfig::default()).expect("defaults are valid")
+    }
+}
+
+impl Config {
+    /// Reads the file named by `--config`, if any, and merges.
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?
+            }
+        };
+        Config::resolve(flags, file)
+    }
+
+    pub fn resolve(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
+        let tick_time_ms = flags
+            .tick_time_ms
+            .or(file.tick_time_ms)
+            .unwrap_or(TICK_TIME_MS_DEFAULT);
+        if tick_time_ms == 0 {
+            return Err(ConfigError::Invalid("tick_time_ms must be > 0".into()));
+        }
+        let min_session_timeout_ms = flags
+            .min_session_timeout_ms
+            .or(file.min_session_timeout_ms)
+            .unwrap_or(tick_time_ms.saturating_mul(2));
+        let max_session_timeout_ms = flags
+            .max_session_timeout_ms
+            .or(file.max_session_timeout_ms)
+            .unwrap_or(tick_time_ms.saturating_mul(20));
+        if min_session_timeout_ms > max_session_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "min_session_timeout_ms ({min_session_timeout_ms}) > max_session_timeout_ms ({max_session_timeout_ms})"
+            )));
+        }
+        let positive = |name: &str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid(format!("{name} must be > 0")))
+            } else {
+                Ok(v)
+            }
+        };
+        let config = Config {
+            client_addr: flags
+                .client_addr
+                .or(file.client_addr)
+                .unwrap_or_else(|| CLIENT_ADDR_DEFAULT.parse().expect("default address parses")),
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            tick_time_ms,
+            min_session_timeout_ms,
+            max_session_timeout_ms,
+            frame_bytes_max: positive(
+                "frame_bytes_max",
+                flags
+                    .frame_bytes_max
+                    .or(file.frame_bytes_max)
+                    .unwrap_or(coordd_proto::FRAME_BYTES_MAX_DEFAULT),
+            )?,
+            connections_max: positive(
+                "connections_max",
+                flags
+                    .connections_max
+                    .or(file.connections_max)
+                    .unwrap_or(10_000),
+            )?,
+            connections_per_ip_max: positive(
+                "connections_per_ip_max",
+                flags
+                    .connections_per_ip_max
+                    .or(file.connections_per_ip_max)
+                    .unwrap_or(60),
+            )?,
+            outstanding_requests_max: positive(
+                "outstanding_requests_max",
+                flags
+                    .outstanding_requests_max
+                    .or(file.outstanding_requests_max)
+                    .unwrap_or(1000),
+            )?,
+            outbound_bytes_max: positive(
+                "outbound_bytes_max",
+                flags
+                    .outbound_bytes_max
+                    .or(file.outbound_bytes_max)
+                    .unwrap_or(16 * 1024 * 1024),
+            )?,
+            snapshot_every_entries: flags
+                .snapshot_every_entries
+                .or(file.snapshot_every_entries)
+                .unwrap_or(100_000)
+                .max(1),
+            container_check_interval_ms: flags
+                .container_check_interval_ms
+                .or(file.container_check_interval_ms)
+                .unwrap_or(60_000)
+                .max(1),
+            ttl_enabled: flags.ttl_enabled || file.ttl_enabled.unwrap_or(false),
+            superuser_digest: flags.superuser_digest.or(file.superuser_digest),
+            server_id: flags.server_id.or(file.server_id).unwrap_or(1),
+            fsync: !(flags.no_fsync || file.no_fsync.unwrap_or(false)),
+        };
+        if config.server_id == 0 {
+            return Err(ConfigError::Invalid("server_id must be 1..=255".into()));
+        }
+        if let Some(d) = &config.superuser_digest {
+            if !d.contains(':') {
+                return Err(ConfigError::Invalid(
+                    "superuser_digest must be user:base64(sha1(user:password))".into(),
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// ZooKeeper's negotiation: the client's wish clamped to [min, max].
+    pub fn negotiate_session_timeout_ms(&self, requested_ms: i32) -> i32 {
+        let requested = requested_ms.max(0) as u32;
+        requested.clamp(self.min_session_timeout_ms, self.max_session_timeout_ms) as i32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_precedence() {
+        let c = Config::default();
+        assert_eq!(c.client_addr.to_string(), "127.0.0.1:2181");
+        assert_eq!(c.min_session_timeout_ms, 4000);
+        assert_eq!(c.max_session_timeout_ms, 40000);
+        assert!(c.fsync);
+        let file: FileConfig =
+            toml::from_str("tick_time_ms = 100\nclient_addr = \"127.0.0.1:9\"").unwrap();
+        let flags = Flags {
+            client_addr: Some("127.0.0.1:7".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::resolve(flags, file).unwrap();
+        assert_eq!(c.client_addr.port(), 7);
+        assert_eq!(c.tick_time_ms, 100);
+        assert_eq!(c.negotiate_session_timeout_ms(1), 200);
+        assert_eq!(c.negotiate_session_timeout_ms(1_000_000), 2000);
+        assert_eq!(c.negotiate_session_timeout_ms(500), 500);
+    }
+
+    #[test]
+    fn bad_config_is_an_error() {
+        assert!(toml::from_str::<FileConfig>("no_such_key = 1").is_err());
+        let flags = Flags {
+            min_session_timeout_ms: Some(10),
+            max_session_timeout_ms: Some(5),
+            ..Default::default()
+        };
+        assert!(Config::resolve(flags, FileConfig::default()).is_err());
+        let flags = Flags {
+            frame_bytes_max: Some(0),
+            ..Default::default()
+        };
+        assert!(Config::resolve(flags, FileConfig::default()).is_err());
+    }
+}

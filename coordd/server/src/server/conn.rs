@@ -1,0 +1,295 @@
+//! One client connection: the handshake, then a reader that turns frames into core
+//! messages and a writer that drains the connection's outbound queue.
+//!
+//! Invariants:
+//! - a frame's length is checked against `frame_bytes_max` before its body is read;
+//! - malformed bytes close the connection, they never panic or reach the core;
+//! - at most `outstanding_requests_max` requests of one connection wait in the core;
+//!   past that the reader stops reading (TCP backpressure) instead of queueing more.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use coordd_proto::frame::{check_frame_len, split_frame};
+use coordd_proto::{ConnectRequest, ErrorCode, OpCode, Reader, Record, Request, RequestHeader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::core::{ConnHandle, ConnStats, CoreMsg, Metrics, Outbound};
+use super::fourlw;
+use crate::config::Config;
+
+/// How long a new connection may take to send its handshake.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Most bytes the writer gathers into one write.
+const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
+
+pub struct ConnCtx {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub core: mpsc::Sender<CoreMsg>,
+    pub started: Instant,
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    ctx: Arc<ConnCtx>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(4096);
+
+    // The first four bytes are a frame length, or a four-letter word.
+    let first = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), async {
+        while buf.len() < 4 {
+            if rd.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    if !matches!(first, Ok(Ok(()))) {
+        return;
+    }
+    let word = [buf[0], buf[1], buf[2], buf[3]];
+    if let Some(cmd) = fourlw::Command::parse(&word) {
+        let text = fourlw::answer(cmd, &ctx).await;
+        let _ = wr.write_all(text.as_bytes()).await;
+        let _ = wr.shutdown().await;
+        return;
+    }
+
+    // The handshake frame.
+    let len = i32::from_be_bytes(word);
+    if let Err(e) = check_frame_len(len, ctx.config.frame_bytes_max) {
+        tracing::info!(%peer, error = %e, "closing connection: bad handshake frame");
+        return;
+    }
+    let handshake = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), async {
+        loop {
+            if let Some(frame) = split_frame(&mut buf, ctx.config.frame_bytes_max).ok()? {
+                return Some(frame);
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let Ok(Some(frame)) = handshake else {
+        return;
+    };
+    let req = match ConnectRequest::from_bytes(&frame) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "closing connection: malformed connect request");
+            return;
+        }
+    };
+
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let kill = shutdown.child_token();
+    let handle = ConnHandle {
+        conn_id,
+        peer,
+        out: out_tx,
+        queued_bytes: Arc::new(AtomicUsize::new(0)),
+        permits: Arc::new(Semaphore::new(ctx.config.outstanding_requests_max)),
+        kill: kill.clone(),
+        stats: Arc::new(ConnStats::default()),
+    };
+    let writer = tokio::spawn(write_loop(
+        wr,
+        out_rx,
+        handle.queued_bytes.clone(),
+        kill.clone(),
+    ));
+
+    let (est_tx, est_rx) = oneshot::channel();
+    if ctx
+        .core
+        .send(CoreMsg::Connect {
+            conn: handle.clone(),
+            req,
+            established: est_tx,
+        })
+        .await
+        .is_err()
+    {
+        kill.cancel();
+        let _ = writer.await;
+        return;
+    }
+    let session_id = tokio::select! {
+        r = est_rx => r.ok().flatten(),
+        _ = kill.cancelled() => None,
+    };
+    if let Some(session_id) = session_id {
+        read_loop(&mut rd, &mut buf, &handle, session_id, &ctx).await;
+        let _ = ctx
+            .core
+            .send(CoreMsg::Disconnected {
+                conn_id,
+                session_id: Some(session_id),
+            })
+            .await;
+        // The writer ends when the core closes us or the peer is gone.
+        kill.cancel();
+    } else {
+        let _ = ctx
+            .core
+            .send(CoreMsg::Disconnected {
+                conn_id,
+                session_id: None,
+            })
+            .await;
+    }
+    let _ = writer.await;
+}
+
+async fn read_loop(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+    handle: &ConnHandle,
+    session_id: i64,
+    ctx: &ConnCtx,
+) {
+    let peer = handle.peer;
+    loop {
+        // Everything already buffered first.
+        loop {
+            let frame = match split_frame(buf, ctx.config.frame_bytes_max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    ctx.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, error = %e, "closing connection: frame over the limit (frame_bytes_max)");
+                    return;
+                }
+            };
+            let received = Instant::now();
+            ctx.metrics.packets_received.fetch_add(1, Ordering::Relaxed);
+            handle.stats.received.fetch_add(1, Ordering::Relaxed);
+            let mut r = Reader::new(&frame);
+            let header = match RequestHeader::decode(&mut r) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "closing connection: malformed request header");
+                    return;
+                }
+            };
+            let msg = match OpCode::try_from(header.op) {
+                Ok(OpCode::Reconfig) => {
+                    refuse(handle, session_id, header.xid, ErrorCode::ReconfigDisabled)
+                }
+                Ok(op) => match Request::decode(op, &mut r) {
+                    Ok(request) => CoreMsg::Request {
+                        conn_id: handle.conn_id,
+                        session_id,
+                        xid: header.xid,
+                        request,
+                        received,
+                    },
+                    Err(coordd_proto::DecodeError::UnknownValue {
+                        what: "supported op code",
+                        ..
+                    }) => refuse(handle, session_id, header.xid, ErrorCode::Unimplemented),
+                    Err(e) => {
+                        tracing::info!(%peer, op = ?op, error = %e, "closing connection: malformed request");
+                        return;
+                    }
+                },
+                Err(_) => refuse(handle, session_id, header.xid, ErrorCode::Unimplemented),
+            };
+            // One permit per request in the core; waiting here is the backpressure.
+            let permit = tokio::select! {
+                p = handle.permits.acquire() => p,
+                _ = handle.kill.cancelled() => return,
+            };
+            match permit {
+                Ok(p) => p.forget(),
+                Err(_) => return,
+            }
+            if ctx.core.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let n = tokio::select! {
+            n = rd.read_buf(buf) => n,
+            _ = handle.kill.cancelled() => return,
+        };
+        match n {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn refuse(handle: &ConnHandle, session_id: i64, xid: i32, err: ErrorCode) -> CoreMsg {
+    CoreMsg::Refuse {
+        conn_id: handle.conn_id,
+        session_id,
+        xid,
+        err,
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    queued_bytes: Arc<AtomicUsize>,
+    kill: CancellationToken,
+) {
+    let mut batch = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => m,
+            _ = kill.cancelled() => return,
+        };
+        let mut close = false;
+        match first {
+            None => return,
+            Some(Outbound::Close) => close = true,
+            Some(Outbound::Frame(f)) => batch.extend_from_slice(&f),
+        }
+        // Gather what else is queued into one write.
+        while !close && batch.len() < WRITE_BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(Outbound::Frame(f)) => batch.extend_from_slice(&f),
+                Ok(Outbound::Close) => close = true,
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        if n > 0 {
+            let res = tokio::select! {
+                r = wr.write_all(&batch) => r,
+                _ = kill.cancelled() => return,
+            };
+            if res.is_err() {
+                kill.cancel();
+                return;
+            }
+            queued_bytes.fetch_sub(n, Ordering::Relaxed);
+            batch.advance(n);
+            batch.clear();
+        }
+        if close {
+            let _ = wr.shutdown().await;
+            kill.cancel();
+            return;
+        }
+    }
+}

@@ -1,0 +1,976 @@
+//! The core task: the one owner of the state machine. Every request, every log
+//! acknowledgement and every timer passes through it, in order.
+//!
+//! A write becomes a log entry (zxid = next log index) and is applied only once the log
+//! reports it durable; its reply and the watch events it fires are queued to the
+//! connections in the same step. A read is served at once unless its session has writes
+//! in flight, in which case it waits behind them, so a client always sees its own writes
+//! and never a write it sent later.
+//!
+//! Invariants:
+//! - entries are applied in zxid order, each exactly once, only after they are durable;
+//! - for each session, replies leave in request order, and every watch event reaches a
+//!   connection before any reply queued after the entry that fired it;
+//! - a session's `queue` front is its oldest unanswered request.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use coordd_proto::{
+    frame::write_frame, xid, ConnectRequest, ConnectResponse, ErrorCode, Id, Record, ReplyHeader,
+    Request, PROTOCOL_VERSION,
+};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::expiry::SessionDeadlines;
+use crate::config::Config;
+use crate::state::{Applied, Entry, Response, SessionId, StateMachine, StateStats, Txn, Zxid};
+use crate::storage::{Durable, LogWriter};
+
+/// A frame, or the order to close after the frames before it.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Bytes),
+    Close,
+}
+
+/// What the core holds of one client connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    pub out: mpsc::UnboundedSender<Outbound>,
+    /// Bytes queued in `out` and not yet written: the slow-reader bound.
+    pub queued_bytes: Arc<AtomicUsize>,
+    /// Outstanding-request permits; the reader takes one per request, the core gives it
+    /// back with the reply.
+    pub permits: Arc<Semaphore>,
+    /// Cancels the connection at once, dropping whatever is queued.
+    pub kill: CancellationToken,
+    pub stats: Arc<ConnStats>,
+}
+
+/// Per-connection counters for `stat` / `cons`.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub session_id: AtomicU64,
+}
+
+/// Server-wide counters, readable without asking the core.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub packets_received: AtomicU64,
+    pub packets_sent: AtomicU64,
+    pub connections_alive: AtomicU64,
+    pub outstanding_requests: AtomicU64,
+    pub latency_count: AtomicU64,
+    pub latency_sum_us: AtomicU64,
+    pub latency_max_us: AtomicU64,
+    pub latency_min_us: AtomicU64,
+    pub limit_hits: AtomicU64,
+}
+
+impl Metrics {
+    pub fn record_latency(&self, started: Instant) {
+        let us = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.latency_max_us.fetch_max(us, Ordering::Relaxed);
+        let min = self.latency_min_us.load(Ordering::Relaxed);
+        if min == 0 || us < min {
+            self.latency_min_us.store(us.max(1), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Messages from connections to the core.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// A handshake. The core answers on `conn.out` and tells the connection its session
+    /// (None: rejected, the connection closes after the queued frames).
+    Connect {
+        conn: ConnHandle,
+        req: ConnectRequest,
+        established: oneshot::Sender<Option<SessionId>>,
+    },
+    Request {
+        conn_id: u64,
+        session_id: SessionId,
+        xid: i32,
+        request: Request,
+        received: Instant,
+    },
+    /// A request the server does not serve (reconfig, SASL, unknown op): answered with
+    /// `err` in order with the session's other replies.
+    Refuse {
+        conn_id: u64,
+        session_id: SessionId,
+        xid: i32,
+        err: ErrorCode,
+    },
+    Disconnected {
+        conn_id: u64,
+        session_id: Option<SessionId>,
+    },
+    Stats {
+        reply: oneshot::Sender<CoreStats>,
+    },
+}
+
+/// A snapshot of the core's counts for the four-letter words.
+#[derive(Debug, Clone, Default)]
+pub struct CoreStats {
+    pub state: StateStats,
+    pub last_zxid: Zxid,
+    pub sessions_live: usize,
+    pub inflight_entries: usize,
+    pub clients: Vec<ClientStat>,
+}
+
+/// One connection, as `stat` and `cons` list it.
+#[derive(Debug, Clone)]
+pub struct ClientStat {
+    pub peer: SocketAddr,
+    pub session_id: i64,
+    pub received: u64,
+    pub sent: u64,
+    pub queued_bytes: usize,
+}
+
+enum Queued {
+    Write(Zxid),
+    Read {
+        xid: i32,
+        work: ReadWork,
+        received: Instant,
+    },
+}
+
+/// A request answered without the log.
+enum ReadWork {
+    Serve(Request),
+    /// Answered with this error (unsupported ops), in order with the other replies.
+    Refuse(ErrorCode),
+}
+
+struct LiveSession {
+    conn_id: Option<u64>,
+    auth: Vec<Id>,
+    timeout_ms: i32,
+    queue: VecDeque<Queued>,
+}
+
+enum Origin {
+    Request {
+        session_id: SessionId,
+        xid: i32,
+        received: Instant,
+    },
+    Connect {
+        conn_id: u64,
+        session_id: SessionId,
+        established: oneshot::Sender<Option<SessionId>>,
+    },
+    Server,
+}
+
+struct Inflight {
+    entry: Entry,
+    origin: Origin,
+}
+
+pub struct Core {
+    config: Config,
+    state: StateMachine,
+    writer: LogWriter,
+    next_zxid: Zxid,
+    last_time_ms: i64,
+    next_session_id: i64,
+    conns: HashMap<u64, ConnHandle>,
+    sessions: HashMap<SessionId, LiveSession>,
+    /// Sessions whose close or expiry is logged but not applied yet.
+    closing: HashSet<SessionId>,
+    deadlines: SessionDeadlines,
+    inflight: VecDeque<Inflight>,
+    entries_since_snapshot: u64,
+    metrics: Arc<Metrics>,
+}
+
+fn now_wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The first session id of a server, as ZooKeeper makes it: the server id in the top
+/// byte, the start time in ms below it, so ids do not repeat across restarts.
+fn initial_session_id(server_id: u8, now_ms: i64) -> i64 {
+    let t = ((now_ms as u64) << 24) >> 8;
+    ((server_id as u64) << 56 | t) as i64
+}
+
+fn reply_frame(xid: i32, zxid: Zxid, err: ErrorCode, body: Option<&Response>) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    write_frame(&mut out, |o| {
+        ReplyHeader {
+            xid,
+            zxid,
+            err: err.code(),
+        }
+        .encode(o);
+        if let Some(b) = body {
+            b.encode(o);
+        }
+    });
+    out.freeze()
+}
+
+fn event_frame(event: &coordd_proto::WatcherEvent) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    write_frame(&mut out, |o| {
+        ReplyHeader {
+            xid: xid::NOTIFICATION,
+            zxid: -1,
+            err: 0,
+        }
+        .encode(o);
+        event.encode(o);
+    });
+    out.freeze()
+}
+
+fn connect_frame(resp: &ConnectResponse) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    write_frame(&mut out, |o| resp.encode(o));
+    out.freeze()
+}
+
+impl Core {
+    /// Builds the core from recovered state. `state` already holds every durable entry.
+    pub fn new(
+        config: Config,
+        state: StateMachine,
+        writer: LogWriter,
+        metrics: Arc<Metrics>,
+    ) -> Core {
+        let now = Instant::now();
+        let mut deadlines = SessionDeadlines::default();
+        let mut sessions = HashMap::new();
+        // Sessions recovered from disk get a whole timeout from now, as ZooKeeper
+        // gives them after a restart: their clients need the time to reconnect.
+        for s in state.sessions() {
+            deadlines.touch(
+                s.session_id,
+                now,
+                Duration::from_millis(s.timeout_ms.max(0) as u64),
+            );
+            sessions.insert(
+                s.session_id,
+                LiveSession {
+                    conn_id: None,
+                    auth: Vec::new(),
+                    timeout_ms: s.timeout_ms,
+                    queue: VecDeque::new(),
+                },
+            );
+        }
+        let next_zxid = state.last_zxid() + 1;
+        Core {
+            next_session_id: initial_session_id(config.server_id, now_wall_ms()),
+            config,
+            state,
+            writer,
+            next_zxid,
+            last_time_ms: 0,
+            conns: HashMap::new(),
+            sessions,
+            closing: HashSet::new(),
+            deadlines,
+            inflight: VecDeque::new(),
+            entries_since_snapshot: 0,
+            metrics,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled or the log fails.
+    pub async fn run(
+        mut self,
+        mut msgs: mpsc::Receiver<CoreMsg>,
+        mut durable: mpsc::UnboundedReceiver<Durable>,
+        shutdown: CancellationToken,
+    ) -> Result<(), String> {
+        let tick_ms = (self.config.tick_time_ms as u64 / 10).clamp(5, 200);
+        let mut expiry_tick = tokio::time::interval(Duration::from_millis(tick_ms));
+        expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut container_tick = tokio::time::interval(Duration::from_millis(
+            self.config.container_check_interval_ms,
+        ));
+        container_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                d = durable.recv() => match d {
+                    Some(Durable::UpTo(zxid)) => self.on_durable(zxid),
+                    Some(Durable::Failed(why)) => {
+                        tracing::error!(%why, "write-ahead log failed; stopping: no write may be acknowledged after a failed fsync");
+                        self.close_all();
+                        return Err(why);
+                    }
+                    None => return Err("log writer stopped".into()),
+                },
+                m = msgs.recv() => match m {
+                    Some(m) => self.on_msg(m),
+                    None => break,
+                },
+                _ = expiry_tick.tick() => self.expire_sessions(),
+                _ = container_tick.tick() => self.delete_expired_nodes(),
+            }
+        }
+        self.close_all();
+        self.writer.shutdown();
+        Ok(())
+    }
+
+    fn close_all(&mut self) {
+        for (_, c) in self.conns.drain() {
+            let _ = c.out.send(Outbound::Close);
+        }
+    }
+
+    fn on_msg(&mut self, m: CoreMsg) {
+        match m {
+            CoreMsg::Connect {
+                conn,
+                req,
+                established,
+            } => self.on_connect(conn, req, established),
+            CoreMsg::Request {
+                conn_id,
+                session_id,
+                xid,
+                request,
+                received,
+            } => self.on_request(conn_id, session_id, xid, request, received),
+            CoreMsg::Refuse {
+                conn_id,
+                session_id,
+                xid,
+                err,
+            } => {
+                self.metrics
+                    .outstanding_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                self.touch(session_id);
+                let work = ReadWork::Refuse(err);
+                if self.session_has_queue(session_id) {
+                    self.enqueue_read(session_id, xid, work, Instant::now());
+                } else if self.sessions.contains_key(&session_id) {
+                    self.serve_read(session_id, xid, work, Instant::now());
+                } else {
+                    let z = self.state.last_zxid();
+                    self.send_reply(conn_id, xid, z, err, None);
+                }
+            }
+            CoreMsg::Disconnected {
+                conn_id,
+                session_id,
+            } => {
+                self.conns.remove(&conn_id);
+                if let Some(id) = session_id {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        if s.conn_id == Some(conn_id) {
+                            s.conn_id = None;
+                        }
+                    }
+                }
+            }
+            CoreMsg::Stats { reply } => {
+                let _ = reply.send(CoreStats {
+                    state: self.state.stats(),
+                    last_zxid: self.state.last_zxid(),
+                    sessions_live: self.sessions.len(),
+                    inflight_entries: self.inflight.len(),
+                    clients: self
+                        .conns
+                        .values()
+                        .map(|c| ClientStat {
+                            peer: c.peer,
+                            session_id: c.stats.session_id.load(Ordering::Relaxed) as i64,
+                            received: c.stats.received.load(Ordering::Relaxed),
+                            sent: c.stats.sent.load(Ordering::Relaxed),
+                            queued_bytes: c.queued_bytes.load(Ordering::Relaxed),
+                        })
+                        .collect(),
+                });
+            }
+        }
+    }
+
+    /// The identities a session's connection holds, for ACL checks of its requests and
+    /// of the watch events it may receive.
+    fn set_auth(&mut self, session_id: SessionId, auth: Vec<Id>) {
+        self.state.set_session_auth(session_id, &auth);
+        if let Some(s) = self.sessions.get_mut(&session_id) {
+            s.auth = auth;
+        }
+    }
+
+    fn session_has_queue(&self, session_id: SessionId) -> bool {
+        self.sessions
+            .get(&session_id)
+            .is_some_and(|s| !s.queue.is_empty())
+    }
+
+    fn touch(&mut self, session_id: SessionId) {
+        if self.closing.contains(&session_id) {
+            return;
+        }
+        if let Some(s) = self.sessions.get(&session_id) {
+            self.deadlines.touch(
+                session_id,
+                Instant::now(),
+                Duration::from_millis(s.timeout_ms.max(0) as u64),
+            );
+        }
+    }
+
+    fn on_connect(
+        &mut self,
+        conn: ConnHandle,
+        req: ConnectRequest,
+        established: oneshot::Sender<Option<SessionId>>,
+    ) {
+        let conn_id = conn.conn_id;
+        let peer_ip = conn.peer.ip().to_string();
+        self.conns.insert(conn_id, conn.clone());
+        if req.last_zxid_seen > self.state.last_zxid() {
+            // The client has seen a newer state than ours; ZooKeeper refuses it so that
+            // it never goes back in time, and the client tries another server.
+            tracing::info!(
+                conn_id,
+                client_zxid = req.last_zxid_seen,
+                our_zxid = self.state.last_zxid(),
+                "refusing a client that has seen a newer zxid than ours"
+            );
+            self.drop_conn(conn_id);
+            let _ = established.send(None);
+            return;
+        }
+        if req.session_id != 0 {
+            let known = self.state.session(req.session_id);
+            let valid = match &known {
+                Some(s) => s.passwd == req.passwd && !self.closing.contains(&req.session_id),
+                None => false,
+            };
+            if !valid {
+                tracing::info!(
+                    conn_id,
+                    session_id = format!("0x{:x}", req.session_id),
+                    known = known.is_some(),
+                    "reconnect refused: session expired, unknown or wrong password"
+                );
+                // Timeout 0 tells the client its session is gone; a bare close would
+                // make it retry forever.
+                let frame = connect_frame(&ConnectResponse {
+                    protocol_version: PROTOCOL_VERSION,
+                    timeout_ms: 0,
+                    session_id: 0,
+                    passwd: vec![0; 16],
+                    read_only: false,
+                });
+                let _ = conn.out.send(Outbound::Frame(frame));
+                let _ = conn.out.send(Outbound::Close);
+                self.conns.remove(&conn_id);
+                let _ = established.send(None);
+                return;
+            }
+            let info = known.expect("checked above");
+            // Move the session to this connection; an older connection of the same
+            // session is closed, as ZooKeeper does when a session moves.
+            let old = self
+                .sessions
+                .get_mut(&info.session_id)
+                .and_then(|s| s.conn_id.replace(conn_id));
+            // Identities belong to the connection, as in ZooKeeper: a new connection
+            // starts with its ip and must send addAuth again.
+            self.set_auth(
+                info.session_id,
+                vec![Id {
+                    scheme: "ip".into(),
+                    id: peer_ip.clone(),
+                }],
+            );
+            if let Some(old) = old.filter(|o| *o != conn_id) {
+                self.drop_conn(old);
+            }
+            conn.stats
+                .session_id
+                .store(info.session_id as u64, Ordering::Relaxed);
+            self.touch(info.session_id);
+            let frame = connect_frame(&ConnectResponse {
+                protocol_version: PROTOCOL_VERSION,
+                timeout_ms: info.timeout_ms,
+                session_id: info.session_id,
+                passwd: info.passwd.clone(),
+                read_only: false,
+            });
+            self.push(conn_id, frame);
+            let _ = established.send(Some(info.session_id));
+            return;
+        }
+        // A new session: logged, answered once durable.
+        let timeout_ms = self.config.negotiate_session_timeout_ms(req.timeout_ms);
+        let mut session_id = self.next_session_id;
+        while self.state.session(session_id).is_some() || self.sessions.contains_key(&session_id) {
+            session_id = session_id.wrapping_add(1);
+        }
+        self.next_session_id = session_id.wrapping_add(1);
+        let passwd: Vec<u8> = (0..16).map(|_| rand::random::<u8>()).collect();
+        let txn = Txn::CreateSession {
+            session_id,
+            passwd,
+            timeout_ms,
+        };
+        if !self.submit(
+            txn,
+            Origin::Connect {
+                conn_id,
+                session_id,
+                established,
+            },
+        ) {
+            self.drop_conn(conn_id);
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        conn_id: u64,
+        session_id: SessionId,
+        xid: i32,
+        request: Request,
+        received: Instant,
+    ) {
+        self.metrics
+            .outstanding_requests
+            .fetch_add(1, Ordering::Relaxed);
+        self.touch(session_id);
+        if !self.sessions.contains_key(&session_id) || self.closing.contains(&session_id) {
+            let z = self.state.last_zxid();
+            self.send_reply(conn_id, xid, z, ErrorCode::SessionExpired, None);
+            return;
+        }
+        if request.is_write() {
+            let auth = self.sessions[&session_id].auth.clone();
+            let txn = if matches!(request, Request::CloseSession) {
+                self.closing.insert(session_id);
+                self.deadlines.remove(session_id);
+                Txn::CloseSession { session_id }
+            } else {
+                Txn::Write {
+                    session_id,
+                    auth,
+                    request,
+                }
+            };
+            let zxid = self.next_zxid;
+            if self.submit(
+                txn,
+                Origin::Request {
+                    session_id,
+                    xid,
+                    received,
+                },
+            ) {
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    s.queue.push_back(Queued::Write(zxid));
+                }
+            } else {
+                let z = self.state.last_zxid();
+                self.send_reply(conn_id, xid, z, ErrorCode::Throttled, None);
+            }
+            return;
+        }
+        let work = ReadWork::Serve(request);
+        if self.session_has_queue(session_id) {
+            self.enqueue_read(session_id, xid, work, received);
+        } else {
+            self.serve_read(session_id, xid, work, received);
+        }
+    }
+
+    fn enqueue_read(&mut self, session_id: SessionId, xid: i32, work: ReadWork, received: Instant) {
+        if let Some(s) = self.sessions.get_mut(&session_id) {
+            s.queue.push_back(Queued::Read {
+                xid,
+                work,
+                received,
+            });
+        }
+    }
+
+    /// Serves a read-path request now. Precondition: the session has no write in flight
+    /// before it.
+    fn serve_read(&mut self, session_id: SessionId, xid: i32, work: ReadWork, received: Instant) {
+        let Some(conn_id) = self.sessions.get(&session_id).and_then(|s| s.conn_id) else {
+            self.release_outstanding(None);
+            return;
+        };
+        let zxid = self.state.last_zxid();
+        let request = match work {
+            ReadWork::Refuse(err) => {
+                self.send_reply(conn_id, xid, zxid, err, None);
+                return;
+            }
+            ReadWork::Serve(r) => r,
+        };
+        match request {
+            Request::Ping => self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, None),
+            Request::Auth(auth) => self.on_auth(session_id, conn_id, xid, auth),
+            Request::SetWatches(w) => {
+                let notes = self.state.set_watches(session_id, &w);
+                for n in notes {
+                    self.push(conn_id, event_frame(&n.event));
+                }
+                self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, None);
+            }
+            other => {
+                let auth = self.sessions[&session_id].auth.clone();
+                let result = self.state.read(session_id, &auth, &other);
+                match result {
+                    Ok(resp) => self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, Some(&resp)),
+                    Err(e) => self.send_reply(conn_id, xid, zxid, e, None),
+                }
+            }
+        }
+        self.metrics.record_latency(received);
+    }
+
+    fn on_auth(
+        &mut self,
+        session_id: SessionId,
+        conn_id: u64,
+        xid: i32,
+        auth: coordd_proto::AuthPacket,
+    ) {
+        let zxid = self.state.last_zxid();
+        let ids: Option<Vec<Id>> = match auth.scheme.as_str() {
+            "digest" => match std::str::from_utf8(&auth.auth) {
+                Ok(cred) if cred.contains(':') => {
+                    let digest = coordd_proto::auth::digest_id(cred);
+                    let mut ids = Vec::new();
+                    if self.config.superuser_digest.as_deref() == Some(digest.as_str()) {
+                        ids.push(Id {
+                            scheme: "super".into(),
+                            id: String::new(),
+                        });
+                    }
+                    ids.push(Id {
+                        scheme: "digest".into(),
+                        id: digest,
+                    });
+                    Some(ids)
+                }
+                _ => None,
+            },
+            // The ip identity is added at connect; asking for it again changes nothing.
+            "ip" => Some(Vec::new()),
+            _ => None,
+        };
+        match ids {
+            Some(ids) => {
+                let mut auth = self
+                    .sessions
+                    .get(&session_id)
+                    .map(|s| s.auth.clone())
+                    .unwrap_or_default();
+                for id in ids {
+                    if !auth.contains(&id) {
+                        auth.push(id);
+                    }
+                }
+                self.set_auth(session_id, auth);
+                self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, None);
+            }
+            None => {
+                // ZooKeeper answers AuthFailed and closes the connection.
+                tracing::info!(conn_id, scheme = %auth.scheme, "authentication failed");
+                self.send_reply(conn_id, xid, zxid, ErrorCode::AuthFailed, None);
+                self.close_conn_after_queued(conn_id);
+            }
+        }
+    }
+
+    /// Logs `txn`; false when the log queue refused it.
+    fn submit(&mut self, txn: Txn, origin: Origin) -> bool {
+        let zxid = self.next_zxid;
+        let time_ms = now_wall_ms().max(self.last_time_ms);
+        let entry = Entry { zxid, time_ms, txn };
+        let mut buf = BytesMut::with_capacity(128);
+        entry.encode(&mut buf);
+        match self.writer.submit(zxid, buf.freeze()) {
+            Ok(()) => {
+                self.next_zxid += 1;
+                self.last_time_ms = time_ms;
+                self.inflight.push_back(Inflight { entry, origin });
+                true
+            }
+            Err(e) => {
+                self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "log queue full; refusing a write");
+                false
+            }
+        }
+    }
+
+    fn on_durable(&mut self, zxid: Zxid) {
+        while self.inflight.front().is_some_and(|f| f.entry.zxid <= zxid) {
+            let f = self.inflight.pop_front().expect("front checked");
+            let applied = self.state.apply(&f.entry);
+            debug_assert_eq!(applied.zxid, f.entry.zxid);
+            self.deliver(applied, f.origin);
+            self.entries_since_snapshot += 1;
+            if self.entries_since_snapshot >= self.config.snapshot_every_entries {
+                self.entries_since_snapshot = 0;
+                let image = self.state.snapshot();
+                if let Err(e) = self.writer.snapshot(self.state.last_zxid(), image) {
+                    tracing::warn!(error = %e, "snapshot not queued; will try again later");
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, applied: Applied, origin: Origin) {
+        for n in &applied.notifications {
+            if let Some(conn_id) = self.sessions.get(&n.session_id).and_then(|s| s.conn_id) {
+                self.push(conn_id, event_frame(&n.event));
+            }
+        }
+        match origin {
+            Origin::Request {
+                session_id,
+                xid,
+                received,
+            } => {
+                let conn_id = self.sessions.get_mut(&session_id).and_then(|s| {
+                    let front = s.queue.pop_front();
+                    debug_assert!(
+                        matches!(front, Some(Queued::Write(z)) if z == applied.zxid),
+                        "a session's oldest write is the one applied"
+                    );
+                    s.conn_id
+                });
+                match conn_id {
+                    Some(conn_id) => {
+                        match &applied.result {
+                            Ok(resp) => self.send_reply(
+                                conn_id,
+                                xid,
+                                applied.zxid,
+                                ErrorCode::Ok,
+                                Some(resp),
+                            ),
+                            Err(e) => self.send_reply(conn_id, xid, applied.zxid, *e, None),
+                        }
+                        self.metrics.record_latency(received);
+                    }
+                    None => self.release_outstanding(None),
+                }
+                self.drain_reads(session_id);
+            }
+            Origin::Connect {
+                conn_id,
+                session_id,
+                established,
+            } => {
+                match self.state.session(session_id) {
+                    Some(info) if self.conns.contains_key(&conn_id) => {
+                        self.sessions.insert(
+                            info.session_id,
+                            LiveSession {
+                                conn_id: Some(conn_id),
+                                auth: vec![Id {
+                                    scheme: "ip".into(),
+                                    id: self.conns[&conn_id].peer.ip().to_string(),
+                                }],
+                                timeout_ms: info.timeout_ms,
+                                queue: VecDeque::new(),
+                            },
+                        );
+                        self.conns[&conn_id]
+                            .stats
+                            .session_id
+                            .store(info.session_id as u64, Ordering::Relaxed);
+                        let auth = self.sessions[&info.session_id].auth.clone();
+                        self.state.set_session_auth(info.session_id, &auth);
+                        self.touch(info.session_id);
+                        let frame = connect_frame(&ConnectResponse {
+                            protocol_version: PROTOCOL_VERSION,
+                            timeout_ms: info.timeout_ms,
+                            session_id: info.session_id,
+                            passwd: info.passwd.clone(),
+                            read_only: false,
+                        });
+                        self.push(conn_id, frame);
+                        let _ = established.send(Some(info.session_id));
+                    }
+                    Some(info) => {
+                        // The client left before its session was durable: the session
+                        // exists and will expire unless the client comes back with it.
+                        self.sessions.insert(
+                            info.session_id,
+                            LiveSession {
+                                conn_id: None,
+                                auth: Vec::new(),
+                                timeout_ms: info.timeout_ms,
+                                queue: VecDeque::new(),
+                            },
+                        );
+                        self.touch(info.session_id);
+                        let _ = established.send(None);
+                    }
+                    None => {
+                        tracing::error!("session creation did not create a session");
+                        self.drop_conn(conn_id);
+                        let _ = established.send(None);
+                    }
+                }
+            }
+            Origin::Server => {}
+        }
+        for closed in &applied.closed_sessions {
+            self.end_session(*closed);
+        }
+    }
+
+    /// Answers the reads a session queued behind the write just applied, up to its next
+    /// write.
+    fn drain_reads(&mut self, session_id: SessionId) {
+        loop {
+            let Some(s) = self.sessions.get_mut(&session_id) else {
+                return;
+            };
+            match s.queue.front() {
+                Some(Queued::Read { .. }) => {
+                    let Some(Queued::Read {
+                        xid,
+                        work,
+                        received,
+                    }) = s.queue.pop_front()
+                    else {
+                        unreachable!("front is a read")
+                    };
+                    self.serve_read(session_id, xid, work, received);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn end_session(&mut self, session_id: SessionId) {
+        self.closing.remove(&session_id);
+        self.deadlines.remove(session_id);
+        self.state.remove_session_watches(session_id);
+        if let Some(s) = self.sessions.remove(&session_id) {
+            if let Some(conn_id) = s.conn_id {
+                self.close_conn_after_queued(conn_id);
+            }
+        }
+    }
+
+    fn expire_sessions(&mut self) {
+        let expired = self.deadlines.take_expired(Instant::now());
+        for session_id in expired {
+            if self.closing.contains(&session_id) {
+                continue;
+            }
+            tracing::info!(session_id = format!("0x{session_id:x}"), "session expired");
+            self.closing.insert(session_id);
+            if !self.submit(Txn::CloseSession { session_id }, Origin::Server) {
+                // The log is full; try again at the next tick.
+                self.closing.remove(&session_id);
+                self.deadlines
+                    .touch(session_id, Instant::now(), Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn delete_expired_nodes(&mut self) {
+        const PATHS_PER_ENTRY_MAX: usize = 1000;
+        let paths = self.state.expired_paths(now_wall_ms(), PATHS_PER_ENTRY_MAX);
+        if !paths.is_empty() {
+            tracing::debug!(
+                count = paths.len(),
+                "removing empty containers and expired TTL nodes"
+            );
+            self.submit(Txn::DeleteExpired { paths }, Origin::Server);
+        }
+    }
+
+    fn send_reply(
+        &mut self,
+        conn_id: u64,
+        xid: i32,
+        zxid: Zxid,
+        err: ErrorCode,
+        body: Option<&Response>,
+    ) {
+        self.push(conn_id, reply_frame(xid, zxid, err, body));
+        self.release_outstanding(Some(conn_id));
+    }
+
+    fn release_outstanding(&mut self, conn_id: Option<u64>) {
+        self.metrics
+            .outstanding_requests
+            .fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = conn_id.and_then(|c| self.conns.get(&c)) {
+            c.permits.add_permits(1);
+        }
+    }
+
+    /// Queues a frame; a connection whose queue is over its bound is cut off.
+    fn push(&mut self, conn_id: u64, frame: Bytes) {
+        let Some(c) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let queued = c.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed) + frame.len();
+        if queued > self.config.outbound_bytes_max {
+            self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                conn_id,
+                peer = %c.peer,
+                queued_bytes = queued,
+                limit = self.config.outbound_bytes_max,
+                "client does not read its replies: disconnecting (outbound_bytes_max)"
+            );
+            self.drop_conn(conn_id);
+            return;
+        }
+        self.metrics.packets_sent.fetch_add(1, Ordering::Relaxed);
+        c.stats.sent.fetch_add(1, Ordering::Relaxed);
+        let _ = c.out.send(Outbound::Frame(frame));
+    }
+
+    /// Closes a connection once the frames queued before now are written.
+    fn close_conn_after_queued(&mut self, conn_id: u64) {
+        if let Some(c) = self.conns.remove(&conn_id) {
+            let _ = c.out.send(Outbound::Close);
+        }
+    }
+
+    /// Closes a connection at once, dropping what is queued.
+    fn drop_conn(&mut self, conn_id: u64) {
+        if let Some(c) = self.conns.remove(&conn_id) {
+            c.kill.cancel();
+        }
+    }
+}

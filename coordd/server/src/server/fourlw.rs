@@ -1,0 +1,196 @@
+//! ZooKeeper's four-letter words on the client port: a connection whose first four
+//! bytes are one of these gets a text answer and is closed.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::oneshot;
+
+use super::conn::ConnCtx;
+use super::core::{CoreMsg, CoreStats};
+
+/// The version string `srvr` reports; clients and tools parse its first token.
+pub const VERSION: &str = concat!("3.8.0-coordd-", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Ruok,
+    Srvr,
+    Stat,
+    Mntr,
+    Conf,
+    Isro,
+    Cons,
+    Envi,
+}
+
+impl Command {
+    pub fn parse(word: &[u8; 4]) -> Option<Command> {
+        Some(match word {
+            b"ruok" => Command::Ruok,
+            b"srvr" => Command::Srvr,
+            b"stat" => Command::Stat,
+            b"mntr" => Command::Mntr,
+            b"conf" => Command::Conf,
+            b"isro" => Command::Isro,
+            b"cons" => Command::Cons,
+            b"envi" => Command::Envi,
+            _ => return None,
+        })
+    }
+}
+
+async fn core_stats(ctx: &ConnCtx) -> CoreStats {
+    let (tx, rx) = oneshot::channel();
+    if ctx.core.send(CoreMsg::Stats { reply: tx }).await.is_err() {
+        return CoreStats::default();
+    }
+    rx.await.unwrap_or_default()
+}
+
+fn latency_line(ctx: &ConnCtx) -> (f64, f64, f64) {
+    let m = &ctx.metrics;
+    let count = m.latency_count.load(Ordering::Relaxed);
+    let sum = m.latency_sum_us.load(Ordering::Relaxed);
+    let avg_ms = if count == 0 {
+        0.0
+    } else {
+        sum as f64 / count as f64 / 1000.0
+    };
+    (
+        m.latency_min_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        avg_ms,
+        m.latency_max_us.load(Ordering::Relaxed) as f64 / 1000.0,
+    )
+}
+
+fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+/// The text answer to `cmd`.
+pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
+    let m = &ctx.metrics;
+    let mut out = String::new();
+    match cmd {
+        Command::Ruok => out.push_str("imok"),
+        Command::Isro => out.push_str("rw"),
+        Command::Srvr | Command::Stat => {
+            let s = core_stats(ctx).await;
+            let (min, avg, max) = latency_line(ctx);
+            let _ = writeln!(out, "Zookeeper version: {VERSION}, built by coordd");
+            if cmd == Command::Stat {
+                out.push_str("Clients:\n");
+                for c in &s.clients {
+                    let _ = writeln!(
+                        out,
+                        " /{}[1](queued={},recved={},sent={},sid=0x{:x})",
+                        c.peer, c.queued_bytes, c.received, c.sent, c.session_id
+                    );
+                }
+                out.push('\n');
+            }
+            let _ = writeln!(out, "Latency min/avg/max: {min:.3}/{avg:.4}/{max:.3}");
+            let _ = writeln!(
+                out,
+                "Received: {}",
+                m.packets_received.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(out, "Sent: {}", m.packets_sent.load(Ordering::Relaxed));
+            let _ = writeln!(out, "Connections: {}", s.clients.len());
+            let _ = writeln!(
+                out,
+                "Outstanding: {}",
+                m.outstanding_requests.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(out, "Zxid: 0x{:x}", s.last_zxid);
+            let _ = writeln!(out, "Mode: standalone");
+            let _ = writeln!(out, "Node count: {}", s.state.znode_count);
+        }
+        Command::Cons => {
+            let s = core_stats(ctx).await;
+            for c in &s.clients {
+                let _ = writeln!(
+                    out,
+                    " /{}[1](queued={},recved={},sent={},sid=0x{:x})",
+                    c.peer, c.queued_bytes, c.received, c.sent, c.session_id
+                );
+            }
+            out.push('\n');
+        }
+        Command::Mntr => {
+            let s = core_stats(ctx).await;
+            let (min, avg, max) = latency_line(ctx);
+            let rows: Vec<(&str, String)> = vec![
+                ("zk_version", VERSION.to_string()),
+                ("zk_server_state", "standalone".into()),
+                ("zk_avg_latency", format!("{avg:.4}")),
+                ("zk_max_latency", format!("{max:.3}")),
+                ("zk_min_latency", format!("{min:.3}")),
+                (
+                    "zk_packets_received",
+                    m.packets_received.load(Ordering::Relaxed).to_string(),
+                ),
+                (
+                    "zk_packets_sent",
+                    m.packets_sent.load(Ordering::Relaxed).to_string(),
+                ),
+                ("zk_num_alive_connections", s.clients.len().to_string()),
+                (
+                    "zk_outstanding_requests",
+                    m.outstanding_requests.load(Ordering::Relaxed).to_string(),
+                ),
+                ("zk_znode_count", s.state.znode_count.to_string()),
+                ("zk_watch_count", s.state.watch_count.to_string()),
+                ("zk_ephemerals_count", s.state.ephemerals_count.to_string()),
+                (
+                    "zk_approximate_data_size",
+                    s.state.approximate_data_size.to_string(),
+                ),
+                ("zk_global_sessions", s.sessions_live.to_string()),
+                ("zk_last_zxid", s.last_zxid.to_string()),
+                ("zk_uptime", ctx.started.elapsed().as_millis().to_string()),
+                ("zk_open_file_descriptor_count", open_fds().to_string()),
+                (
+                    "zk_limit_hits",
+                    m.limit_hits.load(Ordering::Relaxed).to_string(),
+                ),
+                ("zk_log_entries_inflight", s.inflight_entries.to_string()),
+            ];
+            for (k, v) in rows {
+                let _ = writeln!(out, "{k}\t{v}");
+            }
+        }
+        Command::Conf => {
+            let c = &ctx.config;
+            let _ = writeln!(out, "clientPort={}", c.client_addr.port());
+            let _ = writeln!(out, "clientPortAddress={}", c.client_addr.ip());
+            let _ = writeln!(out, "dataDir={}", c.data_dir.display());
+            let _ = writeln!(out, "dataLogDir={}", c.data_dir.display());
+            let _ = writeln!(out, "tickTime={}", c.tick_time_ms);
+            let _ = writeln!(out, "maxClientCnxns={}", c.connections_per_ip_max);
+            let _ = writeln!(out, "minSessionTimeout={}", c.min_session_timeout_ms);
+            let _ = writeln!(out, "maxSessionTimeout={}", c.max_session_timeout_ms);
+            let _ = writeln!(out, "serverId={}", c.server_id);
+            let _ = writeln!(out, "forceSync={}", if c.fsync { "yes" } else { "no" });
+            let _ = writeln!(out, "extendedTypesEnabled={}", c.ttl_enabled);
+            let _ = writeln!(out, "jute.maxbuffer={}", c.frame_bytes_max);
+        }
+        Command::Envi => {
+            out.push_str("Environment:\n");
+            let _ = writeln!(out, "zookeeper.version={VERSION}");
+            let _ = writeln!(out, "os.name={}", std::env::consts::OS);
+            let _ = writeln!(out, "os.arch={}", std::env::consts::ARCH);
+            let _ = writeln!(
+                out,
+                "user.dir={}",
+                std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,224 @@
+//! The standalone server: recovery from disk, the accept loop with its connection caps,
+//! and the wiring between connections, the core task and the log writer.
+//!
+//! Invariant: the client port is open only after recovery has replayed every durable
+//! entry, so no client can observe a state older than one it was answered from.
+
+pub mod conn;
+pub mod core;
+pub mod expiry;
+pub mod fourlw;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::core::{Core, Metrics};
+use crate::config::Config;
+use crate::state::{Entry, StateConfig, StateMachine};
+use crate::storage::{LogWriter, LogWriterConfig, StorageConfig, Wal};
+
+/// Capacity of the channel from connections to the core; a full channel makes
+/// connection readers wait, which is backpressure to the clients.
+pub const CORE_QUEUE_MESSAGES_MAX: usize = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("log entry at zxid {zxid} cannot be decoded: {reason}")]
+    CorruptEntry { zxid: i64, reason: String },
+}
+
+/// A running server.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    core: JoinHandle<Result<(), String>>,
+    accept: JoinHandle<()>,
+}
+
+impl Server {
+    /// Recovers state from `config.data_dir`, then opens the client port.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let state_config = StateConfig {
+            ttl_enabled: config.ttl_enabled,
+            superuser_digest: config.superuser_digest.clone(),
+        };
+        let storage_config = StorageConfig {
+            dir: config.data_dir.clone(),
+            fsync: config.fsync,
+            ..StorageConfig::default()
+        };
+        let (wal, recovered) =
+            Wal::open(storage_config).map_err(|e| ServerError::Storage(e.to_string()))?;
+        let mut state = match recovered.snapshot {
+            Some((zxid, image)) => {
+                let s = StateMachine::restore(state_config.clone(), &image).map_err(|e| {
+                    ServerError::CorruptEntry {
+                        zxid,
+                        reason: format!("snapshot: {e}"),
+                    }
+                })?;
+                tracing::info!(zxid, "restored snapshot");
+                s
+            }
+            None => StateMachine::new(state_config.clone()),
+        };
+        let mut replayed = 0u64;
+        for (zxid, bytes) in &recovered.entries {
+            if *zxid <= state.last_zxid() {
+                continue;
+            }
+            let entry = Entry::decode(bytes).map_err(|e| ServerError::CorruptEntry {
+                zxid: *zxid,
+                reason: e.to_string(),
+            })?;
+            state.apply(&entry);
+            replayed += 1;
+        }
+        tracing::info!(replayed, last_zxid = state.last_zxid(), "recovered");
+
+        let listener = TcpListener::bind(config.client_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.client_addr,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.client_addr,
+            source,
+        })?;
+        let (writer, durable) = LogWriter::spawn(wal, LogWriterConfig::default());
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE_MESSAGES_MAX);
+        let core = Core::new(config.clone(), state, writer, metrics.clone());
+        let core = tokio::spawn(core.run(core_rx, durable, shutdown.clone()));
+        let ctx = Arc::new(conn::ConnCtx {
+            config: config.clone(),
+            metrics,
+            core: core_tx,
+            started: Instant::now(),
+        });
+        let accept = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
+        tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), fsync = config.fsync, "coordd serving");
+        Ok(Server {
+            local_addr,
+            shutdown,
+            core,
+            accept,
+        })
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server stops: after `shutdown_token().cancel()`, or on a fatal
+    /// log failure (an error).
+    pub async fn wait(self) -> Result<(), String> {
+        let res = match self.core.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("core task failed: {e}")),
+        };
+        self.shutdown.cancel();
+        let _ = self.accept.await;
+        res
+    }
+}
+
+/// Releases a connection's per-IP slot when dropped.
+struct IpSlot {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<conn::ConnCtx>, shutdown: CancellationToken) {
+    let total = Arc::new(Semaphore::new(ctx.config.connections_max));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let mut next_conn_id: u64 = 1;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            ctx.metrics
+                .limit_hits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%peer, limit = ctx.config.connections_max, "connection refused: connections_max reached");
+            drop(stream);
+            continue;
+        };
+        let slot = {
+            let mut counts = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counts.entry(peer.ip()).or_insert(0);
+            if *n >= ctx.config.connections_per_ip_max {
+                None
+            } else {
+                *n += 1;
+                Some(IpSlot {
+                    ip: peer.ip(),
+                    counts: per_ip.clone(),
+                })
+            }
+        };
+        let Some(slot) = slot else {
+            ctx.metrics
+                .limit_hits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%peer, limit = ctx.config.connections_per_ip_max, "connection refused: connections_per_ip_max reached for this address");
+            drop(stream);
+            continue;
+        };
+        let conn_id = next_conn_id;
+        next_conn_id += 1;
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        ctx.metrics
+            .connections_alive
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            conn::serve(stream, peer, conn_id, ctx.clone(), shutdown).await;
+            ctx.metrics
+                .connections_alive
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            drop(slot);
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,211 @@
+//! A real coordd process for tests: started on a free 127.0.0.1 port with its own data
+//! directory, killed and removed on drop.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long a coordd may take to answer `ruok` after it was started.
+pub const START_TIMEOUT_MS: u64 = 20_000;
+
+/// The coordd binary: `COORDD_BIN`, else the workspace's release or debug build (built
+/// once with cargo when neither exists).
+pub fn coordd_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("COORDD_BIN") {
+            return PathBuf::from(p);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        for profile in ["release", "debug"] {
+            let p = target.join(profile).join("coordd");
+            if p.exists() {
+                return p;
+            }
+        }
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "coordd", "--bin", "coordd"])
+            .current_dir(root)
+            .status()
+            .expect("run cargo build -p coordd");
+        assert!(status.success(), "cargo build -p coordd failed");
+        target.join("debug").join("coordd")
+    })
+    .clone()
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Sends a four-letter word and returns the answer, or None if the server is not there.
+pub fn four_letter(addr: SocketAddr, word: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(word.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub struct Coordd {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Coordd {
+    /// Starts a standalone coordd with a 100 ms tick (session timeouts 200 ms - 2 s), so
+    /// that expiry tests are quick.
+    pub fn start() -> Coordd {
+        Coordd::start_with(&["--tick-time-ms", "100"])
+    }
+
+    pub fn start_with(args: &[&str]) -> Coordd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = Coordd {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        c.spawn(true);
+        c
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn connect_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn spawn(&mut self, new_port: bool) {
+        for _attempt in 0..5 {
+            if new_port {
+                self.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            }
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("coordd.log"))
+                .expect("open log");
+            let child = Command::new(coordd_bin())
+                .arg("--client-addr")
+                .arg(self.addr.to_string())
+                .arg("--data-dir")
+                .arg(self.data_dir())
+                .args(&self.extra_args)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("COORDD_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn coordd");
+            self.child = Some(child);
+            let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+            loop {
+                if four_letter(self.addr, "ruok").as_deref() == Some("imok") {
+                    return;
+                }
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    // Most likely the port was taken between free_port and bind.
+                    eprintln!("coordd exited early ({status}); log:\n{}", self.log());
+                    self.child = None;
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "coordd did not answer ruok; log:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !new_port {
+                panic!("coordd failed to restart on {}", self.addr);
+            }
+        }
+        panic!("coordd failed to start");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("coordd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// kill -9, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe_kill(c.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn(false);
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Coordd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,142 @@
+//! A blocking, byte-level ZooKeeper protocol client for tests that must control exactly
+//! what goes on the wire: stop heartbeating, send garbage, pipeline requests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use coordd_proto::frame::write_frame;
+use coordd_proto::{ConnectRequest, ConnectResponse, Reader, Record, ReplyHeader, Request};
+
+pub struct RawConn {
+    pub stream: TcpStream,
+    pub session_id: i64,
+    pub passwd: Vec<u8>,
+    pub timeout_ms: i32,
+    next_xid: i32,
+}
+
+/// One frame from the server: its reply header and the body after it.
+#[derive(Debug)]
+pub struct Frame {
+    pub header: ReplyHeader,
+    pub body: Vec<u8>,
+}
+
+impl RawConn {
+    pub fn tcp(addr: SocketAddr) -> TcpStream {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// Handshake for a new session (`session_id` 0) or a resumed one.
+    pub fn connect(
+        addr: SocketAddr,
+        timeout_ms: i32,
+        session_id: i64,
+        passwd: &[u8],
+        last_zxid: i64,
+    ) -> (TcpStream, ConnectResponse) {
+        let mut s = Self::tcp(addr);
+        let req = ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: last_zxid,
+            timeout_ms,
+            session_id,
+            passwd: passwd.to_vec(),
+            read_only: false,
+        };
+        let mut out = BytesMut::new();
+        write_frame(&mut out, |o| req.encode(o));
+        s.write_all(&out).unwrap();
+        let body = read_frame(&mut s).expect("connect response");
+        (
+            s,
+            ConnectResponse::from_bytes(&body).expect("decode connect response"),
+        )
+    }
+
+    pub fn new_session(addr: SocketAddr, timeout_ms: i32) -> RawConn {
+        let (stream, resp) = Self::connect(addr, timeout_ms, 0, &[0; 16], 0);
+        assert!(resp.timeout_ms > 0, "session refused");
+        RawConn {
+            stream,
+            session_id: resp.session_id,
+            passwd: resp.passwd,
+            timeout_ms: resp.timeout_ms,
+            next_xid: 1,
+        }
+    }
+
+    /// Resumes an existing session; the response says whether it was accepted.
+    pub fn resume(
+        addr: SocketAddr,
+        session_id: i64,
+        passwd: &[u8],
+        last_zxid: i64,
+    ) -> (RawConn, ConnectResponse) {
+        let (stream, resp) = Self::connect(addr, 2000, session_id, passwd, last_zxid);
+        let conn = RawConn {
+            stream,
+            session_id: resp.session_id,
+            passwd: resp.passwd.clone(),
+            timeout_ms: resp.timeout_ms,
+            next_xid: 1000,
+        };
+        (conn, resp)
+    }
+
+    pub fn send(&mut self, req: &Request) -> i32 {
+        let xid = match req {
+            Request::Ping => coordd_proto::xid::PING,
+            _ => {
+                self.next_xid += 1;
+                self.next_xid
+            }
+        };
+        let mut out = BytesMut::new();
+        write_frame(&mut out, |o| req.encode_with_header(xid, o));
+        self.stream.write_all(&out).unwrap();
+        xid
+    }
+
+    pub fn recv(&mut self) -> Option<Frame> {
+        let body = read_frame(&mut self.stream)?;
+        let mut r = Reader::new(&body);
+        let header = ReplyHeader::decode(&mut r).expect("reply header");
+        Some(Frame {
+            header,
+            body: r.rest().to_vec(),
+        })
+    }
+
+    /// Sends a request and returns its reply, collecting watch events that come first.
+    pub fn call(&mut self, req: &Request) -> (Frame, Vec<Frame>) {
+        let xid = self.send(req);
+        let mut events = Vec::new();
+        loop {
+            let f = self.recv().expect("reply");
+            if f.header.xid == xid {
+                return (f, events);
+            }
+            events.push(f);
+        }
+    }
+}
+
+/// Reads one length-prefixed frame; None on EOF or error.
+pub fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let n = i32::from_be_bytes(len);
+    if n < 0 {
+        return None;
+    }
+    let mut body = vec![0u8; n as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(body)
+}
