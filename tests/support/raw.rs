@@ -91,6 +91,11 @@ impl RawConn {
     }
 
     pub fn send(&mut self, req: &Request) -> i32 {
+        self.try_send(req).expect("send request")
+    }
+
+    /// Sends a request; an error when the server has closed the connection.
+    pub fn try_send(&mut self, req: &Request) -> std::io::Result<i32> {
         let xid = match req {
             Request::Ping => coordd_proto::xid::PING,
             _ => {
@@ -100,8 +105,8 @@ impl RawConn {
         };
         let mut out = BytesMut::new();
         write_frame(&mut out, |o| req.encode_with_header(xid, o));
-        self.stream.write_all(&out).unwrap();
-        xid
+        self.stream.write_all(&out)?;
+        Ok(xid)
     }
 
     pub fn recv(&mut self) -> Option<Frame> {
