@@ -122,6 +122,21 @@ impl Coordd {
                 "COORDD_ARGS {extra:?} touch fsync; the comparison runs fsync on for both"
             ));
         }
+        // ZooKeeper runs with maxClientCnxns=0 (no per-address limit; the default 60 would
+        // refuse the 64-session phase from one address). Give coordd the same room when it
+        // has such a limit.
+        let mut limits = Vec::new();
+        let help = Command::new(bin)
+            .arg("--help")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let flag = "--connections-per-ip-max";
+        if String::from_utf8_lossy(&help).contains(flag)
+            && !extra.iter().any(|a| a.starts_with(flag))
+        {
+            limits = vec![flag.to_owned(), "100000".to_owned()];
+        }
         let io_err = |e: io::Error| e.to_string();
         let dir = tempfile::Builder::new()
             .prefix("coordd-bench-")
@@ -136,6 +151,7 @@ impl Coordd {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&data)
+            .args(&limits)
             .args(&extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().map_err(io_err)?))
@@ -233,7 +249,7 @@ fn persistent() -> zk::CreateOptions<'static> {
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
 }
 
-async fn connect(addr: &str) -> zk::Client {
+async fn connect(addr: &str) -> Result<zk::Client, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match zk::Client::connector()
@@ -241,20 +257,21 @@ async fn connect(addr: &str) -> zk::Client {
             .connect(addr)
             .await
         {
-            Ok(c) => return c,
+            Ok(c) => return Ok(c),
             Err(e) if Instant::now() < deadline => {
                 eprintln!("connect {addr}: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("cannot connect to {addr}: {e}"),
+            Err(e) => return Err(format!("cannot open a session on {addr}: {e}")),
         }
     }
 }
 
-async fn create_if_missing(client: &zk::Client, path: &str) {
-    match client.create(path, b"", &persistent()).await {
-        Ok(_) | Err(zk::Error::NodeExists) => {}
-        Err(e) => panic!("create {path}: {e}"),
+async fn create_if_missing(client: &zk::Client, path: &str) -> Result<(), String> {
+    match tokio::time::timeout(OP_TIMEOUT, client.create(path, b"", &persistent())).await {
+        Ok(Ok(_)) | Ok(Err(zk::Error::NodeExists)) => Ok(()),
+        Ok(Err(e)) => Err(format!("create {path}: {e}")),
+        Err(_) => Err(format!("create {path}: no reply within {OP_TIMEOUT:?}")),
     }
 }
 
@@ -325,8 +342,8 @@ async fn watch_latency(
     watcher: &zk::Client,
     path: &str,
     budget: Duration,
-) -> Measured {
-    create_if_missing(setter, path).await;
+) -> Result<Measured, String> {
+    create_if_missing(setter, path).await?;
     let value = vec![b'w'; VALUE_LEN];
     let mut hist = new_hist();
     let (mut ops, mut errors) = (0u64, 0u64);
@@ -358,14 +375,14 @@ async fn watch_latency(
             errors += 1;
         }
     }
-    Measured {
+    Ok(Measured {
         op: Op::Watch,
         clients: 2,
         ops,
         elapsed: start.elapsed(),
         hist,
         errors,
-    }
+    })
 }
 
 async fn bench_server(
@@ -373,7 +390,7 @@ async fn bench_server(
     server: &Server,
     client_counts: &[usize],
     phase: Duration,
-) -> ServerResult {
+) -> Result<ServerResult, String> {
     let addr = server.addr();
     let pid = server.pid();
     let rss_idle_kib = proc_status_kib(pid, "VmRSS");
@@ -381,19 +398,22 @@ async fn bench_server(
     eprintln!("[{label}] {addr} pid {pid}: connecting {max_clients} sessions");
     let mut sessions = Vec::with_capacity(max_clients);
     for _ in 0..max_clients {
-        sessions.push(Arc::new(connect(&addr).await));
+        let s = connect(&addr)
+            .await
+            .map_err(|e| format!("session {} of {max_clients}: {e}", sessions.len() + 1))?;
+        sessions.push(Arc::new(s));
     }
     let admin = &sessions[0];
-    create_if_missing(admin, "/bench").await;
+    create_if_missing(admin, "/bench").await?;
 
     // Warm-up (not measured): JIT for the JVM, allocator and caches for both.
     {
         let root = "/bench/warmup";
-        create_if_missing(admin, root).await;
+        create_if_missing(admin, root).await?;
         let some = &sessions[..max_clients.min(16)];
         for i in 0..some.len() {
-            create_if_missing(admin, &format!("{root}/c{i}")).await;
-            create_if_missing(admin, &format!("{root}/c{i}/n0")).await;
+            create_if_missing(admin, &format!("{root}/c{i}")).await?;
+            create_if_missing(admin, &format!("{root}/c{i}/n0")).await?;
         }
         for op in [Op::Create, Op::Set, Op::Get] {
             run_phase(some, root, op, WARMUP / 3).await;
@@ -403,10 +423,10 @@ async fn bench_server(
     let mut rows = Vec::new();
     for &n in client_counts {
         let root = format!("/bench/n{n}");
-        create_if_missing(admin, &root).await;
+        create_if_missing(admin, &root).await?;
         for i in 0..n {
-            create_if_missing(admin, &format!("{root}/c{i}")).await;
-            create_if_missing(admin, &format!("{root}/c{i}/n0")).await;
+            create_if_missing(admin, &format!("{root}/c{i}")).await?;
+            create_if_missing(admin, &format!("{root}/c{i}/n0")).await?;
         }
         for op in [Op::Create, Op::Set, Op::Get] {
             let m = run_phase(&sessions[..n], &root, op, phase).await;
@@ -428,7 +448,7 @@ async fn bench_server(
         "/bench/watched",
         phase,
     )
-    .await;
+    .await?;
     eprintln!(
         "[{label}] watch latency: {} events, p50 {} us, p99 {} us, errors {}",
         m.ops,
@@ -441,13 +461,13 @@ async fn bench_server(
     let rss_kib = proc_status_kib(pid, "VmRSS");
     let hwm_kib = proc_status_kib(pid, "VmHWM");
     drop(sessions);
-    ServerResult {
+    Ok(ServerResult {
         label: label.to_owned(),
         rows,
         rss_idle_kib,
         rss_kib,
         hwm_kib,
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -573,6 +593,30 @@ fn report(base: &ServerResult, cand: &ServerResult, phase: Duration) -> Vec<Stri
     missed
 }
 
+/// The result, or the reason printed and exit 1 once the server is stopped.
+fn finish(result: Result<ServerResult, String>, server: Server) -> ServerResult {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            let addr = server.addr();
+            let log = match &server {
+                Server::ZooKeeper(z) => z.output(),
+                Server::Coordd(c) => {
+                    fs::read_to_string(c.dir.path().join("coordd.out")).unwrap_or_default()
+                }
+            };
+            drop(server);
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("coord bench: server on {addr} failed under the load: {e}");
+            eprintln!("last lines of its output:");
+            for line in tail.iter().rev() {
+                eprintln!("  {line}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     if let Err(reason) = ZooKeeper::available() {
         eprintln!("coord bench needs Apache ZooKeeper for the comparison: {reason}");
@@ -623,7 +667,8 @@ fn main() {
             std::process::exit(1);
         });
         let server = Server::ZooKeeper(zk);
-        rt.block_on(bench_server("zookeeper", &server, &client_counts, phase))
+        let r = rt.block_on(bench_server("zookeeper", &server, &client_counts, phase));
+        finish(r, server)
     };
     let cand = {
         let (label, server) = match candidate.as_str() {
@@ -646,7 +691,8 @@ fn main() {
                 std::process::exit(2);
             }
         };
-        rt.block_on(bench_server(label, &server, &client_counts, phase))
+        let r = rt.block_on(bench_server(label, &server, &client_counts, phase));
+        finish(r, server)
     };
     let missed = report(&base, &cand, phase);
     eprintln!("coord bench took {:.1?}", started.elapsed());
