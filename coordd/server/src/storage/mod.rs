@@ -45,7 +45,10 @@
 //! segment  = segment header (16 bytes) then records, then zeros (preallocated space)
 //!   header = magic "coordlog" | u32 version (1) | u32 crc32 of the previous 12 bytes
 //! record   = header (32 bytes) then payload
-//!   u32 magic 0x4C52_4443 ("CDRL")
+//!   u32 magic "CDRL" (an entry) or "CDRJ" (a jump marker: written first in the first
+//!       batch after a snapshot installed ahead of the log; its zxid is the snapshot's,
+//!       it has no payload and is never returned; recovery refuses a log whose jump is
+//!       not covered by the snapshot it recovered from)
 //!   u32 crc32 (crc32fast) of bytes 8..32 of this header and of the payload
 //!   u32 payload length (<= entry_bytes_max)
 //!   u32 remaining: records after this one in the same batch (0 = batch complete)

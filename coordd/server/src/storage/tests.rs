@@ -600,12 +600,16 @@ enum Step {
     Append(Vec<usize>),
     /// A snapshot at the last acknowledged zxid.
     Snapshot,
+    /// A snapshot installed from elsewhere, this far above the last zxid; appends
+    /// continue above it.
+    Install(u8),
 }
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
     let step = prop_oneof![
         6 => prop::collection::vec(0usize..300, 1..6).prop_map(Step::Append),
         1 => Just(Step::Snapshot),
+        1 => (1u8..5).prop_map(Step::Install),
     ];
     prop::collection::vec(step, 1..25)
 }
@@ -643,6 +647,16 @@ fn run_steps(wal: &mut Wal, steps: &[Step]) -> (Vec<(Zxid, usize)>, Zxid, Vec<Zx
                 if wal.save_snapshot(acked, &image(acked)).is_err() {
                     break;
                 }
+            }
+            Step::Install(k) => {
+                // Entries attempted but not acknowledged would be replaced by the
+                // installed state; a failed append ended the run before this anyway.
+                z += *k as Zxid;
+                snaps.push(z);
+                if wal.save_snapshot(z, &image(z)).is_err() {
+                    break;
+                }
+                acked = z;
             }
         }
     }
@@ -742,9 +756,9 @@ proptest! {
         let f = FaultInjector::new();
         let c = StorageConfig { faults: Some(f.clone()), ..crash_cfg(d.path(), true) };
         let (mut wal, _) = Wal::open(c).unwrap();
-        let steps: Vec<Step> = steps.into_iter().filter(|s| matches!(s, Step::Append(_))).collect();
-        let (mut attempted, acked, _) = run_steps(&mut wal, &steps);
-        prop_assert_eq!(acked, attempted.last().map_or(0, |a| a.0));
+        let steps: Vec<Step> = steps.into_iter().filter(|s| !matches!(s, Step::Snapshot)).collect();
+        let (mut attempted, acked, snaps) = run_steps(&mut wal, &steps);
+        prop_assert!(acked >= attempted.last().map_or(0, |a| a.0));
         // The last batch: written, then its fdatasync fails and the machine dies.
         let before: Vec<(PathBuf, Vec<u8>)> =
             segments(d.path()).into_iter().map(|p| { let b = std::fs::read(&p).unwrap(); (p, b) }).collect();
@@ -774,9 +788,10 @@ proptest! {
         }
         drop(file);
         let (_, rec) = Wal::open(crash_cfg(d.path(), true)).unwrap();
-        check_prefix(&rec, &attempted, acked, &[]);
-        prop_assert!(rec.entries.len() + last.len() == attempted.len() || rec.entries.len() == attempted.len(),
-            "partial batch recovered: {} of {}", rec.entries.len(), attempted.len());
+        check_prefix(&rec, &attempted, acked, &snaps);
+        let of_last = rec.entries.iter().filter(|e| e.0 > acked).count();
+        prop_assert!(of_last == 0 || of_last == last.len(),
+            "partial batch recovered: {} of {}", of_last, last.len());
     }
 }
 
@@ -893,9 +908,53 @@ fn log_writer_queue_is_bounded() {
             }
         }
     });
-    // Byte bound: an empty queue takes one big entry, then refuses more bytes.
-    w.submit(12, Bytes::from(vec![0u8; 990])).unwrap_or(());
     w.shutdown();
+}
+
+#[test]
+fn log_writer_queue_bytes_are_bounded() {
+    let d = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let c = StorageConfig {
+        faults: Some(gate.clone()),
+        ..cfg(d.path())
+    };
+    let (wal, _) = Wal::open(c).unwrap();
+    let wc = LogWriterConfig {
+        queue_bytes_max: 100,
+        ..LogWriterConfig::default()
+    };
+    let (w, mut rx) = LogWriter::spawn(wal, wc);
+    w.submit(1, Bytes::from_static(b"first")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    w.submit(2, Bytes::from(vec![0u8; 60])).unwrap();
+    let err = w.submit(3, Bytes::from(vec![0u8; 50])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::QueueFull {
+                limit: "queue_bytes_max",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A refused submit does not consume the zxid.
+    w.submit(3, Bytes::from(vec![0u8; 40])).unwrap();
+    gate.release();
+    writer_rt().block_on(async {
+        let mut last = 0;
+        while last < 3 {
+            if let Durable::UpTo(z) = rx.recv().await.unwrap() {
+                last = z;
+            }
+        }
+    });
+    // An entry above the byte bound still fits an empty queue (else it never could).
+    w.submit(4, Bytes::from(vec![0u8; 500])).unwrap();
+    w.shutdown();
+    let (_, rec) = Wal::open(cfg(d.path())).unwrap();
+    assert_eq!(rec.entries.len(), 4);
 }
 
 #[test]

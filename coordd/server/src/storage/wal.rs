@@ -18,7 +18,6 @@ use super::{Recovered, StorageConfig, StorageError, Zxid};
 const BATCH_BUFFER_KEEP_BYTES: usize = 16 << 20;
 
 /// The durable log. Owned by one thread (the [`super::LogWriter`] in the server).
-#[derive(Debug)]
 pub struct Wal {
     cfg: StorageConfig,
     io: Io,
@@ -36,6 +35,19 @@ pub struct Wal {
     buf: Vec<u8>,
     /// Set by the first failed write or fsync; see the module doc.
     poisoned: Option<String>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.cfg.dir)
+            .field("segments", &self.segments.len())
+            .field("last_log_zxid", &self.last_log_zxid)
+            .field("last_zxid", &self.last_zxid)
+            .field("snapshots", &self.snapshots)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
