@@ -218,6 +218,46 @@ struct Measured {
     elapsed: Duration,
     hist: Histogram<u64>,
     errors: u64,
+    /// CPU used during the phase, in % of one core: (server, this load generator).
+    cpu_pct: (f64, f64),
+}
+
+/// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; count fields after its ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let at = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After ')': field 3 is index 0, so utime (14) is 11 and stime (15) is 12.
+    at(11) + at(12)
+}
+
+/// Measures CPU of the server and of this process around `phase`.
+async fn with_cpu<F: std::future::Future<Output = Measured>>(
+    server_pid: u32,
+    phase: F,
+) -> Measured {
+    const TICKS_PER_SEC: f64 = 100.0; // USER_HZ on Linux
+    let (s0, c0, t0) = (
+        cpu_ticks(&server_pid.to_string()),
+        cpu_ticks("self"),
+        Instant::now(),
+    );
+    let mut m = phase.await;
+    let (s1, c1, secs) = (
+        cpu_ticks(&server_pid.to_string()),
+        cpu_ticks("self"),
+        t0.elapsed().as_secs_f64(),
+    );
+    let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / TICKS_PER_SEC / secs * 100.0;
+    m.cpu_pct = (pct(s0, s1), pct(c0, c1));
+    m
 }
 
 impl Measured {
@@ -332,6 +372,7 @@ async fn run_phase(clients: &[Arc<zk::Client>], root: &str, op: Op, dur: Duratio
         elapsed: start.elapsed(),
         hist,
         errors,
+        cpu_pct: (0.0, 0.0),
     }
 }
 
@@ -382,6 +423,7 @@ async fn watch_latency(
         elapsed: start.elapsed(),
         hist,
         errors,
+        cpu_pct: (0.0, 0.0),
     })
 }
 
@@ -429,15 +471,17 @@ async fn bench_server(
             create_if_missing(admin, &format!("{root}/c{i}/n0")).await?;
         }
         for op in [Op::Create, Op::Set, Op::Get] {
-            let m = run_phase(&sessions[..n], &root, op, phase).await;
+            let m = with_cpu(pid, run_phase(&sessions[..n], &root, op, phase)).await;
             eprintln!(
-                "[{label}] {:>8} x{:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  errors {}",
+                "[{label}] {:>8} x{:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  errors {}  cpu server {:.0}% load {:.0}%",
                 op.name(),
                 n,
                 m.ops_per_sec(),
                 m.p50_us(),
                 m.p99_us(),
-                m.errors
+                m.errors,
+                m.cpu_pct.0,
+                m.cpu_pct.1
             );
             rows.push(m);
         }
@@ -495,8 +539,17 @@ fn report(base: &ServerResult, cand: &ServerResult, phase: Duration) -> Vec<Stri
     println!();
     println!("{phase:?} per phase, value {VALUE_LEN} B, one request in flight per session, fsync on for both.");
     println!();
-    println!("| op | sessions | {c} ops/s | {b} ops/s | ops/s {c}/{b} | {c} p50/p99 us | {b} p50/p99 us | p99 {c}/{b} | errors {c}/{b} |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| op | sessions | {c} ops/s | {b} ops/s | ops/s {c}/{b} | {c} p50/p99 us | {b} p50/p99 us | p99 {c}/{b} | cpu% server/load {c} | cpu% server/load {b} | errors {c}/{b} |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let cpu = |m: &Measured| {
+        if m.op == Op::Watch {
+            "-".to_owned()
+        } else {
+            format!("{:.0}/{:.0}", m.cpu_pct.0, m.cpu_pct.1)
+        }
+    };
     let mut missed = Vec::new();
     for (mb, mc) in base.rows.iter().zip(&cand.rows) {
         assert_eq!((mb.op, mb.clients), (mc.op, mc.clients));
@@ -514,7 +567,7 @@ fn report(base: &ServerResult, cand: &ServerResult, phase: Duration) -> Vec<Stri
             )
         };
         println!(
-            "| {} | {} | {} | {} | {} | {}/{} | {}/{} | {} | {}/{} |",
+            "| {} | {} | {} | {} | {} | {}/{} | {}/{} | {} | {} | {} | {}/{} |",
             mb.op.name(),
             mb.clients,
             cops,
@@ -525,6 +578,8 @@ fn report(base: &ServerResult, cand: &ServerResult, phase: Duration) -> Vec<Stri
             mb.p50_us(),
             mb.p99_us(),
             ratio(mc.p99_us() as f64, mb.p99_us() as f64),
+            cpu(mc),
+            cpu(mb),
             mc.errors,
             mb.errors
         );
@@ -580,6 +635,8 @@ fn report(base: &ServerResult, cand: &ServerResult, phase: Duration) -> Vec<Stri
         (Some(_), Some(_)) => {}
         _ => missed.push("RSS not measured".into()),
     }
+    println!();
+    println!("cpu%: CPU time during the phase in % of one core (2 cores = 200%), of the server and of the load generator (this process).");
     println!();
     println!("Targets: writes (create, setData) >= 2x, reads (getData) >= 1.5x ops/s; RSS after load <= 1/10.");
     if missed.is_empty() {
