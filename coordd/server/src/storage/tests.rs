@@ -1064,5 +1064,16 @@ fn bench_log_writer() {
             "log writer: {submitters:>2} submitters, {entry_len}-byte entries: {:>8.0} entries/s ({total} in {secs:.2}s)",
             total as f64 / secs
         );
+        let t = Instant::now();
+        let (_, rec) = Wal::open(StorageConfig {
+            dir: d.path().to_path_buf(),
+            ..StorageConfig::default()
+        })
+        .unwrap();
+        println!(
+            "  recovery: {} entries in {:.0} ms",
+            rec.entries.len(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
     }
 }
