@@ -1,4 +1,5 @@
 #![allow(dead_code)]
 pub mod coordd;
+pub mod proxy;
 pub mod raw;
 pub mod zookeeper;
