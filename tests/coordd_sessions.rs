@@ -190,12 +190,12 @@ fn oversized_and_malformed_frames_close_the_connection_and_nothing_else() {
     assert!(read_frame(&mut bad.stream).is_none());
 
     // Garbage records for every op code.
-    for op in -12..110 {
+    for op in -12i32..110 {
         let mut bad = RawConn::new_session(server.addr, 2000);
         let mut frame = Vec::new();
         frame.extend_from_slice(&(8i32 + 7).to_be_bytes());
         frame.extend_from_slice(&5i32.to_be_bytes());
-        frame.extend_from_slice(&(op as i32).to_be_bytes());
+        frame.extend_from_slice(&op.to_be_bytes());
         frame.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3]);
         let _ = bad.stream.write_all(&frame);
         // Either an error reply or a close; never a hang or a crash.
