@@ -926,7 +926,7 @@ async fn digest_auth_and_who_am_i() {
     let server = Coordd::start();
     let (alice, _ae) = connect(&server).await;
     let (bob, _be) = connect(&server).await;
-    let (anon, _ne) = connect(&server).await;
+    let (anon, mut anon_events) = connect(&server).await;
 
     // Before add_auth: the ip identity only.
     let who = alice.who_am_i().await.unwrap();
@@ -1044,6 +1044,7 @@ async fn digest_auth_and_who_am_i() {
         server_err(anon.add_auth("kerberos", b"x").await),
         ErrorCode::AuthFailed
     );
+    state_event(&mut anon_events, KeeperState::AuthFailed).await;
     eventually("anon to be connected again", || {
         let anon = anon.clone();
         async move { anon.exists("/", false).await.is_ok() }
@@ -1330,7 +1331,12 @@ async fn frozen_client_expires_and_its_lease_runs_out_first() {
     assert!(c.lease_remaining() <= Duration::from_millis(20));
 
     // Thawed, the client learns its session is gone.
+    let mut state = c.state_watch();
     proxy.thaw();
+    timeout(WAIT, state.wait_for(|s| *s == SessionState::Expired))
+        .await
+        .expect("Expired in time")
+        .unwrap();
     state_event(&mut events, KeeperState::Expired).await;
     assert_eq!(c.state(), SessionState::Expired);
     assert!(c.lease() <= Instant::now());
