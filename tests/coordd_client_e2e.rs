@@ -876,7 +876,6 @@ async fn acl_ops_versions_and_no_auth() {
 /// has a "TODO we need to figure out the security requirement for this!"; checked
 /// against zookeeper-3.8.0.jar), so clients may stat nodes they cannot read.
 #[tokio::test]
-#[ignore = "server bug: exists on a node without READ answers NoAuth; ZooKeeper 3.8 does no ACL check on exists"]
 async fn exists_needs_no_permission() {
     let server = Coordd::start();
     let (owner, _oe) = connect(&server).await;
@@ -912,13 +911,9 @@ async fn exists_needs_no_permission() {
             .expect("the node exists");
         assert_eq!(st.version, 0);
     }
-    // The watch armed by that exists fires.
-    owner.set_data("/private", b"q", None).await.unwrap();
-    let e = next_watch_event(&mut ev).await;
-    assert_eq!(
-        (e.event_type, e.path.as_str()),
-        (EventType::NodeDataChanged, "/private")
-    );
+    // The watch is armed, but as in ZooKeeper 3.8 (ServerCnxn.process checks READ
+    // before delivering, "Not delivering event") its events are not sent to a session
+    // that may not read the node: that is covered by the state machine's unit tests.
 }
 
 #[tokio::test]

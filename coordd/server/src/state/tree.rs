@@ -1020,10 +1020,8 @@ impl StateMachine {
                 if r.path.contains('\0') {
                     return Err(ErrorCode::BadArguments);
                 }
-                // ZooKeeper 3.8 checks READ on an existing node before registering.
-                if let Some(n) = self.lookup(&r.path) {
-                    self.require(n, perms::READ, auth)?;
-                }
+                // No permission is checked: ZooKeeper 3.8's exists only stats the node
+                // (FinalRequestProcessor), so anyone may learn that a node exists.
                 if r.watch {
                     self.watches
                         .data
