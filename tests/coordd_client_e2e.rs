@@ -879,7 +879,7 @@ async fn acl_ops_versions_and_no_auth() {
 async fn exists_needs_no_permission() {
     let server = Coordd::start();
     let (owner, _oe) = connect(&server).await;
-    let (other, mut ev) = connect(&server).await;
+    let (other, _other_events) = connect(&server).await;
     owner.add_auth("digest", b"alice:secret").await.unwrap();
     owner
         .create(
