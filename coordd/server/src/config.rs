@@ -72,6 +72,10 @@ pub struct Flags {
     /// [default: 1].
     #[arg(long)]
     pub server_id: Option<u8>,
+    /// Threads serving connections; 1 runs everything on one thread (the log writer
+    /// always has its own) [default: 1].
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
     /// DANGEROUS: do not fsync the log. An acknowledged write can be lost on a crash.
     #[arg(long)]
     pub no_fsync: bool,
@@ -96,6 +100,7 @@ pub struct FileConfig {
     pub ttl_enabled: Option<bool>,
     pub superuser_digest: Option<String>,
     pub server_id: Option<u8>,
+    pub worker_threads: Option<usize>,
     pub no_fsync: Option<bool>,
 }
 
@@ -117,6 +122,7 @@ pub struct Config {
     pub ttl_enabled: bool,
     pub superuser_digest: Option<String>,
     pub server_id: u8,
+    pub worker_threads: usize,
     pub fsync: bool,
 }
 
@@ -138,6 +144,7 @@ pub enum ConfigError {
 
 pub const CLIENT_ADDR_DEFAULT: &str = "127.0.0.1:2181";
 pub const TICK_TIME_MS_DEFAULT: u32 = 2000;
+pub const WORKER_THREADS_DEFAULT: usize = 1;
 
 impl Default for Config {
     fn default() -> Self {
@@ -252,6 +259,13 @@ impl Config {
             ttl_enabled: flags.ttl_enabled || file.ttl_enabled.unwrap_or(false),
             superuser_digest: flags.superuser_digest.or(file.superuser_digest),
             server_id: flags.server_id.or(file.server_id).unwrap_or(1),
+            worker_threads: positive(
+                "worker_threads",
+                flags
+                    .worker_threads
+                    .or(file.worker_threads)
+                    .unwrap_or(WORKER_THREADS_DEFAULT),
+            )?,
             fsync: !(flags.no_fsync || file.no_fsync.unwrap_or(false)),
         };
         if config.server_id == 0 {
