@@ -347,3 +347,31 @@ fn session_timeout_is_negotiated_between_2_and_20_ticks() {
     );
     assert_eq!(RawConn::new_session(server.addr, 750).timeout_ms, 750);
 }
+
+#[test]
+fn replies_to_an_old_connection_never_reach_the_new_one() {
+    let server = Coordd::start();
+    let mut old = RawConn::new_session(server.addr, 2000);
+    let (sid, pw) = (old.session_id, old.passwd.clone());
+    // Many writes in flight on the old connection, then the session moves.
+    for i in 0..900 {
+        old.send(&Request::Create {
+            op: OpCode::Create,
+            req: CreateRequest {
+                path: format!("/n{i}"),
+                data: vec![1; 4000],
+                acl: Acl::open_unsafe(),
+                flags: 0,
+            },
+            ttl: 0,
+        });
+    }
+    let (mut new, resp) = RawConn::resume(server.addr, sid, &pw, 0);
+    assert_eq!(resp.session_id, sid);
+    let (reply, events) = new.call(&exists("/", false));
+    assert!(
+        events.is_empty(),
+        "stale frames on the new connection: {events:?}"
+    );
+    assert_eq!(reply.header.err, 0);
+}

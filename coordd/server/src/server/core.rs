@@ -147,6 +147,7 @@ pub struct ClientStat {
 enum Queued {
     Write(Zxid),
     Read {
+        conn_id: u64,
         xid: i32,
         work: ReadWork,
         received: Instant,
@@ -170,6 +171,7 @@ struct LiveSession {
 enum Origin {
     Request {
         session_id: SessionId,
+        conn_id: u64,
         xid: i32,
         received: Instant,
     },
@@ -372,9 +374,9 @@ impl Core {
                 self.touch(session_id);
                 let work = ReadWork::Refuse(err);
                 if self.session_has_queue(session_id) {
-                    self.enqueue_read(session_id, xid, work, Instant::now());
+                    self.enqueue_read(session_id, conn_id, xid, work, Instant::now());
                 } else if self.sessions.contains_key(&session_id) {
-                    self.serve_read(session_id, xid, work, Instant::now());
+                    self.serve_read(session_id, conn_id, xid, work, Instant::now());
                 } else {
                     let z = self.state.last_zxid();
                     self.send_reply(conn_id, xid, z, err, None);
@@ -587,6 +589,7 @@ impl Core {
                 txn,
                 Origin::Request {
                     session_id,
+                    conn_id,
                     xid,
                     received,
                 },
@@ -602,15 +605,23 @@ impl Core {
         }
         let work = ReadWork::Serve(request);
         if self.session_has_queue(session_id) {
-            self.enqueue_read(session_id, xid, work, received);
+            self.enqueue_read(session_id, conn_id, xid, work, received);
         } else {
-            self.serve_read(session_id, xid, work, received);
+            self.serve_read(session_id, conn_id, xid, work, received);
         }
     }
 
-    fn enqueue_read(&mut self, session_id: SessionId, xid: i32, work: ReadWork, received: Instant) {
+    fn enqueue_read(
+        &mut self,
+        session_id: SessionId,
+        conn_id: u64,
+        xid: i32,
+        work: ReadWork,
+        received: Instant,
+    ) {
         if let Some(s) = self.sessions.get_mut(&session_id) {
             s.queue.push_back(Queued::Read {
+                conn_id,
                 xid,
                 work,
                 received,
@@ -620,9 +631,20 @@ impl Core {
 
     /// Serves a read-path request now. Precondition: the session has no write in flight
     /// before it.
-    fn serve_read(&mut self, session_id: SessionId, xid: i32, work: ReadWork, received: Instant) {
-        let Some(conn_id) = self.sessions.get(&session_id).and_then(|s| s.conn_id) else {
-            self.release_outstanding(None);
+    fn serve_read(
+        &mut self,
+        session_id: SessionId,
+        origin_conn: u64,
+        xid: i32,
+        work: ReadWork,
+        received: Instant,
+    ) {
+        // A request answers on the connection it came in on; if the session has moved
+        // since, the client already failed it with ConnectionLoss and a reply on the new
+        // connection would carry an xid it does not expect.
+        let current = self.sessions.get(&session_id).and_then(|s| s.conn_id);
+        let Some(conn_id) = current.filter(|c| *c == origin_conn) else {
+            self.release_outstanding(Some(origin_conn));
             return;
         };
         let zxid = self.state.last_zxid();
@@ -758,6 +780,7 @@ impl Core {
         match origin {
             Origin::Request {
                 session_id,
+                conn_id: origin_conn,
                 xid,
                 received,
             } => {
@@ -767,7 +790,8 @@ impl Core {
                         matches!(front, Some(Queued::Write(z)) if z == applied.zxid),
                         "a session's oldest write is the one applied"
                     );
-                    s.conn_id
+                    // Only on the connection it came in on (see `serve_read`).
+                    s.conn_id.filter(|c| *c == origin_conn)
                 });
                 match conn_id {
                     Some(conn_id) => {
@@ -783,7 +807,7 @@ impl Core {
                         }
                         self.metrics.record_latency(received);
                     }
-                    None => self.release_outstanding(None),
+                    None => self.release_outstanding(Some(origin_conn)),
                 }
                 self.drain_reads(session_id);
             }
@@ -862,6 +886,7 @@ impl Core {
             match s.queue.front() {
                 Some(Queued::Read { .. }) => {
                     let Some(Queued::Read {
+                        conn_id,
                         xid,
                         work,
                         received,
@@ -869,7 +894,7 @@ impl Core {
                     else {
                         unreachable!("front is a read")
                     };
-                    self.serve_read(session_id, xid, work, received);
+                    self.serve_read(session_id, conn_id, xid, work, received);
                 }
                 _ => return,
             }
