@@ -1785,6 +1785,8 @@ fn model_apply(
                 return Err(ErrorCode::NotEmpty);
             }
             m.remove(&r.path);
+            // A node created again at this path starts counting its children afresh.
+            counters.remove(&r.path);
             Ok(())
         }
         MultiOp::SetData(r) => {
