@@ -132,6 +132,11 @@ pub struct CoreStats {
     pub sessions_live: usize,
     pub inflight_entries: usize,
     pub clients: Vec<ClientStat>,
+    /// Log appends (one fdatasync each), the entries they carried, and their time.
+    pub log_batches: u64,
+    pub log_entries: u64,
+    pub log_append_us_total: u64,
+    pub log_append_us_max: u64,
 }
 
 /// One connection, as `stat` and `cons` list it.
@@ -396,7 +401,12 @@ impl Core {
                 }
             }
             CoreMsg::Stats { reply } => {
+                let log = self.writer.stats();
                 let _ = reply.send(CoreStats {
+                    log_batches: log.batches.load(Ordering::Relaxed),
+                    log_entries: log.entries.load(Ordering::Relaxed),
+                    log_append_us_total: log.append_us_total.load(Ordering::Relaxed),
+                    log_append_us_max: log.append_us_max.load(Ordering::Relaxed),
                     state: self.state.stats(),
                     last_zxid: self.state.last_zxid(),
                     sessions_live: self.sessions.len(),

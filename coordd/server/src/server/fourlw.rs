@@ -158,6 +158,13 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
                     m.limit_hits.load(Ordering::Relaxed).to_string(),
                 ),
                 ("zk_log_entries_inflight", s.inflight_entries.to_string()),
+                ("zk_fsync_count", s.log_batches.to_string()),
+                ("zk_fsync_entries", s.log_entries.to_string()),
+                (
+                    "zk_fsync_time_avg_us",
+                    (s.log_append_us_total / s.log_batches.max(1)).to_string(),
+                ),
+                ("zk_fsync_time_max_us", s.log_append_us_max.to_string()),
             ];
             for (k, v) in rows {
                 let _ = writeln!(out, "{k}\t{v}");

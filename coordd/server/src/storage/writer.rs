@@ -9,8 +9,10 @@
 //! and `submit` fails: the server must stop.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -77,7 +79,18 @@ struct Queue {
     writer_waiting: bool,
 }
 
+/// Counters of the writer thread, for `mntr` and metrics.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Appends (one write + one fdatasync each).
+    pub batches: AtomicU64,
+    pub entries: AtomicU64,
+    pub append_us_total: AtomicU64,
+    pub append_us_max: AtomicU64,
+}
+
 struct Shared {
+    stats: LogStats,
     queue: Mutex<Queue>,
     wake: Condvar,
     cfg: LogWriterConfig,
@@ -137,6 +150,7 @@ impl LogWriter {
     pub fn spawn(wal: Wal, cfg: LogWriterConfig) -> (LogWriter, mpsc::UnboundedReceiver<Durable>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            stats: LogStats::default(),
             queue: Mutex::new(Queue {
                 last_submitted: wal.last_zxid(),
                 ..Queue::default()
@@ -226,6 +240,11 @@ impl LogWriter {
         Ok(())
     }
 
+    /// The writer thread's counters.
+    pub fn stats(&self) -> &LogStats {
+        &self.inner.shared.stats
+    }
+
     /// Writes everything submitted so far, stops the thread and waits for it. Other
     /// clones fail with `WriterStopped` afterwards.
     pub fn shutdown(self) {
@@ -285,7 +304,16 @@ fn run(mut wal: Wal, shared: &Shared, tx: &mpsc::UnboundedSender<Durable>) {
         }
         if let Some(&(last, _)) = batch.last() {
             let refs: Vec<(Zxid, &[u8])> = batch.iter().map(|(z, e)| (*z, &e[..])).collect();
+            let started = Instant::now();
             let res = wal.append(&refs);
+            let us = started.elapsed().as_micros() as u64;
+            let stats = &shared.stats;
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats
+                .entries
+                .fetch_add(refs.len() as u64, Ordering::Relaxed);
+            stats.append_us_total.fetch_add(us, Ordering::Relaxed);
+            stats.append_us_max.fetch_max(us, Ordering::Relaxed);
             drop(refs);
             batch.clear();
             match res {
