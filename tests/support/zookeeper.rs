@@ -55,6 +55,21 @@ pub struct ZkOptions {
     pub jvm_flags: Vec<String>,
 }
 
+/// The system property that lets ZooKeeper accept TTL nodes (`CreateMode`s
+/// PersistentWithTTL / PersistentSequentialWithTTL); without it a TTL create fails with
+/// `Unimplemented`. ZooKeeper reads it with `Boolean.getBoolean`, so it is a JVM flag.
+pub const EXTENDED_TYPES_FLAG: &str = "-Dzookeeper.extendedTypesEnabled=true";
+
+impl ZkOptions {
+    /// Sets `zookeeper.extendedTypesEnabled=true` (TTL nodes), see [`EXTENDED_TYPES_FLAG`].
+    pub fn with_extended_types(mut self) -> Self {
+        if !self.jvm_flags.iter().any(|f| f == EXTENDED_TYPES_FLAG) {
+            self.jvm_flags.push(EXTENDED_TYPES_FLAG.to_owned());
+        }
+        self
+    }
+}
+
 impl Default for ZkOptions {
     fn default() -> Self {
         ZkOptions {

@@ -1,11 +1,13 @@
-//! Against a real Apache ZooKeeper (3.8): runs only when COORDD_CLIENT_ZK_ADDR is set
-//! ("host:port" of a standalone server started with
-//! `-Dzookeeper.extendedTypesEnabled=true` for the TTL case). Skipped otherwise, so the
-//! normal test run needs no Java.
+//! coordd-client against a real Apache ZooKeeper 3.8 (Debian's `zookeeper` package,
+//! started per test by tests/support/zookeeper.rs on a free 127.0.0.1 port; skipped with
+//! a printed reason when the package or java is missing; scripts/test.sh installs both).
 //!
-//! A small TCP proxy between client and server lets the test cut connections, to check
-//! reconnects (SetWatches2 as the real server parses it) and expiry (the real server's
-//! timeout-0 connect response).
+//! The operations test starts its server with `zookeeper.extendedTypesEnabled=true` for
+//! the TTL case. A small TCP proxy between client and server lets the reconnect test cut
+//! connections, to check reconnects (SetWatches2 as the real server parses it) and
+//! expiry (the real server's timeout-0 connect response).
+
+mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,14 +19,29 @@ use coordd_client::{
 };
 use coordd_proto::records::*;
 use coordd_proto::OpCode;
+use support::zookeeper::{ZkOptions, ZooKeeper};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-const DEADLINE: Duration = Duration::from_secs(10);
+/// Upper bound for one expected event (generous: CI shares two cores with other jobs).
+const DEADLINE: Duration = Duration::from_secs(20);
+/// Upper bound for the server to expire a 4 s session whose client went away: the
+/// timeout, rounded up to ZooKeeper's expiry tick (tickTime 2 s), plus slack for load.
+const EXPIRY_DEADLINE: Duration = Duration::from_secs(30);
 
-fn zk_addr() -> Option<String> {
-    std::env::var("COORDD_CLIENT_ZK_ADDR").ok()
+/// Starts a real ZooKeeper for `test`, or prints why not and returns `None` when it is
+/// not installed. A server that is installed but fails to start fails the test.
+async fn start_zookeeper(test: &str, opts: ZkOptions) -> Option<ZooKeeper> {
+    if ZooKeeper::skip_if_unavailable(test) {
+        return None;
+    }
+    // Start polls with blocking sleeps (under its own deadline): off the runtime thread.
+    let server = tokio::task::spawn_blocking(move || ZooKeeper::start_with(opts))
+        .await
+        .expect("ZooKeeper start task")
+        .unwrap_or_else(|e| panic!("{test}: starting ZooKeeper: {e}"));
+    Some(server)
 }
 
 async fn next_event(events: &mut Events) -> WatchedEvent {
@@ -34,24 +51,29 @@ async fn next_event(events: &mut Events) -> WatchedEvent {
         .expect("events ended")
 }
 
-/// Waits for the first event matching `f`, skipping others (e.g. state changes).
+/// Waits for the first event matching `f`, skipping others (e.g. state changes), for
+/// at most [`DEADLINE`].
 async fn event_where(events: &mut Events, f: impl Fn(&WatchedEvent) -> bool) -> WatchedEvent {
-    loop {
-        let ev = next_event(events).await;
-        if f(&ev) {
-            return ev;
-        }
-    }
+    event_within(events, DEADLINE, f).await
 }
 
-fn root(name: &str) -> String {
-    format!(
-        "/coordd-client-test-{name}-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
+/// Waits for the first event matching `f`, skipping others, for at most `limit`.
+async fn event_within(
+    events: &mut Events,
+    limit: Duration,
+    f: impl Fn(&WatchedEvent) -> bool,
+) -> WatchedEvent {
+    let matching = async {
+        loop {
+            let ev = events.recv().await.expect("events ended");
+            if f(&ev) {
+                return ev;
+            }
+        }
+    };
+    timeout(limit, matching)
+        .await
+        .unwrap_or_else(|_| panic!("no matching event within {limit:?}"))
 }
 
 struct Proxy {
@@ -97,10 +119,15 @@ impl Proxy {
 
 #[tokio::test]
 async fn operations_against_real_zookeeper() {
-    let Some(addr) = zk_addr() else {
-        eprintln!("COORDD_CLIENT_ZK_ADDR not set; skipping");
+    let Some(server) = start_zookeeper(
+        "operations_against_real_zookeeper",
+        ZkOptions::default().with_extended_types(),
+    )
+    .await
+    else {
         return;
     };
+    let addr = server.addr();
     let cfg = ClientConfig::new([addr.clone()]).with_session_timeout_ms(6_000);
     let (zk, mut events) = Client::connect(cfg.clone()).await.unwrap();
     assert_eq!(
@@ -109,7 +136,7 @@ async fn operations_against_real_zookeeper() {
     );
     assert!(zk.session_timeout_ms() >= 4_000);
     let (other, _other_events) = Client::connect(cfg.clone()).await.unwrap();
-    let base = root("ops");
+    let base = "/coordd-client-ops".to_owned();
     let open = Acl::open_unsafe();
 
     zk.ensure_path(&format!("{base}/a/b")).await.unwrap();
@@ -354,19 +381,24 @@ async fn operations_against_real_zookeeper() {
 
 #[tokio::test]
 async fn reconnect_and_expiry_against_real_zookeeper() {
-    let Some(addr) = zk_addr() else {
-        eprintln!("COORDD_CLIENT_ZK_ADDR not set; skipping");
+    let Some(server) = start_zookeeper(
+        "reconnect_and_expiry_against_real_zookeeper",
+        ZkOptions::default(),
+    )
+    .await
+    else {
         return;
     };
+    let addr = server.addr();
     let proxy = Proxy::start(addr.clone()).await;
     let cfg = ClientConfig::new([proxy.addr.clone()])
         .with_session_timeout_ms(4_000)
         .with_reconnect_backoff_ms(10, 200);
     let (zk, mut events) = Client::connect(cfg).await.unwrap();
-    let (other, _e) = Client::connect(ClientConfig::new([addr.clone()]))
+    let (other, mut other_events) = Client::connect(ClientConfig::new([addr.clone()]))
         .await
         .unwrap();
-    let base = root("reconnect");
+    let base = "/coordd-client-reconnect".to_owned();
     let open = Acl::open_unsafe();
     zk.ensure_path(&base).await.unwrap();
     let leader = format!("{base}/leader");
@@ -398,25 +430,20 @@ async fn reconnect_and_expiry_against_real_zookeeper() {
     assert_eq!(zk.get_data(&leader, false).await.unwrap().0, b"me");
 
     // Keep it away for longer than the session timeout: the server expires it and
-    // answers the next connect with timeout 0.
+    // answers the next connect with timeout 0. The ephemeral disappears when the server
+    // expires the session; `other` watches for that.
+    assert!(other.exists(&leader, true).await.unwrap().is_some());
     proxy.blocked.store(true, Ordering::SeqCst);
     proxy.cut();
     event_where(&mut events, |e| e.state == KeeperState::Disconnected).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    // The ephemeral disappears when the ensemble expires the session.
-    loop {
-        if other.exists(&leader, false).await.unwrap().is_none() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Fails the test if the server has not expired the session by then.
+    event_within(&mut other_events, EXPIRY_DEADLINE, |e| {
+        e.event_type == EventType::NodeDeleted && e.path == leader
+    })
+    .await;
     assert!(
         zk.lease() < tokio::time::Instant::now(),
-        "lease passed before expiry"
+        "lease still running after the server expired the session"
     );
     proxy.blocked.store(false, Ordering::SeqCst);
     event_where(&mut events, |e| e.state == KeeperState::Expired).await;
