@@ -375,3 +375,66 @@ fn replies_to_an_old_connection_never_reach_the_new_one() {
     );
     assert_eq!(reply.header.err, 0);
 }
+
+#[test]
+fn read_only_flag_is_accepted() {
+    let server = Coordd::start();
+    let mut s = RawConn::tcp(server.addr);
+    let req = coordd_proto::ConnectRequest {
+        timeout_ms: 2000,
+        passwd: vec![0; 16],
+        read_only: true,
+        ..Default::default()
+    };
+    let mut out = bytes::BytesMut::new();
+    coordd_proto::frame::write_frame(&mut out, |o| req.encode(o));
+    s.write_all(&out).unwrap();
+    let resp = coordd_proto::ConnectResponse::from_bytes(&read_frame(&mut s).unwrap()).unwrap();
+    assert!(resp.timeout_ms > 0 && resp.session_id != 0);
+    assert!(!resp.read_only, "a standalone server is read-write");
+}
+
+#[test]
+fn writes_survive_kill_9_across_snapshots_and_log_compaction() {
+    let mut server =
+        Coordd::start_with(&["--tick-time-ms", "100", "--snapshot-every-entries", "25"]);
+    let mut c = RawConn::new_session(server.addr, 2000);
+    for i in 0..200 {
+        let (r, _) = c.call(&create(&format!("/s{i}"), CreateMode::Persistent));
+        assert_eq!(r.header.err, 0);
+    }
+    let (r, _) = c.call(&Request::SetData(coordd_proto::SetDataRequest {
+        path: "/s199".into(),
+        data: b"last".to_vec(),
+        version: -1,
+    }));
+    assert_eq!(r.header.err, 0);
+    let last_zxid = r.header.zxid;
+    let snapshots = std::fs::read_dir(server.data_dir())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .map(|e| e.file_name().to_string_lossy().starts_with("snapshot."))
+                .unwrap_or(false)
+        })
+        .count();
+    assert!(snapshots >= 1, "snapshots were written");
+    drop(c);
+    server.restart();
+    let mut c = RawConn::new_session(server.addr, 2000);
+    for i in [0, 57, 198] {
+        let (r, _) = c.call(&exists(&format!("/s{i}"), false));
+        assert_eq!(r.header.err, 0, "/s{i} survived");
+    }
+    let (r, _) = c.call(&Request::GetData(PathWatchRequest {
+        path: "/s199".into(),
+        watch: false,
+    }));
+    assert_eq!(r.header.err, 0);
+    let d = coordd_proto::GetDataResponse::from_bytes(&r.body).unwrap();
+    assert_eq!(d.data, b"last");
+    assert!(
+        r.header.zxid > last_zxid,
+        "zxids keep growing after recovery"
+    );
+}
