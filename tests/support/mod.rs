@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod coordd;
+pub mod postgres;
 pub mod proxy;
 pub mod raw;
 pub mod zookeeper;
