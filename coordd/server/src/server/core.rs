@@ -427,6 +427,39 @@ impl Core {
         }
     }
 
+    /// Completes a handshake: the connection now carries the session. Identities belong
+    /// to the connection, as in ZooKeeper: a new connection starts with its ip and must
+    /// send addAuth again.
+    fn attach_session(
+        &mut self,
+        conn_id: u64,
+        info: &crate::state::SessionInfo,
+        established: oneshot::Sender<Option<SessionId>>,
+    ) {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            let _ = established.send(None);
+            return;
+        };
+        conn.stats
+            .session_id
+            .store(info.session_id as u64, Ordering::Relaxed);
+        let ip = Id {
+            scheme: "ip".into(),
+            id: conn.peer.ip().to_string(),
+        };
+        self.set_auth(info.session_id, vec![ip]);
+        self.touch(info.session_id);
+        let frame = connect_frame(&ConnectResponse {
+            protocol_version: PROTOCOL_VERSION,
+            timeout_ms: info.timeout_ms,
+            session_id: info.session_id,
+            passwd: info.passwd.clone(),
+            read_only: false,
+        });
+        self.push(conn_id, frame);
+        let _ = established.send(Some(info.session_id));
+    }
+
     /// The identities a session's connection holds, for ACL checks of its requests and
     /// of the watch events it may receive.
     fn set_auth(&mut self, session_id: SessionId, auth: Vec<Id>) {
@@ -462,7 +495,6 @@ impl Core {
         established: oneshot::Sender<Option<SessionId>>,
     ) {
         let conn_id = conn.conn_id;
-        let peer_ip = conn.peer.ip().to_string();
         self.conns.insert(conn_id, conn.clone());
         if req.last_zxid_seen > self.state.last_zxid() {
             // The client has seen a newer state than ours; ZooKeeper refuses it so that
@@ -512,31 +544,10 @@ impl Core {
                 .sessions
                 .get_mut(&info.session_id)
                 .and_then(|s| s.conn_id.replace(conn_id));
-            // Identities belong to the connection, as in ZooKeeper: a new connection
-            // starts with its ip and must send addAuth again.
-            self.set_auth(
-                info.session_id,
-                vec![Id {
-                    scheme: "ip".into(),
-                    id: peer_ip.clone(),
-                }],
-            );
             if let Some(old) = old.filter(|o| *o != conn_id) {
                 self.drop_conn(old);
             }
-            conn.stats
-                .session_id
-                .store(info.session_id as u64, Ordering::Relaxed);
-            self.touch(info.session_id);
-            let frame = connect_frame(&ConnectResponse {
-                protocol_version: PROTOCOL_VERSION,
-                timeout_ms: info.timeout_ms,
-                session_id: info.session_id,
-                passwd: info.passwd.clone(),
-                read_only: false,
-            });
-            self.push(conn_id, frame);
-            let _ = established.send(Some(info.session_id));
+            self.attach_session(conn_id, &info, established);
             return;
         }
         // A new session: logged, answered once durable.
@@ -832,30 +843,12 @@ impl Core {
                             info.session_id,
                             LiveSession {
                                 conn_id: Some(conn_id),
-                                auth: vec![Id {
-                                    scheme: "ip".into(),
-                                    id: self.conns[&conn_id].peer.ip().to_string(),
-                                }],
+                                auth: Vec::new(),
                                 timeout_ms: info.timeout_ms,
                                 queue: VecDeque::new(),
                             },
                         );
-                        self.conns[&conn_id]
-                            .stats
-                            .session_id
-                            .store(info.session_id as u64, Ordering::Relaxed);
-                        let auth = self.sessions[&info.session_id].auth.clone();
-                        self.state.set_session_auth(info.session_id, &auth);
-                        self.touch(info.session_id);
-                        let frame = connect_frame(&ConnectResponse {
-                            protocol_version: PROTOCOL_VERSION,
-                            timeout_ms: info.timeout_ms,
-                            session_id: info.session_id,
-                            passwd: info.passwd.clone(),
-                            read_only: false,
-                        });
-                        self.push(conn_id, frame);
-                        let _ = established.send(Some(info.session_id));
+                        self.attach_session(conn_id, &info, established);
                     }
                     Some(info) => {
                         // The client left before its session was durable: the session

@@ -70,6 +70,19 @@ fn open_fds() -> u64 {
         .unwrap_or(0)
 }
 
+/// One line per connection, as ZooKeeper's `cons` and `stat` list them, then a blank
+/// line.
+fn write_clients(out: &mut String, s: &CoreStats) {
+    for c in &s.clients {
+        let _ = writeln!(
+            out,
+            " /{}[1](queued={},recved={},sent={},sid=0x{:x})",
+            c.peer, c.queued_bytes, c.received, c.sent, c.session_id
+        );
+    }
+    out.push('\n');
+}
+
 /// The text answer to `cmd`.
 pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
     let m = &ctx.metrics;
@@ -83,14 +96,7 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
             let _ = writeln!(out, "Zookeeper version: {VERSION}, built by coordd");
             if cmd == Command::Stat {
                 out.push_str("Clients:\n");
-                for c in &s.clients {
-                    let _ = writeln!(
-                        out,
-                        " /{}[1](queued={},recved={},sent={},sid=0x{:x})",
-                        c.peer, c.queued_bytes, c.received, c.sent, c.session_id
-                    );
-                }
-                out.push('\n');
+                write_clients(&mut out, &s);
             }
             let _ = writeln!(out, "Latency min/avg/max: {min:.3}/{avg:.4}/{max:.3}");
             let _ = writeln!(
@@ -111,14 +117,7 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
         }
         Command::Cons => {
             let s = core_stats(ctx).await;
-            for c in &s.clients {
-                let _ = writeln!(
-                    out,
-                    " /{}[1](queued={},recved={},sent={},sid=0x{:x})",
-                    c.peer, c.queued_bytes, c.received, c.sent, c.session_id
-                );
-            }
-            out.push('\n');
+            write_clients(&mut out, &s);
         }
         Command::Mntr => {
             let s = core_stats(ctx).await;
