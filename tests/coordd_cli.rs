@@ -1,0 +1,125 @@
+//! The coordd command line: help, configuration files, clear errors on bad input.
+
+mod support;
+
+use std::process::Command;
+
+use support::coordd::{coordd_bin, four_letter, free_port, wait_until};
+
+/// Kills the process when the test ends, also when it panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn help_lists_the_options() {
+    let out = Command::new(coordd_bin()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--client-addr",
+        "--data-dir",
+        "--config",
+        "--tick-time-ms",
+        "--no-fsync",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+}
+
+#[test]
+fn malformed_config_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("unknown key", "no_such_option = 1\n", "no_such_option"),
+        ("bad type", "tick_time_ms = \"fast\"\n", "tick_time_ms"),
+        (
+            "bad address",
+            "client_addr = \"not an address\"\n",
+            "client_addr",
+        ),
+        ("zero limit", "frame_bytes_max = 0\n", "frame_bytes_max"),
+        (
+            "timeouts out of order",
+            "min_session_timeout_ms = 9000\nmax_session_timeout_ms = 100\n",
+            "min_session_timeout_ms",
+        ),
+        ("not toml", "[[[\n", "config file"),
+    ];
+    for (what, text, expect) in cases {
+        let path = dir.path().join("coordd.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(coordd_bin())
+            .arg("--config")
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(stderr.contains(expect), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    }
+    let out = Command::new(coordd_bin())
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn config_file_is_used_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_port = free_port();
+    let flag_port = free_port();
+    let path = dir.path().join("coordd.toml");
+    std::fs::write(
+        &path,
+        format!("client_addr = \"127.0.0.1:{file_port}\"\ntick_time_ms = 300\n"),
+    )
+    .unwrap();
+    let _child = KillOnDrop(
+        Command::new(coordd_bin())
+            .arg("--config")
+            .arg(&path)
+            .arg("--client-addr")
+            .arg(format!("127.0.0.1:{flag_port}"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = format!("127.0.0.1:{flag_port}").parse().unwrap();
+    wait_until(
+        "coordd on the flag's port",
+        std::time::Duration::from_secs(20),
+        || four_letter(addr, "ruok").as_deref() == Some("imok"),
+    );
+    let conf = four_letter(addr, "conf").unwrap();
+    assert!(conf.contains("tickTime=300"), "{conf}");
+    assert!(conf.contains(&format!("clientPort={flag_port}")), "{conf}");
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let first = support::coordd::Coordd::start();
+    let out = Command::new(coordd_bin())
+        .arg("--client-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(first.data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.to_lowercase().contains("lock"), "{stderr}");
+}
