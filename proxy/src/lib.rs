@@ -13,5 +13,7 @@
 //!   Invariant: writes go only to a leader in state `primary`; routing takes one
 //!   atomic load, no lock and no allocation.
 
+pub mod election;
 pub mod namespace;
 pub mod records;
+pub mod topology;

@@ -82,7 +82,7 @@ pub fn validate_node_name(name: &str) -> Result<(), NameError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     root: String,
-    cluster: String,
+    cluster_name: String,
     /// `<root>/clusters/<cluster>`, kept because every other path starts with it.
     cluster_path: String,
 }
@@ -103,7 +103,7 @@ impl Namespace {
         let cluster_path = format!("{clusters}/{cluster}");
         Ok(Namespace {
             root: root.to_owned(),
-            cluster: cluster.to_owned(),
+            cluster_name: cluster.to_owned(),
             cluster_path,
         })
     }
@@ -118,7 +118,7 @@ impl Namespace {
     }
 
     pub fn cluster_name(&self) -> &str {
-        &self.cluster
+        &self.cluster_name
     }
 
     /// `<root>/clusters/<cluster>`: what the router watches recursively.
@@ -138,7 +138,10 @@ impl Namespace {
     /// The member record of `node`. The name must have passed [`validate_node_name`];
     /// use [`Namespace::member_checked`] for names from outside.
     pub fn member(&self, node: &str) -> String {
-        debug_assert!(validate_node_name(node).is_ok(), "unchecked node name {node:?}");
+        debug_assert!(
+            validate_node_name(node).is_ok(),
+            "unchecked node name {node:?}"
+        );
         format!("{}/members/{node}", self.cluster_path)
     }
 
@@ -265,7 +268,15 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a", "main", "pg-1", "node_2", "db.eu-west", "0", &"x".repeat(63)] {
+        for ok in [
+            "a",
+            "main",
+            "pg-1",
+            "node_2",
+            "db.eu-west",
+            "0",
+            &"x".repeat(63),
+        ] {
             validate_node_name(ok).unwrap();
             validate_cluster_name(ok).unwrap();
         }
@@ -275,11 +286,26 @@ mod tests {
             ("..", "must start with an ASCII letter or digit"),
             ("-rf", "must start with an ASCII letter or digit"),
             ("_x", "must start with an ASCII letter or digit"),
-            ("a/b", "only ASCII letters, digits, '_', '-' and '.' are allowed"),
-            ("a b", "only ASCII letters, digits, '_', '-' and '.' are allowed"),
-            ("a'b", "only ASCII letters, digits, '_', '-' and '.' are allowed"),
-            ("né", "only ASCII letters, digits, '_', '-' and '.' are allowed"),
-            ("a\0", "only ASCII letters, digits, '_', '-' and '.' are allowed"),
+            (
+                "a/b",
+                "only ASCII letters, digits, '_', '-' and '.' are allowed",
+            ),
+            (
+                "a b",
+                "only ASCII letters, digits, '_', '-' and '.' are allowed",
+            ),
+            (
+                "a'b",
+                "only ASCII letters, digits, '_', '-' and '.' are allowed",
+            ),
+            (
+                "né",
+                "only ASCII letters, digits, '_', '-' and '.' are allowed",
+            ),
+            (
+                "a\0",
+                "only ASCII letters, digits, '_', '-' and '.' are allowed",
+            ),
         ];
         for (name, reason) in cases {
             let e = validate_node_name(name).unwrap_err();

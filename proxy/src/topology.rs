@@ -1,0 +1,698 @@
+//! The router's pure core (DESIGN.md section 5): an immutable [`Topology`] snapshot
+//! built from the namespace's records, and the routing decision over it.
+//!
+//! The watcher task builds a new [`Topology`] after every change and
+//! [`RouteTable::publish`]es it; query paths call [`RouteTable::route`], which is one
+//! atomic load of the snapshot, one atomic add for round robin and an index: no lock,
+//! no allocation. Everything a decision needs (who is readable under the lag bound)
+//! is computed once per snapshot, not per query.
+//!
+//! Invariant: a write is routed only to a leader in state `primary` whose epoch is not
+//! older than one this table already published; otherwise routing says why not.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+
+use crate::election::Epoch;
+use crate::records::{LeaderRecord, LeaderState, Lsn, MemberRecord, MemberState, Role};
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub node: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// The master as the snapshot knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    pub endpoint: Endpoint,
+    pub state: LeaderState,
+    /// The `leader` znode's czxid.
+    pub epoch: Epoch,
+}
+
+/// A live replica: role replica, state running, not the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub endpoint: Endpoint,
+    pub replay_lsn: Option<Lsn>,
+    /// Replay lag behind the master; see [`Topology::build`] for how it is derived.
+    pub lag_bytes: Option<u64>,
+}
+
+/// What the caller wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Write,
+    Read,
+    /// A read that must see writes up to this commit LSN (read-your-writes).
+    ReadAfter(Lsn),
+}
+
+/// Which endpoint of a snapshot a route chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Master,
+    /// Index into [`Topology::replicas`].
+    Replica(usize),
+}
+
+/// Why nothing can serve an intent now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No leader, or one still promoting (or in a state this router does not know).
+    /// Retryable: wait for the next topology.
+    #[error("no writable master (leader state {leader_state:?})")]
+    NoPrimary { leader_state: Option<LeaderState> },
+    /// No replica within the lag bound and falling back to the master is off (or
+    /// there is no writable master to fall back to).
+    #[error("no replica can serve reads and no master to fall back to")]
+    NoReadable,
+}
+
+/// How reads are spread. An enum, not a trait object, so the choice is a branch the
+/// compiler sees, not an indirect call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Each read goes to the next readable replica.
+    #[default]
+    RoundRobin,
+}
+
+/// The read side of routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPolicy {
+    pub balance: Balance,
+    /// Replicas further behind than this get no reads (also for `ReadAfter`).
+    /// `u64::MAX` admits replicas whose lag is unknown.
+    pub max_lag_bytes: u64,
+    /// With no readable replica, send reads to the master (if it is primary).
+    /// `ReadAfter` always may: only the master is sure to have the write.
+    pub fallback_to_master: bool,
+}
+
+impl Default for ReadPolicy {
+    fn default() -> Self {
+        ReadPolicy {
+            balance: Balance::RoundRobin,
+            max_lag_bytes: crate::records::ClusterConfig::default().max_lag_bytes,
+            fallback_to_master: true,
+        }
+    }
+}
+
+/// An immutable view of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Topology {
+    leader: Option<Leader>,
+    /// Sorted by node name, so equal inputs give equal snapshots.
+    replicas: Box<[Replica]>,
+    /// Indices into `replicas` within `readable_lag_bytes_max`.
+    readable: Box<[usize]>,
+    readable_lag_bytes_max: u64,
+}
+
+impl Topology {
+    /// A topology with nothing in it (before the first read of the namespace).
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Builds a snapshot from the `leader` record with its znode's czxid and the
+    /// records under `members/`. Readable replicas are those whose lag is at most
+    /// `max_lag_bytes` (see [`ReadPolicy::max_lag_bytes`]).
+    ///
+    /// A replica's lag is the leader's published position (its member record) minus
+    /// the replica's replay LSN when both are known, since both come from this one
+    /// read of the namespace; otherwise the replica's own `lag_bytes`; otherwise
+    /// unknown. If a node appears twice, the record updated last wins.
+    pub fn build(
+        leader: Option<(LeaderRecord, Epoch)>,
+        members: impl IntoIterator<Item = MemberRecord>,
+        max_lag_bytes: u64,
+    ) -> Self {
+        let mut members: Vec<MemberRecord> = members.into_iter().collect();
+        members.sort_by(|a, b| a.node.cmp(&b.node).then(b.updated_ms.cmp(&a.updated_ms)));
+        members.dedup_by(|later, first| later.node == first.node);
+
+        let leader_node = leader.as_ref().map(|(l, _)| l.node.as_str());
+        let leader_position = members
+            .iter()
+            .find(|m| Some(m.node.as_str()) == leader_node)
+            .and_then(|m| m.wal_position());
+
+        let replicas: Box<[Replica]> = members
+            .iter()
+            .filter(|m| {
+                m.role == Role::Replica
+                    && m.state == MemberState::Running
+                    && Some(m.node.as_str()) != leader_node
+            })
+            .map(|m| Replica {
+                endpoint: Endpoint {
+                    node: m.node.clone(),
+                    host: m.host.clone(),
+                    port: m.port,
+                },
+                replay_lsn: m.replay_lsn,
+                lag_bytes: match (leader_position, m.replay_lsn) {
+                    (Some(master), Some(replay)) => Some(master.bytes_since(replay)),
+                    _ => m.lag_bytes,
+                },
+            })
+            .collect();
+        let readable = (0..replicas.len())
+            .filter(|&i| within(replicas[i].lag_bytes, max_lag_bytes))
+            .collect();
+        Topology {
+            leader: leader.map(|(l, epoch)| Leader {
+                endpoint: Endpoint {
+                    node: l.node,
+                    host: l.host,
+                    port: l.port,
+                },
+                state: l.state,
+                epoch,
+            }),
+            replicas,
+            readable,
+            readable_lag_bytes_max: max_lag_bytes,
+        }
+    }
+
+    pub fn leader(&self) -> Option<&Leader> {
+        self.leader.as_ref()
+    }
+
+    /// The leader's epoch, if there is a leader.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.leader.as_ref().map(|l| l.epoch)
+    }
+
+    /// The master, only if its leader record says `primary` (DESIGN.md 4.3).
+    pub fn writable_endpoint(&self) -> Option<&Endpoint> {
+        match &self.leader {
+            Some(l) if l.state == LeaderState::Primary => Some(&l.endpoint),
+            _ => None,
+        }
+    }
+
+    /// Every live replica, readable or not, sorted by node.
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    /// Live replicas whose lag is known and at most `max_lag_bytes` (`u64::MAX` also
+    /// admits unknown lag).
+    pub fn readable_endpoints(&self, max_lag_bytes: u64) -> impl Iterator<Item = &Endpoint> {
+        self.replicas
+            .iter()
+            .filter(move |r| within(r.lag_bytes, max_lag_bytes))
+            .map(|r| &r.endpoint)
+    }
+
+    /// The endpoint of a target this snapshot returned.
+    ///
+    /// # Panics
+    /// If `target` is a replica index past [`Topology::replicas`] or the master when
+    /// there is no leader: targets are only valid for the snapshot that chose them.
+    pub fn endpoint(&self, target: Target) -> &Endpoint {
+        match target {
+            Target::Master => {
+                &self
+                    .leader
+                    .as_ref()
+                    .expect("target from this snapshot")
+                    .endpoint
+            }
+            Target::Replica(i) => &self.replicas[i].endpoint,
+        }
+    }
+
+    /// The routing decision. `cursor` is the round-robin position; it survives
+    /// snapshots (it lives in the [`RouteTable`]) so a topology change does not send
+    /// the next reads all to the first replica. Uses the readable set computed at
+    /// build time; `policy.max_lag_bytes` applies through [`Topology::build`].
+    pub fn route(
+        &self,
+        intent: Intent,
+        policy: &ReadPolicy,
+        cursor: &AtomicUsize,
+    ) -> Result<Target, RouteError> {
+        let master = || match self.writable_endpoint() {
+            Some(_) => Ok(Target::Master),
+            None => Err(RouteError::NoPrimary {
+                leader_state: self.leader.as_ref().map(|l| l.state),
+            }),
+        };
+        match intent {
+            Intent::Write => master(),
+            Intent::Read => {
+                let n = self.readable.len();
+                if n > 0 {
+                    let Balance::RoundRobin = policy.balance;
+                    let i = cursor.fetch_add(1, Ordering::Relaxed) % n;
+                    return Ok(Target::Replica(self.readable[i]));
+                }
+                if policy.fallback_to_master {
+                    master().map_err(|_| RouteError::NoReadable)
+                } else {
+                    Err(RouteError::NoReadable)
+                }
+            }
+            Intent::ReadAfter(token) => {
+                let n = self.readable.len();
+                if n > 0 {
+                    // Start where round robin is, so caught-up replicas share the load.
+                    let start = cursor.fetch_add(1, Ordering::Relaxed) % n;
+                    for k in 0..n {
+                        let r = self.readable[(start + k) % n];
+                        if self.replicas[r].replay_lsn.is_some_and(|l| l >= token) {
+                            return Ok(Target::Replica(r));
+                        }
+                    }
+                }
+                master()
+            }
+        }
+    }
+
+    /// The lag bound this snapshot's readable set was computed with.
+    pub fn readable_lag_bytes_max(&self) -> u64 {
+        self.readable_lag_bytes_max
+    }
+}
+
+fn within(lag_bytes: Option<u64>, max_lag_bytes: u64) -> bool {
+    match lag_bytes {
+        Some(lag) => lag <= max_lag_bytes,
+        None => max_lag_bytes == u64::MAX,
+    }
+}
+
+/// The router's current snapshot and read policy. Routing reads it without locks;
+/// one watcher task publishes.
+#[derive(Debug)]
+pub struct RouteTable {
+    current: ArcSwap<Topology>,
+    cursor: AtomicUsize,
+    policy: ReadPolicy,
+    /// The highest leader epoch published so far. Only publishers take this lock.
+    highest_epoch: Mutex<Option<Epoch>>,
+}
+
+/// A routing decision with the snapshot it was made on, so the endpoint is borrowed,
+/// not copied. Keep it briefly (arc-swap guards are meant to be short-lived).
+pub struct Routed {
+    snapshot: Guard<Arc<Topology>>,
+    target: Target,
+}
+
+impl Routed {
+    pub fn endpoint(&self) -> &Endpoint {
+        self.snapshot.endpoint(self.target)
+    }
+
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.snapshot
+    }
+}
+
+impl RouteTable {
+    pub fn new(policy: ReadPolicy) -> Self {
+        RouteTable {
+            current: ArcSwap::from_pointee(Topology::empty()),
+            cursor: AtomicUsize::new(0),
+            policy,
+            highest_epoch: Mutex::new(None),
+        }
+    }
+
+    pub fn policy(&self) -> &ReadPolicy {
+        &self.policy
+    }
+
+    /// Replaces the snapshot. A leader with an epoch below one already published is
+    /// a stale view (e.g. a new session on a server that is behind) and is dropped
+    /// from the snapshot: writes wait for a fresh view instead of reaching a deposed
+    /// master. Returns whether the leader was kept.
+    pub fn publish(&self, mut next: Topology) -> bool {
+        let mut highest = self.highest_epoch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = true;
+        if let Some(epoch) = next.epoch() {
+            match *highest {
+                Some(h) if epoch < h => {
+                    next.leader = None;
+                    kept = false;
+                }
+                _ => *highest = Some(epoch),
+            }
+        }
+        self.current.store(Arc::new(next));
+        kept
+    }
+
+    /// The current snapshot, to keep (an `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Topology> {
+        self.current.load_full()
+    }
+
+    /// Routes one intent on the current snapshot: one atomic load, no lock, no
+    /// allocation.
+    pub fn route(&self, intent: Intent) -> Result<Routed, RouteError> {
+        let snapshot = self.current.load();
+        let target = snapshot.route(intent, &self.policy, &self.cursor)?;
+        Ok(Routed { snapshot, target })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn leader(node: &str, state: LeaderState) -> LeaderRecord {
+        LeaderRecord {
+            node: node.into(),
+            host: format!("{node}.db"),
+            port: 5432,
+            state,
+            since_ms: 0,
+        }
+    }
+
+    fn member(node: &str, role: Role, replay: u64) -> MemberRecord {
+        MemberRecord {
+            node: node.into(),
+            host: format!("{node}.db"),
+            port: 5432,
+            role,
+            state: MemberState::Running,
+            timeline: Some(1),
+            receive_lsn: Some(Lsn(replay)),
+            replay_lsn: Some(Lsn(replay)),
+            lag_bytes: None,
+            updated_ms: 0,
+        }
+    }
+
+    /// m is the primary at 1000; r1 at 1000, r2 at 900, r3 at 100.
+    fn cluster(state: LeaderState, max_lag_bytes: u64) -> Topology {
+        Topology::build(
+            Some((leader("m", state), Epoch(7))),
+            [
+                member("r2", Role::Replica, 900),
+                member("m", Role::Primary, 1000),
+                member("r3", Role::Replica, 100),
+                member("r1", Role::Replica, 1000),
+            ],
+            max_lag_bytes,
+        )
+    }
+
+    fn nodes<'a>(it: impl Iterator<Item = &'a Endpoint>) -> Vec<&'a str> {
+        it.map(|e| e.node.as_str()).collect()
+    }
+
+    #[test]
+    fn writes_only_to_a_primary_leader() {
+        let t = cluster(LeaderState::Primary, 500);
+        assert_eq!(t.writable_endpoint().unwrap().node, "m");
+        assert_eq!(t.epoch(), Some(Epoch(7)));
+        let cursor = AtomicUsize::new(0);
+        let p = ReadPolicy::default();
+        assert_eq!(t.route(Intent::Write, &p, &cursor), Ok(Target::Master));
+        for state in [LeaderState::Promoting, LeaderState::Unknown] {
+            let t = cluster(state, 500);
+            assert_eq!(t.writable_endpoint(), None);
+            assert_eq!(
+                t.route(Intent::Write, &p, &cursor),
+                Err(RouteError::NoPrimary {
+                    leader_state: Some(state)
+                })
+            );
+        }
+        let none = Topology::build(None, [member("r1", Role::Replica, 1)], 500);
+        assert_eq!(
+            none.route(Intent::Write, &p, &cursor),
+            Err(RouteError::NoPrimary { leader_state: None })
+        );
+        assert_eq!(Topology::empty().writable_endpoint(), None);
+    }
+
+    #[test]
+    fn live_replicas_and_lag() {
+        let t = cluster(LeaderState::Primary, 500);
+        // Sorted, leader excluded, lag from the leader's position.
+        assert_eq!(
+            nodes(t.replicas().iter().map(|r| &r.endpoint)),
+            ["r1", "r2", "r3"]
+        );
+        let lags: Vec<_> = t.replicas().iter().map(|r| r.lag_bytes).collect();
+        assert_eq!(lags, [Some(0), Some(100), Some(900)]);
+        assert_eq!(nodes(t.readable_endpoints(100)), ["r1", "r2"]);
+        assert_eq!(nodes(t.readable_endpoints(99)), ["r1"]);
+        assert_eq!(nodes(t.readable_endpoints(900)), ["r1", "r2", "r3"]);
+
+        // Not running, not a replica, or a replica record for the leader's node: no reads.
+        let mut stopped = member("r4", Role::Replica, 1000);
+        stopped.state = MemberState::Stopped;
+        let t = Topology::build(
+            Some((leader("m", LeaderState::Primary), Epoch(1))),
+            [
+                stopped,
+                member("m", Role::Replica, 1000),
+                member("u", Role::Unknown, 1000),
+                member("r1", Role::Replica, 1000),
+            ],
+            0,
+        );
+        assert_eq!(nodes(t.readable_endpoints(u64::MAX)), ["r1"]);
+    }
+
+    #[test]
+    fn lag_without_the_leaders_record() {
+        // No leader member record: the replica's own lag_bytes; none: unknown.
+        let mut a = member("a", Role::Replica, 10);
+        a.lag_bytes = Some(50);
+        let b = member("b", Role::Replica, 10);
+        let t = Topology::build(
+            Some((leader("m", LeaderState::Primary), Epoch(1))),
+            [a, b],
+            100,
+        );
+        assert_eq!(t.replicas()[0].lag_bytes, Some(50));
+        assert_eq!(t.replicas()[1].lag_bytes, None);
+        assert_eq!(nodes(t.readable_endpoints(100)), ["a"]);
+        // Unknown lag only with an unlimited bound.
+        assert_eq!(nodes(t.readable_endpoints(u64::MAX)), ["a", "b"]);
+        // A replica ahead of the leader's last published position has lag 0.
+        let t = Topology::build(
+            Some((leader("m", LeaderState::Primary), Epoch(1))),
+            [
+                member("m", Role::Primary, 10),
+                member("a", Role::Replica, 20),
+            ],
+            0,
+        );
+        assert_eq!(t.replicas()[0].lag_bytes, Some(0));
+    }
+
+    #[test]
+    fn duplicate_members_latest_wins() {
+        let mut old = member("a", Role::Replica, 1);
+        old.host = "old".into();
+        old.updated_ms = 1;
+        let mut new = member("a", Role::Replica, 2);
+        new.host = "new".into();
+        new.updated_ms = 2;
+        let t = Topology::build(None, [new.clone(), old.clone()], u64::MAX);
+        assert_eq!(t.replicas().len(), 1);
+        assert_eq!(t.replicas()[0].endpoint.host, "new");
+        assert_eq!(t, Topology::build(None, [old, new], u64::MAX));
+    }
+
+    #[test]
+    fn round_robin_over_readable() {
+        let t = cluster(LeaderState::Primary, 500);
+        let p = ReadPolicy::default();
+        let cursor = AtomicUsize::new(0);
+        let picks: Vec<_> = (0..6)
+            .map(|_| {
+                t.endpoint(t.route(Intent::Read, &p, &cursor).unwrap())
+                    .node
+                    .as_str()
+            })
+            .collect();
+        assert_eq!(picks, ["r1", "r2", "r1", "r2", "r1", "r2"]);
+        // The cursor wrapping around does not panic or skew.
+        let cursor = AtomicUsize::new(usize::MAX);
+        t.route(Intent::Read, &p, &cursor).unwrap();
+        t.route(Intent::Read, &p, &cursor).unwrap();
+    }
+
+    #[test]
+    fn read_fallback() {
+        let t = cluster(LeaderState::Primary, 0); // only r1 is readable
+        let no_replicas = Topology::build(
+            Some((leader("m", LeaderState::Primary), Epoch(1))),
+            [member("m", Role::Primary, 5)],
+            1 << 20,
+        );
+        let cursor = AtomicUsize::new(0);
+        let on = ReadPolicy::default();
+        let off = ReadPolicy {
+            fallback_to_master: false,
+            ..on
+        };
+        assert_eq!(t.route(Intent::Read, &off, &cursor), Ok(Target::Replica(0)));
+        assert_eq!(
+            no_replicas.route(Intent::Read, &on, &cursor),
+            Ok(Target::Master)
+        );
+        assert_eq!(
+            no_replicas.route(Intent::Read, &off, &cursor),
+            Err(RouteError::NoReadable)
+        );
+        // Falling back needs a primary.
+        let promoting =
+            Topology::build(Some((leader("m", LeaderState::Promoting), Epoch(1))), [], 0);
+        assert_eq!(
+            promoting.route(Intent::Read, &on, &cursor),
+            Err(RouteError::NoReadable)
+        );
+    }
+
+    #[test]
+    fn read_your_writes() {
+        let t = cluster(LeaderState::Primary, 500); // readable: r1 at 1000, r2 at 900
+        let p = ReadPolicy::default();
+        let cursor = AtomicUsize::new(0);
+        let pick = |lsn| {
+            t.route(Intent::ReadAfter(Lsn(lsn)), &p, &cursor)
+                .map(|x| t.endpoint(x).node.clone())
+        };
+        assert_eq!(pick(1000).unwrap(), "r1");
+        assert_eq!(pick(1000).unwrap(), "r1", "r2 has not replayed 1000");
+        // Both qualify: shared in turn.
+        let mut seen: Vec<_> = (0..4).map(|_| pick(900).unwrap()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, ["r1", "r2"]);
+        // Exactly at the token qualifies.
+        let t2 = Topology::build(None, [member("r2", Role::Replica, 900)], u64::MAX);
+        assert_eq!(
+            t2.route(Intent::ReadAfter(Lsn(900)), &p, &cursor),
+            Ok(Target::Replica(0))
+        );
+        // Nobody has it: the master, even with fallback off.
+        assert_eq!(pick(1001).unwrap(), "m");
+        let off = ReadPolicy {
+            fallback_to_master: false,
+            ..p
+        };
+        assert_eq!(
+            t.route(Intent::ReadAfter(Lsn(5000)), &off, &cursor),
+            Ok(Target::Master)
+        );
+        // r3 has it but lags beyond the bound: not used.
+        let t3 = Topology::build(
+            Some((leader("m", LeaderState::Primary), Epoch(1))),
+            [
+                member("m", Role::Primary, 10_000),
+                member("r3", Role::Replica, 100),
+            ],
+            500,
+        );
+        assert_eq!(
+            t3.route(Intent::ReadAfter(Lsn(50)), &p, &cursor),
+            Ok(Target::Master)
+        );
+        // No master and nobody caught up: retry later.
+        assert_eq!(
+            t2.route(Intent::ReadAfter(Lsn(901)), &p, &cursor),
+            Err(RouteError::NoPrimary { leader_state: None })
+        );
+        // An unknown replay position never qualifies.
+        let mut unknown = member("r9", Role::Replica, 0);
+        unknown.replay_lsn = None;
+        let t4 = Topology::build(None, [unknown], u64::MAX);
+        assert!(t4.route(Intent::ReadAfter(Lsn(0)), &p, &cursor).is_err());
+    }
+
+    #[test]
+    fn table_refuses_an_older_leader() {
+        let table = RouteTable::new(ReadPolicy::default());
+        assert_eq!(
+            table.route(Intent::Write).err(),
+            Some(RouteError::NoPrimary { leader_state: None })
+        );
+        let build = |node: &str, epoch| {
+            Topology::build(
+                Some((leader(node, LeaderState::Primary), Epoch(epoch))),
+                [member("r1", Role::Replica, 0)],
+                u64::MAX,
+            )
+        };
+        assert!(table.publish(build("a", 10)));
+        assert_eq!(table.route(Intent::Write).unwrap().endpoint().node, "a");
+        // Leader gone, then a stale view brings the old one back: refused.
+        assert!(table.publish(Topology::build(None, [], 0)));
+        assert!(!table.publish(build("old", 5)));
+        assert!(table.route(Intent::Write).is_err());
+        // Replicas of the stale view are still used.
+        assert_eq!(table.route(Intent::Read).unwrap().endpoint().node, "r1");
+        // Same epoch (leader promoted in place) and a later one are accepted.
+        assert!(table.publish(build("a", 10)));
+        assert!(table.publish(build("b", 11)));
+        let routed = table.route(Intent::Write).unwrap();
+        assert_eq!(routed.endpoint().node, "b");
+        assert_eq!(routed.target(), Target::Master);
+        assert_eq!(routed.topology().epoch(), Some(Epoch(11)));
+        assert_eq!(table.snapshot().epoch(), Some(Epoch(11)));
+    }
+
+    // Counts allocations made by the current thread, so parallel tests do not disturb
+    // the count.
+    struct CountingAlloc;
+    thread_local! {
+        static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    }
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+            std::alloc::System.alloc(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            std::alloc::System.dealloc(ptr, layout)
+        }
+    }
+    #[global_allocator]
+    static GLOBAL: CountingAlloc = CountingAlloc;
+
+    #[test]
+    fn routing_does_not_allocate() {
+        let table = RouteTable::new(ReadPolicy::default());
+        table.publish(cluster(LeaderState::Primary, 500));
+        // The first load on a thread may register the thread with arc-swap.
+        drop(table.route(Intent::Read));
+        let before = ALLOCATIONS.with(Cell::get);
+        let mut ports = 0u32;
+        for i in 0..1000u64 {
+            for intent in [Intent::Write, Intent::Read, Intent::ReadAfter(Lsn(i))] {
+                let routed = table.route(intent).unwrap();
+                ports += u32::from(routed.endpoint().port);
+            }
+        }
+        assert_eq!(ALLOCATIONS.with(Cell::get) - before, 0);
+        assert!(ports > 0);
+    }
+}
