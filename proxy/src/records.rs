@@ -79,13 +79,10 @@ struct VersionOnly {
 
 /// The JSON bytes of `record`, with `"v": 1`.
 pub fn encode<T: Record>(record: &T) -> Vec<u8> {
-    serde_json::to_vec(&Envelope {
-        v: VERSION,
-        record,
-    })
-    // Our records hold only strings, numbers, bools and lists with string keys, which
-    // always serialize.
-    .expect("records always serialize")
+    serde_json::to_vec(&Envelope { v: VERSION, record })
+        // Our records hold only strings, numbers, bools and lists with string keys, which
+        // always serialize.
+        .expect("records always serialize")
 }
 
 /// Reads a record; see the module docs for what is accepted.
@@ -490,13 +487,21 @@ mod tests {
         assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn(0));
         assert_eq!("16/B374D848".parse::<Lsn>().unwrap(), Lsn(0x16_B374_D848));
         assert_eq!("16/b374d848".parse::<Lsn>().unwrap(), Lsn(0x16_B374_D848));
-        assert_eq!(
-            "FFFFFFFF/FFFFFFFF".parse::<Lsn>().unwrap(),
-            Lsn(u64::MAX)
-        );
+        assert_eq!("FFFFFFFF/FFFFFFFF".parse::<Lsn>().unwrap(), Lsn(u64::MAX));
         assert_eq!(Lsn(u64::MAX).to_string(), "FFFFFFFF/FFFFFFFF");
         assert_eq!(Lsn(0x1_0000_0001).to_string(), "1/1");
-        for bad in ["", "/", "1", "1/", "/1", "1/2/3", "g/1", "100000000/0", "+1/1", " 1/1"] {
+        for bad in [
+            "",
+            "/",
+            "1",
+            "1/",
+            "/1",
+            "1/2/3",
+            "g/1",
+            "100000000/0",
+            "+1/1",
+            " 1/1",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?}");
         }
         // Numbers are accepted too.
@@ -537,11 +542,13 @@ mod tests {
         assert!(c.synchronous);
         assert_eq!(c.fence_margin_ms(), 666);
         assert_eq!(decode::<ClusterConfig>(&encode(&c)).unwrap(), c);
-        let bad = decode::<ClusterConfig>(
-            br#"{"v":1,"session_timeout_ms":2000,"fence_margin_ms":2000}"#,
-        )
-        .unwrap_err();
-        assert!(matches!(bad, RecordError::Invalid { kind: "config", .. }), "{bad}");
+        let bad =
+            decode::<ClusterConfig>(br#"{"v":1,"session_timeout_ms":2000,"fence_margin_ms":2000}"#)
+                .unwrap_err();
+        assert!(
+            matches!(bad, RecordError::Invalid { kind: "config", .. }),
+            "{bad}"
+        );
         assert!(decode::<ClusterConfig>(br#"{"v":1,"session_timeout_ms":0}"#).is_err());
     }
 
@@ -570,11 +577,17 @@ mod tests {
     #[test]
     fn typed_errors() {
         let e = decode::<LeaderRecord>(b"").unwrap_err();
-        assert!(matches!(e, RecordError::Malformed { kind: "leader", .. }), "{e}");
+        assert!(
+            matches!(e, RecordError::Malformed { kind: "leader", .. }),
+            "{e}"
+        );
         let e = decode::<LeaderRecord>(br#"{"node":"a"}"#).unwrap_err();
         assert!(matches!(e, RecordError::MissingVersion { .. }), "{e}");
         let e = decode::<LeaderRecord>(br#"{"v":0}"#).unwrap_err();
-        assert!(matches!(e, RecordError::UnsupportedVersion { v: 0, .. }), "{e}");
+        assert!(
+            matches!(e, RecordError::UnsupportedVersion { v: 0, .. }),
+            "{e}"
+        );
         let e = decode::<LeaderRecord>(br#"{"v":"1"}"#).unwrap_err();
         assert!(matches!(e, RecordError::Malformed { .. }), "{e}");
         let e = decode::<LeaderRecord>(br#"[1]"#).unwrap_err();
@@ -591,11 +604,13 @@ mod tests {
             br#"{"v":1,"node":"../x","host":"h","port":1,"state":"primary"}"#,
         )
         .unwrap_err();
-        assert!(matches!(e, RecordError::Invalid { kind: "leader", .. }), "{e}");
-        let e = decode::<LeaderRecord>(
-            br#"{"v":1,"node":"a","host":"h","port":0,"state":"primary"}"#,
-        )
-        .unwrap_err();
+        assert!(
+            matches!(e, RecordError::Invalid { kind: "leader", .. }),
+            "{e}"
+        );
+        let e =
+            decode::<LeaderRecord>(br#"{"v":1,"node":"a","host":"h","port":0,"state":"primary"}"#)
+                .unwrap_err();
         assert!(matches!(e, RecordError::Invalid { .. }), "{e}");
         let e = decode::<MemberRecord>(
             br#"{"v":1,"node":"a","host":"h","port":1,"role":"replica","state":"running","replay_lsn":"x"}"#,
@@ -606,7 +621,11 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, RecordError::Invalid { .. }), "{e}");
         // Deep nesting is an error, not a stack overflow.
-        let deep = format!("{{\"v\":1,\"x\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        let deep = format!(
+            "{{\"v\":1,\"x\":{}{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         assert!(decode::<SyncRecord>(deep.as_bytes()).is_err());
     }
 
@@ -654,7 +673,11 @@ mod tests {
     fn arb_member() -> impl Strategy<Value = MemberRecord> {
         (
             (name(), "\\PC{1,30}", 1u16..),
-            prop_oneof![Just(Role::Primary), Just(Role::Replica), Just(Role::Unknown)],
+            prop_oneof![
+                Just(Role::Primary),
+                Just(Role::Replica),
+                Just(Role::Unknown)
+            ],
             prop_oneof![
                 Just(MemberState::Running),
                 Just(MemberState::Starting),
@@ -669,7 +692,16 @@ mod tests {
             any::<u64>(),
         )
             .prop_map(
-                |((node, host, port), role, state, timeline, receive_lsn, replay_lsn, lag_bytes, updated_ms)| {
+                |(
+                    (node, host, port),
+                    role,
+                    state,
+                    timeline,
+                    receive_lsn,
+                    replay_lsn,
+                    lag_bytes,
+                    updated_ms,
+                )| {
                     MemberRecord {
                         node,
                         host,
