@@ -7,6 +7,32 @@
 //! no allocation. Everything a decision needs (who is readable under the lag bound)
 //! is computed once per snapshot, not per query.
 //!
+//! ```
+//! use switchyard_proxy::election::Epoch;
+//! use switchyard_proxy::records::{LeaderRecord, LeaderState, Lsn, MemberRecord, MemberState, Role};
+//! use switchyard_proxy::topology::{Intent, ReadPolicy, RouteTable, Topology};
+//!
+//! let leader = LeaderRecord {
+//!     node: "pg-1".into(), host: "10.0.0.1".into(), port: 5432,
+//!     state: LeaderState::Primary, since_ms: 0,
+//! };
+//! let replica = MemberRecord {
+//!     node: "pg-2".into(), host: "10.0.0.2".into(), port: 5432,
+//!     role: Role::Replica, state: MemberState::Running, timeline: Some(1),
+//!     receive_lsn: Some(Lsn(4096)), replay_lsn: Some(Lsn(4096)), lag_bytes: Some(0),
+//!     updated_ms: 0,
+//! };
+//! let policy = ReadPolicy::default();
+//! let table = RouteTable::new(policy);
+//! // The epoch is the leader znode's czxid, from the Stat of the same read.
+//! table.publish(Topology::build(Some((leader, Epoch(42))), [replica], policy.max_lag_bytes));
+//!
+//! assert_eq!(table.route(Intent::Write).unwrap().endpoint().host, "10.0.0.1");
+//! assert_eq!(table.route(Intent::Read).unwrap().endpoint().host, "10.0.0.2");
+//! // Read-your-writes: pg-2 has not replayed 8192 yet, so the master serves it.
+//! assert_eq!(table.route(Intent::ReadAfter(Lsn(8192))).unwrap().endpoint().node, "pg-1");
+//! ```
+//!
 //! Invariant: a write is routed only to a leader in state `primary` whose epoch is not
 //! older than one this table already published; otherwise routing says why not.
 
@@ -215,21 +241,12 @@ impl Topology {
             .map(|r| &r.endpoint)
     }
 
-    /// The endpoint of a target this snapshot returned.
-    ///
-    /// # Panics
-    /// If `target` is a replica index past [`Topology::replicas`] or the master when
-    /// there is no leader: targets are only valid for the snapshot that chose them.
-    pub fn endpoint(&self, target: Target) -> &Endpoint {
+    /// The endpoint of a target this snapshot chose; `None` for a target it cannot
+    /// have chosen (targets from another snapshot are not valid here).
+    pub fn endpoint(&self, target: Target) -> Option<&Endpoint> {
         match target {
-            Target::Master => {
-                &self
-                    .leader
-                    .as_ref()
-                    .expect("target from this snapshot")
-                    .endpoint
-            }
-            Target::Replica(i) => &self.replicas[i].endpoint,
+            Target::Master => self.leader.as_ref().map(|l| &l.endpoint),
+            Target::Replica(i) => self.replicas.get(i).map(|r| &r.endpoint),
         }
     }
 
@@ -314,7 +331,9 @@ pub struct Routed {
 
 impl Routed {
     pub fn endpoint(&self) -> &Endpoint {
-        self.snapshot.endpoint(self.target)
+        self.snapshot
+            .endpoint(self.target)
+            .expect("the target was chosen on this snapshot")
     }
 
     pub fn target(&self) -> Target {
@@ -446,6 +465,9 @@ mod tests {
             Err(RouteError::NoPrimary { leader_state: None })
         );
         assert_eq!(Topology::empty().writable_endpoint(), None);
+        // Targets the snapshot cannot have chosen.
+        assert_eq!(Topology::empty().endpoint(Target::Master), None);
+        assert_eq!(none.endpoint(Target::Replica(1)), None);
     }
 
     #[test]
@@ -528,6 +550,7 @@ mod tests {
         let picks: Vec<_> = (0..6)
             .map(|_| {
                 t.endpoint(t.route(Intent::Read, &p, &cursor).unwrap())
+                    .unwrap()
                     .node
                     .as_str()
             })
@@ -578,7 +601,7 @@ mod tests {
         let cursor = AtomicUsize::new(0);
         let pick = |lsn| {
             t.route(Intent::ReadAfter(Lsn(lsn)), &p, &cursor)
-                .map(|x| t.endpoint(x).node.clone())
+                .map(|x| t.endpoint(x).unwrap().node.clone())
         };
         assert_eq!(pick(1000).unwrap(), "r1");
         assert_eq!(pick(1000).unwrap(), "r1", "r2 has not replayed 1000");
