@@ -15,5 +15,6 @@
 
 pub mod election;
 pub mod namespace;
+pub mod pg;
 pub mod records;
 pub mod topology;
