@@ -399,12 +399,11 @@ impl PgBinaries {
             )));
         }
         let postgres = dir.join("postgres");
-        let out = std::process::Command::new(&postgres)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
+        let mut cmd = std::process::Command::new(&postgres);
+        cmd.arg("--version");
+        let stdout = output_within(cmd, PROBE_TIMEOUT)
             .map_err(|e| PgError::Binaries(format!("{} --version: {e}", postgres.display())))?;
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = String::from_utf8_lossy(&stdout);
         let version = parse_version(&text).map_err(|_| {
             PgError::Binaries(format!(
                 "cannot read the version of {} from {:?}",
@@ -442,20 +441,52 @@ fn default_bindir() -> PathBuf {
     if let Some(d) = std::env::var_os("PG_BINDIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    if let Ok(out) = std::process::Command::new("pg_config")
-        .arg("--bindir")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-    {
-        if out.status.success() {
-            let d = PathBuf::from(OsStr::from_bytes(trim_ascii(&out.stdout)));
-            if is_executable(&d.join("postgres")) {
-                return d;
-            }
+    let mut cmd = std::process::Command::new("pg_config");
+    cmd.arg("--bindir");
+    if let Ok(stdout) = output_within(cmd, PROBE_TIMEOUT) {
+        let d = PathBuf::from(OsStr::from_bytes(trim_ascii(&stdout)));
+        if is_executable(&d.join("postgres")) {
+            return d;
         }
     }
     PathBuf::from(DEBIAN_BINDIR)
+}
+
+/// Upper bound for `postgres --version` and `pg_config --bindir`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a short probe command (blocking, output of a few lines), killing it after
+/// `timeout`; its stdout when it exits 0.
+fn output_within(mut cmd: std::process::Command, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut out = Vec::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_end(&mut out)?;
+    }
+    if !status.success() {
+        return Err(std::io::Error::other(format!("exited with {status}")));
+    }
+    Ok(out)
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
@@ -784,7 +815,9 @@ impl PgServer {
     /// postmaster's command line (they override every conf file, so pass only what the agent
     /// fixes at start: listen_addresses, unix_socket_directories, ...; use conf files for
     /// what must be reloadable). Returns when it accepts connections (a standby: when it
-    /// is consistent for read-only connections).
+    /// is consistent for read-only connections). On [`PgError::Timeout`] or a failure after
+    /// pg_ctl's wait the server may still be starting (long recovery): check
+    /// [`is_running`](Self::is_running).
     pub async fn start(&self, port: u16, extra: &[(&str, &str)]) -> Result<()> {
         self.prepare_log()?;
         let mut o = format!("-p {port}");
@@ -840,7 +873,11 @@ impl PgServer {
             "-t",
             &timeout.as_secs().max(1).to_string(),
         ]);
-        let res = self.run_status(cmd, timeout).await;
+        let slack = match mode {
+            StopMode::Fast => Duration::from_secs(5),
+            StopMode::Immediate => Duration::ZERO,
+        };
+        let res = self.run_status(cmd, timeout + slack).await;
         let res = match res {
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) if !self.postmaster_alive() => {
@@ -852,12 +889,19 @@ impl PgServer {
             Err(e) => Err(e),
         };
         if mode == StopMode::Immediate {
-            // Fencing must not depend on pg_ctl: SIGKILL the postmaster. Its children exit
-            // on postmaster death and cannot accept new connections without it.
+            // Fencing must not depend on pg_ctl: SIGKILL the postmaster and, when it leads
+            // its process group (pg_ctl starts it with setsid), every backend with it, so no
+            // backend finishes a commit after we return.
             if let Some(pid) = self.postmaster_pid() {
-                // SAFETY: kill(2) with a pid read from postmaster.pid; no memory involved.
+                // SAFETY: getpgid/kill/killpg with a pid read from postmaster.pid; no memory
+                // involved. killpg only when the pid leads its own group, so it cannot hit
+                // another group.
                 unsafe {
-                    libc::kill(pid, libc::SIGKILL);
+                    if libc::getpgid(pid) == pid {
+                        libc::killpg(pid, libc::SIGKILL);
+                    } else {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
                 }
                 return Ok(());
             }
@@ -1023,7 +1067,13 @@ fn describe(cmd: &Command) -> String {
         .into_owned();
     for a in std.get_args() {
         s.push(' ');
-        s.push_str(&a.to_string_lossy());
+        let a = a.to_string_lossy();
+        if a.contains("password=") {
+            // Never put a password in an error message or a log.
+            s.push_str("<conninfo with password>");
+        } else {
+            s.push_str(&a);
+        }
     }
     s
 }
@@ -1327,6 +1377,63 @@ mod tests {
             msg.contains("pg_rewind") && msg.contains("postgres"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn command_descriptions_hide_passwords() {
+        let mut cmd = Command::new("/usr/lib/postgresql/15/bin/pg_basebackup");
+        cmd.arg("-d")
+            .arg(Conninfo::new("h", 1).password("sekrit").to_string());
+        let d = describe(&cmd);
+        assert_eq!(d, "pg_basebackup -d <conninfo with password>");
+    }
+
+    /// A bindir of fake programs; `postgres --version` prints `version_line`.
+    struct FakeBindir(PathBuf);
+
+    impl FakeBindir {
+        fn new(tag: &str, version_line: &str) -> FakeBindir {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = std::env::temp_dir()
+                .join(format!("switchyard-pg-fake-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for p in REQUIRED_PROGRAMS {
+                let path = dir.join(p);
+                std::fs::write(&path, format!("#!/bin/sh\necho '{version_line}'\n")).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            FakeBindir(dir)
+        }
+    }
+
+    impl Drop for FakeBindir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn too_old_or_unreadable_version_is_refused() {
+        let old = FakeBindir::new("old", "postgres (PostgreSQL) 12.9");
+        let msg = PgBinaries::find(Some(&old.0)).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("PostgreSQL binaries missing or too old") && msg.contains("12.9"),
+            "{msg}"
+        );
+        let odd = FakeBindir::new("odd", "hello");
+        let msg = PgBinaries::find(Some(&odd.0)).unwrap_err().to_string();
+        assert!(msg.contains("cannot read the version"), "{msg}");
+        let ok = FakeBindir::new("ok", "postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)");
+        let bins = PgBinaries::find(Some(&ok.0)).unwrap();
+        assert_eq!(
+            bins.version(),
+            PgVersion {
+                major: 15,
+                minor: 8
+            }
+        );
+        assert_eq!(bins.program("pg_ctl"), ok.0.join("pg_ctl"));
     }
 
     #[test]
