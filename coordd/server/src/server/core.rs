@@ -159,7 +159,8 @@ enum Queued {
     },
 }
 
-/// A request answered without the log.
+/// A request of the read path, or a refusal, answered without the log in order with
+/// the session's other replies.
 enum ReadWork {
     Serve(Request),
     /// Answered with this error (unsupported ops), in order with the other replies.
@@ -366,27 +367,19 @@ impl Core {
                 xid,
                 request,
                 received,
-            } => self.on_request(conn_id, session_id, xid, request, received),
+            } => self.on_request(conn_id, session_id, xid, ReadWork::Serve(request), received),
             CoreMsg::Refuse {
                 conn_id,
                 session_id,
                 xid,
                 err,
-            } => {
-                self.metrics
-                    .outstanding_requests
-                    .fetch_add(1, Ordering::Relaxed);
-                self.touch(session_id);
-                let work = ReadWork::Refuse(err);
-                if self.session_has_queue(session_id) {
-                    self.enqueue_read(session_id, conn_id, xid, work, Instant::now());
-                } else if self.sessions.contains_key(&session_id) {
-                    self.serve_read(session_id, conn_id, xid, work, Instant::now());
-                } else {
-                    let z = self.state.last_zxid();
-                    self.send_reply(conn_id, xid, z, err, None);
-                }
-            }
+            } => self.on_request(
+                conn_id,
+                session_id,
+                xid,
+                ReadWork::Refuse(err),
+                Instant::now(),
+            ),
             CoreMsg::Disconnected {
                 conn_id,
                 session_id,
@@ -575,12 +568,14 @@ impl Core {
         }
     }
 
+    /// Every request of an established session, in arrival order: writes go to the log,
+    /// everything else is answered now or queued behind the session's writes.
     fn on_request(
         &mut self,
         conn_id: u64,
         session_id: SessionId,
         xid: i32,
-        request: Request,
+        work: ReadWork,
         received: Instant,
     ) {
         self.metrics
@@ -592,43 +587,45 @@ impl Core {
             self.send_reply(conn_id, xid, z, ErrorCode::SessionExpired, None);
             return;
         }
-        if request.is_write() {
-            let auth = self.sessions[&session_id].auth.clone();
-            let txn = if matches!(request, Request::CloseSession) {
-                self.closing.insert(session_id);
-                self.deadlines.remove(session_id);
-                Txn::CloseSession { session_id }
-            } else {
-                Txn::Write {
-                    session_id,
-                    auth,
-                    request,
+        let request = match work {
+            ReadWork::Serve(request) if request.is_write() => request,
+            other => {
+                if self.session_has_queue(session_id) {
+                    self.enqueue_read(session_id, conn_id, xid, other, received);
+                } else {
+                    self.serve_read(session_id, conn_id, xid, other, received);
                 }
-            };
-            let zxid = self.next_zxid;
-            if self.submit(
-                txn,
-                Origin::Request {
-                    session_id,
-                    conn_id,
-                    xid,
-                    received,
-                },
-            ) {
-                if let Some(s) = self.sessions.get_mut(&session_id) {
-                    s.queue.push_back(Queued::Write(zxid));
-                }
-            } else {
-                let z = self.state.last_zxid();
-                self.send_reply(conn_id, xid, z, ErrorCode::Throttled, None);
+                return;
             }
-            return;
-        }
-        let work = ReadWork::Serve(request);
-        if self.session_has_queue(session_id) {
-            self.enqueue_read(session_id, conn_id, xid, work, received);
+        };
+        let auth = self.sessions[&session_id].auth.clone();
+        let txn = if matches!(request, Request::CloseSession) {
+            self.closing.insert(session_id);
+            self.deadlines.remove(session_id);
+            Txn::CloseSession { session_id }
         } else {
-            self.serve_read(session_id, conn_id, xid, work, received);
+            Txn::Write {
+                session_id,
+                auth,
+                request,
+            }
+        };
+        let zxid = self.next_zxid;
+        if self.submit(
+            txn,
+            Origin::Request {
+                session_id,
+                conn_id,
+                xid,
+                received,
+            },
+        ) {
+            if let Some(s) = self.sessions.get_mut(&session_id) {
+                s.queue.push_back(Queued::Write(zxid));
+            }
+        } else {
+            let z = self.state.last_zxid();
+            self.send_reply(conn_id, xid, z, ErrorCode::Throttled, None);
         }
     }
 
