@@ -83,7 +83,12 @@ impl Coordd {
     }
 
     pub fn start_with(args: &[&str]) -> Coordd {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Coordd::start_in(tempfile::tempdir().expect("temp dir"), args)
+    }
+
+    /// Starts with `dir` as the working directory; the data directory is `dir/data`
+    /// (a test may mount something there first).
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Coordd {
         let mut c = Coordd {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
@@ -159,6 +164,13 @@ impl Coordd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("coordd.log")).unwrap_or_default()
+    }
+
+    /// The exit status if the process has ended on its own.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn pid(&self) -> Option<u32> {
