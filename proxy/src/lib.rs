@@ -12,9 +12,15 @@
 //! - [`topology`]: the router's snapshot and routing decision (DESIGN.md section 5).
 //!   Invariant: writes go only to a leader in state `primary`; routing takes one
 //!   atomic load, no lock and no allocation.
+//!
+//! With I/O:
+//!
+//! - [`router`]: the router library (issue 4): watches the cluster, publishes
+//!   topology snapshots, hands out pooled connections per endpoint.
 
 pub mod election;
 pub mod namespace;
 pub mod pg;
 pub mod records;
+pub mod router;
 pub mod topology;

@@ -1,0 +1,93 @@
+//! One deadpool-postgres pool per endpoint, made on first use; pools of endpoints
+//! that left the topology are closed (idle connections dropped at once, checked-out
+//! ones closed when returned).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::topology::Endpoint;
+
+use super::RouterConfig;
+
+#[derive(Debug, Default)]
+pub(crate) struct Pools {
+    // A lock per checkout, not per route: routing itself stays lock-free.
+    by_endpoint: Mutex<HashMap<Endpoint, Pool>>,
+}
+
+fn pg_config(cfg: &RouterConfig, ep: &Endpoint) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&ep.host)
+        .port(ep.port)
+        .user(&cfg.pg_user)
+        .dbname(&cfg.pg_dbname)
+        .application_name(&cfg.application_name)
+        .connect_timeout(Duration::from_millis(cfg.pg_connect_timeout_ms.into()))
+        // A dead machine goes silent; keepalive notices it (DESIGN.md 5).
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10));
+    if let Some(p) = &cfg.pg_password {
+        c.password(p);
+    }
+    c
+}
+
+impl Pools {
+    /// The pool of `ep`, made if there is none.
+    pub(crate) fn get(&self, cfg: &RouterConfig, ep: &Endpoint) -> Pool {
+        let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = map.get(ep) {
+            return p.clone();
+        }
+        let manager = Manager::from_config(
+            pg_config(cfg, ep),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let connect = Duration::from_millis(cfg.pg_connect_timeout_ms.into());
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_millis(cfg.pool_wait_timeout_ms.into())))
+            .create_timeout(Some(connect))
+            .recycle_timeout(Some(connect))
+            .build()
+            .expect("a runtime is set, so building cannot fail");
+        map.insert(ep.clone(), pool.clone());
+        pool
+    }
+
+    /// Closes and forgets every pool whose endpoint is not in `keep`.
+    pub(crate) fn retain(&self, keep: &[Endpoint]) {
+        let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|ep, pool| {
+            let kept = keep.contains(ep);
+            if !kept {
+                tracing::info!(
+                    node = ep.node,
+                    host = ep.host,
+                    port = ep.port,
+                    "endpoint left the topology: pool closed"
+                );
+                pool.close();
+            }
+            kept
+        });
+    }
+
+    pub(crate) fn close_all(&self) {
+        self.retain(&[]);
+    }
+
+    /// The endpoints that have a pool now.
+    pub(crate) fn endpoints(&self) -> Vec<Endpoint> {
+        let map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+}
