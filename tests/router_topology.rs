@@ -317,3 +317,75 @@ fn router_follows_the_topology() {
     drop(rt);
     drop((replica2, replica1, primary, coordd));
 }
+
+/// Changes made while the router is disconnected from coordd are seen once it is back
+/// (a full re-read after the reconnect), on both watch modes. Topology only: the
+/// records name ports nobody listens on, no PostgreSQL needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_rereads_after_a_reconnect() {
+    let coordd = Coordd::start();
+    let proxy = support::proxy::Proxy::start(coordd.addr).await;
+    let ns = Namespace::new("/switchyard", "main").unwrap();
+    let (zk, _events) = Client::connect(
+        ClientConfig::new([coordd.connect_string()]).with_session_timeout_ms(2_000),
+    )
+    .await
+    .expect("test client");
+    let open = Acl::open_unsafe();
+    zk.ensure_path(&ns.members()).await.unwrap();
+    for (node, role) in [
+        ("n0", Role::Primary),
+        ("n1", Role::Replica),
+        ("n2", Role::Replica),
+    ] {
+        let rec = records::encode(&member(node, 1, role));
+        zk.create(&ns.member(node), &rec, &open, CreateMode::Ephemeral)
+            .await
+            .unwrap();
+    }
+    zk.create(
+        &ns.leader(),
+        &records::encode(&leader("n0", 1)),
+        &open,
+        CreateMode::Ephemeral,
+    )
+    .await
+    .unwrap();
+    let routers = [
+        start_router(&proxy.connect_string(), WatchMode::Auto).await,
+        start_router(&proxy.connect_string(), WatchMode::OneShot).await,
+    ];
+    for r in &routers {
+        assert_eq!(r.topology().replicas().len(), 2);
+        assert_eq!(r.route_now(Intent::Write).unwrap().endpoint().node, "n0");
+    }
+
+    // Away from coordd: the change happens while the routers cannot hear of it.
+    proxy.refuse(true);
+    proxy.cut();
+    zk.delete(&ns.member("n2"), None).await.unwrap();
+    zk.delete(&ns.leader(), None).await.unwrap();
+    zk.create(
+        &ns.leader(),
+        &records::encode(&leader("n1", 1)),
+        &open,
+        CreateMode::Ephemeral,
+    )
+    .await
+    .unwrap();
+    for r in &routers {
+        assert_eq!(r.topology().replicas().len(), 2, "not seen while away");
+    }
+    proxy.refuse(false);
+    for r in &routers {
+        wait_topology(r, "the change made while disconnected", |t| {
+            t.writable_endpoint().is_some_and(|e| e.node == "n1")
+                && t.replicas().iter().all(|x| x.endpoint.node != "n2")
+        })
+        .await;
+        assert_eq!(r.route_now(Intent::Write).unwrap().endpoint().node, "n1");
+        assert!(r.snapshot_age() < WAIT);
+    }
+    drop(routers);
+    zk.close().await.unwrap();
+}
