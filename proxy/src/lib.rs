@@ -17,7 +17,10 @@
 //!
 //! - [`router`]: the router library (issue 4): watches the cluster, publishes
 //!   topology snapshots, hands out pooled connections per endpoint.
+//! - [`agent`]: the agent (issue 3) behind the `switchyard` binary: bootstrap,
+//!   election, promotion, fencing, member records; I/O around the rules above.
 
+pub mod agent;
 pub mod election;
 pub mod namespace;
 pub mod pg;

@@ -1,4 +1,5 @@
 #![allow(dead_code)]
+pub mod agent;
 pub mod coordd;
 pub mod postgres;
 pub mod proxy;

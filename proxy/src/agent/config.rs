@@ -1,0 +1,262 @@
+//! The agent's settings: command-line flags merged over an optional TOML file (flags
+//! win). A resolved [`Settings`] is valid; nothing re-checks it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::namespace::{self, Namespace};
+
+/// `agent.toml`. Every key is optional.
+///
+/// ```toml
+/// root = "/switchyard"            # namespace root in coordd
+/// session_timeout_ms = 6000       # requested coordd session timeout
+/// fence_margin_ms = 2000          # fence this long before the lease ends (default timeout/3)
+/// os_user = "postgres"            # OS user PostgreSQL runs as when the agent is root
+/// db_user = "postgres"            # database superuser the agent connects as
+/// db_password = "..."             # its password (TCP connections and replication)
+/// listen_addresses = "*"          # default: the --host address
+/// unix_socket_directories = "/var/run/postgresql"  # default: the data dir's parent
+/// initdb_auth_host = "scram-sha-256"
+/// initdb_auth_local = "peer"
+/// initdb_no_sync = false          # tests only
+/// hba = ["host replication all 10.0.0.0/8 scram-sha-256"]  # appended to pg_hba.conf
+/// [conf]                          # appended to postgresql.conf after initdb
+/// max_connections = "200"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentFile {
+    pub root: Option<String>,
+    pub session_timeout_ms: Option<u32>,
+    pub fence_margin_ms: Option<u32>,
+    pub os_user: Option<String>,
+    pub db_user: Option<String>,
+    pub db_password: Option<String>,
+    pub listen_addresses: Option<String>,
+    pub unix_socket_directories: Option<String>,
+    pub initdb_auth_host: Option<String>,
+    pub initdb_auth_local: Option<String>,
+    pub initdb_no_sync: bool,
+    pub hba: Vec<String>,
+    pub conf: BTreeMap<String, String>,
+}
+
+impl AgentFile {
+    pub fn load(path: &Path) -> Result<AgentFile, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// What the `agent` subcommand's flags carry (before the file is merged in).
+#[derive(Debug, Clone)]
+pub struct AgentFlags {
+    pub cluster: String,
+    pub node: String,
+    pub coord: String,
+    pub pg_data: PathBuf,
+    pub pg_port: u16,
+    pub pg_bindir: Option<PathBuf>,
+    pub host: String,
+    pub config: Option<PathBuf>,
+    pub session_timeout_ms: Option<u32>,
+}
+
+/// The resolved settings of one agent.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ns: Namespace,
+    pub node: String,
+    pub coord: Vec<String>,
+    pub pg_data: PathBuf,
+    pub pg_port: u16,
+    pub pg_bindir: Option<PathBuf>,
+    /// The address other nodes and routers reach this PostgreSQL at.
+    pub host: String,
+    pub session_timeout_ms: u32,
+    pub fence_margin_ms: Option<u32>,
+    pub os_user: String,
+    pub db_user: String,
+    pub db_password: Option<String>,
+    pub listen_addresses: String,
+    pub unix_socket_directories: String,
+    pub initdb_auth_host: String,
+    pub initdb_auth_local: String,
+    pub initdb_no_sync: bool,
+    pub hba: Vec<String>,
+    pub conf: BTreeMap<String, String>,
+}
+
+pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 6_000;
+
+/// Splits `host:port,host:port` into its servers; refuses empty entries.
+pub fn parse_coord(coord: &str) -> Result<Vec<String>, String> {
+    let servers: Vec<String> = coord.split(',').map(|s| s.trim().to_owned()).collect();
+    for s in &servers {
+        let ok = s
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return Err(format!(
+                "--coord: {s:?} is not host:port (expected host:port,host:port,...)"
+            ));
+        }
+    }
+    Ok(servers)
+}
+
+impl Settings {
+    pub fn resolve(flags: AgentFlags) -> Result<Settings, String> {
+        let file = match &flags.config {
+            Some(p) => AgentFile::load(p)?,
+            None => AgentFile::default(),
+        };
+        let root = file
+            .root
+            .clone()
+            .unwrap_or_else(|| namespace::ROOT_DEFAULT.to_owned());
+        let ns = Namespace::new(&root, &flags.cluster).map_err(|e| e.to_string())?;
+        namespace::validate_node_name(&flags.node).map_err(|e| e.to_string())?;
+        let coord = parse_coord(&flags.coord)?;
+        if flags.pg_port == 0 {
+            return Err("--pg-port must not be 0".into());
+        }
+        if flags.host.is_empty() {
+            return Err("--host must not be empty".into());
+        }
+        let pg_data = if flags.pg_data.is_absolute() {
+            flags.pg_data.clone()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| format!("current dir: {e}"))?
+                .join(&flags.pg_data)
+        };
+        let session_timeout_ms = flags
+            .session_timeout_ms
+            .or(file.session_timeout_ms)
+            .unwrap_or(SESSION_TIMEOUT_MS_DEFAULT);
+        if session_timeout_ms == 0 {
+            return Err("session timeout must not be 0".into());
+        }
+        if let Some(m) = file.fence_margin_ms {
+            if m >= session_timeout_ms {
+                return Err(format!(
+                    "fence_margin_ms {m} is not below the session timeout {session_timeout_ms}"
+                ));
+            }
+        }
+        let unix_socket_directories = file.unix_socket_directories.clone().unwrap_or_else(|| {
+            pg_data
+                .parent()
+                .unwrap_or(Path::new("/tmp"))
+                .to_string_lossy()
+                .into_owned()
+        });
+        Ok(Settings {
+            ns,
+            node: flags.node,
+            coord,
+            pg_data,
+            pg_port: flags.pg_port,
+            pg_bindir: flags.pg_bindir,
+            listen_addresses: file
+                .listen_addresses
+                .clone()
+                .unwrap_or_else(|| flags.host.clone()),
+            host: flags.host,
+            session_timeout_ms,
+            fence_margin_ms: file.fence_margin_ms,
+            os_user: file.os_user.unwrap_or_else(|| "postgres".into()),
+            db_user: file.db_user.unwrap_or_else(|| "postgres".into()),
+            db_password: file.db_password,
+            unix_socket_directories,
+            initdb_auth_host: file
+                .initdb_auth_host
+                .unwrap_or_else(|| "scram-sha-256".into()),
+            initdb_auth_local: file.initdb_auth_local.unwrap_or_else(|| "peer".into()),
+            initdb_no_sync: file.initdb_no_sync,
+            hba: file.hba,
+            conf: file.conf,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> AgentFlags {
+        AgentFlags {
+            cluster: "main".into(),
+            node: "n1".into(),
+            coord: "127.0.0.1:2181,zk2:2181".into(),
+            pg_data: "/var/lib/pg/data".into(),
+            pg_port: 5432,
+            pg_bindir: None,
+            host: "10.0.0.1".into(),
+            config: None,
+            session_timeout_ms: None,
+        }
+    }
+
+    #[test]
+    fn defaults_and_checks() {
+        let s = Settings::resolve(flags()).unwrap();
+        assert_eq!(s.coord, ["127.0.0.1:2181", "zk2:2181"]);
+        assert_eq!(s.session_timeout_ms, SESSION_TIMEOUT_MS_DEFAULT);
+        assert_eq!(s.listen_addresses, "10.0.0.1");
+        assert_eq!(s.unix_socket_directories, "/var/lib/pg");
+        assert_eq!(s.ns.leader(), "/switchyard/clusters/main/leader");
+        for bad in ["", "a", "a:", ":1", "a:0", "a:1,,b:2"] {
+            let f = AgentFlags {
+                coord: bad.into(),
+                ..flags()
+            };
+            assert!(Settings::resolve(f).is_err(), "{bad:?}");
+        }
+        let f = AgentFlags {
+            node: "a/b".into(),
+            ..flags()
+        };
+        assert!(Settings::resolve(f).is_err());
+    }
+
+    #[test]
+    fn file_is_merged_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("sy-agent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("agent.toml");
+        std::fs::write(
+            &p,
+            "session_timeout_ms = 3000\ninitdb_auth_host = \"trust\"\nhba = [\"x\"]\n[conf]\nmax_connections = \"50\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(AgentFlags {
+            config: Some(p.clone()),
+            ..flags()
+        })
+        .unwrap();
+        assert_eq!(s.session_timeout_ms, 3000);
+        assert_eq!(s.initdb_auth_host, "trust");
+        assert_eq!(s.conf.get("max_connections").unwrap(), "50");
+        let s = Settings::resolve(AgentFlags {
+            config: Some(p.clone()),
+            session_timeout_ms: Some(2000),
+            ..flags()
+        })
+        .unwrap();
+        assert_eq!(s.session_timeout_ms, 2000);
+        std::fs::write(&p, "bogus_key = 1\n").unwrap();
+        let e = Settings::resolve(AgentFlags {
+            config: Some(p),
+            ..flags()
+        })
+        .unwrap_err();
+        assert!(e.contains("bogus_key"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,973 @@
+//! One agent: connect, bootstrap or fail-safe start, then the election loop; on any
+//! end of the session, fence a primary and start over with a new session.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coordd_client::{Acl, Client, ClientConfig, CreateMode, ErrorCode, Events, Stat};
+use coordd_proto::perms;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use super::Settings;
+use crate::election::{self, Epoch, Leadership, LeaseState, StartAs};
+use crate::pg::{self, Conninfo, InitdbOptions, PgBinaries, PgError, PgServer, StopMode};
+use crate::records::{
+    self, ClusterConfig, InitializeRecord, LeaderRecord, LeaderState, Lsn, MemberRecord,
+    MemberState, Record, RecordError, Role, SyncRecord,
+};
+
+/// How often the leader's watchdog checks the lease.
+pub const FENCE_CHECK: Duration = Duration::from_millis(100);
+/// Upper bound on waiting for a watch event before re-reading anyway.
+const REPOLL: Duration = Duration::from_secs(1);
+/// `pg_promote(wait_seconds)`.
+const PROMOTE_WAIT_S: i32 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Cannot go on at all (bad data directory, binaries missing): exit non-zero.
+    #[error("{0}")]
+    Fatal(String),
+    #[error("coordd: {0}")]
+    Coord(#[from] coordd_client::Error),
+    #[error("postgresql: {0}")]
+    Pg(#[from] PgError),
+    #[error("{0}")]
+    Record(#[from] RecordError),
+    /// The session is over (expired, closed, fenced, leadership lost): start over.
+    #[error("session ended: {0}")]
+    SessionEnded(String),
+}
+
+type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn is_code(e: &coordd_client::Error, code: ErrorCode) -> bool {
+    e.code() == Some(code)
+}
+
+/// Runs the agent until SIGINT/SIGTERM (Ok) or a fatal error.
+pub async fn run_agent(settings: Settings) -> Result<()> {
+    let bins = PgBinaries::find(settings.pg_bindir.as_deref())
+        .map_err(|e| AgentError::Fatal(format!("PostgreSQL binaries: {e}")))?;
+    let opts = pg::PgOptions {
+        os_user: settings.os_user.clone(),
+        command_timeout: Duration::from_secs(60),
+        ..pg::PgOptions::default()
+    };
+    let server = PgServer::new(bins, &settings.pg_data, opts)
+        .map_err(|e| AgentError::Fatal(format!("PostgreSQL: {e}")))?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = shutdown_tx.send(true);
+    });
+    let secret: String = {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        (0..32)
+            .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
+            .collect()
+    };
+    let agent = Agent {
+        s: settings,
+        pg: server,
+        secret,
+        shutdown,
+    };
+    agent.run().await
+}
+
+struct Agent {
+    s: Settings,
+    pg: PgServer,
+    /// This process's digest password: `leader` is writable by this process only.
+    secret: String,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Agent {
+    async fn run(mut self) -> Result<()> {
+        loop {
+            let Some((client, events)) = self.connect().await else {
+                return self.shut_down(None).await;
+            };
+            info!(
+                session = format!("{:#x}", client.session_id()),
+                timeout_ms = client.session_timeout_ms(),
+                "connected to coordd"
+            );
+            let mut session = Session::new(&self, client.clone(), events);
+            let res = session.run().await;
+            drop(session); // aborts the fencing watchdog
+            match res {
+                Ok(()) => return self.shut_down(Some(client)).await,
+                Err(e @ AgentError::Fatal(_)) => {
+                    error!("{e}");
+                    self.fence_if_primary().await;
+                    let _ = client.close().await;
+                    return Err(e);
+                }
+                Err(e) => {
+                    warn!("{e}; fencing if primary and starting over with a new session");
+                    self.fence_if_primary().await;
+                    let _ = client.close().await;
+                }
+            }
+            if *self.shutdown.borrow() {
+                return self.shut_down(None).await;
+            }
+        }
+    }
+
+    /// Connects with backoff until it works or we are told to stop.
+    async fn connect(&mut self) -> Option<(Client, Events)> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let cfg = ClientConfig::new(self.s.coord.clone())
+                .with_session_timeout_ms(self.s.session_timeout_ms)
+                .with_request_timeout_ms(self.s.session_timeout_ms.max(2_000))
+                .with_auth(
+                    "digest",
+                    format!("{}:{}", self.s.node, self.secret).as_bytes(),
+                );
+            match Client::connect(cfg).await {
+                Ok(c) => return Some(c),
+                Err(e) => warn!(
+                    servers = self.s.coord.join(","),
+                    "coordd unreachable ({e}); retrying in {delay:?}"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.changed() => return None,
+            }
+            if *self.shutdown.borrow() {
+                return None;
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn shut_down(&self, client: Option<Client>) -> Result<()> {
+        info!("shutting down: stopping PostgreSQL (fast)");
+        if let Err(e) = self.pg.stop(StopMode::Fast).await {
+            warn!("fast stop failed ({e}); stopping immediately");
+            let _ = self.pg.stop(StopMode::Immediate).await;
+        }
+        if let Some(c) = client {
+            let _ = c.close().await;
+        }
+        Ok(())
+    }
+
+    /// Stops PostgreSQL at once unless it is certainly a standby.
+    async fn fence_if_primary(&self) {
+        if !self.pg.postmaster_alive() {
+            return;
+        }
+        let standby = match pg::connect(&self.local_conninfo()).await {
+            Ok(c) => pg::in_recovery(&c).await.unwrap_or(false),
+            Err(_) => false,
+        };
+        if !standby {
+            warn!("fencing: stopping PostgreSQL (immediate)");
+            if let Err(e) = self.pg.stop(StopMode::Immediate).await {
+                error!("fencing stop failed: {e}");
+            }
+        }
+    }
+
+    fn conninfo(&self, host: &str, port: u16) -> Conninfo {
+        let mut c = Conninfo::new(host, port)
+            .user(self.s.db_user.clone())
+            .application_name(self.s.node.clone())
+            .connect_timeout_s(5);
+        if let Some(p) = &self.s.db_password {
+            c = c.password(p.clone());
+        }
+        c
+    }
+
+    fn local_conninfo(&self) -> Conninfo {
+        let host = if self.s.host == "0.0.0.0" || self.s.host == "*" {
+            "127.0.0.1"
+        } else {
+            self.s.host.as_str()
+        };
+        self.conninfo(host, self.s.pg_port)
+    }
+
+    async fn start_pg(&self) -> Result<()> {
+        if self.pg.postmaster_alive() {
+            return Ok(());
+        }
+        info!(port = self.s.pg_port, "starting PostgreSQL");
+        self.pg
+            .start(
+                self.s.pg_port,
+                &[
+                    ("listen_addresses", &self.s.listen_addresses),
+                    ("unix_socket_directories", &self.s.unix_socket_directories),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn standby_signal(&self) -> PathBuf {
+        self.s.pg_data.join("standby.signal")
+    }
+
+    /// Creates `standby.signal` (owned by the PostgreSQL OS user) if it is missing.
+    fn ensure_standby_signal(&self) -> Result<()> {
+        let p = self.standby_signal();
+        if p.exists() {
+            return Ok(());
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| AgentError::Fatal(format!("create {}: {e}", p.display())))?;
+        if let Some(u) = self.pg.run_as() {
+            std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid))
+                .map_err(|e| AgentError::Fatal(format!("chown {}: {e}", p.display())))?;
+        }
+        Ok(())
+    }
+}
+
+/// One coordd session of the agent.
+struct Session<'a> {
+    a: &'a Agent,
+    client: Client,
+    events: Events,
+    shutdown: watch::Receiver<bool>,
+    config: ClusterConfig,
+    /// Some while this session holds `leader` (its czxid).
+    epoch: Option<Epoch>,
+    watchdog: Option<JoinHandle<()>>,
+    fenced: watch::Receiver<bool>,
+    fenced_tx: watch::Sender<bool>,
+    /// The leader (node, host, port) our primary_conninfo points at.
+    following: Option<(String, String, u16)>,
+    pg_client: Option<tokio_postgres::Client>,
+    member_published: bool,
+}
+
+impl<'a> Session<'a> {
+    fn new(a: &'a Agent, client: Client, events: Events) -> Self {
+        let (fenced_tx, fenced) = watch::channel(false);
+        Session {
+            a,
+            client,
+            events,
+            shutdown: a.shutdown.clone(),
+            config: ClusterConfig::default(),
+            epoch: None,
+            watchdog: None,
+            fenced,
+            fenced_tx,
+            following: None,
+            pg_client: None,
+            member_published: false,
+        }
+    }
+
+    fn s(&self) -> &Settings {
+        &self.a.s
+    }
+
+    async fn run(&mut self) -> Result<()> {
+        self.setup_namespace().await?;
+        if !self.prepare().await? {
+            return Ok(());
+        }
+        self.publish_member().await?;
+        self.reconcile().await?;
+        let mut publish = tokio::time::interval(Duration::from_millis(u64::from(
+            self.config.publish_interval_ms.max(100),
+        )));
+        loop {
+            tokio::select! {
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else {
+                        return Err(AgentError::SessionEnded("session closed".into()));
+                    };
+                    if ev.state == coordd_client::KeeperState::Expired {
+                        return Err(AgentError::SessionEnded("session expired".into()));
+                    }
+                    if ev.path == self.s().ns.leader() {
+                        self.reconcile().await?;
+                    }
+                }
+                _ = publish.tick() => {
+                    self.publish_member().await?;
+                    self.reconcile().await?;
+                }
+                _ = self.fenced.changed() => {
+                    return Err(AgentError::SessionEnded("lease ran out: fenced".into()));
+                }
+                _ = self.shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    // ---- coordd helpers -------------------------------------------------------------
+
+    async fn setup_namespace(&mut self) -> Result<()> {
+        let ns = self.s().ns.clone();
+        let cluster = ns.cluster().to_owned();
+        let parent = &cluster[..cluster.rfind('/').unwrap_or(0)];
+        if !parent.is_empty() {
+            self.client.ensure_path(parent).await?;
+        }
+        let cluster_acl = [Acl::new(
+            perms::READ | perms::WRITE | perms::CREATE,
+            "world",
+            "anyone",
+        )];
+        match self
+            .client
+            .create(&cluster, &[], &cluster_acl, CreateMode::Persistent)
+            .await
+        {
+            Ok(_) => info!(
+                path = cluster,
+                "created the cluster node (no DELETE for anyone)"
+            ),
+            Err(e) if is_code(&e, ErrorCode::NodeExists) => {
+                if let Ok((acl, _)) = self.client.get_acl(&cluster).await {
+                    if acl.iter().any(|a| a.perms & perms::DELETE != 0) {
+                        warn!(
+                            path = cluster,
+                            "the cluster node grants DELETE: another client could delete `leader`"
+                        );
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match self
+            .client
+            .create(
+                &ns.members(),
+                &[],
+                &Acl::open_unsafe(),
+                CreateMode::Persistent,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_code(&e, ErrorCode::NodeExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Cluster config: read it, or create it from our settings (first agent).
+        match self.read::<ClusterConfig>(&ns.config(), false).await? {
+            Some((c, _)) => self.config = c,
+            None => {
+                let c = ClusterConfig {
+                    session_timeout_ms: self.s().session_timeout_ms,
+                    fence_margin_ms: self.s().fence_margin_ms,
+                    ..ClusterConfig::default()
+                };
+                match self
+                    .client
+                    .create(
+                        &ns.config(),
+                        &records::encode(&c),
+                        &[Acl::new(perms::READ | perms::WRITE, "world", "anyone")],
+                        CreateMode::Persistent,
+                    )
+                    .await
+                {
+                    Ok(_) => self.config = c,
+                    Err(e) if is_code(&e, ErrorCode::NodeExists) => {
+                        if let Some((c, _)) =
+                            self.read::<ClusterConfig>(&ns.config(), false).await?
+                        {
+                            self.config = c;
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and decodes a record; None when the node does not exist. With `watch`, a
+    /// data watch (node exists) or an exists watch (it does not) is armed.
+    async fn read<T: Record>(&self, path: &str, watch: bool) -> Result<Option<(T, Stat)>> {
+        match self.client.get_data(path, watch).await {
+            Ok((data, stat)) => Ok(Some((records::decode::<T>(&data)?, stat))),
+            Err(e) if is_code(&e, ErrorCode::NoNode) => {
+                if watch && self.client.exists(path, true).await?.is_some() {
+                    // Created in between: read it (and arm the data watch).
+                    return Box::pin(self.read(path, watch)).await;
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read_leader(&self) -> Result<Option<(LeaderRecord, Stat)>> {
+        let path = self.s().ns.leader();
+        self.read::<LeaderRecord>(&path, true).await
+    }
+
+    /// Waits for an event on `leader` (or REPOLL), handling the session's end.
+    async fn wait_leader_change(&mut self) -> Result<bool> {
+        let leader = self.s().ns.leader();
+        let deadline = tokio::time::Instant::now() + REPOLL;
+        loop {
+            tokio::select! {
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else {
+                        return Err(AgentError::SessionEnded("session closed".into()));
+                    };
+                    if ev.state == coordd_client::KeeperState::Expired {
+                        return Err(AgentError::SessionEnded("session expired".into()));
+                    }
+                    if ev.path == leader {
+                        return Ok(true);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ok(true),
+                _ = self.shutdown.changed() => return Ok(false),
+            }
+        }
+    }
+
+    // ---- bootstrap and fail-safe start ---------------------------------------------
+
+    /// Brings PostgreSQL up as DESIGN.md 4 allows. Returns false on shutdown.
+    async fn prepare(&mut self) -> Result<bool> {
+        let ns = self.s().ns.clone();
+        let me = self.s().node.clone();
+        let mut init = self
+            .read::<InitializeRecord>(&ns.initialize(), false)
+            .await?;
+        if !self.a.pg.is_initialized() {
+            if init.is_none() {
+                let rec = InitializeRecord {
+                    node: me.clone(),
+                    system_identifier: None,
+                };
+                match self
+                    .client
+                    .create(
+                        &ns.initialize(),
+                        &records::encode(&rec),
+                        &[Acl::new(perms::READ | perms::WRITE, "world", "anyone")],
+                        CreateMode::Persistent,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        info!("won `initialize`: running initdb");
+                        self.bootstrap_primary().await?;
+                        return Ok(true);
+                    }
+                    Err(e) if is_code(&e, ErrorCode::NodeExists) => {
+                        init = self
+                            .read::<InitializeRecord>(&ns.initialize(), false)
+                            .await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if init.as_ref().is_some_and(|(r, _)| r.node == me) {
+                // We won before but our data directory is empty (crash during initdb?).
+                return Err(AgentError::Fatal(format!(
+                    "`initialize` names this node but {} holds no cluster; remove the \
+                     partial data directory and the `initialize` znode to bootstrap again",
+                    self.s().pg_data.display()
+                )));
+            }
+            info!("another node bootstraps the cluster: waiting for a primary to base-backup from");
+            let leader = loop {
+                match self.read_leader().await? {
+                    Some((l, _)) if l.state == LeaderState::Primary && l.node != me => break l,
+                    _ => {
+                        if !self.wait_leader_change().await? {
+                            return Ok(false);
+                        }
+                    }
+                }
+            };
+            info!(from = leader.node, "pg_basebackup");
+            let src = self.a.conninfo(&leader.host, leader.port);
+            self.a.pg.basebackup_from(&src).await?;
+            self.check_identity(&ns).await?;
+            self.a.start_pg().await?;
+            self.following = Some((leader.node, leader.host, leader.port));
+            return Ok(true);
+        }
+        self.check_identity(&ns).await?;
+        self.fail_safe_start().await
+    }
+
+    /// initdb, `leader`, then start (a fresh initdb'd server is a primary: it starts only
+    /// once we hold `leader`), then `promoting` -> `primary`.
+    async fn bootstrap_primary(&mut self) -> Result<()> {
+        let ns = self.s().ns.clone();
+        let s = self.s().clone();
+        let o = InitdbOptions {
+            auth_host: s.initdb_auth_host.clone(),
+            auth_local: s.initdb_auth_local.clone(),
+            no_sync: s.initdb_no_sync,
+            ..InitdbOptions::default()
+        };
+        self.a.pg.initdb(&o).await?;
+        let mut conf: Vec<(&str, &str)> = vec![("wal_keep_size", "128MB")];
+        conf.extend(s.conf.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.a.pg.append_conf(&conf)?;
+        if !s.hba.is_empty() {
+            let p = s.pg_data.join("pg_hba.conf");
+            let mut text = std::fs::read_to_string(&p)
+                .map_err(|e| AgentError::Fatal(format!("read {}: {e}", p.display())))?;
+            for l in &s.hba {
+                text.push_str(l);
+                text.push('\n');
+            }
+            std::fs::write(&p, text)
+                .map_err(|e| AgentError::Fatal(format!("write {}: {e}", p.display())))?;
+        }
+        let id = self.a.pg.control_data().await?.system_identifier;
+        let rec = InitializeRecord {
+            node: s.node.clone(),
+            system_identifier: Some(id.to_string()),
+        };
+        self.client
+            .set_data(&ns.initialize(), &records::encode(&rec), None)
+            .await?;
+        info!(system_identifier = id, "initdb done; racing for `leader`");
+        let stat = match self.create_leader().await {
+            Ok(stat) => stat,
+            Err(e) => {
+                // Someone else leads a cluster we just initialized: start over; the
+                // fail-safe start then follows it or competes as a standby.
+                return Err(AgentError::SessionEnded(format!(
+                    "bootstrap: could not take `leader`: {e}"
+                )));
+            }
+        };
+        self.a.start_pg().await?;
+        self.publish_primary(stat).await
+    }
+
+    /// DESIGN.md 4.4: never start as a primary; follow the leader or compete.
+    async fn fail_safe_start(&mut self) -> Result<bool> {
+        let me = self.s().node.clone();
+        if self.a.pg.postmaster_alive() {
+            let standby = match pg::connect(&self.a.local_conninfo()).await {
+                Ok(c) => pg::in_recovery(&c).await.unwrap_or(false),
+                Err(_) => false,
+            };
+            if !standby {
+                warn!("PostgreSQL runs as a primary without `leader` in this session: stopping it");
+                self.a.pg.stop(StopMode::Immediate).await?;
+            }
+        }
+        loop {
+            let leader = self.read_leader().await?;
+            match election::on_restart(leader.as_ref().map(|(l, _)| l), &me) {
+                StartAs::Compete => {
+                    info!("no leader: starting as a standby and competing");
+                    self.a.ensure_standby_signal()?;
+                    self.a.start_pg().await?;
+                    return Ok(true);
+                }
+                StartAs::Standby { follow: None } => {
+                    info!(
+                        "`leader` names this node from an older session: standby until it expires"
+                    );
+                    self.a.ensure_standby_signal()?;
+                    self.a.start_pg().await?;
+                    return Ok(true);
+                }
+                StartAs::Standby { follow: Some(l) } => {
+                    if l.state != LeaderState::Primary {
+                        if !self.wait_leader_change().await? {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
+                    let src = self.a.conninfo(&l.host, l.port);
+                    if !self.a.standby_signal().exists() {
+                        // We were a primary: our timeline may have diverged.
+                        self.a.pg.stop(StopMode::Immediate).await?;
+                        info!(from = l.node, "pg_rewind from the new master");
+                        let out = self.a.pg.rewind_from(&src).await?;
+                        debug!(log = out.log, rewound = out.rewound, "pg_rewind");
+                    }
+                    self.a.pg.set_primary_conninfo(&src).await?;
+                    self.a.ensure_standby_signal()?;
+                    self.a.start_pg().await?;
+                    self.following = Some((l.node, l.host, l.port));
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    async fn check_identity(&mut self, ns: &crate::namespace::Namespace) -> Result<()> {
+        let Some((init, _)) = self
+            .read::<InitializeRecord>(&ns.initialize(), false)
+            .await?
+        else {
+            return Err(AgentError::Fatal(format!(
+                "{} holds a cluster but coordd has no `initialize` for {}: refusing to \
+                 touch it",
+                self.s().pg_data.display(),
+                ns.cluster()
+            )));
+        };
+        let Some(expected) = init.system_identifier.and_then(|s| s.parse::<u64>().ok()) else {
+            warn!("`initialize` has no system identifier yet; cannot check the data directory");
+            return Ok(());
+        };
+        match self.a.pg.check_identity(expected).await {
+            Ok(()) => Ok(()),
+            Err(e @ PgError::ForeignCluster { .. }) => Err(AgentError::Fatal(e.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ---- election --------------------------------------------------------------------
+
+    /// Acts on the `leader` znode as read now.
+    async fn reconcile(&mut self) -> Result<()> {
+        let me = self.s().node.clone();
+        loop {
+            let leader = self.read_leader().await?;
+            if let Some(mine) = self.epoch {
+                let seen = leader.as_ref().map(|(_, st)| Epoch(st.czxid));
+                let l = election::leadership(mine, seen);
+                if l != Leadership::Held {
+                    error!(?l, "lost `leader`: fencing");
+                    let _ = self.a.pg.stop(StopMode::Immediate).await;
+                    return Err(AgentError::SessionEnded(format!("leadership {l:?}")));
+                }
+                return Ok(());
+            }
+            match leader {
+                None => {
+                    if self.try_elect().await? {
+                        return Ok(());
+                    }
+                    // Lost the race or not eligible: read again (arms the watch).
+                    if self.read_leader().await?.is_none() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Some((l, _)) if l.node == me => return Ok(()),
+                Some((l, _)) if l.state == LeaderState::Primary => {
+                    let target = (l.node.clone(), l.host.clone(), l.port);
+                    if self.following.as_ref() != Some(&target) {
+                        info!(leader = l.node, "following the new master");
+                        let src = self.a.conninfo(&l.host, l.port);
+                        self.a.pg.set_primary_conninfo(&src).await?;
+                        self.following = Some(target);
+                    }
+                    return Ok(());
+                }
+                Some(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Races for `leader` if eligible; true when we won (and promoted).
+    async fn try_elect(&mut self) -> Result<bool> {
+        let me_rec = self.member_record().await;
+        let _ = self.write_member(&me_rec).await;
+        let ns = self.s().ns.clone();
+        let mut peers = Vec::new();
+        for child in self.client.get_children(&ns.members(), false).await? {
+            if child == self.s().node {
+                continue;
+            }
+            let Ok(path) = ns.member_checked(&child) else {
+                continue;
+            };
+            if let Ok(Some((m, _))) = self.read::<MemberRecord>(&path, false).await {
+                // A member still claiming to be primary (leader gone, session not yet
+                // expired) is not a candidate and its position is not comparable.
+                if m.role == Role::Replica {
+                    peers.push(m);
+                }
+            }
+        }
+        let sync = if self.config.synchronous {
+            self.read::<SyncRecord>(&ns.sync(), false)
+                .await?
+                .map(|(s, _)| s)
+        } else {
+            None
+        };
+        if let Err(why) = election::eligible(&me_rec, &peers, &self.config, sync.as_ref()) {
+            info!("`leader` is vacant but this node is not eligible: {why}");
+            return Ok(false);
+        }
+        info!("`leader` is vacant and this node is eligible: racing");
+        let stat = match self.create_leader().await {
+            Ok(stat) => stat,
+            Err(AgentError::Coord(e)) if is_code(&e, ErrorCode::NodeExists) => {
+                info!("another node won `leader`");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let client = match pg::connect(&self.a.local_conninfo()).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.a.pg.stop(StopMode::Immediate).await;
+                return Err(AgentError::SessionEnded(format!(
+                    "won `leader`, cannot reach PostgreSQL: {e}"
+                )));
+            }
+        };
+        info!("promoting PostgreSQL");
+        if !pg::promote(&client, PROMOTE_WAIT_S).await? {
+            let _ = self.a.pg.stop(StopMode::Immediate).await;
+            return Err(AgentError::SessionEnded(
+                "pg_promote did not finish in time".into(),
+            ));
+        }
+        self.following = None;
+        self.publish_primary(stat).await?;
+        Ok(true)
+    }
+
+    /// Creates `leader` (state promoting) and starts the fencing watchdog.
+    async fn create_leader(&mut self) -> Result<Stat> {
+        let rec = LeaderRecord {
+            node: self.s().node.clone(),
+            host: self.s().host.clone(),
+            port: self.s().pg_port,
+            state: LeaderState::Promoting,
+            since_ms: now_ms(),
+        };
+        let acl = [
+            Acl::new(perms::ALL, "auth", ""),
+            Acl::new(perms::READ, "world", "anyone"),
+        ];
+        let (_, stat) = self
+            .client
+            .create2(
+                &self.s().ns.leader(),
+                &records::encode(&rec),
+                &acl,
+                CreateMode::Ephemeral,
+            )
+            .await?;
+        let epoch = Epoch(stat.czxid);
+        info!(%epoch, "won `leader`");
+        self.epoch = Some(epoch);
+        self.start_watchdog();
+        Ok(stat)
+    }
+
+    async fn publish_primary(&mut self, stat: Stat) -> Result<()> {
+        let rec = LeaderRecord {
+            node: self.s().node.clone(),
+            host: self.s().host.clone(),
+            port: self.s().pg_port,
+            state: LeaderState::Primary,
+            since_ms: now_ms(),
+        };
+        self.client
+            .set_data(
+                &self.s().ns.leader(),
+                &records::encode(&rec),
+                Some(stat.version),
+            )
+            .await?;
+        info!("published `leader` state primary");
+        self.publish_member().await
+    }
+
+    fn start_watchdog(&mut self) {
+        let client = self.client.clone();
+        let server = self.a.pg.clone();
+        let timeout = Duration::from_millis(u64::from(client.session_timeout_ms()));
+        let margin = match self.config.fence_margin_ms {
+            Some(m) if Duration::from_millis(u64::from(m)) < timeout => {
+                Duration::from_millis(u64::from(m))
+            }
+            _ => timeout / 3,
+        };
+        let tx = self.fenced_tx.clone();
+        self.watchdog = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FENCE_CHECK);
+            loop {
+                tick.tick().await;
+                let state = election::lease_state(
+                    client.lease().into_std(),
+                    margin,
+                    std::time::Instant::now(),
+                );
+                if state == LeaseState::MustFence || client.state().is_terminal() {
+                    error!(
+                        ?margin,
+                        "lease about to run out: stopping PostgreSQL (immediate)"
+                    );
+                    if let Err(e) = server.stop(StopMode::Immediate).await {
+                        error!("fencing stop failed: {e}");
+                    }
+                    let _ = tx.send(true);
+                    return;
+                }
+            }
+        }));
+    }
+
+    // ---- member record --------------------------------------------------------------
+
+    async fn member_record(&mut self) -> MemberRecord {
+        let mut rec = MemberRecord {
+            node: self.s().node.clone(),
+            host: self.s().host.clone(),
+            port: self.s().pg_port,
+            role: Role::Unknown,
+            state: MemberState::Stopped,
+            timeline: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            lag_bytes: None,
+            updated_ms: now_ms(),
+        };
+        if !self.a.pg.postmaster_alive() {
+            self.pg_client = None;
+            return rec;
+        }
+        if self.pg_client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.pg_client = pg::connect(&self.a.local_conninfo()).await.ok();
+        }
+        let Some(c) = &self.pg_client else {
+            rec.state = MemberState::Starting;
+            return rec;
+        };
+        match status_of(c).await {
+            Ok((role, tli, recv, replay)) => {
+                rec.role = role;
+                rec.state = MemberState::Running;
+                rec.timeline = Some(tli);
+                rec.receive_lsn = recv;
+                rec.replay_lsn = replay;
+                rec.lag_bytes = match (role, recv, replay) {
+                    (Role::Primary, _, _) => Some(0),
+                    (_, Some(r), Some(p)) => Some(r.bytes_since(p)),
+                    _ => None,
+                };
+            }
+            Err(e) => {
+                debug!("status query failed: {e}");
+                self.pg_client = None;
+                rec.state = MemberState::Starting;
+            }
+        }
+        rec
+    }
+
+    async fn publish_member(&mut self) -> Result<()> {
+        let rec = self.member_record().await;
+        self.write_member(&rec).await
+    }
+
+    async fn write_member(&mut self, rec: &MemberRecord) -> Result<()> {
+        let path = self.s().ns.member(&self.s().node);
+        let data = records::encode(rec);
+        if self.member_published {
+            match self.client.set_data(&path, &data, None).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_code(&e, ErrorCode::NoNode) => self.member_published = false,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        loop {
+            match self
+                .client
+                .create(&path, &data, &Acl::open_unsafe(), CreateMode::Ephemeral)
+                .await
+            {
+                Ok(_) => {
+                    self.member_published = true;
+                    return Ok(());
+                }
+                Err(e) if is_code(&e, ErrorCode::NodeExists) => {
+                    // Left by an older session of ours (or a misconfigured twin).
+                    match self.client.exists(&path, false).await? {
+                        Some(st) if st.ephemeral_owner == self.client.session_id() => {
+                            self.member_published = true;
+                            self.client.set_data(&path, &data, None).await?;
+                            return Ok(());
+                        }
+                        Some(st) => {
+                            debug!(
+                                owner = format!("{:#x}", st.ephemeral_owner),
+                                "replacing a stale member record"
+                            );
+                            match self.client.delete(&path, Some(st.version)).await {
+                                Ok(()) => {}
+                                Err(e)
+                                    if is_code(&e, ErrorCode::NoNode)
+                                        || is_code(&e, ErrorCode::BadVersion) => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.watchdog.take() {
+            h.abort();
+        }
+    }
+}
+
+/// (role, timeline, receive, replay) of a running server.
+async fn status_of(
+    c: &tokio_postgres::Client,
+) -> pg::Result<(Role, u32, Option<Lsn>, Option<Lsn>)> {
+    let tli = pg::timeline(c).await?;
+    if pg::in_recovery(c).await? {
+        let recv = pg::receive_lsn(c).await?.map(Lsn);
+        let replay = pg::replay_lsn(c).await?.map(Lsn);
+        Ok((Role::Replica, tli, recv, replay))
+    } else {
+        let row = c
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .await?;
+        let text: Option<String> = row.try_get(0)?;
+        let lsn = text.map(|t| pg::parse_lsn(&t)).transpose()?.map(Lsn);
+        Ok((Role::Primary, tli, lsn, lsn))
+    }
+}

@@ -1,0 +1,267 @@
+//! The agent end to end (issue 3): real coordd, three real `switchyard agent`
+//! processes, real PostgreSQL. Skips with a printed reason when PostgreSQL is missing.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use coordd_client::{Client, ClientConfig};
+use support::agent::{switchyard_bin, Agent};
+use support::coordd::Coordd;
+use support::postgres;
+use switchyard_proxy::namespace::Namespace;
+use switchyard_proxy::pg::{self, Conninfo};
+use switchyard_proxy::records::{self, LeaderRecord, LeaderState, MemberRecord, Role};
+
+const CLUSTER: &str = "main";
+const SESSION_TIMEOUT_MS: u32 = 2_000;
+const DEADLINE: Duration = Duration::from_secs(40);
+
+struct Cluster {
+    // Agents first: dropped (killed, their PostgreSQL stopped) before coordd.
+    agents: Vec<Agent>,
+    coordd: Coordd,
+    client: Client,
+    ns: Namespace,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let _ = switchyard_bin(); // build before the clock starts
+        let coordd = Coordd::start_with(&["--tick-time-ms", "100"]);
+        let agents = (1..=n)
+            .map(|i| {
+                Agent::spawn(
+                    &coordd.connect_string(),
+                    CLUSTER,
+                    &format!("n{i}"),
+                    SESSION_TIMEOUT_MS,
+                )
+            })
+            .collect();
+        let (client, _events) = Client::connect(ClientConfig::new([coordd.connect_string()]))
+            .await
+            .expect("test client");
+        Cluster {
+            agents,
+            coordd,
+            client,
+            ns: Namespace::with_default_root(CLUSTER).unwrap(),
+        }
+    }
+
+    fn dump(&self) -> String {
+        let mut s = String::new();
+        for a in &self.agents {
+            s.push_str(&format!(
+                "\n===== agent {} log =====\n{}\n===== {} postgres log (tail) =====\n{}\n",
+                a.node,
+                a.log(),
+                a.node,
+                tail(&a.pg_log(), 30)
+            ));
+        }
+        s
+    }
+
+    async fn leader(&self) -> Option<(LeaderRecord, i64)> {
+        let (data, stat) = self.client.get_data(&self.ns.leader(), false).await.ok()?;
+        Some((records::decode(&data).ok()?, stat.czxid))
+    }
+
+    async fn members(&self) -> Vec<MemberRecord> {
+        let mut out = Vec::new();
+        let Ok(children) = self.client.get_children(&self.ns.members(), false).await else {
+            return out;
+        };
+        for c in children {
+            if let Ok((data, _)) = self.client.get_data(&self.ns.member(&c), false).await {
+                if let Ok(m) = records::decode::<MemberRecord>(&data) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    fn agent(&self, node: &str) -> &Agent {
+        self.agents.iter().find(|a| a.node == node).unwrap()
+    }
+
+    /// Waits until `expected_live` agents form one cluster: a leader in state primary
+    /// (optionally not `not`) whose PostgreSQL is not in recovery and streams to every
+    /// other live node, which is in recovery; a member record for each. Returns the
+    /// master's node name.
+    async fn wait_healthy(&self, live: &[&str], not: Option<&str>) -> String {
+        let start = Instant::now();
+        loop {
+            let last = match self.check_healthy(live, not).await {
+                Ok(master) => return master,
+                Err(why) => why,
+            };
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "cluster not healthy after {DEADLINE:?}: {last}\n{}\ncoordd log tail:\n{}",
+                    self.dump(),
+                    tail(&self.coordd.log(), 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn check_healthy(&self, live: &[&str], not: Option<&str>) -> Result<String, String> {
+        let (leader, _) = self.leader().await.ok_or("no leader record")?;
+        if leader.state != LeaderState::Primary {
+            return Err(format!(
+                "leader {} in state {:?}",
+                leader.node, leader.state
+            ));
+        }
+        if Some(leader.node.as_str()) == not {
+            return Err(format!("leader is still {}", leader.node));
+        }
+        let master = connect(leader.port).await.ok_or("master unreachable")?;
+        if pg::in_recovery(&master).await.map_err(|e| e.to_string())? {
+            return Err("master in recovery".into());
+        }
+        let streaming: i64 = master
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if streaming != live.len() as i64 - 1 {
+            return Err(format!("{streaming} streaming replicas"));
+        }
+        for node in live.iter().filter(|n| **n != leader.node) {
+            let c = connect(self.agent(node).pg_port)
+                .await
+                .ok_or(format!("{node} unreachable"))?;
+            if !pg::in_recovery(&c).await.map_err(|e| e.to_string())? {
+                return Err(format!("{node} is not in recovery"));
+            }
+        }
+        let members = self.members().await;
+        for node in live {
+            let m = members
+                .iter()
+                .find(|m| m.node == *node)
+                .ok_or(format!("no member record for {node}"))?;
+            let want = if *node == leader.node {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            if m.role != want || m.timeline.is_none() {
+                return Err(format!("member {node}: {m:?}"));
+            }
+        }
+        Ok(leader.node)
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+async fn connect(port: u16) -> Option<pg::Client> {
+    pg::connect(&Conninfo::new("127.0.0.1", port).connect_timeout_s(2))
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_bootstrap_one_master_two_replicas() {
+    if postgres::skip() {
+        return;
+    }
+    let c = Cluster::start(3).await;
+    let master = c.wait_healthy(&["n1", "n2", "n3"], None).await;
+
+    // `initialize` names the master and carries the system identifier.
+    let (data, _) = c.client.get_data(&c.ns.initialize(), false).await.unwrap();
+    let init: records::InitializeRecord = records::decode(&data).unwrap();
+    assert_eq!(init.node, master);
+    assert!(init.system_identifier.is_some());
+
+    // The leader znode: world may read, only its creator may write.
+    let (acl, _) = c.client.get_acl(&c.ns.leader()).await.unwrap();
+    assert!(acl
+        .iter()
+        .any(|a| a.scheme == "world" && a.perms == coordd_proto::perms::READ));
+    let (data, _) = c.client.get_data(&c.ns.leader(), false).await.unwrap();
+    let e = c
+        .client
+        .set_data(&c.ns.leader(), &data, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(coordd_client::ErrorCode::NoAuth), "{e}");
+    let e = c.client.delete(&c.ns.leader(), None).await.unwrap_err();
+    assert_eq!(e.code(), Some(coordd_client::ErrorCode::NoAuth), "{e}");
+
+    // `switchyard status --json` agrees.
+    let out = std::process::Command::new(switchyard_bin())
+        .args([
+            "status",
+            "--cluster",
+            CLUSTER,
+            "--coord",
+            &c.coordd.connect_string(),
+            "--json",
+        ])
+        .output()
+        .expect("run switchyard status");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(v["master"]["node"], master.as_str());
+    assert_eq!(v["master"]["state"], "primary");
+    assert_eq!(v["replicas"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_master_elects_a_new_one_that_takes_writes() {
+    if postgres::skip() {
+        return;
+    }
+    let mut c = Cluster::start(3).await;
+    let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
+    let (_, old_epoch) = c.leader().await.unwrap();
+    {
+        let m = connect(c.agent(&old).pg_port).await.unwrap();
+        m.batch_execute("CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+    }
+    let killed = Instant::now();
+    let a = c.agents.iter_mut().find(|a| a.node == old).unwrap();
+    a.kill9();
+    a.kill9_postgres();
+
+    let live: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != old)
+        .collect();
+    let new = c.wait_healthy(&live, Some(&old)).await;
+    let (_, new_epoch) = c.leader().await.unwrap();
+    assert!(
+        new_epoch > old_epoch,
+        "epoch {new_epoch:#x} <= {old_epoch:#x}"
+    );
+    let m = connect(c.agent(&new).pg_port).await.unwrap();
+    m.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    let n: i64 = m
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    eprintln!(
+        "failover {old} -> {new}: healthy {:?} after kill -9",
+        killed.elapsed()
+    );
+}
