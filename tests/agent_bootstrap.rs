@@ -224,7 +224,7 @@ async fn three_agents_bootstrap_one_master_two_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_of_the_master_elects_a_new_one_that_takes_writes() {
+async fn kill9_of_the_master_elects_a_new_one_and_the_old_one_rejoins_as_replica() {
     if postgres::skip() {
         return;
     }
@@ -263,5 +263,30 @@ async fn kill9_of_the_master_elects_a_new_one_that_takes_writes() {
     eprintln!(
         "failover {old} -> {new}: healthy {:?} after kill -9",
         killed.elapsed()
+    );
+
+    // The old master's agent comes back: it must not start as a primary; it rewinds
+    // from the new master and follows it.
+    c.agents.iter_mut().find(|a| a.node == old).unwrap().start();
+    let master = c.wait_healthy(&["n1", "n2", "n3"], Some(&old)).await;
+    assert_eq!(master, new);
+    let back = connect(c.agent(&old).pg_port).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let n: i64 = back
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 2 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "row 2 never reached {old}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        c.agent(&old).log().contains("pg_rewind"),
+        "{}",
+        c.agent(&old).log()
     );
 }
