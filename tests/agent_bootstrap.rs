@@ -3,12 +3,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coordd_client::{Client, ClientConfig};
 use support::agent::{switchyard_bin, Agent};
 use support::coordd::Coordd;
 use support::postgres;
+use support::proxy::Proxy;
 use switchyard_proxy::namespace::Namespace;
 use switchyard_proxy::pg::{self, Conninfo};
 use switchyard_proxy::records::{self, LeaderRecord, LeaderState, MemberRecord, Role};
@@ -20,6 +22,8 @@ const DEADLINE: Duration = Duration::from_secs(40);
 struct Cluster {
     // Agents first: dropped (killed, their PostgreSQL stopped) before coordd.
     agents: Vec<Agent>,
+    /// With `start_via_proxies`: agent i reaches coordd through proxies[i].
+    proxies: Vec<Proxy>,
     coordd: Coordd,
     client: Client,
     ns: Namespace,
@@ -27,16 +31,30 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, false).await
+    }
+
+    /// Every agent talks to coordd through its own TCP proxy (to freeze its network).
+    async fn start_via_proxies(n: usize) -> Cluster {
+        Cluster::start_with(n, true).await
+    }
+
+    async fn start_with(n: usize, via_proxies: bool) -> Cluster {
         let _ = switchyard_bin(); // build before the clock starts
         let coordd = Coordd::start_with(&["--tick-time-ms", "100"]);
+        let mut proxies = Vec::new();
+        if via_proxies {
+            for _ in 0..n {
+                proxies.push(Proxy::start(coordd.addr).await);
+            }
+        }
         let agents = (1..=n)
             .map(|i| {
-                Agent::spawn(
-                    &coordd.connect_string(),
-                    CLUSTER,
-                    &format!("n{i}"),
-                    SESSION_TIMEOUT_MS,
-                )
+                let coord = match proxies.get(i - 1) {
+                    Some(p) => p.connect_string(),
+                    None => coordd.connect_string(),
+                };
+                Agent::spawn(&coord, CLUSTER, &format!("n{i}"), SESSION_TIMEOUT_MS)
             })
             .collect();
         let (client, _events) = Client::connect(ClientConfig::new([coordd.connect_string()]))
@@ -44,6 +62,7 @@ impl Cluster {
             .expect("test client");
         Cluster {
             agents,
+            proxies,
             coordd,
             client,
             ns: Namespace::with_default_root(CLUSTER).unwrap(),
@@ -288,5 +307,96 @@ async fn kill9_of_the_master_elects_a_new_one_and_the_old_one_rejoins_as_replica
         c.agent(&old).log().contains("pg_rewind"),
         "{}",
         c.agent(&old).log()
+    );
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The master's agent is cut off from coordd (its connection frozen, PostgreSQL left
+/// running): it fences (immediate stop) before coordd can expire its session, so a
+/// writer connected straight to the old master commits nothing after the new leader
+/// znode was created; after the thaw the old node rewinds and follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_cut_off_from_coordd_fences_before_a_new_master_is_elected() {
+    if postgres::skip() {
+        return;
+    }
+    let c = Cluster::start_via_proxies(3).await;
+    let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
+    let old_port = c.agent(&old).pg_port;
+    connect(old_port)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id serial primary key, at_ms bigint)")
+        .await
+        .unwrap();
+
+    // A writer straight to the old master's port; remembers its last acknowledged commit.
+    let last_ok = Arc::new(Mutex::new(0i64));
+    let writer = {
+        let last_ok = last_ok.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(w) = connect(old_port).await {
+                    while w
+                        .execute("INSERT INTO t (at_ms) VALUES ($1)", &[&now_ms()])
+                        .await
+                        .is_ok()
+                    {
+                        *last_ok.lock().unwrap() = now_ms();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    while *last_ok.lock().unwrap() == 0 {
+        assert!(start.elapsed() < DEADLINE, "the writer never committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let i = c.agents.iter().position(|a| a.node == old).unwrap();
+    c.proxies[i].freeze();
+    let live: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != old)
+        .collect();
+    let new = c.wait_healthy(&live, Some(&old)).await;
+    let (_, stat) = c.client.get_data(&c.ns.leader(), false).await.unwrap();
+    writer.abort();
+    let last = *last_ok.lock().unwrap();
+    assert!(
+        last < stat.ctime,
+        "the old master {old} acknowledged a commit at {last} ms, after {new} took \
+         `leader` at {} ms",
+        stat.ctime
+    );
+    assert!(
+        c.agent(&old).log().contains("fencing") || c.agent(&old).log().contains("lease"),
+        "{}",
+        c.agent(&old).log()
+    );
+
+    // Back on the network: the old node's session is gone; it rewinds and follows.
+    c.proxies[i].thaw();
+    let master = c.wait_healthy(&["n1", "n2", "n3"], Some(&old)).await;
+    assert_eq!(master, new);
+    for l in c.agent(&old).log().lines() {
+        if ["lease", "fenc", "rewind", "session", "leader"]
+            .iter()
+            .any(|w| l.contains(w))
+        {
+            eprintln!("{old}: {l}");
+        }
+    }
+    eprintln!(
+        "last commit on {old} at {last} ms, {new} took `leader` at {} ms",
+        stat.ctime
     );
 }

@@ -315,12 +315,15 @@ impl<'a> Session<'a> {
                         return Err(AgentError::SessionEnded("session expired".into()));
                     }
                     if ev.path == self.s().ns.leader() {
-                        self.reconcile().await?;
+                        let r = self.reconcile().await;
+                        transient(r)?;
                     }
                 }
                 _ = publish.tick() => {
-                    self.publish_member().await?;
-                    self.reconcile().await?;
+                    let r = self.publish_member().await;
+                    transient(r)?;
+                    let r = self.reconcile().await;
+                    transient(r)?;
                 }
                 _ = self.fenced.changed() => {
                     return Err(AgentError::SessionEnded("lease ran out: fenced".into()));
@@ -861,7 +864,7 @@ impl<'a> Session<'a> {
             self.pg_client = None;
             return rec;
         }
-        if self.pg_client.as_ref().is_none_or(|c| c.is_closed()) {
+        if !matches!(&self.pg_client, Some(c) if !c.is_closed()) {
             self.pg_client = pg::connect(&self.a.local_conninfo()).await.ok();
         }
         let Some(c) = &self.pg_client else {
@@ -950,6 +953,23 @@ impl Drop for Session<'_> {
         if let Some(h) = self.watchdog.take() {
             h.abort();
         }
+    }
+}
+
+/// Connection loss and request timeouts are retried on the next tick: the session may
+/// well survive them, and the lease watchdog, not this loop, decides about fencing.
+fn transient(r: Result<()>) -> Result<()> {
+    match r {
+        Err(AgentError::Coord(e))
+            if matches!(
+                e,
+                coordd_client::Error::ConnectionLoss | coordd_client::Error::Timeout
+            ) =>
+        {
+            warn!("coordd: {e}; retrying");
+            Ok(())
+        }
+        r => r,
     }
 }
 
