@@ -400,3 +400,34 @@ async fn master_cut_off_from_coordd_fences_before_a_new_master_is_elected() {
         stat.ctime
     );
 }
+
+/// Only the master's PostgreSQL dies (kill -9 of the postmaster group); its agent lives
+/// on: it gives up `leader` at once (no session timeout to wait for), another node is
+/// promoted, and the old node rewinds and follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_postgres_killed_agent_alive_hands_over_and_rejoins() {
+    if postgres::skip() {
+        return;
+    }
+    let c = Cluster::start(3).await;
+    let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
+    let killed = Instant::now();
+    c.agent(&old).kill9_postgres();
+    // The old node may rejoin at once (its agent lives), so wait for all three.
+    let new = c.wait_healthy(&["n1", "n2", "n3"], Some(&old)).await;
+    eprintln!(
+        "{old}'s PostgreSQL killed: {new} master, {old} a replica again after {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        c.agent(&old).log().contains("pg_rewind"),
+        "{}",
+        c.agent(&old).log()
+    );
+    connect(c.agent(&new).pg_port)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t2 (id int)")
+        .await
+        .unwrap();
+}

@@ -229,6 +229,40 @@ impl Agent {
         Ok(())
     }
 
+    /// `<pg_data>.switchyard-rewind`, outside the data directory (pg_rewind would
+    /// delete it inside): this former primary runs as a standby but may have diverged,
+    /// so it must pg_rewind before it follows anyone. Survives agent restarts.
+    fn rewind_marker(&self) -> PathBuf {
+        let mut s = self.s.pg_data.clone().into_os_string();
+        s.push(".switchyard-rewind");
+        PathBuf::from(s)
+    }
+
+    /// Before a data directory without standby.signal (a former primary) is started as
+    /// a standby: remember that it must rewind before following.
+    fn mark_rewind_if_primary(&self) -> Result<()> {
+        if self.standby_signal().exists() {
+            return Ok(());
+        }
+        let p = self.rewind_marker();
+        std::fs::write(
+            &p,
+            b"this data directory was a primary: pg_rewind before following\n",
+        )
+        .map_err(|e| AgentError::Fatal(format!("write {}: {e}", p.display())))
+    }
+
+    fn clear_rewind_marker(&self) -> Result<()> {
+        match std::fs::remove_file(self.rewind_marker()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(AgentError::Fatal(format!(
+                "remove {}: {e}",
+                self.rewind_marker().display()
+            ))),
+        }
+    }
+
     fn standby_signal(&self) -> PathBuf {
         self.s.pg_data.join("standby.signal")
     }
@@ -320,6 +354,16 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = publish.tick() => {
+                    if self.epoch.is_some() && !self.a.pg.postmaster_alive() {
+                        // A master without a server keeps writes unavailable for as long
+                        // as it holds `leader`: end the session (its close deletes
+                        // `leader` at once); the next one rewinds and follows.
+                        return Err(AgentError::SessionEnded(
+                            "PostgreSQL is not running while this node holds `leader`: \
+                             releasing it"
+                                .into(),
+                        ));
+                    }
                     let r = self.publish_member().await;
                     transient(r)?;
                     let r = self.reconcile().await;
@@ -596,11 +640,13 @@ impl<'a> Session<'a> {
             match election::on_restart(leader.as_ref().map(|(l, _)| l), &me) {
                 StartAs::Compete => {
                     info!("no leader: starting as a standby and competing");
+                    self.a.mark_rewind_if_primary()?;
                     self.a.ensure_standby_signal()?;
                     self.a.start_pg().await?;
                     return Ok(true);
                 }
                 StartAs::Standby { follow: None } => {
+                    self.a.mark_rewind_if_primary()?;
                     info!(
                         "`leader` names this node from an older session: standby until it expires"
                     );
@@ -615,22 +661,37 @@ impl<'a> Session<'a> {
                         }
                         continue;
                     }
-                    let src = self.a.conninfo(&l.host, l.port);
-                    if !self.a.standby_signal().exists() {
-                        // We were a primary: our timeline may have diverged.
-                        self.a.pg.stop(StopMode::Immediate).await?;
-                        info!(from = l.node, "pg_rewind from the new master");
-                        let out = self.a.pg.rewind_from(&src).await?;
-                        debug!(log = out.log, rewound = out.rewound, "pg_rewind");
-                    }
-                    self.a.pg.set_primary_conninfo(&src).await?;
-                    self.a.ensure_standby_signal()?;
-                    self.a.start_pg().await?;
-                    self.following = Some((l.node, l.host, l.port));
+                    self.follow(&l).await?;
                     return Ok(true);
                 }
             }
         }
+    }
+
+    /// Streams from leader `l` (state primary). A data directory that was a primary
+    /// (marked, or without standby.signal) may have diverged: stop, pg_rewind from `l`,
+    /// then start as its standby; otherwise re-point primary_conninfo and reload.
+    async fn follow(&mut self, l: &LeaderRecord) -> Result<()> {
+        let src = self.a.conninfo(&l.host, l.port);
+        if self.a.rewind_marker().exists() || !self.a.standby_signal().exists() {
+            self.a.pg.stop(StopMode::Fast).await?;
+            info!(
+                from = l.node,
+                "pg_rewind from the new master (this node was a primary)"
+            );
+            let out = self.a.pg.rewind_from(&src).await?;
+            debug!(log = out.log, rewound = out.rewound, "pg_rewind");
+            self.a.pg.set_primary_conninfo(&src).await?;
+            self.a.ensure_standby_signal()?;
+            self.a.start_pg().await?;
+            self.a.clear_rewind_marker()?;
+        } else {
+            info!(leader = l.node, "following the master");
+            self.a.pg.set_primary_conninfo(&src).await?;
+            self.a.start_pg().await?;
+        }
+        self.following = Some((l.node.clone(), l.host.clone(), l.port));
+        Ok(())
     }
 
     async fn check_identity(&mut self, ns: &crate::namespace::Namespace) -> Result<()> {
@@ -688,10 +749,7 @@ impl<'a> Session<'a> {
                 Some((l, _)) if l.state == LeaderState::Primary => {
                     let target = (l.node.clone(), l.host.clone(), l.port);
                     if self.following.as_ref() != Some(&target) {
-                        info!(leader = l.node, "following the new master");
-                        let src = self.a.conninfo(&l.host, l.port);
-                        self.a.pg.set_primary_conninfo(&src).await?;
-                        self.following = Some(target);
+                        self.follow(&l).await?;
                     }
                     return Ok(());
                 }
@@ -758,6 +816,8 @@ impl<'a> Session<'a> {
             ));
         }
         self.following = None;
+        // Our history is now the cluster's: nothing of ours to rewind.
+        self.a.clear_rewind_marker()?;
         self.publish_primary(stat).await?;
         Ok(true)
     }
