@@ -364,6 +364,16 @@ impl<'a> Session<'a> {
                                 .into(),
                         ));
                     }
+                    if self.epoch.is_none() && !self.a.pg.postmaster_alive() {
+                        // Our standby died (or was stopped behind our back): bring it
+                        // back as a standby; a former primary is marked for rewind.
+                        warn!("PostgreSQL is not running: starting it as a standby");
+                        self.a.mark_rewind_if_primary()?;
+                        self.a.ensure_standby_signal()?;
+                        if let Err(e) = self.a.start_pg().await {
+                            warn!("start failed: {e}");
+                        }
+                    }
                     let r = self.publish_member().await;
                     transient(r)?;
                     let r = self.reconcile().await;

@@ -141,3 +141,70 @@ impl ClusterStatus {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{LeaderState, Lsn, MemberState};
+
+    fn member(node: &str, role: Role, recv: u64, replay: u64) -> MemberRecord {
+        MemberRecord {
+            node: node.into(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            role,
+            state: MemberState::Running,
+            timeline: Some(1),
+            receive_lsn: Some(Lsn(recv)),
+            replay_lsn: Some(Lsn(replay)),
+            lag_bytes: None,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn lag_json_and_table() {
+        let st = ClusterStatus {
+            cluster: "main".into(),
+            leader: Some((
+                LeaderRecord {
+                    node: "a".into(),
+                    host: "127.0.0.1".into(),
+                    port: 5432,
+                    state: LeaderState::Primary,
+                    since_ms: 1,
+                },
+                Epoch(0x2d),
+            )),
+            members: vec![
+                member("a", Role::Primary, 0x500, 0x500),
+                member("b", Role::Replica, 0x500, 0x400),
+            ],
+        };
+        assert_eq!(st.lag_bytes(&st.members[0]), Some(0));
+        assert_eq!(st.lag_bytes(&st.members[1]), Some(0x100));
+        let v = st.to_json();
+        assert_eq!(v["master"]["node"], "a");
+        assert_eq!(v["master"]["epoch"], 0x2d);
+        assert_eq!(v["replicas"], serde_json::json!(["b"]));
+        assert_eq!(v["members"][1]["lag_bytes"], 0x100);
+        let t = st.to_table();
+        assert!(
+            t.contains("master  a (127.0.0.1:5432) state primary epoch 0x2d"),
+            "{t}"
+        );
+        assert!(
+            t.lines().any(|l| l.starts_with('b') && l.ends_with("256")),
+            "{t}"
+        );
+
+        let empty = ClusterStatus {
+            cluster: "main".into(),
+            leader: None,
+            members: vec![member("b", Role::Replica, 1, 1)],
+        };
+        assert!(empty.to_table().contains("master  none"));
+        assert_eq!(empty.lag_bytes(&empty.members[0]), None);
+        assert!(empty.to_json()["master"].is_null());
+    }
+}
