@@ -431,3 +431,46 @@ async fn master_postgres_killed_agent_alive_hands_over_and_rejoins() {
         .await
         .unwrap();
 }
+
+/// A data directory initdb'd outside the cluster (another system identifier): the
+/// agent refuses it with a clear error and exits without touching it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_a_data_directory_of_another_cluster() {
+    if postgres::skip() {
+        return;
+    }
+    let mut c = Cluster::start(1).await;
+    c.wait_healthy(&["n1"], None).await;
+
+    let dir = postgres::PgDir::new();
+    let mut cmd = postgres::pg_command("initdb");
+    cmd.arg("-D")
+        .arg(dir.data_dir())
+        .args(["-U", "postgres", "--auth=trust", "--no-sync"]);
+    postgres::run_ok(cmd, postgres::CMD_TIMEOUT);
+    let before = std::fs::read(dir.data_dir().join("global/pg_control")).unwrap();
+    c.agents.push(Agent::spawn_in(
+        dir,
+        &c.coordd.connect_string(),
+        CLUSTER,
+        "foreign",
+        SESSION_TIMEOUT_MS,
+    ));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = c.agents[1].try_wait() {
+            break st;
+        }
+        assert!(start.elapsed() < DEADLINE, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = c.agents[1].log();
+    assert!(!status.success(), "{status:?}\n{log}");
+    assert!(log.contains("another cluster"), "{log}");
+    let after = std::fs::read(c.agents[1].dir.data_dir().join("global/pg_control")).unwrap();
+    assert_eq!(before, after, "pg_control changed");
+    assert!(!c.agents[1].dir.data_dir().join("postmaster.pid").exists());
+    assert!(!c.agents[1].dir.data_dir().join("standby.signal").exists());
+    // The cluster is untouched.
+    c.wait_healthy(&["n1"], None).await;
+}

@@ -59,7 +59,17 @@ pub struct Agent {
 impl Agent {
     /// Starts `switchyard agent` for `node` with an empty data directory.
     pub fn spawn(coord: &str, cluster: &str, node: &str, session_timeout_ms: u32) -> Agent {
-        let dir = PgDir::new();
+        Agent::spawn_in(PgDir::new(), coord, cluster, node, session_timeout_ms)
+    }
+
+    /// Starts `switchyard agent` on `dir`'s data directory as it is (empty or not).
+    pub fn spawn_in(
+        dir: PgDir,
+        coord: &str,
+        cluster: &str,
+        node: &str,
+        session_timeout_ms: u32,
+    ) -> Agent {
         let pg_port = postgres::free_port();
         let conf = dir.path().join("agent.toml");
         std::fs::write(&conf, AGENT_TOML).expect("write agent.toml");
@@ -116,6 +126,13 @@ impl Agent {
             .spawn()
             .expect("spawn switchyard agent");
         self.child = Some(child);
+    }
+
+    /// The agent's exit status once it has exited (None while it runs).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn log_path(&self) -> PathBuf {
