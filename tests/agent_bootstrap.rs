@@ -474,3 +474,39 @@ async fn agent_refuses_a_data_directory_of_another_cluster() {
     // The cluster is untouched.
     c.wait_healthy(&["n1"], None).await;
 }
+
+/// SIGTERM to the master's agent: it stops its PostgreSQL (fast), closes its session
+/// (deleting `leader` at once) and exits 0; another node takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_master_agent_hands_over() {
+    if postgres::skip() {
+        return;
+    }
+    let mut c = Cluster::start(3).await;
+    let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
+    let stopped = Instant::now();
+    let i = c.agents.iter().position(|a| a.node == old).unwrap();
+    c.agents[i].terminate();
+    let status = loop {
+        if let Some(st) = c.agents[i].try_wait() {
+            break st;
+        }
+        assert!(
+            stopped.elapsed() < DEADLINE,
+            "the agent did not exit:\n{}",
+            c.agents[i].log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}\n{}", c.agents[i].log());
+    assert!(connect(c.agents[i].pg_port).await.is_none());
+    let live: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != old)
+        .collect();
+    let new = c.wait_healthy(&live, Some(&old)).await;
+    eprintln!(
+        "SIGTERM to {old}: {new} master after {:?}",
+        stopped.elapsed()
+    );
+}

@@ -160,6 +160,15 @@ impl Agent {
         }
     }
 
+    /// SIGTERM to the agent (not its group: the agent stops its children itself).
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// kill -9 of the postmaster and its backends (its process group).
     pub fn kill9_postgres(&self) {
         let pid = std::fs::read_to_string(self.dir.data_dir().join("postmaster.pid"))
