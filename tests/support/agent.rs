@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 use super::postgres::{self, PgDir};
 
 /// The `switchyard` binary: `SWITCHYARD_BIN`, else built once per test process with
-/// cargo (a no-op when up to date; an existing binary could be stale).
+/// cargo in the test's own profile (a no-op when up to date; an existing binary could
+/// be stale, so it is never just picked up).
 pub fn switchyard_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -22,8 +23,20 @@ pub fn switchyard_bin() -> PathBuf {
         let target = std::env::var("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| root.join("target"));
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "switchyard-proxy", "--bin", "switchyard"])
+        // The test binary lives in <target>/<profile>/deps/.
+        let release = std::env::current_exe()
+            .ok()
+            .and_then(|p| {
+                let profile = p.parent()?.parent()?.file_name()?.to_owned();
+                Some(profile == "release")
+            })
+            .unwrap_or(false);
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "switchyard-proxy", "--bin", "switchyard"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
             .current_dir(root)
             .status()
             .expect("run cargo build -p switchyard-proxy");
@@ -31,7 +44,9 @@ pub fn switchyard_bin() -> PathBuf {
             status.success(),
             "cargo build of the switchyard binary failed"
         );
-        target.join("debug").join("switchyard")
+        target
+            .join(if release { "release" } else { "debug" })
+            .join("switchyard")
     })
     .clone()
 }
