@@ -23,6 +23,9 @@ use crate::records::{
 pub const FENCE_CHECK: Duration = Duration::from_millis(100);
 /// Upper bound on waiting for a watch event before re-reading anyway.
 const REPOLL: Duration = Duration::from_secs(1);
+/// How long a candidate waits for its peers' member records written after the
+/// `leader` vacancy before it compares with older ones.
+const FRESH_WAIT: Duration = Duration::from_millis(500);
 /// `pg_promote(wait_seconds)`.
 const PROMOTE_WAIT_S: i32 = 60;
 
@@ -773,22 +776,30 @@ impl<'a> Session<'a> {
         let me_rec = self.member_record().await;
         let _ = self.write_member(&me_rec).await;
         let ns = self.s().ns.clone();
-        let mut peers = Vec::new();
-        for child in self.client.get_children(&ns.members(), false).await? {
-            if child == self.s().node {
-                continue;
-            }
-            let Ok(path) = ns.member_checked(&child) else {
-                continue;
-            };
-            if let Ok(Some((m, _))) = self.read::<MemberRecord>(&path, false).await {
-                // A member still claiming to be primary (leader gone, session not yet
-                // expired) is not a candidate and its position is not comparable.
-                if m.role == Role::Replica {
-                    peers.push(m);
+        // Peers' records can be a publish interval old. Every live agent republishes
+        // when it sees `leader` vanish, so wait (bounded) until each replica's record was
+        // written after the vacancy: after the cluster node's pzxid (the zxid of its
+        // last child change, here the `leader` deletion). Zxids, not clocks: no skew.
+        let vacancy = self
+            .client
+            .exists(ns.cluster(), false)
+            .await?
+            .map(|st| st.pzxid)
+            .unwrap_or(0);
+        let give_up = tokio::time::Instant::now() + FRESH_WAIT;
+        let peers = loop {
+            let (peers, stale) = self.replica_peers(vacancy).await?;
+            if stale.is_empty() || tokio::time::Instant::now() >= give_up {
+                if !stale.is_empty() {
+                    info!(
+                        ?stale,
+                        "comparing with member records older than the vacancy"
+                    );
                 }
+                break peers;
             }
-        }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
         let sync = if self.config.synchronous {
             self.read::<SyncRecord>(&ns.sync(), false)
                 .await?
@@ -830,6 +841,33 @@ impl<'a> Session<'a> {
         self.a.clear_rewind_marker()?;
         self.publish_primary(stat).await?;
         Ok(true)
+    }
+
+    /// The other members' records that are replicas, and the names of those among
+    /// them last written at or before zxid `since`.
+    async fn replica_peers(&self, since: i64) -> Result<(Vec<MemberRecord>, Vec<String>)> {
+        let ns = &self.s().ns;
+        let mut peers = Vec::new();
+        let mut stale = Vec::new();
+        for child in self.client.get_children(&ns.members(), false).await? {
+            if child == self.s().node {
+                continue;
+            }
+            let Ok(path) = ns.member_checked(&child) else {
+                continue;
+            };
+            if let Ok(Some((m, st))) = self.read::<MemberRecord>(&path, false).await {
+                // A member still claiming to be primary (leader gone, session not yet
+                // expired) is not a candidate and its position is not comparable.
+                if m.role == Role::Replica {
+                    if st.mzxid <= since {
+                        stale.push(m.node.clone());
+                    }
+                    peers.push(m);
+                }
+            }
+        }
+        Ok((peers, stale))
     }
 
     /// Creates `leader` (state promoting) and starts the fencing watchdog.
