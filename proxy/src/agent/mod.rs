@@ -13,8 +13,23 @@
 //! - While holding `leader`, a watchdog task checks the client's lease every
 //!   [`node::FENCE_CHECK`] and stops PostgreSQL in immediate mode at
 //!   `lease - margin`, independently of the main loop (which may be blocked on I/O).
-//! - When the session ends (expired, closed, fenced, or any error), a primary is
-//!   stopped at once before a new session starts over.
+//! - When the session ends (expired, closed, fenced, leadership lost, PostgreSQL
+//!   dead under a leader, or any non-transient error), a primary is stopped at once
+//!   and the client closed (deleting our ephemerals) before a new session starts
+//!   over. Connection loss and request timeouts alone do not end a session: the
+//!   watchdog, not the main loop, decides about fencing.
+//! - A former primary started as a standby is marked (`<pg_data>.switchyard-rewind`,
+//!   outside the data directory) and runs pg_rewind before it follows anyone.
+//!
+//! Session flow ([`node`]): namespace and `config` (created from our settings by the
+//! first agent) -> bootstrap (race for `initialize`; the winner initdb's, records
+//! the system identifier, takes `leader`, only then starts PostgreSQL and publishes
+//! `promoting` -> `primary`; the others wait for a `primary` leader and
+//! pg_basebackup from it) or fail-safe start ([`crate::election::on_restart`]) ->
+//! loop: leader events and a publish tick (member record, re-read of `leader`). On a
+//! vacancy each agent republishes its record, waits up to 500 ms for the peers'
+//! fresh records (member mzxid > the cluster node's pzxid), then races if
+//! [`crate::election::eligible`].
 //!
 //! ACLs: `leader` is created with `auth` (the creator, authenticated with a digest
 //! identity of this process) ALL plus `world` READ. ZooKeeper checks DELETE on the
