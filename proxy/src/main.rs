@@ -6,7 +6,6 @@
 //! switchyard status --cluster main --coord zk1:2181 [--json]
 //! ```
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,29 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Manage one PostgreSQL server: bootstrap, election, promotion, fencing.
-    Agent {
-        #[arg(long)]
-        cluster: String,
-        #[arg(long)]
-        node: String,
-        /// coordd / ZooKeeper servers: host:port,host:port,...
-        #[arg(long)]
-        coord: String,
-        #[arg(long)]
-        pg_data: PathBuf,
-        #[arg(long)]
-        pg_port: u16,
-        #[arg(long)]
-        pg_bindir: Option<PathBuf>,
-        /// The address other nodes and routers reach this PostgreSQL at.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// agent.toml (see the agent::config docs); flags win over it.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        session_timeout_ms: Option<u32>,
-    },
+    Agent(AgentFlags),
     /// Print the cluster: master, replicas, lag, epoch.
     Status {
         #[arg(long)]
@@ -85,28 +62,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Agent {
-            cluster,
-            node,
-            coord,
-            pg_data,
-            pg_port,
-            pg_bindir,
-            host,
-            config,
-            session_timeout_ms,
-        } => {
-            let settings = match Settings::resolve(AgentFlags {
-                cluster,
-                node,
-                coord,
-                pg_data,
-                pg_port,
-                pg_bindir,
-                host,
-                config,
-                session_timeout_ms,
-            }) {
+        Cmd::Agent(flags) => {
+            let settings = match Settings::resolve(flags) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("switchyard agent: {e}");

@@ -53,16 +53,28 @@ impl AgentFile {
 }
 
 /// What the `agent` subcommand's flags carry (before the file is merged in).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct AgentFlags {
+    #[arg(long)]
     pub cluster: String,
+    #[arg(long)]
     pub node: String,
+    /// coordd / ZooKeeper servers: host:port,host:port,...
+    #[arg(long)]
     pub coord: String,
+    #[arg(long)]
     pub pg_data: PathBuf,
+    #[arg(long)]
     pub pg_port: u16,
+    #[arg(long)]
     pub pg_bindir: Option<PathBuf>,
+    /// The address other nodes and routers reach this PostgreSQL at.
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// agent.toml (see the agent::config docs); flags win over it.
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    #[arg(long)]
     pub session_timeout_ms: Option<u32>,
 }
 

@@ -328,6 +328,23 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Creates a persistent record every agent of the cluster may read and rewrite
+    /// (`config`, `initialize`).
+    async fn create_shared(
+        &self,
+        path: &str,
+        value: &[u8],
+    ) -> std::result::Result<String, coordd_client::Error> {
+        self.client
+            .create(
+                path,
+                value,
+                &[Acl::new(perms::READ | perms::WRITE, "world", "anyone")],
+                CreateMode::Persistent,
+            )
+            .await
+    }
+
     fn s(&self) -> &Settings {
         &self.a.s
     }
@@ -448,16 +465,7 @@ impl<'a> Session<'a> {
                     fence_margin_ms: self.s().fence_margin_ms,
                     ..ClusterConfig::default()
                 };
-                match self
-                    .client
-                    .create(
-                        &ns.config(),
-                        &records::encode(&c),
-                        &[Acl::new(perms::READ | perms::WRITE, "world", "anyone")],
-                        CreateMode::Persistent,
-                    )
-                    .await
-                {
+                match self.create_shared(&ns.config(), &records::encode(&c)).await {
                     Ok(_) => self.config = c,
                     Err(e) if is_code(&e, ErrorCode::NodeExists) => {
                         if let Some((c, _)) =
@@ -533,13 +541,7 @@ impl<'a> Session<'a> {
                     system_identifier: None,
                 };
                 match self
-                    .client
-                    .create(
-                        &ns.initialize(),
-                        &records::encode(&rec),
-                        &[Acl::new(perms::READ | perms::WRITE, "world", "anyone")],
-                        CreateMode::Persistent,
-                    )
+                    .create_shared(&ns.initialize(), &records::encode(&rec))
                     .await
                 {
                     Ok(_) => {
