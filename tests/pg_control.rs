@@ -18,10 +18,15 @@ fn harness_primary_replica_promote() {
     primary.query("CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)");
     let replica = Postgres::replica_of(&primary);
     assert_eq!(replica.query("SELECT pg_is_in_recovery()"), "t");
-    assert_eq!(
-        primary.query("SELECT state FROM pg_stat_replication"),
-        "streaming"
-    );
+    // pg_basebackup's own WAL sender can linger for a moment next to the replica's
+    // (seen in CI: "streaming\nstartup"), so wait for the replica's alone.
+    postgres::wait_for("one streaming replica", postgres::START_TIMEOUT, || {
+        (primary
+            .query_opt("SELECT string_agg(state, ',') FROM pg_stat_replication")
+            .as_deref()
+            == Some("streaming"))
+        .then_some(())
+    });
     primary.query("INSERT INTO t VALUES (2)");
     postgres::wait_for("row 2 on the replica", postgres::START_TIMEOUT, || {
         (replica.query_opt("SELECT count(*) FROM t").as_deref() == Some("2")).then_some(())
