@@ -55,6 +55,7 @@
 //! Invariant: a write connection is handed out only for a leader in state `primary`
 //! whose epoch is not older than one this router already published.
 
+pub mod classify;
 mod config;
 mod pools;
 mod watcher;
