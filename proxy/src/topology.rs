@@ -3,9 +3,14 @@
 //!
 //! The watcher task builds a new [`Topology`] after every change and
 //! [`RouteTable::publish`]es it; query paths call [`RouteTable::route`], which is one
-//! atomic load of the snapshot, one atomic add for round robin and an index: no lock,
-//! no allocation. Everything a decision needs (who is readable under the lag bound)
-//! is computed once per snapshot, not per query.
+//! atomic load of the snapshot, one atomic add for round robin and an index (least
+//! outstanding adds one relaxed load per readable replica): no lock, no allocation.
+//! Everything a decision needs (who is readable under the lag bound) is computed once
+//! per snapshot, not per query.
+//!
+//! Each endpoint carries an [`InFlight`] counter (connections the router has handed
+//! out to it and not yet got back). It is shared, not copied, between snapshots: a
+//! publish hands the counter of an endpoint to the next snapshot that still has it.
 //!
 //! ```
 //! use switchyard_proxy::election::Epoch;
@@ -52,6 +57,55 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+/// Work in flight on one endpoint: connections handed out by the router and not yet
+/// returned. Cloning shares the counter. Not part of a topology's identity: any two
+/// compare equal.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// The current count.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one unit of work until the guard is dropped. No allocation (the guard
+    /// shares the counter).
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.clone())
+    }
+
+    /// Whether both share one counter.
+    pub fn same_counter(&self, other: &InFlight) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for InFlight {}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InFlight({})", self.get())
+    }
+}
+
+/// One unit of [`InFlight`] work; decrements the counter on drop.
+#[derive(Debug)]
+pub struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The master as the snapshot knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
@@ -59,6 +113,7 @@ pub struct Leader {
     pub state: LeaderState,
     /// The `leader` znode's czxid.
     pub epoch: Epoch,
+    pub in_flight: InFlight,
 }
 
 /// A live replica: role replica, state running, not the leader.
@@ -68,6 +123,7 @@ pub struct Replica {
     pub replay_lsn: Option<Lsn>,
     /// Replay lag behind the master; see [`Topology::build`] for how it is derived.
     pub lag_bytes: Option<u64>,
+    pub in_flight: InFlight,
 }
 
 /// What the caller wants to do.
@@ -107,6 +163,9 @@ pub enum Balance {
     /// Each read goes to the next readable replica.
     #[default]
     RoundRobin,
+    /// Each read goes to the readable replica with the fewest connections handed out
+    /// and not yet returned ([`InFlight`]); ties go round robin.
+    LeastOutstanding,
 }
 
 /// The read side of routing.
@@ -189,6 +248,7 @@ impl Topology {
                     (Some(master), Some(replay)) => Some(master.bytes_since(replay)),
                     _ => m.lag_bytes,
                 },
+                in_flight: InFlight::default(),
             })
             .collect();
         let readable = (0..replicas.len())
@@ -203,6 +263,7 @@ impl Topology {
                 },
                 state: l.state,
                 epoch,
+                in_flight: InFlight::default(),
             }),
             replicas,
             readable,
@@ -260,40 +321,130 @@ impl Topology {
         policy: &ReadPolicy,
         cursor: &AtomicUsize,
     ) -> Result<Target, RouteError> {
+        self.route_inner(intent, policy, cursor, None)
+    }
+
+    /// Like [`Topology::route`], but never to `avoid` (e.g. the replica whose
+    /// connection just broke): another readable replica, else the master as the policy
+    /// allows. A write still goes to the master, whatever `avoid` is.
+    pub fn route_avoiding(
+        &self,
+        intent: Intent,
+        policy: &ReadPolicy,
+        cursor: &AtomicUsize,
+        avoid: &Endpoint,
+    ) -> Result<Target, RouteError> {
+        self.route_inner(intent, policy, cursor, Some(avoid))
+    }
+
+    fn route_inner(
+        &self,
+        intent: Intent,
+        policy: &ReadPolicy,
+        cursor: &AtomicUsize,
+        avoid: Option<&Endpoint>,
+    ) -> Result<Target, RouteError> {
         let master = || match self.writable_endpoint() {
             Some(_) => Ok(Target::Master),
             None => Err(RouteError::NoPrimary {
                 leader_state: self.leader.as_ref().map(|l| l.state),
             }),
         };
+        let avoided = |e: &Endpoint| avoid.is_some_and(|a| a == e);
+        let master_avoided = self.writable_endpoint().is_some_and(avoided);
         match intent {
             Intent::Write => master(),
             Intent::Read => {
-                let n = self.readable.len();
-                if n > 0 {
-                    let Balance::RoundRobin = policy.balance;
-                    let i = cursor.fetch_add(1, Ordering::Relaxed) % n;
-                    return Ok(Target::Replica(self.readable[i]));
+                if let Some(r) = self.pick(policy, cursor, |r| !avoided(&r.endpoint)) {
+                    return Ok(Target::Replica(r));
                 }
-                if policy.fallback_to_master {
+                if policy.fallback_to_master && !master_avoided {
                     master().map_err(|_| RouteError::NoReadable)
                 } else {
                     Err(RouteError::NoReadable)
                 }
             }
             Intent::ReadAfter(token) => {
-                let n = self.readable.len();
-                if n > 0 {
-                    // Start where round robin is, so caught-up replicas share the load.
-                    let start = cursor.fetch_add(1, Ordering::Relaxed) % n;
-                    for k in 0..n {
-                        let r = self.readable[(start + k) % n];
-                        if self.replicas[r].replay_lsn.is_some_and(|l| l >= token) {
-                            return Ok(Target::Replica(r));
+                let caught_up =
+                    |r: &Replica| !avoided(&r.endpoint) && r.replay_lsn.is_some_and(|l| l >= token);
+                if let Some(r) = self.pick(policy, cursor, caught_up) {
+                    return Ok(Target::Replica(r));
+                }
+                if master_avoided {
+                    return Err(RouteError::NoReadable);
+                }
+                master()
+            }
+        }
+    }
+
+    /// A readable replica that satisfies `ok`, by the policy's balance. Round robin
+    /// starts at the cursor and takes the first that qualifies; least outstanding takes
+    /// the one with the smallest [`InFlight`] count, ties to the first from the cursor.
+    fn pick(
+        &self,
+        policy: &ReadPolicy,
+        cursor: &AtomicUsize,
+        ok: impl Fn(&Replica) -> bool,
+    ) -> Option<usize> {
+        let n = self.readable.len();
+        if n == 0 {
+            return None;
+        }
+        let start = cursor.fetch_add(1, Ordering::Relaxed) % n;
+        let candidates = (0..n)
+            .filter_map(|k| self.readable.get((start + k) % n).copied())
+            .filter_map(|i| self.replicas.get(i).map(|r| (i, r)))
+            .filter(|(_, r)| ok(r));
+        match policy.balance {
+            Balance::RoundRobin => candidates.map(|(i, _)| i).next(),
+            Balance::LeastOutstanding => {
+                let mut best: Option<(usize, usize)> = None;
+                for (i, r) in candidates {
+                    let load = r.in_flight.get();
+                    let better = match best {
+                        None => true,
+                        Some((_, b)) => load < b,
+                    };
+                    if better {
+                        best = Some((i, load));
+                        if load == 0 {
+                            break;
                         }
                     }
                 }
-                master()
+                best.map(|(i, _)| i)
+            }
+        }
+    }
+
+    /// The in-flight counter of a target this snapshot chose.
+    pub fn in_flight(&self, target: Target) -> Option<&InFlight> {
+        match target {
+            Target::Master => self.leader.as_ref().map(|l| &l.in_flight),
+            Target::Replica(i) => self.replicas.get(i).map(|r| &r.in_flight),
+        }
+    }
+
+    /// Gives every endpoint of `self` that `prev` also has the counter `prev` has for
+    /// it, so in-flight counts survive a publish.
+    fn adopt_in_flight(&mut self, prev: &Topology) {
+        let find = |e: &Endpoint| -> Option<InFlight> {
+            prev.leader
+                .iter()
+                .map(|l| (&l.endpoint, &l.in_flight))
+                .chain(prev.replicas.iter().map(|r| (&r.endpoint, &r.in_flight)))
+                .find(|(pe, _)| *pe == e)
+                .map(|(_, c)| c.clone())
+        };
+        if let Some(l) = &mut self.leader {
+            if let Some(c) = find(&l.endpoint) {
+                l.in_flight = c;
+            }
+        }
+        for r in self.replicas.iter_mut() {
+            if let Some(c) = find(&r.endpoint) {
+                r.in_flight = c;
             }
         }
     }
@@ -343,6 +494,13 @@ impl Routed {
     pub fn topology(&self) -> &Topology {
         &self.snapshot
     }
+
+    /// The chosen endpoint's in-flight counter.
+    pub fn in_flight(&self) -> &InFlight {
+        self.snapshot
+            .in_flight(self.target)
+            .expect("the target was chosen on this snapshot")
+    }
 }
 
 impl RouteTable {
@@ -375,6 +533,7 @@ impl RouteTable {
                 _ => *highest = Some(epoch),
             }
         }
+        next.adopt_in_flight(&self.current.load());
         self.current.store(Arc::new(next));
         kept
     }
@@ -389,6 +548,13 @@ impl RouteTable {
     pub fn route(&self, intent: Intent) -> Result<Routed, RouteError> {
         let snapshot = self.current.load();
         let target = snapshot.route(intent, &self.policy, &self.cursor)?;
+        Ok(Routed { snapshot, target })
+    }
+
+    /// Routes one intent, never to `avoid` (see [`Topology::route_avoiding`]).
+    pub fn route_avoiding(&self, intent: Intent, avoid: &Endpoint) -> Result<Routed, RouteError> {
+        let snapshot = self.current.load();
+        let target = snapshot.route_avoiding(intent, &self.policy, &self.cursor, avoid)?;
         Ok(Routed { snapshot, target })
     }
 }
@@ -683,6 +849,143 @@ mod tests {
         assert_eq!(table.snapshot().epoch(), Some(Epoch(11)));
     }
 
+    #[test]
+    fn least_outstanding() {
+        let t = cluster(LeaderState::Primary, 500); // readable: r1, r2
+        let p = ReadPolicy {
+            balance: Balance::LeastOutstanding,
+            ..ReadPolicy::default()
+        };
+        let cursor = AtomicUsize::new(0);
+        let pick = |intent| {
+            let target = t.route(intent, &p, &cursor).unwrap();
+            (t.endpoint(target).unwrap().node.clone(), target)
+        };
+        // Idle: ties go round robin.
+        let (a, _) = pick(Intent::Read);
+        let (b, _) = pick(Intent::Read);
+        assert_ne!(a, b);
+        // r1 busy: every read goes to r2 until r1 is back to r2's count.
+        let r1 = t.in_flight(Target::Replica(0)).unwrap();
+        let g1 = r1.enter();
+        let g2 = r1.enter();
+        assert_eq!(r1.get(), 2);
+        for _ in 0..5 {
+            assert_eq!(pick(Intent::Read).0, "r2");
+        }
+        let (_, to_r2) = pick(Intent::Read);
+        let _r2_busy = t.in_flight(to_r2).unwrap().enter();
+        assert_eq!(pick(Intent::Read).0, "r2", "r1 has 2, r2 has 1");
+        drop((g1, g2));
+        assert_eq!(r1.get(), 0);
+        assert_eq!(pick(Intent::Read).0, "r1");
+        // ReadAfter: least loaded among the caught-up ones; r2 (at 900) does not qualify.
+        let _g = r1.enter();
+        assert_eq!(pick(Intent::ReadAfter(Lsn(1000))).0, "r1");
+        // r1 and r2 (at 900) both have one: ties go round robin.
+        let mut seen: Vec<_> = (0..2)
+            .map(|_| pick(Intent::ReadAfter(Lsn(900))).0)
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["r1", "r2"]);
+    }
+
+    #[test]
+    fn route_avoiding_an_endpoint() {
+        let t = cluster(LeaderState::Primary, 500); // readable: r1, r2
+        let cursor = AtomicUsize::new(0);
+        let ep = |target| t.endpoint(target).unwrap().node.clone();
+        for balance in [Balance::RoundRobin, Balance::LeastOutstanding] {
+            let on = ReadPolicy {
+                balance,
+                ..ReadPolicy::default()
+            };
+            let off = ReadPolicy {
+                fallback_to_master: false,
+                ..on
+            };
+            let r1 = t.replicas()[0].endpoint.clone();
+            let m = t.writable_endpoint().unwrap().clone();
+            for _ in 0..4 {
+                assert_eq!(
+                    ep(t.route_avoiding(Intent::Read, &on, &cursor, &r1).unwrap()),
+                    "r2"
+                );
+            }
+            assert_eq!(
+                ep(t.route_avoiding(Intent::Write, &on, &cursor, &m).unwrap()),
+                "m"
+            );
+            // Only r1 is caught up: the master serves the retry.
+            assert_eq!(
+                ep(
+                    t.route_avoiding(Intent::ReadAfter(Lsn(1000)), &on, &cursor, &r1)
+                        .unwrap()
+                ),
+                "m"
+            );
+            let one = cluster(LeaderState::Primary, 0); // readable: r1 only
+            assert_eq!(
+                one.route_avoiding(Intent::Read, &on, &cursor, &r1),
+                Ok(Target::Master)
+            );
+            assert_eq!(
+                one.route_avoiding(Intent::Read, &off, &cursor, &r1),
+                Err(RouteError::NoReadable)
+            );
+            // A read already on the master (the fallback) has nowhere else to go.
+            let none = Topology::build(Some((leader("m", LeaderState::Primary), Epoch(1))), [], 0);
+            assert_eq!(
+                none.route_avoiding(Intent::Read, &on, &cursor, &m),
+                Err(RouteError::NoReadable)
+            );
+            assert_eq!(
+                none.route_avoiding(Intent::ReadAfter(Lsn(1)), &on, &cursor, &m),
+                Err(RouteError::NoReadable)
+            );
+        }
+    }
+
+    #[test]
+    fn in_flight_counters_survive_a_publish() {
+        let table = RouteTable::new(ReadPolicy::default());
+        table.publish(cluster(LeaderState::Primary, 500));
+        let routed = table.route(Intent::Read).unwrap();
+        let node = routed.endpoint().node.clone();
+        let guard = routed.in_flight().enter();
+        drop(routed);
+        // The same cluster again, and one where m is gone and the node is the leader.
+        table.publish(cluster(LeaderState::Primary, 500));
+        let snap = table.snapshot();
+        let r = snap
+            .replicas()
+            .iter()
+            .find(|r| r.endpoint.node == node)
+            .unwrap();
+        assert_eq!(r.in_flight.get(), 1);
+        let promoted = Topology::build(
+            Some((
+                LeaderRecord {
+                    host: format!("{node}.db"),
+                    ..leader(&node, LeaderState::Primary)
+                },
+                Epoch(8),
+            )),
+            [],
+            0,
+        );
+        table.publish(promoted);
+        let snap = table.snapshot();
+        assert_eq!(snap.leader().unwrap().in_flight.get(), 1);
+        drop(guard);
+        assert_eq!(snap.leader().unwrap().in_flight.get(), 0);
+        // Counters never make topologies unequal.
+        assert_eq!(
+            cluster(LeaderState::Primary, 500),
+            cluster(LeaderState::Primary, 500)
+        );
+    }
+
     // Counts allocations made by the current thread, so parallel tests do not disturb
     // the count.
     struct CountingAlloc;
@@ -713,6 +1016,27 @@ mod tests {
             for intent in [Intent::Write, Intent::Read, Intent::ReadAfter(Lsn(i))] {
                 let routed = table.route(intent).unwrap();
                 ports += u32::from(routed.endpoint().port);
+            }
+        }
+        assert_eq!(ALLOCATIONS.with(Cell::get) - before, 0);
+        assert!(ports > 0);
+
+        // Least outstanding, routing around an endpoint, and counting in-flight work
+        // do not allocate either.
+        let table = RouteTable::new(ReadPolicy {
+            balance: Balance::LeastOutstanding,
+            ..ReadPolicy::default()
+        });
+        table.publish(cluster(LeaderState::Primary, 500));
+        let avoid = table.snapshot().replicas()[0].endpoint.clone();
+        drop(table.route(Intent::Read));
+        let before = ALLOCATIONS.with(Cell::get);
+        for i in 0..1000u64 {
+            for intent in [Intent::Write, Intent::Read, Intent::ReadAfter(Lsn(i))] {
+                let routed = table.route(intent).unwrap();
+                let _busy = routed.in_flight().enter();
+                let other = table.route_avoiding(intent, &avoid).unwrap();
+                ports += u32::from(other.endpoint().port);
             }
         }
         assert_eq!(ALLOCATIONS.with(Cell::get) - before, 0);

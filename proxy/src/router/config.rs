@@ -73,6 +73,9 @@ pub struct RouterConfig {
     pub max_lag_bytes: u64,
     /// With no readable replica, read from the master.
     pub read_fallback_to_master: bool,
+    /// How reads are spread over the readable replicas: round robin (default) or
+    /// least outstanding (fewest connections handed out and not yet returned).
+    pub read_balance: Balance,
     pub watch_mode: WatchMode,
     /// PostgreSQL user, database, password and application_name of every connection.
     pub pg_user: String,
@@ -96,6 +99,7 @@ impl Default for RouterConfig {
             pool_wait_timeout_ms: POOL_WAIT_TIMEOUT_MS_DEFAULT,
             max_lag_bytes: ClusterConfig::default().max_lag_bytes,
             read_fallback_to_master: true,
+            read_balance: Balance::RoundRobin,
             watch_mode: WatchMode::Auto,
             pg_user: "postgres".to_owned(),
             pg_dbname: "postgres".to_owned(),
@@ -157,7 +161,7 @@ impl RouterConfig {
     /// The read side of routing these settings give.
     pub fn read_policy(&self) -> ReadPolicy {
         ReadPolicy {
-            balance: Balance::RoundRobin,
+            balance: self.read_balance,
             max_lag_bytes: self.max_lag_bytes,
             fallback_to_master: self.read_fallback_to_master,
         }
@@ -241,6 +245,11 @@ impl RouterBuilder {
         self
     }
 
+    pub fn read_balance(mut self, balance: Balance) -> Self {
+        self.cfg.read_balance = balance;
+        self
+    }
+
     pub fn watch_mode(mut self, mode: WatchMode) -> Self {
         self.cfg.watch_mode = mode;
         self
@@ -310,9 +319,11 @@ mod tests {
         let p = ok
             .max_lag_bytes(7)
             .read_fallback_to_master(false)
+            .read_balance(Balance::LeastOutstanding)
             .config()
             .read_policy();
         assert_eq!(p.max_lag_bytes, 7);
+        assert_eq!(p.balance, Balance::LeastOutstanding);
         assert!(!p.fallback_to_master);
     }
 }

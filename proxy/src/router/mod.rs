@@ -10,6 +10,12 @@
 //! Connections come from one deadpool-postgres pool per endpoint; pools of endpoints
 //! that leave the topology are closed.
 //!
+//! Callers either pick the intent themselves ([`Router::write`], [`Router::read`],
+//! [`Router::read_after`], [`Router::transaction`]) or let the router decide from the
+//! statement's text ([`Router::query`], [`Router::execute`], through
+//! [`classify`]): read-only statements go to a replica, everything else and anything
+//! the classifier does not know to the master.
+//!
 //! ```no_run
 //! use switchyard_proxy::router::Router;
 //!
@@ -47,7 +53,11 @@
 //! // Read-your-writes: a replica that has replayed the token, else the master.
 //! let fresh = router.read_after(&token).await?;
 //! let rows = fresh.query("SELECT n FROM items WHERE name = $1", &[&"pen"]).await?;
-//! # let _ = (n, rows);
+//!
+//! // Automatic routing: the SELECT goes to a replica, the INSERT to the master.
+//! let rows = router.query("SELECT name FROM items WHERE n > $1", &[&0i32]).await?;
+//! let inserted = router.execute("INSERT INTO items (name) VALUES ($1)", &[&"ink"]).await?;
+//! # let _ = (n, rows, inserted);
 //! # Ok(())
 //! # }
 //! ```
@@ -65,16 +75,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use deadpool_postgres::{PoolError, TimeoutType};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 use crate::namespace::Namespace;
 use crate::records::Lsn;
-use crate::topology::{Endpoint, Intent, RouteError, RouteTable, Routed, Topology};
+use crate::topology::{
+    Endpoint, InFlight, InFlightGuard, Intent, RouteError, RouteTable, Routed, Target, Topology,
+};
 
+use classify::Class;
 pub use config::*;
+/// The PostgreSQL client the router's connections are (re-exported so callers use
+/// the same version).
+pub use tokio_postgres;
 
 /// Why a router call failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +150,48 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether the connection failed (could not be made, broke, or its server is
+    /// shutting down) rather than the statement: another node may serve a read.
+    /// A full pool (checkout wait timeout) is not a broken connection.
+    pub fn is_connection_failure(&self) -> bool {
+        match self {
+            Error::Pool { source, .. } => match source {
+                PoolError::Backend(e) => pg_connection_failure(e),
+                PoolError::Timeout(TimeoutType::Create | TimeoutType::Recycle)
+                | PoolError::PostCreateHook(_) => true,
+                // The pool was closed because its endpoint left the topology.
+                PoolError::Closed => true,
+                PoolError::Timeout(TimeoutType::Wait) | PoolError::NoRuntimeSpecified => false,
+            },
+            Error::Postgres(e) => pg_connection_failure(e),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a tokio-postgres error is about the connection, not the statement: closed,
+/// an I/O error, a connection exception (class 08), or the server shutting down or
+/// not accepting connections (57P01, 57P02, 57P03).
+fn pg_connection_failure(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+        }
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// SQLSTATE 25006: the statement needed a read-write transaction (it reached a
+/// standby, or a read-only session). The statement did not run.
+fn read_only_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
 }
 
 /// A commit position: reads with it see the write it was taken after
@@ -144,6 +204,8 @@ pub struct CausalToken(pub Lsn);
 pub struct PooledClient {
     inner: deadpool_postgres::Object,
     endpoint: Endpoint,
+    /// Counts this connection as in flight on its endpoint (least-outstanding reads).
+    _in_flight: InFlightGuard,
 }
 
 impl PooledClient {
@@ -192,6 +254,159 @@ impl DerefMut for PooledClient {
     }
 }
 
+/// The statement a transaction starts with: on a standby it fails at once (0A000,
+/// "cannot set transaction read-write mode during recovery").
+const BEGIN_READ_WRITE: &str = "BEGIN READ WRITE";
+
+/// Whether `BEGIN READ WRITE` failed because the node is a standby.
+fn begin_hit_a_standby(e: &tokio_postgres::Error) -> bool {
+    read_only_violation(e) || e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
+}
+
+/// Takes a connection out of its pool and closes it (its session may be in a state
+/// the next caller must not inherit).
+fn discard(conn: PooledClient) {
+    drop(deadpool_postgres::Object::take(conn.inner));
+}
+
+/// A transaction on the master, from [`Router::transaction`]. Derefs to the
+/// connection (`query`, `execute`, `prepare_cached`, ...). End it with
+/// [`Transaction::commit`] or [`Transaction::rollback`]; dropped without either, its
+/// connection is closed (PostgreSQL rolls back) rather than returned to the pool.
+pub struct Transaction {
+    conn: Option<PooledClient>,
+}
+
+impl Transaction {
+    fn new(conn: PooledClient) -> Self {
+        Transaction { conn: Some(conn) }
+    }
+
+    fn conn(&self) -> &PooledClient {
+        self.conn
+            .as_ref()
+            .expect("present until commit, rollback or drop")
+    }
+
+    /// The node the transaction runs on.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.conn().endpoint()
+    }
+
+    /// Commits. On error the connection is closed, not returned to the pool.
+    pub async fn commit(mut self) -> Result<(), Error> {
+        self.finish("COMMIT").await.map(drop)
+    }
+
+    /// Commits and returns a causal token: [`Router::read_after`] with it sees this
+    /// transaction's writes.
+    pub async fn commit_with_token(mut self) -> Result<CausalToken, Error> {
+        let conn = self.finish("COMMIT").await?;
+        conn.causal_token().await
+    }
+
+    /// Rolls back. On error the connection is closed, not returned to the pool.
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        self.finish("ROLLBACK").await.map(drop)
+    }
+
+    async fn finish(&mut self, sql: &str) -> Result<PooledClient, Error> {
+        let conn = self
+            .conn
+            .take()
+            .expect("present until commit, rollback or drop");
+        match conn.batch_execute(sql).await {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                discard(conn);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            discard(conn);
+        }
+    }
+}
+
+impl Deref for Transaction {
+    type Target = deadpool_postgres::ClientWrapper;
+    fn deref(&self) -> &Self::Target {
+        self.conn()
+    }
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("endpoint", &self.conn.as_ref().map(|c| &c.endpoint))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A routed endpoint, owned (the snapshot guard is not held across awaits).
+struct Picked {
+    endpoint: Endpoint,
+    target: Target,
+    in_flight: InFlight,
+}
+
+impl Picked {
+    fn of(r: &Routed) -> Self {
+        Picked {
+            endpoint: r.endpoint().clone(),
+            target: r.target(),
+            in_flight: r.in_flight().clone(),
+        }
+    }
+}
+
+/// What a routed statement does with its connection.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Query,
+    Execute,
+}
+
+enum Output {
+    Rows(Vec<Row>),
+    Count(u64),
+}
+
+impl Output {
+    fn rows(self) -> Vec<Row> {
+        match self {
+            Output::Rows(r) => r,
+            Output::Count(_) => Vec::new(),
+        }
+    }
+
+    fn count(self) -> u64 {
+        match self {
+            Output::Count(n) => n,
+            Output::Rows(r) => r.len() as u64,
+        }
+    }
+}
+
+impl Op {
+    async fn run(
+        self,
+        conn: &PooledClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Output, tokio_postgres::Error> {
+        match self {
+            Op::Query => conn.query(sql, params).await.map(Output::Rows),
+            Op::Execute => conn.execute(sql, params).await.map(Output::Count),
+        }
+    }
+}
+
 /// State shared by the router handles and the watcher task.
 pub(crate) struct Shared {
     pub(crate) cfg: RouterConfig,
@@ -204,6 +419,27 @@ pub(crate) struct Shared {
     /// Nanoseconds from `started` to the last successful read of the namespace.
     last_read_ns: AtomicU64,
     one_shot: AtomicBool,
+    retries: Retries,
+}
+
+#[derive(Debug, Default)]
+struct Retries {
+    write_on_master: AtomicU64,
+    read_elsewhere: AtomicU64,
+    read_on_master: AtomicU64,
+}
+
+/// How often the router retried a statement since it was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryCounts {
+    /// Writes (and transaction begins) that reached a read-only node (a stale route)
+    /// and were retried on the master after a refresh.
+    pub write_on_master: u64,
+    /// Reads whose connection failed and that were retried on another node.
+    pub read_elsewhere: u64,
+    /// Reads that failed on a replica with SQLSTATE 25006 and were retried on the
+    /// master.
+    pub read_on_master: u64,
 }
 
 impl Shared {
@@ -260,6 +496,7 @@ impl Router {
             started: Instant::now(),
             last_read_ns: AtomicU64::new(0),
             one_shot: AtomicBool::new(false),
+            retries: Retries::default(),
             cfg,
         });
         let (w, events) = watcher::Watcher::start(shared.clone()).await?;
@@ -295,11 +532,17 @@ impl Router {
     /// node), waits for published snapshots up to `write_wait_ms`, then returns the
     /// last [`RouteError`] (retryable). Waiting is on a notification, not a poll.
     pub async fn route(&self, intent: Intent) -> Result<Endpoint, RouteError> {
+        self.pick(intent).await.map(|p| p.endpoint)
+    }
+
+    /// Routes `intent`, waiting like [`Router::route`]; the endpoint with its in-flight
+    /// counter.
+    async fn pick(&self, intent: Intent) -> Result<Picked, RouteError> {
         let shared = self.shared();
         // Subscribe before the first try so no publish in between is missed.
         let mut published = shared.published.subscribe();
         let mut last = match shared.table.route(intent) {
-            Ok(r) => return Ok(r.endpoint().clone()),
+            Ok(r) => return Ok(Picked::of(&r)),
             Err(e) => e,
         };
         let deadline = tokio::time::Instant::now() + shared.cfg.write_wait();
@@ -310,24 +553,37 @@ impl Router {
                 Ok(Err(_)) | Err(_) => return Err(last),
             }
             match shared.table.route(intent) {
-                Ok(r) => return Ok(r.endpoint().clone()),
+                Ok(r) => return Ok(Picked::of(&r)),
                 Err(e) => last = e,
             }
         }
     }
 
-    async fn checkout(&self, intent: Intent) -> Result<PooledClient, Error> {
-        let endpoint = self.route(intent).await?;
-        let pool = self.shared().pools.get(&self.shared().cfg, &endpoint);
+    /// A connection from the pool of a picked endpoint.
+    async fn connect_to(&self, picked: Picked) -> Result<PooledClient, Error> {
+        let pool = self
+            .shared()
+            .pools
+            .get(&self.shared().cfg, &picked.endpoint);
+        let in_flight = picked.in_flight.enter();
         match pool.get().await {
-            Ok(inner) => Ok(PooledClient { inner, endpoint }),
+            Ok(inner) => Ok(PooledClient {
+                inner,
+                endpoint: picked.endpoint,
+                _in_flight: in_flight,
+            }),
             Err(source) => Err(Error::Pool {
-                node: endpoint.node,
-                host: endpoint.host,
-                port: endpoint.port,
+                node: picked.endpoint.node,
+                host: picked.endpoint.host,
+                port: picked.endpoint.port,
                 source,
             }),
         }
+    }
+
+    async fn checkout(&self, intent: Intent) -> Result<PooledClient, Error> {
+        let picked = self.pick(intent).await?;
+        self.connect_to(picked).await
     }
 
     /// A connection to the master (a leader in state `primary`); waits up to
@@ -336,8 +592,9 @@ impl Router {
         self.checkout(Intent::Write).await
     }
 
-    /// A connection to a live replica within the lag bound (round robin), else to
-    /// the master when `read_fallback_to_master` is on.
+    /// A connection to a live replica within the lag bound (by the read policy:
+    /// round robin or least outstanding), else to the master when
+    /// `read_fallback_to_master` is on.
     pub async fn read(&self) -> Result<PooledClient, Error> {
         self.checkout(Intent::Read).await
     }
@@ -356,19 +613,193 @@ impl Router {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
+        self.run_write(sql, params, Op::Execute)
+            .await
+            .map(Output::count)
+    }
+
+    /// Runs one statement where its text says it may run, and returns its rows.
+    ///
+    /// [`classify`] decides: a read-only statement (`SELECT` without locking clauses,
+    /// data-modifying CTEs or side-effecting functions, `SHOW`, `EXPLAIN` without
+    /// `ANALYZE`, `VALUES`, `TABLE`) goes to a replica by the read policy; anything
+    /// else, and anything the classifier does not understand, to the master.
+    ///
+    /// - A read whose connection fails (cannot connect, breaks, server shutting down)
+    ///   is retried once on another readable node (another replica, else the master as
+    ///   `read_fallback_to_master` allows). A read that fails on a replica with SQLSTATE
+    ///   25006 (it called something that writes) did not run and is retried once on the
+    ///   master.
+    /// - A write that reaches a non-master (25006, a stale route) did not run: the
+    ///   topology is re-read and it is retried once on the master. A write whose
+    ///   connection broke after it was sent is not retried (it may have committed).
+    ///
+    /// Each call runs in its own implicit transaction on a pooled connection; for
+    /// several statements in one transaction use [`Router::transaction`].
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.run(classify::classify(sql), sql, params, Op::Query)
+            .await
+            .map(Output::rows)
+    }
+
+    /// Like [`Router::query`], for statements whose rows are not needed: returns the
+    /// number of rows affected. Routed and retried the same way.
+    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        self.run(classify::classify(sql), sql, params, Op::Execute)
+            .await
+            .map(Output::count)
+    }
+
+    async fn run(
+        &self,
+        class: Class,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        op: Op,
+    ) -> Result<Output, Error> {
+        match class {
+            Class::Read => self.run_read(sql, params, op).await,
+            Class::Write => self.run_write(sql, params, op).await,
+        }
+    }
+
+    async fn run_read(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        op: Op,
+    ) -> Result<Output, Error> {
+        let picked = self.pick(Intent::Read).await?;
+        let endpoint = picked.endpoint.clone();
+        let on_master = picked.target == Target::Master;
+        let first = match self.connect_to(picked).await {
+            Ok(conn) => op.run(&conn, sql, params).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        let err = match first {
+            Ok(out) => return Ok(out),
+            Err(e) => e,
+        };
+        if !on_master && matches!(&err, Error::Postgres(e) if read_only_violation(e)) {
+            tracing::debug!(
+                sql,
+                node = endpoint.node,
+                "read needed a read-write transaction (25006): retrying once on the master"
+            );
+            self.shared()
+                .retries
+                .read_on_master
+                .fetch_add(1, Ordering::Relaxed);
+            let conn = self.write().await?;
+            return Ok(op.run(&conn, sql, params).await?);
+        }
+        if !err.is_connection_failure() {
+            return Err(err);
+        }
+        let Ok(other) = self.shared().table.route_avoiding(Intent::Read, &endpoint) else {
+            return Err(err);
+        };
+        let other = Picked::of(&other);
+        tracing::info!(error = %err, failed = endpoint.node, retry = other.endpoint.node, "read connection failed: retrying once elsewhere");
+        self.shared()
+            .retries
+            .read_elsewhere
+            .fetch_add(1, Ordering::Relaxed);
+        let conn = self.connect_to(other).await?;
+        Ok(op.run(&conn, sql, params).await?)
+    }
+
+    async fn run_write(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        op: Op,
+    ) -> Result<Output, Error> {
         let first = {
             let conn = self.write().await?;
-            conn.execute(sql, params).await
+            op.run(&conn, sql, params).await
         };
         match first {
-            Ok(n) => Ok(n),
-            Err(e) if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => {
+            Ok(out) => Ok(out),
+            Err(e) if read_only_violation(&e) => {
                 tracing::info!("write reached a read-only node (25006): refreshing the topology and retrying once");
+                self.shared()
+                    .retries
+                    .write_on_master
+                    .fetch_add(1, Ordering::Relaxed);
                 self.refresh().await?;
                 let conn = self.write().await?;
-                Ok(conn.execute(sql, params).await?)
+                Ok(op.run(&conn, sql, params).await?)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A transaction on the master: `BEGIN READ WRITE` on a master connection, which
+    /// stays checked out until [`Transaction::commit`] or [`Transaction::rollback`].
+    /// The transaction derefs to the connection for its statements.
+    ///
+    /// If the connection reaches a standby (a stale route), `BEGIN READ WRITE` fails
+    /// there (nothing ran): the topology is re-read and the transaction begins once more
+    /// on the master. Dropping a transaction that was neither committed nor rolled back
+    /// closes its connection instead of returning it to the pool, so PostgreSQL rolls
+    /// it back and no open transaction is handed to the next caller.
+    ///
+    /// ```no_run
+    /// # async fn run(router: switchyard_proxy::router::Router)
+    /// #     -> Result<(), switchyard_proxy::router::Error> {
+    /// let tx = router.transaction().await?;
+    /// tx.execute("UPDATE accounts SET balance = balance - $1 WHERE id = $2", &[&10i64, &1i32])
+    ///     .await?;
+    /// tx.execute("UPDATE accounts SET balance = balance + $1 WHERE id = $2", &[&10i64, &2i32])
+    ///     .await?;
+    /// // Commit and take a causal token: reads with it see both updates.
+    /// let token = tx.commit_with_token().await?;
+    /// let conn = router.read_after(&token).await?;
+    /// let row = conn.query_one("SELECT balance FROM accounts WHERE id = $1", &[&2i32]).await?;
+    /// # let _ = row;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn transaction(&self) -> Result<Transaction, Error> {
+        let conn = self.write().await?;
+        match conn.batch_execute(BEGIN_READ_WRITE).await {
+            Ok(()) => Ok(Transaction::new(conn)),
+            Err(e) if begin_hit_a_standby(&e) => {
+                tracing::info!(node = conn.endpoint().node, "BEGIN READ WRITE refused (a standby): refreshing the topology and retrying once");
+                discard(conn);
+                self.shared()
+                    .retries
+                    .write_on_master
+                    .fetch_add(1, Ordering::Relaxed);
+                self.refresh().await?;
+                let conn = self.write().await?;
+                match conn.batch_execute(BEGIN_READ_WRITE).await {
+                    Ok(()) => Ok(Transaction::new(conn)),
+                    Err(e) => {
+                        discard(conn);
+                        Err(e.into())
+                    }
+                }
+            }
+            Err(e) => {
+                discard(conn);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// How often the router retried (see [`RetryCounts`]).
+    pub fn retry_counts(&self) -> RetryCounts {
+        let r = &self.shared().retries;
+        RetryCounts {
+            write_on_master: r.write_on_master.load(Ordering::Relaxed),
+            read_elsewhere: r.read_elsewhere.load(Ordering::Relaxed),
+            read_on_master: r.read_on_master.load(Ordering::Relaxed),
         }
     }
 
