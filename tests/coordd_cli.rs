@@ -123,3 +123,36 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.to_lowercase().contains("lock"), "{stderr}");
 }
+
+/// Names of the process's threads, from /proc.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let comm = task.unwrap().path().join("comm");
+        if let Ok(name) = std::fs::read_to_string(comm) {
+            names.push(name.trim().to_string());
+        }
+    }
+    names
+}
+
+#[test]
+fn worker_threads_sets_the_serving_threads() {
+    for (workers, tokio_workers_expected) in [(1usize, 0usize), (3, 3)] {
+        let server =
+            support::coordd::Coordd::start_with(&["--worker-threads", &workers.to_string()]);
+        let addr = server.connect_string().parse().unwrap();
+        assert_eq!(four_letter(addr, "ruok").as_deref(), Some("imok"));
+        let names = thread_names(server.pid().expect("coordd running"));
+        let tokio_workers = names
+            .iter()
+            .filter(|n| n.starts_with("tokio-r"))
+            .count();
+        // One worker is a current-thread runtime on the main thread: no tokio worker
+        // threads at all; N > 1 is a multi-thread runtime with exactly N.
+        assert_eq!(
+            tokio_workers, tokio_workers_expected,
+            "--worker-threads {workers}: {names:?}"
+        );
+    }
+}

@@ -27,10 +27,17 @@ fn main() -> std::process::ExitCode {
             "fsync is OFF (--no-fsync): acknowledged writes can be lost on a crash or power loss"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One worker: everything but the log writer on this thread (a current-thread
+    // runtime: no work stealing, no cross-thread wake-ups between a connection's
+    // tasks and the core). More: a multi-thread runtime with that many workers.
+    let mut builder = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.worker_threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("coordd: cannot start the runtime: {e}");
