@@ -32,6 +32,10 @@ pub const POOL_MAX_SIZE_DEFAULT: usize = 16;
 pub const POOL_MAX_SIZE_RANGE: RangeInclusive<usize> = 1..=1_000;
 /// Default [`RouterConfig::pool_wait_timeout_ms`].
 pub const POOL_WAIT_TIMEOUT_MS_DEFAULT: u32 = 5_000;
+/// Default [`RouterConfig::master_suspect_ms`].
+pub const MASTER_SUSPECT_MS_DEFAULT: u64 = 5_000;
+/// Bound of [`RouterConfig::master_suspect_ms`] (0 turns suspicion off).
+pub const MASTER_SUSPECT_MS_RANGE: RangeInclusive<u64> = 0..=60_000;
 
 /// How the router watches the cluster's znodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +73,10 @@ pub struct RouterConfig {
     pub pool_max_size: usize,
     /// How long a checkout waits for a free connection of a full pool.
     pub pool_wait_timeout_ms: u32,
+    /// After a connection to the master fails, how long writes wait for a topology
+    /// change (each bounded by `write_wait_ms`) before trying that master again.
+    /// 0: no suspicion, every write tries the master.
+    pub master_suspect_ms: u64,
     /// Replicas further behind the master than this get no reads.
     pub max_lag_bytes: u64,
     /// With no readable replica, read from the master.
@@ -97,6 +105,7 @@ impl Default for RouterConfig {
             pg_connect_timeout_ms: PG_CONNECT_TIMEOUT_MS_DEFAULT,
             pool_max_size: POOL_MAX_SIZE_DEFAULT,
             pool_wait_timeout_ms: POOL_WAIT_TIMEOUT_MS_DEFAULT,
+            master_suspect_ms: MASTER_SUSPECT_MS_DEFAULT,
             max_lag_bytes: ClusterConfig::default().max_lag_bytes,
             read_fallback_to_master: true,
             read_balance: Balance::RoundRobin,
@@ -136,6 +145,11 @@ impl RouterConfig {
         let ns =
             Namespace::new(&self.root, &self.cluster).map_err(|e| Error::Config(e.to_string()))?;
         within("write_wait_ms", self.write_wait_ms, WRITE_WAIT_MS_RANGE)?;
+        within(
+            "master_suspect_ms",
+            self.master_suspect_ms,
+            MASTER_SUSPECT_MS_RANGE,
+        )?;
         within(
             "session_timeout_ms",
             self.session_timeout_ms,
@@ -235,6 +249,11 @@ impl RouterBuilder {
         self
     }
 
+    pub fn master_suspect_ms(mut self, ms: u64) -> Self {
+        self.cfg.master_suspect_ms = ms;
+        self
+    }
+
     pub fn max_lag_bytes(mut self, bytes: u64) -> Self {
         self.cfg.max_lag_bytes = bytes;
         self
@@ -304,6 +323,7 @@ mod tests {
             ok.clone().cluster("a/b"),
             ok.clone().root("rel"),
             ok.clone().write_wait_ms(60_001),
+            ok.clone().master_suspect_ms(60_001),
             ok.clone().pool_max_size(0),
             ok.clone().pg_connect_timeout_ms(0),
             ok.clone().session_timeout_ms(10),

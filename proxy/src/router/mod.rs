@@ -71,7 +71,7 @@ mod pools;
 mod watcher;
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use crate::election::Epoch;
 use crate::namespace::Namespace;
 use crate::records::Lsn;
 use crate::topology::{
@@ -127,6 +128,10 @@ pub enum Error {
     /// task is gone.
     #[error("topology refresh did not finish in time")]
     RefreshTimeout,
+    /// A connection to the master failed moments ago (`master_suspect_ms`) and no new
+    /// master was published within `write_wait_ms`. Retryable.
+    #[error("master {node} is suspect (a connection to it failed) and no new master came within write_wait_ms")]
+    MasterSuspect { node: String },
 }
 
 impl Error {
@@ -134,7 +139,10 @@ impl Error {
     /// (failover in progress, an endpoint leaving, a coordination hiccup).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Route(_) | Error::Pool { .. } | Error::RefreshTimeout => true,
+            Error::Route(_)
+            | Error::Pool { .. }
+            | Error::RefreshTimeout
+            | Error::MasterSuspect { .. } => true,
             Error::Coord(e) => !matches!(e, coordd_client::Error::InvalidArgument(_)),
             Error::Postgres(e) => {
                 e.is_closed() || e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
@@ -206,6 +214,8 @@ pub struct PooledClient {
     endpoint: Endpoint,
     /// Counts this connection as in flight on its endpoint (least-outstanding reads).
     _in_flight: InFlightGuard,
+    /// The leader epoch, when this is a connection to the master.
+    master_epoch: Option<Epoch>,
 }
 
 impl PooledClient {
@@ -252,6 +262,18 @@ impl DerefMut for PooledClient {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.inner
     }
+}
+
+/// Waits for the next published snapshot until `deadline`; false when it passed or
+/// the watcher is gone.
+async fn wait_for_publish(
+    published: &mut watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    matches!(
+        tokio::time::timeout_at(deadline, published.changed()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// The statement a transaction starts with: on a standby it fails at once (0A000,
@@ -353,6 +375,8 @@ struct Picked {
     endpoint: Endpoint,
     target: Target,
     in_flight: InFlight,
+    /// The leader epoch when the target is the master.
+    master_epoch: Option<Epoch>,
 }
 
 impl Picked {
@@ -361,6 +385,10 @@ impl Picked {
             endpoint: r.endpoint().clone(),
             target: r.target(),
             in_flight: r.in_flight().clone(),
+            master_epoch: match r.target() {
+                Target::Master => r.topology().epoch(),
+                Target::Replica(_) => None,
+            },
         }
     }
 }
@@ -418,9 +446,18 @@ pub(crate) struct Shared {
     started: Instant,
     /// Nanoseconds from `started` to the last successful read of the namespace.
     last_read_ns: AtomicU64,
+    /// The watcher's view is current: its session is connected and no re-read is
+    /// pending. The topology's age is zero then.
+    in_sync: AtomicBool,
     one_shot: AtomicBool,
     retries: Retries,
+    /// The leader epoch whose master a failed connection made suspect
+    /// ([`NO_SUSPECT`]: none), and until when (nanoseconds from `started`).
+    suspect_epoch: AtomicI64,
+    suspect_until_ns: AtomicU64,
 }
+
+const NO_SUSPECT: i64 = i64::MIN;
 
 #[derive(Debug, Default)]
 struct Retries {
@@ -443,9 +480,49 @@ pub struct RetryCounts {
 }
 
 impl Shared {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn mark_read(&self) {
-        let ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_read_ns.store(ns, Ordering::Relaxed);
+        self.last_read_ns.store(self.now_ns(), Ordering::Relaxed);
+    }
+
+    /// The view is current (true) or may have fallen behind from now on (false).
+    pub(crate) fn set_in_sync(&self, in_sync: bool) {
+        if !in_sync && self.in_sync.load(Ordering::Relaxed) {
+            // It was current until now.
+            self.mark_read();
+        }
+        self.in_sync.store(in_sync, Ordering::Relaxed);
+    }
+
+    /// Marks the master of `epoch` suspect for `master_suspect_ms`.
+    fn mark_suspect(&self, epoch: Option<Epoch>, node: &str) {
+        let Some(epoch) = epoch else { return };
+        if self.cfg.master_suspect_ms == 0 {
+            return;
+        }
+        let until = self
+            .now_ns()
+            .saturating_add(self.cfg.master_suspect_ms.saturating_mul(1_000_000));
+        self.suspect_until_ns.store(until, Ordering::Relaxed);
+        self.suspect_epoch.store(epoch.0, Ordering::Relaxed);
+        tracing::warn!(node, epoch = %epoch, suspect_ms = self.cfg.master_suspect_ms, "master connection failed: writes wait for a topology change");
+    }
+
+    /// Until when the master of `epoch` is suspect, if it is.
+    fn suspect_until(&self, epoch: Option<Epoch>) -> Option<tokio::time::Instant> {
+        let epoch = epoch?;
+        if self.suspect_epoch.load(Ordering::Relaxed) != epoch.0 {
+            return None;
+        }
+        let until_ns = self.suspect_until_ns.load(Ordering::Relaxed);
+        if self.now_ns() >= until_ns {
+            return None;
+        }
+        let at = self.started.checked_add(Duration::from_nanos(until_ns))?;
+        Some(tokio::time::Instant::from_std(at))
     }
 }
 
@@ -495,8 +572,11 @@ impl Router {
             pools: pools::Pools::default(),
             started: Instant::now(),
             last_read_ns: AtomicU64::new(0),
+            in_sync: AtomicBool::new(false),
             one_shot: AtomicBool::new(false),
             retries: Retries::default(),
+            suspect_epoch: AtomicI64::new(NO_SUSPECT),
+            suspect_until_ns: AtomicU64::new(0),
             cfg,
         });
         let (w, events) = watcher::Watcher::start(shared.clone()).await?;
@@ -571,6 +651,7 @@ impl Router {
                 inner,
                 endpoint: picked.endpoint,
                 _in_flight: in_flight,
+                master_epoch: picked.master_epoch,
             }),
             Err(source) => Err(Error::Pool {
                 node: picked.endpoint.node,
@@ -588,8 +669,64 @@ impl Router {
 
     /// A connection to the master (a leader in state `primary`); waits up to
     /// `write_wait_ms` for one during a failover.
+    ///
+    /// When connecting to the master fails (refused, timed out, server shutting down),
+    /// the master is marked suspect for `master_suspect_ms`: writes then wait for the
+    /// next topology change (a new leader), bounded by `write_wait_ms`, instead of
+    /// connecting to it again; this call itself waits the same way (connecting did
+    /// not run anything, so trying the next master is safe). Once the suspicion lapses
+    /// the master is tried again.
     pub async fn write(&self) -> Result<PooledClient, Error> {
-        self.checkout(Intent::Write).await
+        let shared = self.shared();
+        let deadline = tokio::time::Instant::now() + shared.cfg.write_wait();
+        // Subscribe before the first try so no publish in between is missed.
+        let mut published = shared.published.subscribe();
+        let mut last_err: Option<Error> = None;
+        loop {
+            let picked = match shared.table.route(Intent::Write) {
+                Ok(r) => Picked::of(&r),
+                Err(e) => {
+                    if !wait_for_publish(&mut published, deadline).await {
+                        return Err(last_err.unwrap_or(Error::Route(e)));
+                    }
+                    continue;
+                }
+            };
+            if let Some(until) = shared.suspect_until(picked.master_epoch) {
+                let wake = until.min(deadline);
+                match tokio::time::timeout_at(wake, published.changed()).await {
+                    // A new snapshot: route again (a new leader clears the suspicion).
+                    Ok(Ok(())) => continue,
+                    // The suspicion lapsed before our deadline: try the master again.
+                    Err(_) if wake < deadline => continue,
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(last_err.unwrap_or(Error::MasterSuspect {
+                            node: picked.endpoint.node,
+                        }))
+                    }
+                }
+            }
+            let (epoch, node) = (picked.master_epoch, picked.endpoint.node.clone());
+            match self.connect_to(picked).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if e.is_connection_failure() && shared.cfg.master_suspect_ms > 0 => {
+                    if !matches!(
+                        e,
+                        Error::Pool {
+                            source: PoolError::Closed,
+                            ..
+                        }
+                    ) {
+                        shared.mark_suspect(epoch, &node);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A connection to a live replica within the lag bound (by the read policy:
@@ -721,7 +858,15 @@ impl Router {
     ) -> Result<Output, Error> {
         let first = {
             let conn = self.write().await?;
-            op.run(&conn, sql, params).await
+            let r = op.run(&conn, sql, params).await;
+            if let Err(e) = &r {
+                if pg_connection_failure(e) {
+                    // Sent, so not retried (it may have committed); later writes wait.
+                    self.shared()
+                        .mark_suspect(conn.master_epoch, &conn.endpoint.node);
+                }
+            }
+            r
         };
         match first {
             Ok(out) => Ok(out),
@@ -829,10 +974,15 @@ impl Router {
         self.shared().table.snapshot()
     }
 
-    /// Time since the namespace was last read successfully (the topology's age, for
-    /// a metric). Grows while the ensemble is unreachable.
+    /// How far behind the topology may be (the topology's age, for a metric): zero
+    /// while the watcher's session is connected with its watch armed and no re-read
+    /// pending (changes arrive as watch events); otherwise the time since that last
+    /// held. Grows while the ensemble is unreachable.
     pub fn snapshot_age(&self) -> Duration {
         let s = self.shared();
+        if s.in_sync.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
         let at = Duration::from_nanos(s.last_read_ns.load(Ordering::Relaxed));
         s.started.elapsed().saturating_sub(at)
     }

@@ -81,6 +81,22 @@ impl Pools {
         });
     }
 
+    /// Closes and forgets the pool of `ep` (e.g. the old master after a leader
+    /// change), if there is one. A later checkout makes a new pool.
+    pub(crate) fn close(&self, ep: &Endpoint, why: &str) {
+        let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = map.remove(ep) {
+            tracing::info!(
+                node = ep.node,
+                host = ep.host,
+                port = ep.port,
+                why,
+                "pool closed"
+            );
+            pool.close();
+        }
+    }
+
     pub(crate) fn close_all(&self) {
         self.retain(&[]);
     }

@@ -71,6 +71,7 @@ impl Watcher {
         };
         w.arm().await?;
         w.full_read().await?;
+        w.synced();
         Ok((w, events))
     }
 
@@ -157,24 +158,34 @@ impl Watcher {
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    None => return true,
+                    None => {
+                        self.shared.set_in_sync(false);
+                        return true;
+                    }
                     Some(ev) if ev.event_type == EventType::None => {
                         if matches!(ev.state, coordd_client::KeeperState::Expired | coordd_client::KeeperState::Closed) {
+                            self.shared.set_in_sync(false);
                             return true;
                         }
                     }
-                    Some(ev) => {
-                        if let Err(e) = self.on_event(&ev).await {
+                    Some(ev) => match self.on_event(&ev).await {
+                        Ok(()) if !dirty => self.synced(),
+                        Ok(()) => {}
+                        Err(e) => {
                             tracing::warn!(error = %e, path = %ev.path, "re-read after a watch event failed");
                             dirty = true;
+                            self.shared.set_in_sync(false);
                         }
-                    }
+                    },
                 },
                 changed = state_rx.changed() => {
                     if changed.is_err() {
+                        self.shared.set_in_sync(false);
                         return true;
                     }
                     let state = *state_rx.borrow_and_update();
+                    // Whatever the change, the view may be behind until re-read.
+                    self.shared.set_in_sync(false);
                     match state {
                         // Connected again after a disconnect (or a change we only saw
                         // the end of): events may have been missed.
@@ -188,6 +199,11 @@ impl Watcher {
                     Some(reply) => {
                         let r = self.full_read().await;
                         dirty = r.is_err();
+                        if dirty {
+                            self.shared.set_in_sync(false);
+                        } else {
+                            self.synced();
+                        }
                         let _ = reply.send(r);
                     }
                 },
@@ -199,6 +215,7 @@ impl Watcher {
                     Ok(()) => {
                         dirty = false;
                         backoff = RETRY_MIN;
+                        self.synced();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "full topology re-read failed; retrying");
@@ -208,6 +225,13 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// The view was just read in full or kept current by an event: it is in sync
+    /// while the session stays connected.
+    fn synced(&self) {
+        self.shared
+            .set_in_sync(self.client.state() == SessionState::Connected);
     }
 
     /// Re-reads what one event names, then publishes.
@@ -337,8 +361,11 @@ impl Watcher {
     }
 
     /// Builds and publishes the snapshot of the view; closes the pools of endpoints
-    /// that left it; wakes the callers waiting for a topology.
+    /// that left it and, on a leader change, the old master's pool (even if the node
+    /// stays as a replica: no connection made while it was master survives); wakes
+    /// the callers waiting for a topology.
     fn publish(&self) {
+        let before = self.shared.table.snapshot();
         let topology = Topology::build(
             self.view.leader.clone(),
             self.view.members.values().cloned(),
@@ -354,6 +381,15 @@ impl Watcher {
         }
         self.shared.table.publish(topology);
         self.shared.mark_read();
+        let after = self.shared.table.snapshot();
+        if let Some(old) = before.leader() {
+            let same = after
+                .leader()
+                .is_some_and(|l| l.epoch == old.epoch && l.endpoint == old.endpoint);
+            if !same {
+                self.shared.pools.close(&old.endpoint, "leader changed");
+            }
+        }
         self.shared.pools.retain(&keep);
         self.shared
             .published
