@@ -67,6 +67,7 @@
 
 pub mod classify;
 mod config;
+pub mod metrics;
 mod pools;
 mod watcher;
 
@@ -91,6 +92,7 @@ use crate::topology::{
 
 use classify::Class;
 pub use config::*;
+use metrics::{Retry, RouterMetrics};
 /// The PostgreSQL client the router's connections are (re-exported so callers use
 /// the same version).
 pub use tokio_postgres;
@@ -372,6 +374,7 @@ impl std::fmt::Debug for Transaction {
 
 /// A routed endpoint, owned (the snapshot guard is not held across awaits).
 struct Picked {
+    intent: Intent,
     endpoint: Endpoint,
     target: Target,
     in_flight: InFlight,
@@ -380,8 +383,9 @@ struct Picked {
 }
 
 impl Picked {
-    fn of(r: &Routed) -> Self {
+    fn of(intent: Intent, r: &Routed) -> Self {
         Picked {
+            intent,
             endpoint: r.endpoint().clone(),
             target: r.target(),
             in_flight: r.in_flight().clone(),
@@ -455,6 +459,7 @@ pub(crate) struct Shared {
     /// ([`NO_SUSPECT`]: none), and until when (nanoseconds from `started`).
     suspect_epoch: AtomicI64,
     suspect_until_ns: AtomicU64,
+    metrics: RouterMetrics,
 }
 
 const NO_SUSPECT: i64 = i64::MIN;
@@ -480,6 +485,25 @@ pub struct RetryCounts {
 }
 
 impl Shared {
+    fn retried(&self, kind: Retry) {
+        let counter = match kind {
+            Retry::WriteOnMaster => &self.retries.write_on_master,
+            Retry::ReadElsewhere => &self.retries.read_elsewhere,
+            Retry::ReadOnMaster => &self.retries.read_on_master,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics.retried(kind);
+    }
+
+    /// See [`Router::snapshot_age`].
+    fn topology_age(&self) -> Duration {
+        if self.in_sync.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let at = Duration::from_nanos(self.last_read_ns.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(at)
+    }
+
     fn now_ns(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -530,6 +554,8 @@ struct Handle {
     shared: Arc<Shared>,
     refresh_tx: mpsc::Sender<watcher::RefreshReply>,
     task: JoinHandle<()>,
+    /// Sets the topology age gauge every `TOPOLOGY_AGE_INTERVAL_MS`.
+    age_task: JoinHandle<()>,
 }
 
 impl Drop for Handle {
@@ -537,6 +563,7 @@ impl Drop for Handle {
     /// and close every pool.
     fn drop(&mut self) {
         self.task.abort();
+        self.age_task.abort();
         self.shared.pools.close_all();
     }
 }
@@ -577,17 +604,32 @@ impl Router {
             retries: Retries::default(),
             suspect_epoch: AtomicI64::new(NO_SUSPECT),
             suspect_until_ns: AtomicU64::new(0),
+            metrics: RouterMetrics::new(&cfg.cluster),
             cfg,
         });
         let (w, events) = watcher::Watcher::start(shared.clone()).await?;
         shared.one_shot.store(w.one_shot(), Ordering::Relaxed);
         let (refresh_tx, refresh_rx) = mpsc::channel(16);
         let task = tokio::spawn(w.run(events, refresh_rx));
+        let age_task = tokio::spawn({
+            let shared = Arc::downgrade(&shared);
+            async move {
+                let mut tick =
+                    tokio::time::interval(Duration::from_millis(metrics::TOPOLOGY_AGE_INTERVAL_MS));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(s) = shared.upgrade() else { return };
+                    s.metrics.topology_age(s.topology_age());
+                }
+            }
+        });
         Ok(Router {
             handle: Arc::new(Handle {
                 shared,
                 refresh_tx,
                 task,
+                age_task,
             }),
         })
     }
@@ -622,37 +664,44 @@ impl Router {
         // Subscribe before the first try so no publish in between is missed.
         let mut published = shared.published.subscribe();
         let mut last = match shared.table.route(intent) {
-            Ok(r) => return Ok(Picked::of(&r)),
+            Ok(r) => return Ok(Picked::of(intent, &r)),
             Err(e) => e,
         };
-        let deadline = tokio::time::Instant::now() + shared.cfg.write_wait();
-        loop {
+        let started = tokio::time::Instant::now();
+        let deadline = started + shared.cfg.write_wait();
+        let r = loop {
             match tokio::time::timeout_at(deadline, published.changed()).await {
                 Ok(Ok(())) => {}
                 // Deadline passed, or the watcher is gone (no snapshot will come).
-                Ok(Err(_)) | Err(_) => return Err(last),
+                Ok(Err(_)) | Err(_) => break Err(last),
             }
             match shared.table.route(intent) {
-                Ok(r) => return Ok(Picked::of(&r)),
+                Ok(r) => break Ok(Picked::of(intent, &r)),
                 Err(e) => last = e,
             }
-        }
+        };
+        shared.metrics.waited(intent, started.elapsed());
+        r
     }
 
     /// A connection from the pool of a picked endpoint.
     async fn connect_to(&self, picked: Picked) -> Result<PooledClient, Error> {
-        let pool = self
-            .shared()
-            .pools
-            .get(&self.shared().cfg, &picked.endpoint);
+        let shared = self.shared();
+        let (pool, endpoint_metrics) =
+            shared
+                .pools
+                .get(&shared.cfg, &picked.endpoint, &shared.metrics);
         let in_flight = picked.in_flight.enter();
         match pool.get().await {
-            Ok(inner) => Ok(PooledClient {
-                inner,
-                endpoint: picked.endpoint,
-                _in_flight: in_flight,
-                master_epoch: picked.master_epoch,
-            }),
+            Ok(inner) => {
+                endpoint_metrics.routed(picked.intent);
+                Ok(PooledClient {
+                    inner,
+                    endpoint: picked.endpoint,
+                    _in_flight: in_flight,
+                    master_epoch: picked.master_epoch,
+                })
+            }
             Err(source) => Err(Error::Pool {
                 node: picked.endpoint.node,
                 host: picked.endpoint.host,
@@ -678,14 +727,31 @@ impl Router {
     /// the master is tried again.
     pub async fn write(&self) -> Result<PooledClient, Error> {
         let shared = self.shared();
-        let deadline = tokio::time::Instant::now() + shared.cfg.write_wait();
+        let started = tokio::time::Instant::now();
+        let mut waited = false;
+        let r = self
+            .write_until(started + shared.cfg.write_wait(), &mut waited)
+            .await;
+        if waited {
+            shared.metrics.waited(Intent::Write, started.elapsed());
+        }
+        r
+    }
+
+    async fn write_until(
+        &self,
+        deadline: tokio::time::Instant,
+        waited: &mut bool,
+    ) -> Result<PooledClient, Error> {
+        let shared = self.shared();
         // Subscribe before the first try so no publish in between is missed.
         let mut published = shared.published.subscribe();
         let mut last_err: Option<Error> = None;
         loop {
             let picked = match shared.table.route(Intent::Write) {
-                Ok(r) => Picked::of(&r),
+                Ok(r) => Picked::of(Intent::Write, &r),
                 Err(e) => {
+                    *waited = true;
                     if !wait_for_publish(&mut published, deadline).await {
                         return Err(last_err.unwrap_or(Error::Route(e)));
                     }
@@ -693,6 +759,7 @@ impl Router {
                 }
             };
             if let Some(until) = shared.suspect_until(picked.master_epoch) {
+                *waited = true;
                 let wake = until.min(deadline);
                 match tokio::time::timeout_at(wake, published.changed()).await {
                     // A new snapshot: route again (a new leader clears the suspicion).
@@ -827,10 +894,7 @@ impl Router {
                 node = endpoint.node,
                 "read needed a read-write transaction (25006): retrying once on the master"
             );
-            self.shared()
-                .retries
-                .read_on_master
-                .fetch_add(1, Ordering::Relaxed);
+            self.shared().retried(Retry::ReadOnMaster);
             let conn = self.write().await?;
             return Ok(op.run(&conn, sql, params).await?);
         }
@@ -840,12 +904,9 @@ impl Router {
         let Ok(other) = self.shared().table.route_avoiding(Intent::Read, &endpoint) else {
             return Err(err);
         };
-        let other = Picked::of(&other);
+        let other = Picked::of(Intent::Read, &other);
         tracing::info!(error = %err, failed = endpoint.node, retry = other.endpoint.node, "read connection failed: retrying once elsewhere");
-        self.shared()
-            .retries
-            .read_elsewhere
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared().retried(Retry::ReadElsewhere);
         let conn = self.connect_to(other).await?;
         Ok(op.run(&conn, sql, params).await?)
     }
@@ -872,10 +933,7 @@ impl Router {
             Ok(out) => Ok(out),
             Err(e) if read_only_violation(&e) => {
                 tracing::info!("write reached a read-only node (25006): refreshing the topology and retrying once");
-                self.shared()
-                    .retries
-                    .write_on_master
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared().retried(Retry::WriteOnMaster);
                 self.refresh().await?;
                 let conn = self.write().await?;
                 Ok(op.run(&conn, sql, params).await?)
@@ -917,10 +975,7 @@ impl Router {
             Err(e) if begin_hit_a_standby(&e) => {
                 tracing::info!(node = conn.endpoint().node, "BEGIN READ WRITE refused (a standby): refreshing the topology and retrying once");
                 discard(conn);
-                self.shared()
-                    .retries
-                    .write_on_master
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared().retried(Retry::WriteOnMaster);
                 self.refresh().await?;
                 let conn = self.write().await?;
                 match conn.batch_execute(BEGIN_READ_WRITE).await {
@@ -979,12 +1034,7 @@ impl Router {
     /// pending (changes arrive as watch events); otherwise the time since that last
     /// held. Grows while the ensemble is unreachable.
     pub fn snapshot_age(&self) -> Duration {
-        let s = self.shared();
-        if s.in_sync.load(Ordering::Relaxed) {
-            return Duration::ZERO;
-        }
-        let at = Duration::from_nanos(s.last_read_ns.load(Ordering::Relaxed));
-        s.started.elapsed().saturating_sub(at)
+        self.shared().topology_age()
     }
 
     /// Whether the router fell back to one-shot watches (server without `addWatch`,

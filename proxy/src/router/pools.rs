@@ -3,7 +3,7 @@
 //! ones closed when returned).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -11,12 +11,13 @@ use tokio_postgres::NoTls;
 
 use crate::topology::Endpoint;
 
+use super::metrics::{EndpointMetrics, RouterMetrics};
 use super::RouterConfig;
 
 #[derive(Debug, Default)]
 pub(crate) struct Pools {
     // A lock per checkout, not per route: routing itself stays lock-free.
-    by_endpoint: Mutex<HashMap<Endpoint, Pool>>,
+    by_endpoint: Mutex<HashMap<Endpoint, (Pool, Arc<EndpointMetrics>)>>,
 }
 
 fn pg_config(cfg: &RouterConfig, ep: &Endpoint) -> tokio_postgres::Config {
@@ -37,11 +38,16 @@ fn pg_config(cfg: &RouterConfig, ep: &Endpoint) -> tokio_postgres::Config {
 }
 
 impl Pools {
-    /// The pool of `ep`, made if there is none.
-    pub(crate) fn get(&self, cfg: &RouterConfig, ep: &Endpoint) -> Pool {
+    /// The pool of `ep` and its metric handles, made if there is none.
+    pub(crate) fn get(
+        &self,
+        cfg: &RouterConfig,
+        ep: &Endpoint,
+        metrics: &RouterMetrics,
+    ) -> (Pool, Arc<EndpointMetrics>) {
         let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = map.get(ep) {
-            return p.clone();
+        if let Some((p, m)) = map.get(ep) {
+            return (p.clone(), m.clone());
         }
         let manager = Manager::from_config(
             pg_config(cfg, ep),
@@ -59,14 +65,15 @@ impl Pools {
             .recycle_timeout(Some(connect))
             .build()
             .expect("a runtime is set, so building cannot fail");
-        map.insert(ep.clone(), pool.clone());
-        pool
+        let m = Arc::new(metrics.endpoint(ep));
+        map.insert(ep.clone(), (pool.clone(), m.clone()));
+        (pool, m)
     }
 
     /// Closes and forgets every pool whose endpoint is not in `keep`.
     pub(crate) fn retain(&self, keep: &[Endpoint]) {
         let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|ep, pool| {
+        map.retain(|ep, (pool, _)| {
             let kept = keep.contains(ep);
             if !kept {
                 tracing::info!(
@@ -85,7 +92,7 @@ impl Pools {
     /// change), if there is one. A later checkout makes a new pool.
     pub(crate) fn close(&self, ep: &Endpoint, why: &str) {
         let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = map.remove(ep) {
+        if let Some((pool, _)) = map.remove(ep) {
             tracing::info!(
                 node = ep.node,
                 host = ep.host,
