@@ -4,193 +4,34 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use coordd_client::{Client, ClientConfig};
-use support::agent::{switchyard_bin, Agent};
-use support::coordd::Coordd;
+use support::agent::{
+    connect, now_ms, switchyard_bin, Agent, Cluster, ClusterOpts, CLUSTER, DEADLINE,
+};
 use support::postgres;
-use support::proxy::Proxy;
-use switchyard_proxy::namespace::Namespace;
-use switchyard_proxy::pg::{self, Conninfo};
-use switchyard_proxy::records::{self, LeaderRecord, LeaderState, MemberRecord, Role};
+use switchyard_proxy::records;
 
-const CLUSTER: &str = "main";
 const SESSION_TIMEOUT_MS: u32 = 2_000;
-const DEADLINE: Duration = Duration::from_secs(40);
 
-struct Cluster {
-    // Agents first: dropped (killed, their PostgreSQL stopped) before coordd.
-    agents: Vec<Agent>,
-    /// With `start_via_proxies`: agent i reaches coordd through proxies[i].
-    proxies: Vec<Proxy>,
-    coordd: Coordd,
-    client: Client,
-    ns: Namespace,
+async fn start(n: usize) -> Cluster {
+    Cluster::start_opts(ClusterOpts {
+        nodes: n,
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        ..ClusterOpts::default()
+    })
+    .await
 }
 
-impl Cluster {
-    async fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, false).await
-    }
-
-    /// Every agent talks to coordd through its own TCP proxy (to freeze its network).
-    async fn start_via_proxies(n: usize) -> Cluster {
-        Cluster::start_with(n, true).await
-    }
-
-    async fn start_with(n: usize, via_proxies: bool) -> Cluster {
-        let _ = switchyard_bin(); // build before the clock starts
-        let coordd = Coordd::start_with(&["--tick-time-ms", "100"]);
-        let mut proxies = Vec::new();
-        if via_proxies {
-            for _ in 0..n {
-                proxies.push(Proxy::start(coordd.addr).await);
-            }
-        }
-        let agents = (1..=n)
-            .map(|i| {
-                let coord = match proxies.get(i - 1) {
-                    Some(p) => p.connect_string(),
-                    None => coordd.connect_string(),
-                };
-                Agent::spawn(&coord, CLUSTER, &format!("n{i}"), SESSION_TIMEOUT_MS)
-            })
-            .collect();
-        let (client, _events) = Client::connect(ClientConfig::new([coordd.connect_string()]))
-            .await
-            .expect("test client");
-        Cluster {
-            agents,
-            proxies,
-            coordd,
-            client,
-            ns: Namespace::with_default_root(CLUSTER).unwrap(),
-        }
-    }
-
-    fn dump(&self) -> String {
-        let mut s = String::new();
-        for a in &self.agents {
-            s.push_str(&format!(
-                "\n===== agent {} log =====\n{}\n===== {} postgres log (tail) =====\n{}\n",
-                a.node,
-                a.log(),
-                a.node,
-                tail(&a.pg_log(), 30)
-            ));
-        }
-        s
-    }
-
-    async fn leader(&self) -> Option<(LeaderRecord, i64)> {
-        let (data, stat) = self.client.get_data(&self.ns.leader(), false).await.ok()?;
-        Some((records::decode(&data).ok()?, stat.czxid))
-    }
-
-    async fn members(&self) -> Vec<MemberRecord> {
-        let mut out = Vec::new();
-        let Ok(children) = self.client.get_children(&self.ns.members(), false).await else {
-            return out;
-        };
-        for c in children {
-            if let Ok((data, _)) = self.client.get_data(&self.ns.member(&c), false).await {
-                if let Ok(m) = records::decode::<MemberRecord>(&data) {
-                    out.push(m);
-                }
-            }
-        }
-        out
-    }
-
-    fn agent(&self, node: &str) -> &Agent {
-        self.agents.iter().find(|a| a.node == node).unwrap()
-    }
-
-    /// Waits until `expected_live` agents form one cluster: a leader in state primary
-    /// (optionally not `not`) whose PostgreSQL is not in recovery and streams to every
-    /// other live node, which is in recovery; a member record for each. Returns the
-    /// master's node name.
-    async fn wait_healthy(&self, live: &[&str], not: Option<&str>) -> String {
-        let start = Instant::now();
-        loop {
-            let last = match self.check_healthy(live, not).await {
-                Ok(master) => return master,
-                Err(why) => why,
-            };
-            if start.elapsed() > DEADLINE {
-                panic!(
-                    "cluster not healthy after {DEADLINE:?}: {last}\n{}\ncoordd log tail:\n{}",
-                    self.dump(),
-                    tail(&self.coordd.log(), 20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn check_healthy(&self, live: &[&str], not: Option<&str>) -> Result<String, String> {
-        let (leader, _) = self.leader().await.ok_or("no leader record")?;
-        if leader.state != LeaderState::Primary {
-            return Err(format!(
-                "leader {} in state {:?}",
-                leader.node, leader.state
-            ));
-        }
-        if Some(leader.node.as_str()) == not {
-            return Err(format!("leader is still {}", leader.node));
-        }
-        let master = connect(leader.port).await.ok_or("master unreachable")?;
-        if pg::in_recovery(&master).await.map_err(|e| e.to_string())? {
-            return Err("master in recovery".into());
-        }
-        let streaming: i64 = master
-            .query_one(
-                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        if streaming != live.len() as i64 - 1 {
-            return Err(format!("{streaming} streaming replicas"));
-        }
-        for node in live.iter().filter(|n| **n != leader.node) {
-            let c = connect(self.agent(node).pg_port)
-                .await
-                .ok_or(format!("{node} unreachable"))?;
-            if !pg::in_recovery(&c).await.map_err(|e| e.to_string())? {
-                return Err(format!("{node} is not in recovery"));
-            }
-        }
-        let members = self.members().await;
-        for node in live {
-            let m = members
-                .iter()
-                .find(|m| m.node == *node)
-                .ok_or(format!("no member record for {node}"))?;
-            let want = if *node == leader.node {
-                Role::Primary
-            } else {
-                Role::Replica
-            };
-            if m.role != want || m.timeline.is_none() {
-                return Err(format!("member {node}: {m:?}"));
-            }
-        }
-        Ok(leader.node)
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-async fn connect(port: u16) -> Option<pg::Client> {
-    pg::connect(&Conninfo::new("127.0.0.1", port).connect_timeout_s(2))
-        .await
-        .ok()
+/// Every agent talks to coordd through its own TCP proxy (to freeze its network).
+async fn start_via_proxies(n: usize) -> Cluster {
+    Cluster::start_opts(ClusterOpts {
+        nodes: n,
+        via_proxies: true,
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        ..ClusterOpts::default()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +39,7 @@ async fn three_agents_bootstrap_one_master_two_replicas() {
     if postgres::skip() {
         return;
     }
-    let c = Cluster::start(3).await;
+    let c = start(3).await;
     let master = c.wait_healthy(&["n1", "n2", "n3"], None).await;
 
     // `initialize` names the master and carries the system identifier.
@@ -247,7 +88,7 @@ async fn kill9_of_the_master_elects_a_new_one_and_the_old_one_rejoins_as_replica
     if postgres::skip() {
         return;
     }
-    let mut c = Cluster::start(3).await;
+    let mut c = start(3).await;
     let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
     let (_, old_epoch) = c.leader().await.unwrap();
     {
@@ -310,13 +151,6 @@ async fn kill9_of_the_master_elects_a_new_one_and_the_old_one_rejoins_as_replica
     );
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// The master's agent is cut off from coordd (its connection frozen, PostgreSQL left
 /// running): it fences (immediate stop) before coordd can expire its session, so a
 /// writer connected straight to the old master commits nothing after the new leader
@@ -326,7 +160,7 @@ async fn master_cut_off_from_coordd_fences_before_a_new_master_is_elected() {
     if postgres::skip() {
         return;
     }
-    let c = Cluster::start_via_proxies(3).await;
+    let c = start_via_proxies(3).await;
     let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
     let old_port = c.agent(&old).pg_port;
     connect(old_port)
@@ -409,7 +243,7 @@ async fn master_postgres_killed_agent_alive_hands_over_and_rejoins() {
     if postgres::skip() {
         return;
     }
-    let c = Cluster::start(3).await;
+    let c = start(3).await;
     let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
     let killed = Instant::now();
     c.agent(&old).kill9_postgres();
@@ -439,7 +273,7 @@ async fn agent_refuses_a_data_directory_of_another_cluster() {
     if postgres::skip() {
         return;
     }
-    let mut c = Cluster::start(1).await;
+    let mut c = start(1).await;
     c.wait_healthy(&["n1"], None).await;
 
     let dir = postgres::PgDir::new();
@@ -482,7 +316,7 @@ async fn sigterm_of_the_master_agent_hands_over() {
     if postgres::skip() {
         return;
     }
-    let mut c = Cluster::start(3).await;
+    let mut c = start(3).await;
     let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
     let stopped = Instant::now();
     let i = c.agents.iter().position(|a| a.node == old).unwrap();

@@ -36,6 +36,16 @@ pub enum NotEligible {
     /// nobody is known to hold every acknowledged commit, and no one may win).
     #[error("synchronous mode and this node is not a synchronous standby")]
     NotSynchronous,
+    /// Synchronous mode: a member of `sync` is not live (no running replica record with
+    /// a position). `ANY 1 (...)` put each acknowledged commit on *one* of the synchronous
+    /// standbys, so only the most advanced of all of them surely holds every one: with
+    /// one of them missing nobody may win (the missing one comes back or an operator
+    /// decides).
+    #[error(
+        "synchronous mode and synchronous standby {node} is not live: it may hold \
+         acknowledged commits this node lacks"
+    )]
+    SyncMemberMissing { node: String },
 }
 
 /// DESIGN.md 4.2: may `me` race for `leader`?
@@ -48,8 +58,10 @@ pub enum NotEligible {
 /// LSN. Equal positions are all eligible; the `leader` create picks one. A member
 /// that has published no position (starting, never streamed) is not compared: it
 /// cannot be shown to be ahead, and waiting for it could block failover forever. In
-/// synchronous mode the `sync` check covers it: only a synchronous standby is
-/// guaranteed to hold every acknowledged commit.
+/// synchronous mode the `sync` check covers it: `ANY 1 (...)` puts every acknowledged
+/// commit on at least one synchronous standby and WAL is linear, so the most advanced
+/// of *all* synchronous standbys holds every one; hence each other member of `sync`
+/// must be live (in `live_members` with a position) and not ahead of us.
 pub fn eligible(
     me: &MemberRecord,
     live_members: &[MemberRecord],
@@ -65,8 +77,18 @@ pub fn eligible(
     let (Some(my_timeline), Some(my_lsn)) = (me.timeline, me.wal_position()) else {
         return Err(NotEligible::PositionUnknown);
     };
-    if config.synchronous && !sync.is_some_and(|s| s.contains(&me.node)) {
-        return Err(NotEligible::NotSynchronous);
+    if config.synchronous {
+        let Some(sync) = sync.filter(|s| s.contains(&me.node)) else {
+            return Err(NotEligible::NotSynchronous);
+        };
+        for node in sync.standbys.iter().filter(|n| **n != me.node) {
+            let live = live_members
+                .iter()
+                .any(|m| m.node == *node && m.wal_position().is_some());
+            if !live {
+                return Err(NotEligible::SyncMemberMissing { node: node.clone() });
+            }
+        }
     }
     for peer in live_members.iter().filter(|m| m.node != me.node) {
         if let Some(theirs) = peer.timeline {
@@ -352,9 +374,41 @@ mod tests {
         // In sync but behind a live async peer: the WAL rule still applies.
         let c = member("c", 1, Some(200), Some(200));
         assert!(matches!(
-            eligible(&b, &[a, b.clone(), c], &cfg(true), Some(&s)),
+            eligible(&b, &[a.clone(), b.clone(), c], &cfg(true), Some(&s)),
             Err(NotEligible::BehindPeer { .. })
         ));
+    }
+
+    #[test]
+    fn synchronous_mode_needs_every_sync_member_live() {
+        // ANY 1 (b, c): a commit acknowledged by c alone is not on b.
+        let b = member("b", 1, Some(100), Some(100));
+        let c = member("c", 1, Some(150), Some(150));
+        let s = sync(&["b", "c"]);
+        assert_eq!(
+            eligible(&b, std::slice::from_ref(&b), &cfg(true), Some(&s)),
+            Err(NotEligible::SyncMemberMissing { node: "c".into() })
+        );
+        // c live without a position (starting) counts as missing too.
+        let c_starting = member("c", 1, None, None);
+        assert_eq!(
+            eligible(&b, &[b.clone(), c_starting], &cfg(true), Some(&s)),
+            Err(NotEligible::SyncMemberMissing { node: "c".into() })
+        );
+        // Both live: the most advanced wins, the other is behind.
+        let live = [b.clone(), c.clone()];
+        assert_eq!(eligible(&c, &live, &cfg(true), Some(&s)), Ok(()));
+        assert!(matches!(
+            eligible(&b, &live, &cfg(true), Some(&s)),
+            Err(NotEligible::BehindPeer { .. })
+        ));
+        // The only synchronous standby needs nobody else.
+        assert_eq!(eligible(&c, &[], &cfg(true), Some(&sync(&["c"]))), Ok(()));
+        // Asynchronous mode: a missing peer does not matter.
+        assert_eq!(
+            eligible(&b, std::slice::from_ref(&b), &cfg(false), Some(&s)),
+            Ok(())
+        );
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //!   belongs to another cluster ([`PgServer::check_identity`]) before it touches it.
 //!
 //! Fencing: [`PgServer::stop`] with [`StopMode::Immediate`] sends the postmaster SIGQUIT
-//! through `pg_ctl` and falls back to SIGKILL of the postmaster pid when `pg_ctl` does not
-//! finish within [`PgOptions::fence_timeout`]; it never waits for clients or a checkpoint.
+//! through `pg_ctl` and falls back to SIGKILL of the postmaster and every process it forked
+//! when `pg_ctl` does not finish within [`PgOptions::fence_timeout`]; it never waits for
+//! clients or a checkpoint. (Every PostgreSQL child process calls setsid(): the
+//! postmaster's process group holds the postmaster alone.)
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
@@ -297,6 +299,80 @@ pub fn set_conf_line(text: &str, key: &str, value: Option<&str>) -> String {
         out.push_str(&format!("{key} = {}\n", quote_conf_value(v)));
     }
     out
+}
+
+/// Whether a conf file's text has a `key = ...` line.
+pub fn conf_sets(text: &str, key: &str) -> bool {
+    text.lines().any(|line| {
+        line.trim_start()
+            .split(|c: char| c == '=' || c.is_whitespace())
+            .next()
+            .is_some_and(|name| name.eq_ignore_ascii_case(key))
+    })
+}
+
+/// A value of `synchronous_standby_names` in quorum form: a commit waits for the flush
+/// of any one of the standbys named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncStandbys {
+    /// `ANY 1 (*)`: any standby. The placeholder a synchronous-mode server starts with,
+    /// so that it never acknowledges a commit without a standby, even in the moment
+    /// after a promotion before its master names its standbys.
+    Any,
+    /// `ANY 1 ("a", "b")`, names as `application_name` (compared case-insensitively by
+    /// PostgreSQL). Never empty: an empty list would mean "wait for nobody".
+    Named(Vec<String>),
+}
+
+impl SyncStandbys {
+    /// The setting's text. Names are double-quoted (`"` doubled), so any application
+    /// name is one token.
+    pub fn to_conf_value(&self) -> String {
+        match self {
+            SyncStandbys::Any => "ANY 1 (*)".to_owned(),
+            SyncStandbys::Named(names) => {
+                let quoted: Vec<String> = names
+                    .iter()
+                    .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
+                    .collect();
+                format!("ANY 1 ({})", quoted.join(", "))
+            }
+        }
+    }
+}
+
+/// One WAL sender as `pg_stat_replication` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalSender {
+    pub application_name: String,
+    /// `startup`, `catchup`, `streaming`, `backup`, `stopping`.
+    pub state: String,
+    /// `async`, `potential`, `sync`, `quorum`.
+    pub sync_state: String,
+    /// The standby's flushed position it last reported.
+    pub flush_lsn: Option<u64>,
+}
+
+/// `pg_stat_replication` of a primary.
+pub async fn wal_senders(client: &Client) -> Result<Vec<WalSender>> {
+    let rows = client
+        .query(
+            "SELECT coalesce(application_name, ''), coalesce(state, ''), \
+             coalesce(sync_state, ''), flush_lsn::text FROM pg_stat_replication",
+            &[],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let flush: Option<String> = row.try_get(3)?;
+        out.push(WalSender {
+            application_name: row.try_get(0)?,
+            state: row.try_get(1)?,
+            sync_state: row.try_get(2)?,
+            flush_lsn: flush.map(|t| parse_lsn(&t)).transpose()?,
+        });
+    }
+    Ok(out)
 }
 
 /// What [`PgServer::rewind_from`] did.
@@ -889,19 +965,20 @@ impl PgServer {
             Err(e) => Err(e),
         };
         if mode == StopMode::Immediate {
-            // Fencing must not depend on pg_ctl: SIGKILL the postmaster and, when it leads
-            // its process group (pg_ctl starts it with setsid), every backend with it, so no
-            // backend finishes a commit after we return.
+            // Fencing must not depend on pg_ctl: SIGKILL the postmaster and every process
+            // it forked, so no backend finishes a commit after we return. Each child calls
+            // setsid() (its own process group), so killpg of the postmaster's group would
+            // reach the postmaster alone: the children are found by parent pid, with the
+            // postmaster stopped first so that it forks no one and they stay its children.
             if let Some(pid) = self.postmaster_pid() {
-                // SAFETY: getpgid/kill/killpg with a pid read from postmaster.pid; no memory
-                // involved. killpg only when the pid leads its own group, so it cannot hit
-                // another group.
+                // SAFETY: kill with a pid read from postmaster.pid and pids whose parent
+                // is that pid; no memory involved.
                 unsafe {
-                    if libc::getpgid(pid) == pid {
-                        libc::killpg(pid, libc::SIGKILL);
-                    } else {
-                        libc::kill(pid, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGSTOP);
+                    for child in children_of(pid) {
+                        libc::kill(child, libc::SIGKILL);
                     }
+                    libc::kill(pid, libc::SIGKILL);
                 }
                 return Ok(());
             }
@@ -1014,6 +1091,51 @@ impl PgServer {
         Ok(())
     }
 
+    /// Sets (`Some`) or removes (`None`) one setting in postgresql.auto.conf (which wins
+    /// over postgresql.conf) and reloads when the server runs. The reload is a signal:
+    /// every process picks the value up a moment later, not when this returns.
+    pub async fn set_auto_conf(&self, key: &str, value: Option<&str>) -> Result<()> {
+        let auto = self.data_dir.join("postgresql.auto.conf");
+        let old = match std::fs::read_to_string(&auto) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(format!("read {}", auto.display()))(e)),
+        };
+        let new = set_conf_line(&old, key, value);
+        if new != old {
+            self.write_owned(&auto, new.as_bytes())?;
+        }
+        if self.postmaster_alive() {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether postgresql.auto.conf sets `key` (a missing file sets nothing).
+    pub fn auto_conf_has(&self, key: &str) -> Result<bool> {
+        let auto = self.data_dir.join("postgresql.auto.conf");
+        match std::fs::read_to_string(&auto) {
+            Ok(t) => Ok(conf_sets(&t, key)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(format!("read {}", auto.display()))(e)),
+        }
+    }
+
+    /// Stops streaming: removes `primary_conninfo` and reloads, which ends the WAL
+    /// receiver (PostgreSQL 13+); the server stays a standby and keeps what it received.
+    /// A standby detached this way no longer acknowledges anything to its old primary.
+    pub async fn clear_primary_conninfo(&self) -> Result<()> {
+        self.set_auto_conf("primary_conninfo", None).await
+    }
+
+    /// `synchronous_standby_names` (see [`SyncStandbys`]); `None` removes it (commits
+    /// then wait for no standby).
+    pub async fn set_synchronous_standby_names(&self, v: Option<&SyncStandbys>) -> Result<()> {
+        let text = v.map(SyncStandbys::to_conf_value);
+        self.set_auto_conf("synchronous_standby_names", text.as_deref())
+            .await
+    }
+
     /// Writes a file in the data directory atomically (temp file + rename), owned by the OS
     /// user, mode 0600.
     fn write_owned(&self, path: &Path, bytes: &[u8]) -> Result<()> {
@@ -1056,6 +1178,38 @@ impl PgServer {
         }
         Ok(())
     }
+}
+
+/// The pids whose parent is `parent` (from `/proc/<pid>/stat`; empty where there is
+/// no /proc).
+pub fn children_of(parent: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if parent_pid_from_stat(&stat) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The parent pid in a `/proc/<pid>/stat` line: `pid (comm) state ppid ...`, where
+/// comm may hold spaces and parentheses (so split after the last `)`).
+pub fn parent_pid_from_stat(stat: &str) -> Option<libc::pid_t> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn describe(cmd: &Command) -> String {
@@ -1174,7 +1328,25 @@ pub async fn timeline(client: &Client) -> Result<u32> {
             });
         }
     }
-    checkpoint_timeline(client).await
+    // Not streaming (its primary died, or it was detached): the latest restartpoint's
+    // timeline can be older than the WAL it holds (a standby that followed a promotion
+    // but has not had a restartpoint since), which would make it look behind on the
+    // timeline it really has. The WAL segments it holds name their timeline.
+    let ckpt = checkpoint_timeline(client).await?;
+    let names = client
+        .query(
+            "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'",
+            &[],
+        )
+        .await?;
+    let mut tli = ckpt;
+    for row in names {
+        let name: String = row.try_get(0)?;
+        if let Ok(t) = timeline_from_walfile(&name) {
+            tli = tli.max(t);
+        }
+    }
+    Ok(tli)
 }
 
 /// A primary's current write position (`pg_current_wal_lsn()`; fails on a standby).
@@ -1332,6 +1504,41 @@ mod tests {
             "primary_conninfo_x = 1\n"
         );
         assert_eq!(shell_quote("a'b c"), r"'a'\''b c'");
+    }
+
+    #[test]
+    fn proc_stat_parent() {
+        assert_eq!(
+            parent_pid_from_stat("123 (postgres: a) b) S 77 123 123 0 -1"),
+            Some(77)
+        );
+        assert_eq!(parent_pid_from_stat("123 (x) S"), None);
+        assert_eq!(parent_pid_from_stat("garbage"), None);
+        let me = std::process::id() as libc::pid_t;
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() };
+        assert!(children_of(parent).contains(&me));
+    }
+
+    #[test]
+    fn synchronous_standby_names_text() {
+        assert_eq!(SyncStandbys::Any.to_conf_value(), "ANY 1 (*)");
+        assert_eq!(
+            SyncStandbys::Named(vec!["n1".into(), "node-b.x".into()]).to_conf_value(),
+            r#"ANY 1 ("n1", "node-b.x")"#
+        );
+        assert_eq!(
+            SyncStandbys::Named(vec![r#"a"b"#.into()]).to_conf_value(),
+            r#"ANY 1 ("a""b")"#
+        );
+        assert!(conf_sets(
+            "x = 1\n Synchronous_Standby_Names='ANY 1 (*)'\n",
+            "synchronous_standby_names"
+        ));
+        assert!(!conf_sets(
+            "synchronous_standby_names_x = 1\n",
+            "synchronous_standby_names"
+        ));
     }
 
     #[test]

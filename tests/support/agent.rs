@@ -8,7 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use coordd_client::{Client, ClientConfig};
+use switchyard_proxy::namespace::Namespace;
+use switchyard_proxy::pg::{self, Conninfo};
+use switchyard_proxy::records::{self, LeaderRecord, LeaderState, MemberRecord, Role};
+
+use super::coordd::Coordd;
 use super::postgres::{self, PgDir};
+use super::proxy::Proxy;
 
 /// The `switchyard` binary: `SWITCHYARD_BIN`, else built once per test process with
 /// cargo in the test's own profile (a no-op when up to date; an existing binary could
@@ -85,9 +94,22 @@ impl Agent {
         node: &str,
         session_timeout_ms: u32,
     ) -> Agent {
+        Agent::spawn_with(dir, coord, cluster, node, session_timeout_ms, "")
+    }
+
+    /// Like [`Agent::spawn_in`], with `extra` TOML keys (top-level ones, e.g.
+    /// `synchronous = true`) put before [`AGENT_TOML`].
+    pub fn spawn_with(
+        dir: PgDir,
+        coord: &str,
+        cluster: &str,
+        node: &str,
+        session_timeout_ms: u32,
+        extra: &str,
+    ) -> Agent {
         let pg_port = postgres::free_port();
         let conf = dir.path().join("agent.toml");
-        std::fs::write(&conf, AGENT_TOML).expect("write agent.toml");
+        std::fs::write(&conf, format!("{extra}\n{AGENT_TOML}")).expect("write agent.toml");
         let args = vec![
             "agent".to_owned(),
             "--cluster".to_owned(),
@@ -184,26 +206,324 @@ impl Agent {
         }
     }
 
-    /// kill -9 of the postmaster and its backends (its process group).
-    pub fn kill9_postgres(&self) {
-        let pid = std::fs::read_to_string(self.dir.data_dir().join("postmaster.pid"))
+    /// The postmaster's pid from postmaster.pid.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.data_dir().join("postmaster.pid"))
             .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
-        if let Some(pid) = pid {
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    }
+
+    /// Sends `sig` (`STOP`, `CONT`, ...) to the agent's process group.
+    pub fn signal_agent(&self, sig: &str) {
+        if let Some(c) = &self.child {
             let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(Stdio::null())
-                .status();
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
+                .args([&format!("-{sig}"), "--", &format!("-{}", c.id())])
                 .stderr(Stdio::null())
                 .status();
         }
     }
+
+    /// Sends `sig` (`STOP`, `CONT`, `KILL`) to the postmaster and every process it
+    /// forked. Each PostgreSQL child calls setsid() (its own process group and session),
+    /// so the postmaster's group holds the postmaster alone: the children are found by
+    /// parent pid. STOP/KILL: the postmaster first (it forks no one while stopped, and
+    /// its children keep it as their parent), then the children; CONT: the other way
+    /// round. Returns the postmaster's pid.
+    pub fn signal_postgres(&self, sig: &str) -> Option<u32> {
+        let pid = self.postmaster_pid()?;
+        let send = |p: u32| {
+            Command::new("kill")
+                .args([&format!("-{sig}"), &p.to_string()])
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if sig == "CONT" {
+            for child in children_of(pid) {
+                send(child);
+            }
+            return send(pid).then_some(pid);
+        }
+        if sig == "KILL" {
+            // Keep the children parented (and the postmaster from forking) while we
+            // find them.
+            Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status()
+                .ok()?;
+            for child in children_of(pid) {
+                send(child);
+            }
+            return send(pid).then_some(pid);
+        }
+        let ok = send(pid);
+        for child in children_of(pid) {
+            send(child);
+        }
+        ok.then_some(pid)
+    }
+
+    /// kill -9 of the postmaster and every process it forked.
+    pub fn kill9_postgres(&self) {
+        self.signal_postgres("KILL");
+    }
+}
+
+/// The pids whose parent is `parent` (from /proc/<pid>/stat).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        // A paused server would keep its pending SIGQUIT/SIGKILL until resumed.
+        self.signal_postgres("CONT");
+    }
+}
+
+/// The cluster name the agent tests use.
+pub const CLUSTER: &str = "main";
+/// Upper bound of every wait for the cluster to reach a state.
+pub const DEADLINE: Duration = Duration::from_secs(40);
+
+/// Wall-clock milliseconds (compared with znode ctimes, which coordd stamps from the
+/// same machine's clock).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A tokio-postgres connection to 127.0.0.1:`port` (None when it cannot connect).
+pub async fn connect(port: u16) -> Option<pg::Client> {
+    pg::connect(&Conninfo::new("127.0.0.1", port).connect_timeout_s(2))
+        .await
+        .ok()
+}
+
+/// Options of [`Cluster::start_opts`].
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    pub nodes: usize,
+    /// Agent i reaches coordd through its own TCP proxy (`proxies[i]`), to cut it off.
+    pub via_proxies: bool,
+    pub session_timeout_ms: u32,
+    /// Extra top-level agent.toml keys, e.g. `synchronous = true`.
+    pub extra_toml: String,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            nodes: 3,
+            via_proxies: false,
+            session_timeout_ms: 2_000,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// One coordd and `n` agents `n1..`, each with its own PostgreSQL.
+pub struct Cluster {
+    // Agents first: dropped (killed, their PostgreSQL stopped) before coordd.
+    pub agents: Vec<Agent>,
+    pub proxies: Vec<Proxy>,
+    pub coordd: Coordd,
+    pub client: Client,
+    pub ns: Namespace,
+    pub opts: ClusterOpts,
+}
+
+impl Cluster {
+    pub async fn start_opts(opts: ClusterOpts) -> Cluster {
+        let _ = switchyard_bin(); // build before the clock starts
+        let coordd = Coordd::start_with(&["--tick-time-ms", "100"]);
+        let mut proxies = Vec::new();
+        if opts.via_proxies {
+            for _ in 0..opts.nodes {
+                proxies.push(Proxy::start(coordd.addr).await);
+            }
+        }
+        let agents = (1..=opts.nodes)
+            .map(|i| {
+                let coord = match proxies.get(i - 1) {
+                    Some(p) => p.connect_string(),
+                    None => coordd.connect_string(),
+                };
+                Agent::spawn_with(
+                    PgDir::new(),
+                    &coord,
+                    CLUSTER,
+                    &format!("n{i}"),
+                    opts.session_timeout_ms,
+                    &opts.extra_toml,
+                )
+            })
+            .collect();
+        let (client, _events) = Client::connect(ClientConfig::new([coordd.connect_string()]))
+            .await
+            .expect("test client");
+        Cluster {
+            agents,
+            proxies,
+            coordd,
+            client,
+            ns: Namespace::with_default_root(CLUSTER).expect("namespace"),
+            opts,
+        }
+    }
+
+    pub fn dump(&self) -> String {
+        let mut s = String::new();
+        for a in &self.agents {
+            s.push_str(&format!(
+                "\n===== agent {} log =====\n{}\n===== {} postgres log (tail) =====\n{}\n",
+                a.node,
+                a.log(),
+                a.node,
+                tail(&a.pg_log(), 30)
+            ));
+        }
+        s
+    }
+
+    pub async fn leader(&self) -> Option<(LeaderRecord, i64)> {
+        let (data, stat) = self.client.get_data(&self.ns.leader(), false).await.ok()?;
+        Some((records::decode(&data).ok()?, stat.czxid))
+    }
+
+    pub async fn members(&self) -> Vec<MemberRecord> {
+        let mut out = Vec::new();
+        let Ok(children) = self.client.get_children(&self.ns.members(), false).await else {
+            return out;
+        };
+        for c in children {
+            if let Ok((data, _)) = self.client.get_data(&self.ns.member(&c), false).await {
+                if let Ok(m) = records::decode::<MemberRecord>(&data) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn agent(&self, node: &str) -> &Agent {
+        self.agents
+            .iter()
+            .find(|a| a.node == node)
+            .expect("no such agent")
+    }
+
+    pub fn agent_mut(&mut self, node: &str) -> &mut Agent {
+        self.agents
+            .iter_mut()
+            .find(|a| a.node == node)
+            .expect("no such agent")
+    }
+
+    /// Waits until `live` agents form one cluster: a leader in state primary
+    /// (optionally not `not`) whose PostgreSQL is not in recovery and streams to every
+    /// other live node, which is in recovery; a member record for each. Returns the
+    /// master's node name.
+    pub async fn wait_healthy(&self, live: &[&str], not: Option<&str>) -> String {
+        let start = Instant::now();
+        loop {
+            let last = match self.check_healthy(live, not).await {
+                Ok(master) => return master,
+                Err(why) => why,
+            };
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "cluster not healthy after {DEADLINE:?}: {last}\n{}\ncoordd log tail:\n{}",
+                    self.dump(),
+                    tail(&self.coordd.log(), 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn check_healthy(&self, live: &[&str], not: Option<&str>) -> Result<String, String> {
+        let (leader, _) = self.leader().await.ok_or("no leader record")?;
+        if leader.state != LeaderState::Primary {
+            return Err(format!(
+                "leader {} in state {:?}",
+                leader.node, leader.state
+            ));
+        }
+        if Some(leader.node.as_str()) == not {
+            return Err(format!("leader is still {}", leader.node));
+        }
+        let master = connect(leader.port).await.ok_or("master unreachable")?;
+        if pg::in_recovery(&master).await.map_err(|e| e.to_string())? {
+            return Err("master in recovery".into());
+        }
+        let streaming: i64 = master
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if streaming != live.len() as i64 - 1 {
+            return Err(format!("{streaming} streaming replicas"));
+        }
+        for node in live.iter().filter(|n| **n != leader.node) {
+            let c = connect(self.agent(node).pg_port)
+                .await
+                .ok_or(format!("{node} unreachable"))?;
+            if !pg::in_recovery(&c).await.map_err(|e| e.to_string())? {
+                return Err(format!("{node} is not in recovery"));
+            }
+        }
+        let members = self.members().await;
+        for node in live {
+            let m = members
+                .iter()
+                .find(|m| m.node == *node)
+                .ok_or(format!("no member record for {node}"))?;
+            let want = if *node == leader.node {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            if m.role != want || m.timeline.is_none() {
+                return Err(format!("member {node}: {m:?}"));
+            }
+        }
+        Ok(leader.node)
     }
 }

@@ -14,6 +14,7 @@ use crate::namespace::{self, Namespace};
 /// root = "/switchyard"            # namespace root in coordd
 /// session_timeout_ms = 6000       # requested coordd session timeout
 /// fence_margin_ms = 2000          # fence this long before the lease ends (default timeout/3)
+/// synchronous = false             # cluster config for a new cluster (DESIGN.md 4.6)
 /// os_user = "postgres"            # OS user PostgreSQL runs as when the agent is root
 /// db_user = "postgres"            # database superuser the agent connects as
 /// db_password = "..."             # its password (TCP connections and replication)
@@ -32,6 +33,9 @@ pub struct AgentFile {
     pub root: Option<String>,
     pub session_timeout_ms: Option<u32>,
     pub fence_margin_ms: Option<u32>,
+    /// Written into the cluster's `config` record by the agent that creates it (the
+    /// record, not this file, is what every agent then follows).
+    pub synchronous: Option<bool>,
     pub os_user: Option<String>,
     pub db_user: Option<String>,
     pub db_password: Option<String>,
@@ -91,6 +95,8 @@ pub struct Settings {
     pub host: String,
     pub session_timeout_ms: u32,
     pub fence_margin_ms: Option<u32>,
+    /// `synchronous` for a `config` record this agent creates.
+    pub synchronous: bool,
     pub os_user: String,
     pub db_user: String,
     pub db_password: Option<String>,
@@ -182,6 +188,7 @@ impl Settings {
             host: flags.host,
             session_timeout_ms,
             fence_margin_ms: file.fence_margin_ms,
+            synchronous: file.synchronous.unwrap_or(false),
             os_user: file.os_user.unwrap_or_else(|| "postgres".into()),
             db_user: file.db_user.unwrap_or_else(|| "postgres".into()),
             db_password: file.db_password,
@@ -244,7 +251,7 @@ mod tests {
         let p = dir.join("agent.toml");
         std::fs::write(
             &p,
-            "session_timeout_ms = 3000\ninitdb_auth_host = \"trust\"\nhba = [\"x\"]\n[conf]\nmax_connections = \"50\"\n",
+            "session_timeout_ms = 3000\nsynchronous = true\ninitdb_auth_host = \"trust\"\nhba = [\"x\"]\n[conf]\nmax_connections = \"50\"\n",
         )
         .unwrap();
         let s = Settings::resolve(AgentFlags {
@@ -253,6 +260,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.session_timeout_ms, 3000);
+        assert!(s.synchronous);
         assert_eq!(s.initdb_auth_host, "trust");
         assert_eq!(s.conf.get("max_connections").unwrap(), "50");
         let s = Settings::resolve(AgentFlags {

@@ -1,19 +1,23 @@
 //! One agent: connect, bootstrap or fail-safe start, then the election loop; on any
 //! end of the session, fence a primary and start over with a new session.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coordd_client::{Acl, Client, ClientConfig, CreateMode, ErrorCode, Events, Stat};
+use coordd_client::{Acl, Client, ClientConfig, CreateMode, ErrorCode, Events, MultiOp, Stat};
 use coordd_proto::perms;
+use coordd_proto::records::{CheckVersionRequest, SetDataRequest};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use super::Settings;
 use crate::election::{self, Epoch, Leadership, LeaseState, StartAs};
-use crate::pg::{self, Conninfo, InitdbOptions, PgBinaries, PgError, PgServer, StopMode};
+use crate::pg::{
+    self, Conninfo, InitdbOptions, PgBinaries, PgError, PgServer, StopMode, SyncStandbys,
+};
 use crate::records::{
     self, ClusterConfig, InitializeRecord, LeaderRecord, LeaderState, Lsn, MemberRecord,
     MemberState, Record, RecordError, Role, SyncRecord,
@@ -28,6 +32,28 @@ const REPOLL: Duration = Duration::from_secs(1);
 const FRESH_WAIT: Duration = Duration::from_millis(500);
 /// `pg_promote(wait_seconds)`.
 const PROMOTE_WAIT_S: i32 = 60;
+/// How long the master waits for a new `synchronous_standby_names` to show in every
+/// WAL sender (`pg_stat_replication.sync_state`) before it tries again on the next tick.
+const SYNC_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Poll interval while waiting for PostgreSQL to apply a reloaded setting.
+const SYNC_APPLY_POLL: Duration = Duration::from_millis(20);
+
+/// The master's synchronous standbys (DESIGN.md 4.6), kept so that every acknowledged
+/// commit is on at least one node of the `sync` record:
+/// - adding standbys to a named set: publish `sync` first, then PostgreSQL;
+/// - anything else (removing, or naming standbys where the setting was the `ANY 1 (*)`
+///   placeholder): PostgreSQL first; once the new setting shows in every WAL sender,
+///   note our WAL position; publish once one of the named standbys flushed that far
+///   (commits acknowledged before the change may be on a standby that left the set).
+#[derive(Debug, Clone)]
+struct SyncTrack {
+    /// What `synchronous_standby_names` is set to.
+    pg: SyncStandbys,
+    /// The standbys of our `sync` record, sorted.
+    published: Vec<String>,
+    /// Our WAL insert position once `pg` was in effect.
+    pending_lsn: Option<u64>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -307,6 +333,8 @@ struct Session<'a> {
     following: Option<(String, String, u16)>,
     pg_client: Option<tokio_postgres::Client>,
     member_published: bool,
+    /// Some while we are the master in synchronous mode.
+    sync: Option<SyncTrack>,
 }
 
 impl<'a> Session<'a> {
@@ -325,6 +353,7 @@ impl<'a> Session<'a> {
             following: None,
             pg_client: None,
             member_published: false,
+            sync: None,
         }
     }
 
@@ -390,14 +419,20 @@ impl<'a> Session<'a> {
                         warn!("PostgreSQL is not running: starting it as a standby");
                         self.a.mark_rewind_if_primary()?;
                         self.a.ensure_standby_signal()?;
-                        if let Err(e) = self.a.start_pg().await {
+                        if let Err(e) = self.start_pg().await {
                             warn!("start failed: {e}");
                         }
                     }
+                    let r = self.refresh_config().await;
+                    transient(r)?;
                     let r = self.publish_member().await;
                     transient(r)?;
                     let r = self.reconcile().await;
                     transient(r)?;
+                    if self.epoch.is_some() {
+                        let r = self.manage_sync().await;
+                        transient(r)?;
+                    }
                 }
                 _ = self.fenced.changed() => {
                     return Err(AgentError::SessionEnded("lease ran out: fenced".into()));
@@ -461,6 +496,7 @@ impl<'a> Session<'a> {
             Some((c, _)) => self.config = c,
             None => {
                 let c = ClusterConfig {
+                    synchronous: self.s().synchronous,
                     session_timeout_ms: self.s().session_timeout_ms,
                     fence_margin_ms: self.s().fence_margin_ms,
                     ..ClusterConfig::default()
@@ -500,6 +536,46 @@ impl<'a> Session<'a> {
     async fn read_leader(&self) -> Result<Option<(LeaderRecord, Stat)>> {
         let path = self.s().ns.leader();
         self.read::<LeaderRecord>(&path, true).await
+    }
+
+    /// Re-reads `config` (an operator may change it while agents run).
+    async fn refresh_config(&mut self) -> Result<()> {
+        match self
+            .read::<ClusterConfig>(&self.s().ns.config(), false)
+            .await
+        {
+            Ok(Some((c, _))) => {
+                if c.synchronous != self.config.synchronous {
+                    info!(synchronous = c.synchronous, "cluster config changed");
+                }
+                self.config = c;
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(AgentError::Record(e)) => {
+                warn!("cluster config unreadable, keeping the previous one: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts PostgreSQL (a no-op when it runs). In synchronous mode a server that has no
+    /// `synchronous_standby_names` gets the `ANY 1 (*)` placeholder first: whatever it
+    /// becomes (a promoted standby, the bootstrap primary), it then never acknowledges a
+    /// commit that no standby has, and a promotion changes one non-empty setting for
+    /// another (no moment in which commits stop waiting).
+    async fn start_pg(&self) -> Result<()> {
+        if self.config.synchronous
+            && !self.a.pg.postmaster_alive()
+            && !self.a.pg.auto_conf_has("synchronous_standby_names")?
+        {
+            self.a
+                .pg
+                .set_synchronous_standby_names(Some(&SyncStandbys::Any))
+                .await?;
+        }
+        self.a.start_pg().await
     }
 
     /// Waits for an event on `leader` (or REPOLL), handling the session's end.
@@ -580,7 +656,7 @@ impl<'a> Session<'a> {
             let src = self.a.conninfo(&leader.host, leader.port);
             self.a.pg.basebackup_from(&src).await?;
             self.check_identity(&ns).await?;
-            self.a.start_pg().await?;
+            self.start_pg().await?;
             self.following = Some((leader.node, leader.host, leader.port));
             return Ok(true);
         }
@@ -633,8 +709,20 @@ impl<'a> Session<'a> {
                 )));
             }
         };
-        self.a.start_pg().await?;
-        self.publish_primary(stat).await
+        self.start_pg().await?;
+        self.publish_primary(stat).await?;
+        if self.config.synchronous {
+            // No standby yet: `ANY 1 (*)` (set by start_pg) makes commits wait for the
+            // first one; `sync` stays empty, so nobody may win until a standby has
+            // caught up and is named (manage_sync).
+            self.write_sync(&[]).await?;
+            self.sync = Some(SyncTrack {
+                pg: SyncStandbys::Any,
+                published: Vec::new(),
+                pending_lsn: None,
+            });
+        }
+        Ok(())
     }
 
     /// DESIGN.md 4.4: never start as a primary; follow the leader or compete.
@@ -655,18 +743,20 @@ impl<'a> Session<'a> {
             match election::on_restart(leader.as_ref().map(|(l, _)| l), &me) {
                 StartAs::Compete => {
                     info!("no leader: starting as a standby and competing");
+                    self.detach_if_synchronous().await?;
                     self.a.mark_rewind_if_primary()?;
                     self.a.ensure_standby_signal()?;
-                    self.a.start_pg().await?;
+                    self.start_pg().await?;
                     return Ok(true);
                 }
                 StartAs::Standby { follow: None } => {
+                    self.detach_if_synchronous().await?;
                     self.a.mark_rewind_if_primary()?;
                     info!(
                         "`leader` names this node from an older session: standby until it expires"
                     );
                     self.a.ensure_standby_signal()?;
-                    self.a.start_pg().await?;
+                    self.start_pg().await?;
                     return Ok(true);
                 }
                 StartAs::Standby { follow: Some(l) } => {
@@ -681,6 +771,21 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// Synchronous mode, `leader` vacant: stop streaming from the old master. Its session
+    /// is gone but it may be alive (paused, partitioned from coordd only): a standby that
+    /// kept streaming would keep acknowledging its commits, and a new master may be
+    /// promoted without them. Detached, a standby acknowledges nobody until it follows
+    /// the next master, so a deposed master's commits wait (and it is fenced) instead.
+    /// Its position also stops moving, which keeps the election's comparison stable.
+    async fn detach_if_synchronous(&self) -> Result<()> {
+        if !self.config.synchronous || !self.a.pg.auto_conf_has("primary_conninfo")? {
+            return Ok(());
+        }
+        info!("`leader` vacant: detaching from the old master (synchronous mode)");
+        self.a.pg.clear_primary_conninfo().await?;
+        Ok(())
     }
 
     /// Streams from leader `l` (state primary). A data directory that was a primary
@@ -698,12 +803,12 @@ impl<'a> Session<'a> {
             debug!(log = out.log, rewound = out.rewound, "pg_rewind");
             self.a.pg.set_primary_conninfo(&src).await?;
             self.a.ensure_standby_signal()?;
-            self.a.start_pg().await?;
+            self.start_pg().await?;
             self.a.clear_rewind_marker()?;
         } else {
             info!(leader = l.node, "following the master");
             self.a.pg.set_primary_conninfo(&src).await?;
-            self.a.start_pg().await?;
+            self.start_pg().await?;
         }
         self.following = Some((l.node.clone(), l.host.clone(), l.port));
         Ok(())
@@ -751,6 +856,10 @@ impl<'a> Session<'a> {
             }
             match leader {
                 None => {
+                    if self.following.is_some() {
+                        self.detach_if_synchronous().await?;
+                        self.following = None;
+                    }
                     if self.try_elect().await? {
                         return Ok(());
                     }
@@ -789,26 +898,45 @@ impl<'a> Session<'a> {
             .map(|st| st.pzxid)
             .unwrap_or(0);
         let give_up = tokio::time::Instant::now() + FRESH_WAIT;
-        let peers = loop {
+        let (peers, stale) = loop {
             let (peers, stale) = self.replica_peers(vacancy).await?;
             if stale.is_empty() || tokio::time::Instant::now() >= give_up {
-                if !stale.is_empty() {
-                    info!(
-                        ?stale,
-                        "comparing with member records older than the vacancy"
-                    );
-                }
-                break peers;
+                break (peers, stale);
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
         let sync = if self.config.synchronous {
-            self.read::<SyncRecord>(&ns.sync(), false)
-                .await?
-                .map(|(s, _)| s)
+            match self.read::<SyncRecord>(&ns.sync(), false).await {
+                Ok(s) => s.map(|(s, _)| s),
+                // Unreadable: nobody is known to be synchronous, so nobody may win.
+                Err(AgentError::Record(e)) => {
+                    warn!("`sync` unreadable: {e}");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             None
         };
+        if !stale.is_empty() {
+            if let Some(s) = sync.as_ref().filter(|_| self.config.synchronous) {
+                // A synchronous standby's position from before the vacancy may be short
+                // of commits it acknowledged since: never compare with it; try again on
+                // the next tick (it writes a fresh record when it sees the vacancy).
+                let stale_sync: Vec<&String> = stale.iter().filter(|n| s.contains(n)).collect();
+                if !stale_sync.is_empty() {
+                    info!(
+                        ?stale_sync,
+                        "`leader` is vacant; waiting for synchronous standbys' fresh records"
+                    );
+                    return Ok(false);
+                }
+            }
+            info!(
+                ?stale,
+                "comparing with member records older than the vacancy"
+            );
+        }
         if let Err(why) = election::eligible(&me_rec, &peers, &self.config, sync.as_ref()) {
             info!("`leader` is vacant but this node is not eligible: {why}");
             return Ok(false);
@@ -831,6 +959,10 @@ impl<'a> Session<'a> {
                 )));
             }
         };
+        if self.config.synchronous {
+            self.prepare_sync_before_promotion(sync.as_ref(), &peers)
+                .await?;
+        }
         info!("promoting PostgreSQL");
         if !pg::promote(&client, PROMOTE_WAIT_S).await? {
             let _ = self.a.pg.stop(StopMode::Immediate).await;
@@ -843,6 +975,185 @@ impl<'a> Session<'a> {
         self.a.clear_rewind_marker()?;
         self.publish_primary(stat).await?;
         Ok(true)
+    }
+
+    /// Synchronous mode, `leader` won, still a standby: name the standbys this master
+    /// will wait for before it can take a write. They are every node that may stream
+    /// from us soon: the old `sync` set and its leader (it comes back as a standby) and
+    /// the live replicas. `sync` first (it must always cover the setting), then
+    /// PostgreSQL; both before `pg_promote`, so not one commit is acknowledged without
+    /// a standby. Nobody else known (a cluster of one): the `ANY 1 (*)` placeholder.
+    async fn prepare_sync_before_promotion(
+        &mut self,
+        old: Option<&SyncRecord>,
+        peers: &[MemberRecord],
+    ) -> Result<()> {
+        let me = self.s().node.clone();
+        let mut names: BTreeSet<String> = peers.iter().map(|m| m.node.clone()).collect();
+        if let Some(old) = old {
+            names.extend(old.standbys.iter().cloned());
+            names.extend(old.leader.iter().cloned());
+        }
+        names.remove(&me);
+        let published: Vec<String> = names.into_iter().collect();
+        self.write_sync(&published).await?;
+        let setting = if published.is_empty() {
+            SyncStandbys::Any
+        } else {
+            SyncStandbys::Named(published.clone())
+        };
+        info!(
+            synchronous_standby_names = setting.to_conf_value(),
+            "synchronous mode: standbys named before promotion"
+        );
+        self.a
+            .pg
+            .set_synchronous_standby_names(Some(&setting))
+            .await?;
+        self.sync = Some(SyncTrack {
+            pg: setting,
+            published,
+            pending_lsn: None,
+        });
+        Ok(())
+    }
+
+    /// Writes our `sync` record (creates it when missing).
+    async fn write_sync(&self, standbys: &[String]) -> Result<()> {
+        let rec = SyncRecord {
+            leader: Some(self.s().node.clone()),
+            standbys: standbys.to_vec(),
+        };
+        let path = self.s().ns.sync();
+        let data = records::encode(&rec);
+        match self.client.set_data(&path, &data, None).await {
+            Ok(_) => {}
+            Err(e) if is_code(&e, ErrorCode::NoNode) => {
+                match self.create_shared(&path, &data).await {
+                    Ok(_) => {}
+                    Err(e) if is_code(&e, ErrorCode::NodeExists) => {
+                        self.client.set_data(&path, &data, None).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        info!(?standbys, "published `sync`");
+        Ok(())
+    }
+
+    /// The master's synchronous-standby loop, once per tick (see [`SyncTrack`]).
+    /// Errors of PostgreSQL are logged and retried on the next tick; the previous
+    /// setting and record stay (both safe).
+    async fn manage_sync(&mut self) -> Result<()> {
+        if !self.config.synchronous {
+            if self.sync.take().is_some() || self.a.pg.auto_conf_has("synchronous_standby_names")? {
+                info!("asynchronous mode: clearing synchronous_standby_names");
+                self.a.pg.set_synchronous_standby_names(None).await?;
+            }
+            return Ok(());
+        }
+        let Some(mut t) = self.sync.clone() else {
+            return Ok(());
+        };
+        let r = self.manage_sync_step(&mut t).await;
+        self.sync = Some(t);
+        match r {
+            Err(AgentError::Pg(e)) => {
+                warn!("synchronous standbys: {e}; retrying");
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    async fn manage_sync_step(&mut self, t: &mut SyncTrack) -> Result<()> {
+        let me = self.s().node.clone();
+        let ns = self.s().ns.clone();
+        let members: BTreeSet<String> = self
+            .client
+            .get_children(&ns.members(), false)
+            .await?
+            .into_iter()
+            .filter(|n| *n != me && crate::namespace::validate_node_name(n).is_ok())
+            .collect();
+        let c = pg::connect(&self.a.local_conninfo()).await?;
+        let senders = pg::wal_senders(&c).await?;
+        let streaming: BTreeSet<String> = senders
+            .iter()
+            .filter(|w| w.state == "streaming" && members.contains(&w.application_name))
+            .map(|w| w.application_name.clone())
+            .collect();
+        // No standby streams: keep waiting for the ones named (never "wait for nobody").
+        let target = if streaming.is_empty() {
+            t.pg.clone()
+        } else {
+            SyncStandbys::Named(streaming.into_iter().collect())
+        };
+        // 1. Adding to a named set: `sync` first.
+        if let (SyncStandbys::Named(_), SyncStandbys::Named(new)) = (&t.pg, &target) {
+            if !new.iter().all(|n| t.published.contains(n)) {
+                let mut p: BTreeSet<String> = t.published.iter().cloned().collect();
+                p.extend(new.iter().cloned());
+                let p: Vec<String> = p.into_iter().collect();
+                self.write_sync(&p).await?;
+                t.published = p;
+            }
+        }
+        // 2. PostgreSQL.
+        if t.pg != target {
+            info!(
+                synchronous_standby_names = target.to_conf_value(),
+                "synchronous standbys change"
+            );
+            self.a
+                .pg
+                .set_synchronous_standby_names(Some(&target))
+                .await?;
+            t.pg = target;
+            t.pending_lsn = None;
+        }
+        // 3. `sync` catches up with the setting.
+        let SyncStandbys::Named(names) = t.pg.clone() else {
+            return Ok(());
+        };
+        if t.published == names {
+            t.pending_lsn = None;
+            return Ok(());
+        }
+        let l0 = match t.pending_lsn {
+            Some(l) => l,
+            None => {
+                if !wait_sync_applied(&c, &t.pg).await? {
+                    warn!(
+                        "synchronous_standby_names not in effect after {SYNC_APPLY_TIMEOUT:?}; \
+                         retrying"
+                    );
+                    return Ok(());
+                }
+                let l = pg::current_lsn(&c).await?;
+                t.pending_lsn = Some(l);
+                l
+            }
+        };
+        let caught_up = pg::wal_senders(&c)
+            .await?
+            .iter()
+            .filter(|w| names.contains(&w.application_name))
+            .filter_map(|w| w.flush_lsn)
+            .any(|f| f >= l0);
+        if caught_up {
+            self.write_sync(&names).await?;
+            t.published = names;
+            t.pending_lsn = None;
+        } else {
+            debug!(
+                lsn = pg::format_lsn(l0),
+                "waiting for a named standby to flush past the change"
+            );
+        }
+        Ok(())
     }
 
     /// The other members' records that are replicas, and the names of those among
@@ -1005,6 +1316,39 @@ impl<'a> Session<'a> {
 
     async fn publish_member(&mut self) -> Result<()> {
         let rec = self.member_record().await;
+        if self.config.synchronous
+            && self.epoch.is_none()
+            && self.following.is_some()
+            && self.member_published
+        {
+            // A standby still streaming publishes its position only while `leader`
+            // exists (one multi: check, then set). After a vacancy its next record is
+            // the one try_elect writes once it detached, so a record written after the
+            // vacancy (what candidates wait for) never holds a position that could still
+            // grow: a deposed master that runs on keeps sending WAL until each standby
+            // detaches, and commits it acknowledged must not be missed in the comparison.
+            let ns = &self.s().ns;
+            let ops = vec![
+                MultiOp::Check(CheckVersionRequest {
+                    path: ns.leader(),
+                    version: -1,
+                }),
+                MultiOp::SetData(SetDataRequest {
+                    path: ns.member(&self.s().node),
+                    data: records::encode(&rec),
+                    version: -1,
+                }),
+            ];
+            match self.client.multi(ops).await {
+                Ok(_) => return Ok(()),
+                Err(coordd_client::Error::MultiFailed { index: 0, .. }) => {
+                    debug!("`leader` is gone: not publishing a position from before detaching");
+                    return Ok(());
+                }
+                Err(coordd_client::Error::MultiFailed { .. }) => self.member_published = false,
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.write_member(&rec).await
     }
 
@@ -1080,6 +1424,40 @@ fn transient(r: Result<()>) -> Result<()> {
             Ok(())
         }
         r => r,
+    }
+}
+
+/// Waits (up to [`SYNC_APPLY_TIMEOUT`]) until `want` is in effect: this backend shows
+/// it, and every WAL sender's `sync_state` agrees (a standby named is not `async`, any
+/// other is). A WAL sender applies a reload on its own schedule; once it shows `async`
+/// it no longer releases waiting commits.
+async fn wait_sync_applied(c: &tokio_postgres::Client, want: &SyncStandbys) -> Result<bool> {
+    let text = want.to_conf_value();
+    let deadline = tokio::time::Instant::now() + SYNC_APPLY_TIMEOUT;
+    loop {
+        let shown: String = c
+            .query_one("SHOW synchronous_standby_names", &[])
+            .await
+            .map_err(PgError::from)?
+            .try_get(0)
+            .map_err(PgError::from)?;
+        if shown == text {
+            let senders = pg::wal_senders(c).await?;
+            let agree = senders.iter().all(|w| {
+                let named = match want {
+                    SyncStandbys::Any => true,
+                    SyncStandbys::Named(n) => n.contains(&w.application_name),
+                };
+                named == (w.sync_state != "async")
+            });
+            if agree {
+                return Ok(true);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(SYNC_APPLY_POLL).await;
     }
 }
 
