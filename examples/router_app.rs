@@ -190,12 +190,31 @@ async fn run(args: Args) -> Result<(), Error> {
         .connect()
         .await?;
     println!("topology: {:?}", router.topology());
-    router
-        .execute(
-            "CREATE TABLE IF NOT EXISTS router_app_events (id bigserial PRIMARY KEY, n bigint NOT NULL)",
-            &[],
-        )
-        .await?;
+    // Create the table in a transaction and wait (bounded) until every replica in the
+    // topology has replayed it, so that the first reads find it.
+    let tx = router.transaction().await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS router_app_events (id bigserial PRIMARY KEY, n bigint NOT NULL)",
+    )
+    .await?;
+    let token = tx.commit_with_token().await?;
+    let mut published = router.subscribe();
+    let replayed = tokio::time::timeout(Duration::from_secs(10), async {
+        while !router
+            .topology()
+            .replicas()
+            .iter()
+            .all(|r| r.replay_lsn.is_some_and(|l| l >= token.0))
+        {
+            if published.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    if replayed.is_err() {
+        println!("replicas have not replayed the table after 10 s; starting anyway");
+    }
 
     let start = Instant::now();
     let end = start + Duration::from_secs(args.duration_secs);
@@ -215,10 +234,12 @@ async fn run(args: Args) -> Result<(), Error> {
         if Instant::now() >= next_print {
             tally.print(start.elapsed());
             tally = Tally::default();
-            next_print += Duration::from_secs(1);
+            next_print = Instant::now() + Duration::from_secs(1);
         }
     }
-    tally.print(start.elapsed());
+    if tally.writes.len() + tally.reads.len() + tally.errors.len() > 0 {
+        tally.print(start.elapsed());
+    }
     let r = router.retry_counts();
     println!(
         "retries: write_on_master={} read_elsewhere={} read_on_master={}",
