@@ -753,6 +753,28 @@ mod tests {
     }
 
     #[test]
+    fn more_tricky_ones() {
+        write("SELECT \"pg_catalog\".\"nextval\"('s')");
+        write("SELECT pg_catalog . nextval ('s')");
+        write("SELECT * FROM pg_advisory_lock(1)");
+        write("SELECT pg_advisory_unlock_all()");
+        write("SELECT 1 FROM t FOR SHARE OF t");
+        write("SELECT x FROM t ORDER BY x FOR KEY SHARE SKIP LOCKED");
+        read("SELECT nextval FROM (VALUES (1)) v(nextval)");
+        read("SELECT txid_current_snapshot(), pg_current_snapshot()");
+        read("-- /* not a block comment\nSELECT 1");
+        read("/* -- not a line comment */ SELECT 1");
+        read("WITH t AS (SELECT 1) TABLE t");
+        read("SELECT * FROM t ORDER BY a FETCH FIRST 1 ROWS ONLY");
+        read("SELECT $_$ DELETE $_$");
+        read("SELECT a$$b FROM t");
+        read("SELECT * FROM t WHERE x = ANY($1) AND y @> $2");
+        read("SELECT 'a'\n'b'");
+        write("SHOW x; SET y = 1");
+        write("EXPLAIN ANALYZE WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d");
+    }
+
+    #[test]
     fn backslash_literals_need_both_readings() {
         // With standard_conforming_strings on: 'x\' is a string, then a second one.
         // With it off, everything through the second quote is one string and the

@@ -1061,3 +1061,39 @@ impl Router {
         &self.shared().table
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_error(source: PoolError) -> Error {
+        Error::Pool {
+            node: "n".into(),
+            host: "h".into(),
+            port: 1,
+            source,
+        }
+    }
+
+    #[test]
+    fn connection_failures_and_retryable_errors() {
+        // Could not connect or the pool went away: another node may serve a read.
+        for source in [
+            PoolError::Timeout(TimeoutType::Create),
+            PoolError::Timeout(TimeoutType::Recycle),
+            PoolError::Closed,
+        ] {
+            let e = pool_error(source);
+            assert!(e.is_connection_failure(), "{e}");
+            assert!(e.is_retryable(), "{e}");
+        }
+        // A full pool is busy, not broken.
+        let e = pool_error(PoolError::Timeout(TimeoutType::Wait));
+        assert!(!e.is_connection_failure());
+        assert!(e.is_retryable());
+        let e = Error::MasterSuspect { node: "n".into() };
+        assert!(e.is_retryable() && !e.is_connection_failure());
+        assert!(!Error::Config("x".into()).is_retryable());
+        assert!(!Error::Route(RouteError::NoReadable).is_connection_failure());
+    }
+}
