@@ -109,12 +109,12 @@ fn a_full_disk_stops_the_server_and_loses_no_acknowledged_write() {
     };
     assert!(!status.success(), "exit status {status}");
     let log = server.log();
-    assert!(log.contains("log writer failed"), "{log}");
+    assert!(log.contains("write-ahead log failed"), "{log}");
     eprintln!(
         "acknowledged {} writes; coordd stopped with {status}: {}",
         acknowledged.len(),
         log.lines()
-            .find(|l| l.contains("log writer failed"))
+            .find(|l| l.contains("write-ahead log failed"))
             .unwrap_or("")
     );
 

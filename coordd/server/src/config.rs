@@ -76,6 +76,12 @@ pub struct Flags {
     /// always has its own) [default: 1].
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// Under a serial write load (one write at a time), write and fsync it on the
+    /// serving thread instead of handing it to the log writer thread: two thread
+    /// wake-ups less per write, at the price of that thread waiting out the fsync
+    /// [default: true].
+    #[arg(long)]
+    pub inline_commit: Option<bool>,
     /// DANGEROUS: do not fsync the log. An acknowledged write can be lost on a crash.
     #[arg(long)]
     pub no_fsync: bool,
@@ -101,6 +107,7 @@ pub struct FileConfig {
     pub superuser_digest: Option<String>,
     pub server_id: Option<u8>,
     pub worker_threads: Option<usize>,
+    pub inline_commit: Option<bool>,
     pub no_fsync: Option<bool>,
 }
 
@@ -123,6 +130,7 @@ pub struct Config {
     pub superuser_digest: Option<String>,
     pub server_id: u8,
     pub worker_threads: usize,
+    pub inline_commit: bool,
     pub fsync: bool,
 }
 
@@ -145,6 +153,8 @@ pub enum ConfigError {
 pub const CLIENT_ADDR_DEFAULT: &str = "127.0.0.1:2181";
 pub const TICK_TIME_MS_DEFAULT: u32 = 2000;
 pub const WORKER_THREADS_DEFAULT: usize = 1;
+/// Default for `inline_commit`: on; see the flag.
+pub const INLINE_COMMIT_DEFAULT: bool = true;
 
 impl Default for Config {
     fn default() -> Self {
@@ -266,6 +276,10 @@ impl Config {
                     .or(file.worker_threads)
                     .unwrap_or(WORKER_THREADS_DEFAULT),
             )?,
+            inline_commit: flags
+                .inline_commit
+                .or(file.inline_commit)
+                .unwrap_or(INLINE_COMMIT_DEFAULT),
             fsync: !(flags.no_fsync || file.no_fsync.unwrap_or(false)),
         };
         if config.server_id == 0 {

@@ -207,9 +207,19 @@ pub struct Core {
     closing: HashSet<SessionId>,
     deadlines: SessionDeadlines,
     inflight: VecDeque<Inflight>,
+    /// Entries submitted since the log was last told (inline commit or a kick).
+    log_pending: bool,
+    /// The session of the latest logged request and how many logged requests in a
+    /// row came from it: the inline-commit policy's measure of a serial write load.
+    serial_writer: (SessionId, u32),
     entries_since_snapshot: u64,
     metrics: Arc<Metrics>,
 }
+
+/// Logged requests in a row from one session before its writes are committed inline
+/// (`inline_commit`): a load of several writers is better served by the log writer
+/// thread, which batches their entries under one fsync while this thread goes on.
+const SERIAL_WRITES_MIN: u32 = 8;
 
 fn now_wall_ms() -> i64 {
     SystemTime::now()
@@ -303,6 +313,8 @@ impl Core {
             closing: HashSet::new(),
             deadlines,
             inflight: VecDeque::new(),
+            log_pending: false,
+            serial_writer: (0, 0),
             entries_since_snapshot: 0,
             metrics,
         }
@@ -323,6 +335,11 @@ impl Core {
         ));
         container_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Err(why) = self.commit_log() {
+                tracing::error!(%why, "write-ahead log failed; stopping: no write may be acknowledged after a failed fsync");
+                self.close_all();
+                return Err(why);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -757,8 +774,16 @@ impl Core {
         let entry = Entry { zxid, time_ms, txn };
         let mut buf = BytesMut::with_capacity(128);
         entry.encode(&mut buf);
-        match self.writer.submit(zxid, buf.freeze()) {
+        match self.writer.submit_deferred(zxid, buf.freeze()) {
             Ok(()) => {
+                self.log_pending = true;
+                self.serial_writer = match origin {
+                    Origin::Request { session_id, .. } if session_id == self.serial_writer.0 => {
+                        (session_id, self.serial_writer.1.saturating_add(1))
+                    }
+                    Origin::Request { session_id, .. } => (session_id, 1),
+                    Origin::Connect { .. } | Origin::Server => (0, 0),
+                };
                 self.next_zxid += 1;
                 self.last_time_ms = time_ms;
                 self.inflight.push_back(Inflight { entry, origin });
@@ -769,6 +794,33 @@ impl Core {
                 tracing::warn!(error = %e, "log queue full; refusing a write");
                 false
             }
+        }
+    }
+
+    /// Hands what `submit` queued to the log. Under a serial write load (one session
+    /// writing, its write the only request outstanding) the entry is written and
+    /// fsynced right here and answered at once; otherwise the log writer thread takes
+    /// it, batching it with others under one fsync while this thread serves on.
+    fn commit_log(&mut self) -> Result<(), String> {
+        if !self.log_pending {
+            return Ok(());
+        }
+        self.log_pending = false;
+        let serial = self.config.inline_commit
+            && self.serial_writer.1 >= SERIAL_WRITES_MIN
+            && self.inflight.len() == 1
+            && self.metrics.outstanding_requests.load(Ordering::Relaxed) <= 1;
+        if !serial {
+            self.writer.kick();
+            return Ok(());
+        }
+        match self.writer.commit_inline() {
+            Ok(Some(zxid)) => {
+                self.on_durable(zxid);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.to_string()),
         }
     }
 

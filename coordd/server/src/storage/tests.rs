@@ -983,6 +983,123 @@ fn log_writer_failure_is_reported_and_stops() {
     w.shutdown();
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Any mix of queued, deferred and inline commits (and a snapshot) writes every
+    /// entry once, in zxid order; an inline commit's answer and every `UpTo` cover
+    /// only what was submitted.
+    #[test]
+    fn log_writer_inline_and_threaded_commits_keep_log_order(
+        steps in proptest::collection::vec(0u8..5, 1..60)
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(cfg(d.path())).unwrap();
+        let (w, mut rx) = LogWriter::spawn(wal, LogWriterConfig::default());
+        let mut z: Zxid = 0;
+        let mut snapshot_at = None;
+        for step in steps {
+            match step {
+                0 => { z += 1; w.submit(z, Bytes::from(payload(z, 7))).unwrap(); }
+                1 | 2 => { z += 1; w.submit_deferred(z, Bytes::from(payload(z, 7))).unwrap(); }
+                3 => {
+                    if let Some(upto) = w.commit_inline().unwrap() {
+                        prop_assert_eq!(upto, z, "inline commits everything queued");
+                    }
+                }
+                _ => {
+                    if z > 0 && snapshot_at.is_none() {
+                        w.snapshot(z, b"image".to_vec()).unwrap();
+                        snapshot_at = Some(z);
+                    }
+                    w.kick();
+                }
+            }
+            while let Ok(d) = rx.try_recv() {
+                match d {
+                    Durable::UpTo(u) => prop_assert!(u <= z),
+                    Durable::Failed(e) => panic!("{e}"),
+                }
+            }
+        }
+        w.shutdown();
+        let (_, rec) = Wal::open(cfg(d.path())).unwrap();
+        let got: Vec<Zxid> = rec.entries.iter().map(|e| e.0).collect();
+        let from = snapshot_at.map_or(1, |s| s + 1);
+        let want: Vec<Zxid> = (from..=z).collect();
+        prop_assert_eq!(&got, &want);
+        for (zz, data) in &rec.entries {
+            prop_assert_eq!(data, &payload(*zz, 7));
+        }
+    }
+}
+
+#[test]
+fn log_writer_commits_inline_while_its_thread_is_parked() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(cfg(d.path())).unwrap();
+    let (w, mut rx) = LogWriter::spawn(wal, LogWriterConfig::default());
+    // The thread parks as soon as it finds the queue empty; until then the inline
+    // path declines and hands the entry over.
+    let mut inline = 0;
+    for z in 1..=200 {
+        w.submit_deferred(z, Bytes::from(payload(z, 5))).unwrap();
+        match w.commit_inline().unwrap() {
+            Some(upto) => {
+                assert_eq!(upto, z);
+                inline += 1;
+            }
+            None => match writer_rt().block_on(rx.recv()).unwrap() {
+                Durable::UpTo(upto) => assert_eq!(upto, z),
+                Durable::Failed(e) => panic!("{e}"),
+            },
+        }
+    }
+    assert!(inline > 0, "the parked thread never let the caller write");
+    let stats = w.stats();
+    assert_eq!(
+        stats.entries.load(std::sync::atomic::Ordering::Relaxed),
+        200
+    );
+    w.shutdown();
+    let (_, rec) = Wal::open(cfg(d.path())).unwrap();
+    expect_entries(&rec, 1..=200, 5);
+}
+
+#[test]
+fn log_writer_inline_failure_stops_the_writer() {
+    let d = tempfile::tempdir().unwrap();
+    let f = FaultInjector::new();
+    let (wal, _) = Wal::open(with_faults(d.path(), &f)).unwrap();
+    let (w, _rx) = LogWriter::spawn(wal, LogWriterConfig::default());
+    // Until the thread is parked the entry goes to it instead; submit until one is
+    // committed inline (bounded), so that the thread is parked for the next.
+    let mut z = 0;
+    loop {
+        z += 1;
+        assert!(z < 10_000, "never committed inline");
+        w.submit_deferred(z, Bytes::from_static(b"x")).unwrap();
+        if w.commit_inline().unwrap().is_some() {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    f.fail_nth(IoOp::Sync, 1, Fault::Error);
+    z += 1;
+    w.submit_deferred(z, Bytes::from_static(b"x")).unwrap();
+    let err = w.commit_inline().expect_err("the injected fdatasync fault");
+    assert!(err.to_string().contains("fdatasync"), "{err}");
+    assert!(matches!(
+        w.submit(z + 1, Bytes::from_static(b"y")),
+        Err(StorageError::WriterStopped(_))
+    ));
+    assert!(matches!(
+        w.commit_inline(),
+        Err(StorageError::WriterStopped(_))
+    ));
+    w.shutdown();
+}
+
 #[test]
 fn log_writer_drop_flushes() {
     let d = tempfile::tempdir().unwrap();

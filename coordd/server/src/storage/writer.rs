@@ -4,9 +4,18 @@
 //! fsync is in flight the next batch accumulates, so throughput grows with the number
 //! of concurrent writers instead of being capped at one fsync per entry.
 //!
+//! A lone write need not pay for two thread hand-offs (a futex wake of this thread, a
+//! wake of the submitter when it is durable): when the writer thread is parked and
+//! only the caller's own entries are queued, [`LogWriter::commit_inline`] writes them
+//! on the calling thread. Whether that is worth blocking the caller for one fsync is
+//! the caller's policy (coordd's core does it only for serial write loads).
+//!
 //! Invariant: `Durable::UpTo(z)` is sent only after every entry with zxid <= z that was
-//! submitted is durable. After `Durable::Failed` nothing more is written or reported
-//! and `submit` fails: the server must stop.
+//! submitted is durable; `commit_inline` returning `Some(z)` means the same. Entries
+//! reach the log in submission order: the inline path runs only while the writer
+//! thread is parked with nothing of its own in hand. After `Durable::Failed` (or an
+//! inline error) nothing more is written or reported and `submit` fails: the server
+//! must stop.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +101,9 @@ pub struct LogStats {
 struct Shared {
     stats: LogStats,
     queue: Mutex<Queue>,
+    /// The log. The writer thread locks it for each batch; `commit_inline` locks it
+    /// (while holding `queue`) only when the writer thread is parked.
+    wal: Mutex<Wal>,
     wake: Condvar,
     cfg: LogWriterConfig,
     entry_bytes_max: u64,
@@ -102,6 +114,29 @@ impl Shared {
         // A panic while holding this lock cannot leave the queue inconsistent (every
         // critical section is a few field updates), so poisoning is ignored.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wal(&self) -> MutexGuard<'_, Wal> {
+        // A panic inside an append leaves the Wal poisoned by its own rules (it
+        // refuses further appends after a failed write), so the mutex's poisoning
+        // adds nothing.
+        self.wal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one batch and counts it.
+    fn append(&self, wal: &mut Wal, batch: &[(Zxid, Bytes)]) -> Result<(), StorageError> {
+        let refs: Vec<(Zxid, &[u8])> = batch.iter().map(|(z, e)| (*z, &e[..])).collect();
+        let started = Instant::now();
+        let res = wal.append(&refs);
+        let us = started.elapsed().as_micros() as u64;
+        let stats = &self.stats;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .entries
+            .fetch_add(refs.len() as u64, Ordering::Relaxed);
+        stats.append_us_total.fetch_add(us, Ordering::Relaxed);
+        stats.append_us_max.fetch_max(us, Ordering::Relaxed);
+        res
     }
 }
 
@@ -146,7 +181,8 @@ impl std::fmt::Debug for LogWriter {
 }
 
 impl LogWriter {
-    /// Starts the writer thread, which owns `wal` from now on.
+    /// Starts the writer thread. The `wal` is written by that thread, or by
+    /// [`commit_inline`](Self::commit_inline) on the caller's thread while it is parked.
     pub fn spawn(wal: Wal, cfg: LogWriterConfig) -> (LogWriter, mpsc::UnboundedReceiver<Durable>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -157,12 +193,13 @@ impl LogWriter {
             }),
             wake: Condvar::new(),
             entry_bytes_max: wal.entry_bytes_max(),
+            wal: Mutex::new(wal),
             cfg,
         });
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("coordd-log-writer".into())
-            .spawn(move || run(wal, &thread_shared, &tx))
+            .spawn(move || run(&thread_shared, &tx))
             .expect("spawning the log writer thread");
         let inner = Arc::new(Inner {
             shared,
@@ -175,6 +212,73 @@ impl LogWriter {
     /// submits in log order). Fails if the queue is at a bound, the zxid is out of
     /// order, the entry is too large, or the writer has stopped.
     pub fn submit(&self, zxid: Zxid, entry: Bytes) -> Result<(), StorageError> {
+        self.enqueue(zxid, entry, true)
+    }
+
+    /// Like [`submit`](Self::submit) but leaves the writer thread parked: the caller
+    /// follows up with [`commit_inline`](Self::commit_inline) or [`kick`](Self::kick).
+    pub fn submit_deferred(&self, zxid: Zxid, entry: Bytes) -> Result<(), StorageError> {
+        self.enqueue(zxid, entry, false)
+    }
+
+    /// Wakes the writer thread if it is parked with entries queued.
+    pub fn kick(&self) {
+        let shared = &self.inner.shared;
+        let wake = {
+            let q = shared.lock();
+            q.writer_waiting && !q.items.is_empty()
+        };
+        if wake {
+            shared.wake.notify_one();
+        }
+    }
+
+    /// Writes the queued entries (one write, one fdatasync) on the calling thread if
+    /// the writer thread is parked, so that nothing it holds can be older, and the
+    /// queue holds only entries (a snapshot request stays with the thread). Returns the
+    /// highest zxid now durable, or `None` when it left the work to the writer thread
+    /// (which it then wakes). Only the thread that submits may call it: it relies on no
+    /// entry being submitted while it writes.
+    pub fn commit_inline(&self) -> Result<Option<Zxid>, StorageError> {
+        let shared = &self.inner.shared;
+        let mut q = shared.lock();
+        check_open(&q)?;
+        let entries_only = q.items.iter().all(|i| matches!(i, Item::Entry(..)));
+        if q.items.is_empty() || !q.writer_waiting || !entries_only {
+            let wake = q.writer_waiting && !q.items.is_empty();
+            drop(q);
+            if wake {
+                shared.wake.notify_one();
+            }
+            return Ok(None);
+        }
+        let batch: Vec<(Zxid, Bytes)> = q
+            .items
+            .drain(..)
+            .filter_map(|i| match i {
+                Item::Entry(z, e) => Some((z, e)),
+                Item::Snapshot(..) => None, // excluded above
+            })
+            .collect();
+        q.bytes = 0;
+        // The queue stays locked while writing: the parked writer thread cannot take
+        // anything, and `close` waits, so the log order is the submission order.
+        let res = {
+            let mut wal = shared.wal();
+            shared.append(&mut wal, &batch)
+        };
+        match res {
+            Ok(()) => Ok(batch.last().map(|&(z, _)| z)),
+            Err(e) => {
+                error!(error = %e, "inline log write failed; the server must stop");
+                q.failed = Some(e.to_string());
+                q.items.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn enqueue(&self, zxid: Zxid, entry: Bytes, wake_writer: bool) -> Result<(), StorageError> {
         let shared = &self.inner.shared;
         let len = entry.len() as u64;
         if len > shared.entry_bytes_max {
@@ -208,7 +312,7 @@ impl LogWriter {
         q.items.push_back(Item::Entry(zxid, entry));
         q.bytes += len;
         q.last_submitted = zxid;
-        let wake = q.writer_waiting;
+        let wake = wake_writer && q.writer_waiting;
         drop(q);
         if wake {
             shared.wake.notify_one();
@@ -262,7 +366,7 @@ fn check_open(q: &Queue) -> Result<(), StorageError> {
     Ok(())
 }
 
-fn run(mut wal: Wal, shared: &Shared, tx: &mpsc::UnboundedSender<Durable>) {
+fn run(shared: &Shared, tx: &mpsc::UnboundedSender<Durable>) {
     let mut batch: Vec<(Zxid, Bytes)> = Vec::new();
     loop {
         let mut snapshot = None;
@@ -303,18 +407,7 @@ fn run(mut wal: Wal, shared: &Shared, tx: &mpsc::UnboundedSender<Durable>) {
             }
         }
         if let Some(&(last, _)) = batch.last() {
-            let refs: Vec<(Zxid, &[u8])> = batch.iter().map(|(z, e)| (*z, &e[..])).collect();
-            let started = Instant::now();
-            let res = wal.append(&refs);
-            let us = started.elapsed().as_micros() as u64;
-            let stats = &shared.stats;
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            stats
-                .entries
-                .fetch_add(refs.len() as u64, Ordering::Relaxed);
-            stats.append_us_total.fetch_add(us, Ordering::Relaxed);
-            stats.append_us_max.fetch_max(us, Ordering::Relaxed);
-            drop(refs);
+            let res = shared.append(&mut shared.wal(), &batch);
             batch.clear();
             match res {
                 Ok(()) => {
@@ -325,7 +418,7 @@ fn run(mut wal: Wal, shared: &Shared, tx: &mpsc::UnboundedSender<Durable>) {
             }
         }
         if let Some((z, image)) = snapshot {
-            match wal.save_snapshot(z, &image) {
+            match shared.wal().save_snapshot(z, &image) {
                 Ok(()) => {}
                 // A rejected request (older than the newest snapshot, too large) wrote
                 // nothing and leaves the log intact: not a reason to stop the server.
@@ -336,7 +429,7 @@ fn run(mut wal: Wal, shared: &Shared, tx: &mpsc::UnboundedSender<Durable>) {
             }
         }
     }
-    info!(last_zxid = wal.last_zxid(), "log writer stopped");
+    info!(last_zxid = shared.wal().last_zxid(), "log writer stopped");
 }
 
 fn fail(shared: &Shared, tx: &mpsc::UnboundedSender<Durable>, e: StorageError) {
