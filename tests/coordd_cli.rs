@@ -144,10 +144,7 @@ fn worker_threads_sets_the_serving_threads() {
         let addr = server.connect_string().parse().unwrap();
         assert_eq!(four_letter(addr, "ruok").as_deref(), Some("imok"));
         let names = thread_names(server.pid().expect("coordd running"));
-        let tokio_workers = names
-            .iter()
-            .filter(|n| n.starts_with("tokio-r"))
-            .count();
+        let tokio_workers = names.iter().filter(|n| n.starts_with("tokio-r")).count();
         // One worker is a current-thread runtime on the main thread: no tokio worker
         // threads at all; N > 1 is a multi-thread runtime with exactly N.
         assert_eq!(
