@@ -4,6 +4,7 @@
 //! switchyard agent --cluster main --node pg1 --coord zk1:2181,zk2:2181 \
 //!     --pg-data /var/lib/postgresql/data --pg-port 5432 --host 10.0.0.1 [--config agent.toml]
 //! switchyard status --cluster main --coord zk1:2181 [--json]
+//! switchyard switchover --cluster main --coord zk1:2181 [--from pg1] --to pg2
 //! ```
 
 use std::process::ExitCode;
@@ -38,6 +39,42 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hand the master role over to a replica (planned, nothing lost) and wait for it.
+    Switchover {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        coord: String,
+        #[arg(long, default_value = ROOT_DEFAULT)]
+        root: String,
+        /// The current master (refused if another node is master).
+        #[arg(long)]
+        from: Option<String>,
+        /// The replica to promote.
+        #[arg(long)]
+        to: String,
+        /// How long to wait for the outcome.
+        #[arg(long, default_value_t = agent::switchover::SWITCHOVER_WAIT_MS_DEFAULT)]
+        timeout_ms: u64,
+    },
+}
+
+/// The namespace and server list of a command, or a usage error printed for `cmd`.
+fn target(
+    cmd: &str,
+    root: &str,
+    cluster: &str,
+    coord: &str,
+) -> Result<(Namespace, Vec<String>), ExitCode> {
+    let ns = Namespace::new(root, cluster).map_err(|e| {
+        eprintln!("switchyard {cmd}: {e}");
+        ExitCode::from(2)
+    })?;
+    let coord = parse_coord(coord).map_err(|e| {
+        eprintln!("switchyard {cmd}: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok((ns, coord))
 }
 
 fn main() -> ExitCode {
@@ -84,16 +121,9 @@ fn main() -> ExitCode {
             root,
             json,
         } => {
-            let (ns, coord) = match (Namespace::new(&root, &cluster), parse_coord(&coord)) {
-                (Ok(ns), Ok(c)) => (ns, c),
-                (Err(e), _) => {
-                    eprintln!("switchyard status: {e}");
-                    return ExitCode::from(2);
-                }
-                (_, Err(e)) => {
-                    eprintln!("switchyard status: {e}");
-                    return ExitCode::from(2);
-                }
+            let (ns, coord) = match target("status", &root, &cluster, &coord) {
+                Ok(t) => t,
+                Err(code) => return code,
             };
             match rt.block_on(agent::status::read_status(coord, &ns)) {
                 Ok(st) => {
@@ -106,6 +136,42 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("switchyard status: coordd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Switchover {
+            cluster,
+            coord,
+            root,
+            from,
+            to,
+            timeout_ms,
+        } => {
+            let (ns, coord) = match target("switchover", &root, &cluster, &coord) {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            let wait = std::time::Duration::from_millis(timeout_ms);
+            match rt.block_on(agent::switchover::switchover(
+                coord,
+                &ns,
+                from.as_deref(),
+                &to,
+                wait,
+            )) {
+                Ok(done) => {
+                    println!(
+                        "switchover {} -> {} done in {} ms (epoch {})",
+                        done.from,
+                        done.to,
+                        done.elapsed.as_millis(),
+                        done.epoch
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchyard switchover: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -394,6 +394,9 @@ pub struct ControlData {
     pub cluster_state: String,
     /// "Latest checkpoint's TimeLineID".
     pub checkpoint_timeline: u32,
+    /// "Latest checkpoint location": where the latest checkpoint record starts (after a
+    /// clean shutdown, the shutdown checkpoint: the last record the server wrote).
+    pub checkpoint_lsn: u64,
 }
 
 /// Parses `pg_controldata` output (C locale).
@@ -417,7 +420,9 @@ pub fn parse_controldata(text: &str) -> Result<ControlData> {
         })
     };
     let tli = num("Latest checkpoint's TimeLineID")?;
+    let checkpoint_lsn = parse_lsn(field("Latest checkpoint location")?)?;
     Ok(ControlData {
+        checkpoint_lsn,
         system_identifier: num("Database system identifier")?,
         cluster_state: field("Database cluster state")?.to_owned(),
         checkpoint_timeline: u32::try_from(tli).map_err(|_| PgError::Parse {
@@ -1547,6 +1552,7 @@ mod tests {
                     Catalog version number:               202209061\n\
                     Database system identifier:           7412345678901234567\n\
                     Database cluster state:               shut down in recovery\n\
+                    Latest checkpoint location:           0/3000060\n\
                     Latest checkpoint's TimeLineID:       2\n\
                     Latest checkpoint's PrevTimeLineID:   1\n";
         assert_eq!(
@@ -1555,6 +1561,7 @@ mod tests {
                 system_identifier: 7_412_345_678_901_234_567,
                 cluster_state: "shut down in recovery".to_owned(),
                 checkpoint_timeline: 2,
+                checkpoint_lsn: 0x300_0060,
             }
         );
         assert!(parse_controldata("garbage").is_err());

@@ -398,6 +398,23 @@ impl Record for InitializeRecord {
     }
 }
 
+/// Where a planned switchover stands. The record is kept when it is over (the cluster
+/// node grants no DELETE), marked `done` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchoverStatus {
+    /// Written by the operator; the master acts on it.
+    #[default]
+    Pending,
+    /// `to` was promoted (written by the new master).
+    Done,
+    /// Refused or abandoned (`reason` says why); the master is unchanged or was
+    /// replaced by a failover.
+    Failed,
+    #[serde(other)]
+    Unknown,
+}
+
 /// `clusters/<c>/switchover`: an operator's planned switchover.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchoverRequest {
@@ -406,6 +423,12 @@ pub struct SwitchoverRequest {
     /// The node to promote; `None` lets the eligible replicas race as in a failover.
     #[serde(default)]
     pub to: Option<String>,
+    /// A record without one (written by an older tool) is pending.
+    #[serde(default)]
+    pub status: SwitchoverStatus,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Record for SwitchoverRequest {
@@ -568,10 +591,16 @@ mod tests {
         let w = SwitchoverRequest {
             from: "pg-1".into(),
             to: None,
+            status: SwitchoverStatus::Failed,
+            reason: Some("pg-2 is not streaming".into()),
         };
         assert_eq!(decode::<SwitchoverRequest>(&encode(&w)).unwrap(), w);
         let w: SwitchoverRequest = decode(br#"{"v":1,"from":"a","to":"b"}"#).unwrap();
         assert_eq!(w.to.as_deref(), Some("b"));
+        assert_eq!(w.status, SwitchoverStatus::Pending);
+        let w: SwitchoverRequest =
+            decode(br#"{"v":1,"from":"a","to":"b","status":"paused"}"#).unwrap();
+        assert_eq!(w.status, SwitchoverStatus::Unknown);
     }
 
     #[test]
@@ -788,7 +817,7 @@ mod tests {
         ) {
             let s = SyncRecord { leader, standbys };
             prop_assert_eq!(decode::<SyncRecord>(&encode(&s)).unwrap(), s);
-            let w = SwitchoverRequest { from, to };
+            let w = SwitchoverRequest { from, to, status: SwitchoverStatus::Done, reason: None };
             prop_assert_eq!(decode::<SwitchoverRequest>(&encode(&w)).unwrap(), w);
         }
 

@@ -4,7 +4,8 @@
 //!
 //! The rules are pure functions in [`crate::election`]; this module is the I/O around
 //! them: [`config`] (flags + TOML), [`node`] (one agent's session loop) and
-//! [`status`] (the `switchyard status` command).
+//! [`status`] and [`switchover`] (the `switchyard status` and `switchyard switchover`
+//! commands).
 //!
 //! Invariants:
 //! - PostgreSQL runs as a primary only while this process holds `leader` in its
@@ -41,6 +42,7 @@
 pub mod config;
 pub mod node;
 pub mod status;
+pub mod switchover;
 
 pub use config::{AgentFlags, Settings};
 pub use node::{run_agent, AgentError};

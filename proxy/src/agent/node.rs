@@ -20,7 +20,7 @@ use crate::pg::{
 };
 use crate::records::{
     self, ClusterConfig, InitializeRecord, LeaderRecord, LeaderState, Lsn, MemberRecord,
-    MemberState, Record, RecordError, Role, SyncRecord,
+    MemberState, Record, RecordError, Role, SwitchoverRequest, SwitchoverStatus, SyncRecord,
 };
 
 /// How often the leader's watchdog checks the lease.
@@ -37,6 +37,14 @@ const PROMOTE_WAIT_S: i32 = 60;
 const SYNC_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Poll interval while waiting for PostgreSQL to apply a reloaded setting.
 const SYNC_APPLY_POLL: Duration = Duration::from_millis(20);
+/// Switchover: how long the stopped master waits for `to` to have received its last WAL
+/// record (the shutdown checkpoint) before it gives up and starts again as the master.
+const SWITCHOVER_CATCHUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Switchover: how long the other replicas leave a vacant `leader` to `to` before they
+/// race as in a failover (`to` died or cannot win).
+const SWITCHOVER_HOLD_BACK: Duration = Duration::from_secs(10);
+/// Poll interval while waiting for `to` to catch up.
+const SWITCHOVER_POLL: Duration = Duration::from_millis(10);
 
 /// The master's synchronous standbys (DESIGN.md 4.6), kept so that every acknowledged
 /// commit is on at least one node of the `sync` record:
@@ -335,6 +343,10 @@ struct Session<'a> {
     member_published: bool,
     /// Some while we are the master in synchronous mode.
     sync: Option<SyncTrack>,
+    /// The last `leader` seen in this session: (node, czxid).
+    last_leader: Option<(String, i64)>,
+    /// When this session first saw the current `leader` vacancy.
+    vacancy_seen: Option<tokio::time::Instant>,
 }
 
 impl<'a> Session<'a> {
@@ -354,6 +366,8 @@ impl<'a> Session<'a> {
             pg_client: None,
             member_published: false,
             sync: None,
+            last_leader: None,
+            vacancy_seen: None,
         }
     }
 
@@ -400,6 +414,9 @@ impl<'a> Session<'a> {
                     if ev.path == self.s().ns.leader() {
                         let r = self.reconcile().await;
                         transient(r)?;
+                    } else if ev.path == self.s().ns.switchover() && self.epoch.is_some() {
+                        let r = self.check_switchover().await;
+                        transient(r)?;
                     }
                 }
                 _ = publish.tick() => {
@@ -431,6 +448,8 @@ impl<'a> Session<'a> {
                     transient(r)?;
                     if self.epoch.is_some() {
                         let r = self.manage_sync().await;
+                        transient(r)?;
+                        let r = self.check_switchover().await;
                         transient(r)?;
                     }
                 }
@@ -844,6 +863,16 @@ impl<'a> Session<'a> {
         let me = self.s().node.clone();
         loop {
             let leader = self.read_leader().await?;
+            match &leader {
+                Some((l, st)) => {
+                    self.last_leader = Some((l.node.clone(), st.czxid));
+                    self.vacancy_seen = None;
+                }
+                None => {
+                    self.vacancy_seen
+                        .get_or_insert_with(tokio::time::Instant::now);
+                }
+            }
             if let Some(mine) = self.epoch {
                 let seen = leader.as_ref().map(|(_, st)| Epoch(st.czxid));
                 let l = election::leadership(mine, seen);
@@ -885,7 +914,12 @@ impl<'a> Session<'a> {
     /// Races for `leader` if eligible; true when we won (and promoted).
     async fn try_elect(&mut self) -> Result<bool> {
         let me_rec = self.member_record().await;
+        // Published first even when holding back: the candidates wait for every
+        // replica's record written after the vacancy.
         let _ = self.write_member(&me_rec).await;
+        if self.hold_back_for_switchover().await? {
+            return Ok(false);
+        }
         let ns = self.s().ns.clone();
         // Peers' records can be a publish interval old. Every live agent republishes
         // when it sees `leader` vanish, so wait (bounded) until each replica's record was
@@ -974,7 +1008,250 @@ impl<'a> Session<'a> {
         // Our history is now the cluster's: nothing of ours to rewind.
         self.a.clear_rewind_marker()?;
         self.publish_primary(stat).await?;
+        let r = self.check_switchover().await;
+        transient(r)?;
         Ok(true)
+    }
+
+    // ---- planned switchover -----------------------------------------------------------
+
+    /// A candidate leaves a vacant `leader` to the target of a pending switchover made
+    /// during the term of the master that just left (or one that we asked for as that
+    /// master, when our new session never saw the old `leader`), for at most
+    /// [`SWITCHOVER_HOLD_BACK`] after it saw the vacancy.
+    async fn hold_back_for_switchover(&mut self) -> Result<bool> {
+        let me = self.s().node.clone();
+        let Some((req, st)) = self.read_switchover(false).await? else {
+            return Ok(false);
+        };
+        let Some(to) = req.to.as_deref() else {
+            return Ok(false);
+        };
+        if req.status != SwitchoverStatus::Pending || to == me {
+            return Ok(false);
+        }
+        let ours = req.from == me;
+        let of_last = self
+            .last_leader
+            .as_ref()
+            .is_some_and(|(node, czxid)| *node == req.from && st.mzxid > *czxid);
+        if !ours && !of_last {
+            return Ok(false);
+        }
+        let seen = *self
+            .vacancy_seen
+            .get_or_insert_with(tokio::time::Instant::now);
+        if seen.elapsed() < SWITCHOVER_HOLD_BACK {
+            info!(to, "`leader` is vacant for a switchover: holding back");
+            return Ok(true);
+        }
+        warn!(
+            to,
+            "the switchover did not complete within {SWITCHOVER_HOLD_BACK:?}: racing as in a \
+             failover"
+        );
+        Ok(false)
+    }
+
+    /// Reads `switchover`; an unreadable record is logged and treated as absent.
+    async fn read_switchover(&self, watch: bool) -> Result<Option<(SwitchoverRequest, Stat)>> {
+        match self
+            .read::<SwitchoverRequest>(&self.s().ns.switchover(), watch)
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(AgentError::Record(e)) => {
+                warn!("`switchover` unreadable: {e}");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the outcome of the request read at `version` (a newer request is left alone).
+    async fn finish_switchover(
+        &self,
+        mut req: SwitchoverRequest,
+        version: i32,
+        status: SwitchoverStatus,
+        reason: Option<String>,
+    ) -> Result<()> {
+        match (&reason, status) {
+            (Some(r), _) => warn!(from = req.from, to = ?req.to, "switchover failed: {r}"),
+            (None, _) => info!(from = req.from, to = ?req.to, ?status, "switchover over"),
+        }
+        req.status = status;
+        req.reason = reason;
+        match self
+            .client
+            .set_data(
+                &self.s().ns.switchover(),
+                &records::encode(&req),
+                Some(version),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_code(&e, ErrorCode::BadVersion) || is_code(&e, ErrorCode::NoNode) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The master's side of `switchover` (read with a watch, so that a new request
+    /// wakes us). A pending request older than our election is settled: done if we
+    /// were its target, failed otherwise. One made during our term naming us as `from`
+    /// is carried out ([`Session::switch_over`]).
+    async fn check_switchover(&mut self) -> Result<()> {
+        let Some(epoch) = self.epoch else {
+            return Ok(());
+        };
+        let me = self.s().node.clone();
+        let Some((req, st)) = self.read_switchover(true).await? else {
+            return Ok(());
+        };
+        if req.status != SwitchoverStatus::Pending {
+            return Ok(());
+        }
+        if st.mzxid < epoch.0 {
+            return if req.to.as_deref() == Some(me.as_str()) {
+                self.finish_switchover(req, st.version, SwitchoverStatus::Done, None)
+                    .await
+            } else {
+                let why =
+                    format!("{me} became the master (epoch {epoch}) before it was carried out");
+                self.finish_switchover(req, st.version, SwitchoverStatus::Failed, Some(why))
+                    .await
+            };
+        }
+        if req.from != me {
+            let why = format!("`from` is {} but the master is {me}", req.from);
+            return self
+                .finish_switchover(req, st.version, SwitchoverStatus::Failed, Some(why))
+                .await;
+        }
+        if req.to.as_deref() == Some(me.as_str()) {
+            let why = format!("{me} is already the master");
+            return self
+                .finish_switchover(req, st.version, SwitchoverStatus::Failed, Some(why))
+                .await;
+        }
+        self.switch_over(req, st.version).await
+    }
+
+    /// Why `to` cannot take over now (None: it can): a running replica that streams
+    /// from us, and in synchronous mode one of the synchronous standbys (only they may
+    /// win an election).
+    async fn switchover_refusal(&self, to: &str) -> Result<Option<String>> {
+        let Ok(path) = self.s().ns.member_checked(to) else {
+            return Ok(Some(format!("{to:?} is not a valid node name")));
+        };
+        let m = match self.read::<MemberRecord>(&path, false).await {
+            Ok(Some((m, _))) => m,
+            Ok(None) => return Ok(Some(format!("{to} is not a live member"))),
+            Err(AgentError::Record(e)) => return Ok(Some(format!("{to}: {e}"))),
+            Err(e) => return Err(e),
+        };
+        if m.role != Role::Replica || m.state != MemberState::Running {
+            return Ok(Some(format!(
+                "{to} is not a running replica (role {:?}, state {:?})",
+                m.role, m.state
+            )));
+        }
+        if self.config.synchronous
+            && !self
+                .sync
+                .as_ref()
+                .is_some_and(|t| t.published.iter().any(|n| n == to))
+        {
+            return Ok(Some(format!("{to} is not a synchronous standby")));
+        }
+        let c = pg::connect(&self.a.local_conninfo()).await?;
+        let streaming = pg::wal_senders(&c)
+            .await?
+            .iter()
+            .any(|w| w.application_name == to && w.state == "streaming");
+        if !streaming {
+            return Ok(Some(format!("{to} does not stream from this master")));
+        }
+        Ok(None)
+    }
+
+    /// Hands over to `req.to`: stop taking writes (CHECKPOINT, then a fast stop: it
+    /// ends every session, and the WAL senders send everything up to the shutdown
+    /// checkpoint and wait for the standbys' flush before the postmaster exits), check
+    /// that `to` received our last record, then end the session: closing it deletes
+    /// `leader`; the others hold back and `to` wins. If `to` did not catch up in time,
+    /// start again as the master (we still hold `leader`) and mark the request failed.
+    async fn switch_over(&mut self, req: SwitchoverRequest, version: i32) -> Result<()> {
+        let to = req.to.clone();
+        if let Some(to) = &to {
+            if let Some(why) = self.switchover_refusal(to).await? {
+                return self
+                    .finish_switchover(req, version, SwitchoverStatus::Failed, Some(why))
+                    .await;
+            }
+        }
+        info!(to = ?to, "switchover: stopping writes (checkpoint, fast stop)");
+        let started = tokio::time::Instant::now();
+        if let Ok(c) = pg::connect(&self.a.local_conninfo()).await {
+            if let Err(e) = c.batch_execute("CHECKPOINT").await {
+                warn!("switchover: CHECKPOINT failed ({e}); stopping anyway");
+            }
+        }
+        self.a.pg.stop(StopMode::Fast).await?;
+        self.pg_client = None;
+        let last = self.a.pg.control_data().await?.checkpoint_lsn;
+        if let Some(to) = &to {
+            match self.wait_received(to, last).await {
+                Ok(true) => {}
+                res => {
+                    let why = match res {
+                        Err(e) => format!("{to} unreachable while catching up: {e}"),
+                        _ => format!(
+                            "{to} did not receive {} within {SWITCHOVER_CATCHUP_TIMEOUT:?}",
+                            pg::format_lsn(last)
+                        ),
+                    };
+                    error!("switchover: {why}; starting again as the master");
+                    self.start_pg().await?;
+                    return self
+                        .finish_switchover(req, version, SwitchoverStatus::Failed, Some(why))
+                        .await;
+                }
+            }
+        }
+        info!(
+            to = ?to,
+            stopped_in = ?started.elapsed(),
+            last_lsn = pg::format_lsn(last),
+            "switchover: {} has everything; releasing `leader`",
+            to.as_deref().unwrap_or("every replica")
+        );
+        Err(AgentError::SessionEnded(
+            "switchover: releasing `leader`".into(),
+        ))
+    }
+
+    /// Waits (up to [`SWITCHOVER_CATCHUP_TIMEOUT`]) until `node`'s PostgreSQL has
+    /// received WAL past `lsn`.
+    async fn wait_received(&self, node: &str, lsn: u64) -> Result<bool> {
+        let path = self.s().ns.member(node);
+        let Some((m, _)) = self.read::<MemberRecord>(&path, false).await? else {
+            return Ok(false);
+        };
+        let c = pg::connect(&self.a.conninfo(&m.host, m.port)).await?;
+        let deadline = tokio::time::Instant::now() + SWITCHOVER_CATCHUP_TIMEOUT;
+        loop {
+            if pg::receive_lsn(&c).await?.is_some_and(|r| r > lsn) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(SWITCHOVER_POLL).await;
+        }
     }
 
     /// Synchronous mode, `leader` won, still a standby: name the standbys this master

@@ -1,0 +1,234 @@
+//! Planned switchover (issue 3 item 7): `switchyard switchover` against three real
+//! agents, real coordd and real PostgreSQL 15, under a writer that follows the master
+//! with libpq-style multi-host `target_session_attrs=read-write`. Skips with a printed
+//! reason when PostgreSQL is missing.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::agent::{
+    connect, now_ms, switchyard_bin, tail, Cluster, ClusterOpts, CLUSTER, DEADLINE,
+};
+use support::postgres;
+use switchyard_proxy::pg::tokio_postgres::config::TargetSessionAttrs;
+use switchyard_proxy::pg::tokio_postgres::{self, NoTls};
+use switchyard_proxy::records::{self, SwitchoverRequest, SwitchoverStatus};
+
+const SESSION_TIMEOUT_MS: u32 = 2_000;
+/// Longest acceptable gap between two acknowledged writes across the switchover. The
+/// common case is well under a second; this bound leaves room for a loaded test
+/// machine while staying far below a failover (session timeout + election).
+const WRITE_GAP_MAX_MS: i64 = 1_500;
+
+fn switchover_cmd(c: &Cluster, args: &[&str]) -> std::process::Output {
+    switchover_with(&c.coordd.connect_string(), args)
+}
+
+fn switchover_with(coord: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(switchyard_bin())
+        .args([
+            "switchover",
+            "--cluster",
+            CLUSTER,
+            "--coord",
+            coord,
+            "--timeout-ms",
+            "30000",
+        ])
+        .args(args)
+        .output()
+        .expect("run switchyard switchover")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_hands_over_quickly_and_loses_nothing() {
+    switchover_under_a_writer(false).await;
+}
+
+/// The same in synchronous mode: `to` is a synchronous standby, and the new master
+/// names its standbys before it takes a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_in_synchronous_mode() {
+    switchover_under_a_writer(true).await;
+}
+
+async fn switchover_under_a_writer(synchronous: bool) {
+    if postgres::skip() {
+        return;
+    }
+    let c = Cluster::start_opts(ClusterOpts {
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        extra_toml: format!("synchronous = {synchronous}"),
+        ..ClusterOpts::default()
+    })
+    .await;
+    let all = ["n1", "n2", "n3"];
+    let old = c.wait_healthy(&all, None).await;
+    let to = all.iter().copied().find(|n| *n != old).unwrap();
+    if synchronous {
+        // Both replicas named in `sync` before the switchover starts.
+        let start = Instant::now();
+        loop {
+            let n = match c.client.get_data(&c.ns.sync(), false).await {
+                Ok((data, _)) => records::decode::<records::SyncRecord>(&data)
+                    .map(|s| s.standbys.len())
+                    .unwrap_or(0),
+                Err(_) => 0,
+            };
+            if n == 2 {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "`sync` never named both replicas"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Refusals are clear and change nothing.
+    for (args, want) in [
+        (vec!["--to", "n9"], "not a live member"),
+        (vec!["--to", old.as_str()], "already the master"),
+        (vec!["--from", to, "--to", old.as_str()], "the master is"),
+    ] {
+        let out = switchover_cmd(&c, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+
+    connect(c.agent(&old).pg_port)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id bigserial primary key)")
+        .await
+        .unwrap();
+
+    // A writer that always finds the writable node among the three.
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.user("postgres")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(1))
+        .target_session_attrs(TargetSessionAttrs::ReadWrite);
+    for a in &c.agents {
+        cfg.host("127.0.0.1").port(a.pg_port);
+    }
+    let acks: Arc<Mutex<Vec<(i64, i64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let acks = acks.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok((w, conn)) = cfg.connect(NoTls).await {
+                    tokio::spawn(conn);
+                    while let Ok(row) = w
+                        .query_one("INSERT INTO t DEFAULT VALUES RETURNING id", &[])
+                        .await
+                    {
+                        acks.lock().unwrap().push((row.get(0), now_ms()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    while acks.lock().unwrap().len() < 50 {
+        assert!(start.elapsed() < DEADLINE, "the writer never committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let asked_ms = now_ms();
+    // Run off the runtime's threads: the writer keeps running meanwhile.
+    let out = {
+        let coord = c.coordd.connect_string();
+        let (old, to) = (old.clone(), to.to_owned());
+        tokio::task::spawn_blocking(move || {
+            switchover_with(&coord, &["--from", old.as_str(), "--to", to.as_str()])
+        })
+        .await
+        .unwrap()
+    };
+    let done_ms = now_ms();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "switchover failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.dump()
+    );
+    assert!(stdout.contains(&format!("{old} -> {to} done")), "{stdout}");
+
+    // Writes resume on the new master.
+    let start = Instant::now();
+    while !acks.lock().unwrap().iter().any(|(_, at)| *at > done_ms) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no write acknowledged after the switchover\n{}",
+            c.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writer.abort();
+    let acks: Vec<(i64, i64)> = acks.lock().unwrap().clone();
+    let mut gap = 0;
+    for w in acks.windows(2) {
+        if w[1].1 >= asked_ms {
+            gap = gap.max(w[1].1 - w[0].1);
+        }
+    }
+    eprintln!(
+        "switchover {old} -> {to}: command took {} ms, longest gap between acknowledged \
+         writes {gap} ms, {} writes",
+        done_ms - asked_ms,
+        acks.len()
+    );
+    assert!(
+        gap <= WRITE_GAP_MAX_MS,
+        "writes unavailable for {gap} ms (> {WRITE_GAP_MAX_MS} ms)\n{}",
+        c.dump()
+    );
+
+    // Nothing acknowledged is lost, and the old master follows the new one.
+    let master = c.wait_healthy(&all, Some(&old)).await;
+    assert_eq!(master, to);
+    let newc = connect(c.agent(to).pg_port).await.unwrap();
+    let ids: BTreeSet<i64> = newc
+        .query("SELECT id FROM t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<i64> = acks
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !ids.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    let (data, _) = c.client.get_data(&c.ns.switchover(), false).await.unwrap();
+    let rec: SwitchoverRequest = records::decode(&data).unwrap();
+    assert_eq!(rec.status, SwitchoverStatus::Done, "{rec:?}");
+    let log = c.agent(&old).log();
+    assert!(log.contains("switchover"), "{}", tail(&log, 40));
+    for node in [old.as_str(), to] {
+        for l in c.agent(node).log().lines() {
+            if [
+                "switchover",
+                "vacant",
+                "won",
+                "promot",
+                "primary",
+                "holding",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+            {
+                eprintln!("{node}: {l}");
+            }
+        }
+    }
+}
