@@ -742,6 +742,28 @@ async fn a_suspect_master_is_not_hammered() {
         .expect("test client");
     let open = Acl::open_unsafe();
     zk.ensure_path(&ns.members()).await.unwrap();
+    // `a` also has a running replica member record: once it is no longer the leader
+    // it stays in the topology as a replica, so only the leader change closes its
+    // pool.
+    zk.create(
+        &ns.member("a"),
+        &records::encode(&MemberRecord {
+            node: "a".into(),
+            host: "127.0.0.1".into(),
+            port: a.port,
+            role: Role::Replica,
+            state: MemberState::Running,
+            timeline: Some(1),
+            receive_lsn: Some(Lsn(0)),
+            replay_lsn: Some(Lsn(0)),
+            lag_bytes: Some(0),
+            updated_ms: 0,
+        }),
+        &open,
+        CreateMode::Ephemeral,
+    )
+    .await
+    .unwrap();
     zk.create(
         &ns.leader(),
         &leader_rec("a", a.port),
@@ -830,6 +852,18 @@ async fn a_suspect_master_is_not_hammered() {
     );
     assert_eq!(a.accepted(), 1);
     assert_eq!(b.accepted(), 1, "b tried once, then suspect");
+    // The old master's pool was closed by the leader change, although `a` is still in
+    // the topology (now as a replica).
+    assert!(router
+        .topology()
+        .replicas()
+        .iter()
+        .any(|r| r.endpoint.node == "a"));
+    assert!(
+        router.pooled_endpoints().iter().all(|e| e.node != "a"),
+        "{:?}",
+        router.pooled_endpoints()
+    );
 
     drop(router);
     zk.close().await.unwrap();
