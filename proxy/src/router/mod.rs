@@ -2,7 +2,7 @@
 //! to the master and reads to live replicas, with no proxy in between.
 //!
 //! A [`Router`] holds one coordination session. Its watcher task keeps a
-//! [`Topology`](crate::topology::Topology) snapshot current from the cluster's znodes
+//! [`Topology`] snapshot current from the cluster's znodes
 //! (one persistent recursive watch on the cluster's znode, a full re-read after
 //! every reconnect, one-shot watches against servers without `addWatch`). Routing is
 //! one atomic load of that snapshot ([`Router::route_now`]); [`Router::route`] also
@@ -15,6 +15,16 @@
 //! statement's text ([`Router::query`], [`Router::execute`], through
 //! [`classify`]): read-only statements go to a replica, everything else and anything
 //! the classifier does not know to the master.
+//!
+//! Failures: a write that reaches a standby (SQLSTATE 25006, a stale route) did not
+//! run and is retried once on the master after a topology refresh. A connection to the
+//! master that fails marks it suspect (`master_suspect_ms`): writes then wait for the
+//! next leader (bounded by `write_wait_ms`) instead of reconnecting. A leader change
+//! closes the old master's pool at once, even if the node stays on as a replica. A
+//! classified read whose connection fails is retried once on another node.
+//!
+//! Metrics (routed counts per node and intent, failover wait, topology age, retries)
+//! go through the `metrics` facade; see [`metrics`].
 //!
 //! ```no_run
 //! use switchyard_proxy::router::Router;
@@ -38,15 +48,13 @@
 //!     .execute_write("INSERT INTO items (name) VALUES ($1)", &[&"pen"])
 //!     .await?;
 //!
-//! // Or hold a master connection, e.g. for a transaction, and take a causal token.
-//! let mut master = router.write().await?;
-//! let tx = master.transaction().await?;
+//! // A transaction on the master; its commit returns a causal token.
+//! let tx = router.transaction().await?;
 //! tx.execute("UPDATE items SET n = n + 1 WHERE name = $1", &[&"pen"]).await?;
-//! tx.commit().await?;
-//! let token = master.causal_token().await?;
-//! drop(master);
+//! let token = tx.commit_with_token().await?;
 //!
-//! // A read: a live replica, round robin, within the lag bound.
+//! // A read: a live replica within the lag bound, by the read policy (round robin
+//! // or least outstanding).
 //! let replica = router.read().await?;
 //! let n: i64 = replica.query_one("SELECT count(*) FROM items", &[]).await?.get(0);
 //!
@@ -62,8 +70,11 @@
 //! # }
 //! ```
 //!
-//! Invariant: a write connection is handed out only for a leader in state `primary`
-//! whose epoch is not older than one this router already published.
+//! Invariants: a write connection is handed out only for a leader in state `primary`
+//! whose epoch is not older than one this router already published; no pooled
+//! connection made while a node was master survives a leader change; only a statement
+//! that did not run (connect failed, 25006, `BEGIN READ WRITE` refused) is retried on
+//! another node, except classified reads, which have no effects to repeat.
 
 pub mod classify;
 mod config;
