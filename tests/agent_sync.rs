@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::agent::{connect, now_ms, tail, Cluster, ClusterOpts, DEADLINE};
+use support::agent::{
+    connect, now_ms, switchyard_bin, tail, Cluster, ClusterOpts, CLUSTER, DEADLINE,
+};
 use support::postgres;
 use switchyard_proxy::records::{self, SyncRecord};
 
@@ -168,6 +170,32 @@ async fn sync_mode_kill9_of_the_master_loses_no_acknowledged_commit() {
     let mut c = start_sync(3).await;
     let old = c.wait_healthy(&ALL, None).await;
     wait_sync(&c, &old, &others(&ALL, &old)).await;
+
+    // `switchyard status` shows the mode and the synchronous standbys; an unknown
+    // cluster is a clear error.
+    let status = |args: &[&str]| {
+        std::process::Command::new(switchyard_bin())
+            .args(["status", "--coord", &c.coordd.connect_string()])
+            .args(args)
+            .output()
+            .expect("run switchyard status")
+    };
+    let out = status(&["--cluster", CLUSTER, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(v["synchronous"], true, "{v}");
+    let mut standbys: Vec<String> = serde_json::from_value(v["sync_standbys"].clone()).unwrap();
+    standbys.sort();
+    assert_eq!(standbys, others(&ALL, &old), "{v}");
+    let out = status(&["--cluster", CLUSTER]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("mode    synchronous, standbys: "), "{table}");
+    let out = status(&["--cluster", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no cluster \"nosuch\""),
+        "{out:?}"
+    );
     let old_port = c.agent(&old).pg_port;
     connect(old_port)
         .await

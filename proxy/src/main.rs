@@ -135,7 +135,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("switchyard status: coordd: {e}");
+                    eprintln!("switchyard status: {e}");
                     ExitCode::FAILURE
                 }
             }

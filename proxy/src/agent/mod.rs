@@ -21,6 +21,25 @@
 //!   watchdog, not the main loop, decides about fencing.
 //! - A former primary started as a standby is marked (`<pg_data>.switchyard-rewind`,
 //!   outside the data directory) and runs pg_rewind before it follows anyone.
+//! - Synchronous mode (`config.synchronous`, DESIGN.md 4.6): every acknowledged commit
+//!   is on at least one standby named in `sync` (or `sync` names nobody, and then nobody
+//!   may be elected). The master sets `synchronous_standby_names = 'ANY 1 (...)'` over
+//!   its streaming standbys: adding to a named set, `sync` first; removing, or naming
+//!   standbys after the `ANY 1 (*)` placeholder, PostgreSQL first and `sync` once a
+//!   named standby flushed past the change. The setting is never emptied (commits wait
+//!   rather than degrade). Every server an agent starts in synchronous mode has a
+//!   non-empty setting (`ANY 1 (*)` at least), and a new master names its standbys
+//!   before `pg_promote`. A standby stops streaming (primary_conninfo removed) as soon
+//!   as it sees `leader` vacant, so a deposed master that still runs (paused, cut off)
+//!   gets no acknowledgement; while streaming it publishes its position only together
+//!   with a check that `leader` exists. Election in synchronous mode needs every other
+//!   `sync` member live and not ahead, and never compares with a `sync` member's record
+//!   older than the vacancy.
+//! - Planned switchover: the master acts only on a pending `switchover` written during
+//!   its term naming it `from`; it releases `leader` (closes its session) only after a
+//!   clean fast stop and after `to` received past its shutdown checkpoint, else it
+//!   starts again as master and marks the request failed. Other candidates hold back
+//!   at most [`node`]'s `SWITCHOVER_HOLD_BACK`. The record is kept, marked done/failed.
 //!
 //! Session flow ([`node`]): namespace and `config` (created from our settings by the
 //! first agent) -> bootstrap (race for `initialize`; the winner initdb's, records
@@ -31,6 +50,15 @@
 //! vacancy each agent republishes its record, waits up to 500 ms for the peers'
 //! fresh records (member mzxid > the cluster node's pzxid), then races if
 //! [`crate::election::eligible`].
+//!
+//! Facts about PostgreSQL this relies on (15; 13+ for the reloadable ones): every
+//! child of the postmaster calls setsid(), so its process group holds the postmaster
+//! alone (fencing and tests signal children by parent pid); removing primary_conninfo
+//! and reloading ends the WAL receiver and keeps the standby in recovery; a fast stop
+//! makes WAL senders send everything up to the shutdown checkpoint and wait for the
+//! standbys' flush; while a commit waits for a synchronous standby it is durable
+//! locally but invisible to other sessions; a backend waiting for one does not answer
+//! its client when the postmaster dies.
 //!
 //! ACLs: `leader` is created with `auth` (the creator, authenticated with a digest
 //! identity of this process) ALL plus `world` READ. ZooKeeper checks DELETE on the
