@@ -43,6 +43,9 @@ need_pkg pkg-config command -v pkg-config
 need_pkg zookeeper test -x /usr/share/zookeeper/bin/zkServer.sh -a -f /usr/share/java/zookeeper.jar
 need_pkg postgresql test -x /usr/lib/postgresql/15/bin/postgres
 need_pkg default-jre-headless command -v java
+# HAProxy and PgBouncer: the proxy paths of benches/routing_e2e.rs.
+need_pkg haproxy test -x /usr/sbin/haproxy
+need_pkg pgbouncer test -x /usr/sbin/pgbouncer
 # Debian's cargo only when there is no cargo at all (the machine normally has rustup's).
 need_pkg cargo command -v cargo
 
