@@ -392,3 +392,33 @@ async fn sync_mode_paused_master_takes_no_write_after_the_promotion() {
     );
     assert!(log.contains("pg_rewind"), "{}", tail(&log, 40));
 }
+
+/// `config.synchronous` turned on while the cluster runs: the master names its
+/// streaming standbys and publishes them, and writes keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_mode_turned_on_at_run_time() {
+    if postgres::skip() {
+        return;
+    }
+    let c = Cluster::start_opts(ClusterOpts {
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        ..ClusterOpts::default()
+    })
+    .await;
+    let master = c.wait_healthy(&ALL, None).await;
+    let (data, _) = c.client.get_data(&c.ns.config(), false).await.unwrap();
+    let mut cfg: records::ClusterConfig = records::decode(&data).unwrap();
+    assert!(!cfg.synchronous);
+    cfg.synchronous = true;
+    c.client
+        .set_data(&c.ns.config(), &records::encode(&cfg), None)
+        .await
+        .unwrap();
+    wait_sync(&c, &master, &others(&ALL, &master)).await;
+    connect(c.agent(&master).pg_port)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+}

@@ -1324,6 +1324,16 @@ impl<'a> Session<'a> {
     /// Errors of PostgreSQL are logged and retried on the next tick; the previous
     /// setting and record stay (both safe).
     async fn manage_sync(&mut self) -> Result<()> {
+        match self.manage_sync_inner().await {
+            Err(AgentError::Pg(e)) => {
+                warn!("synchronous standbys: {e}; retrying");
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    async fn manage_sync_inner(&mut self) -> Result<()> {
         if !self.config.synchronous {
             if self.sync.take().is_some() || self.a.pg.auto_conf_has("synchronous_standby_names")? {
                 info!("asynchronous mode: clearing synchronous_standby_names");
@@ -1331,18 +1341,28 @@ impl<'a> Session<'a> {
             }
             return Ok(());
         }
-        let Some(mut t) = self.sync.clone() else {
-            return Ok(());
+        let mut t = match self.sync.clone() {
+            Some(t) => t,
+            None => {
+                // Synchronous mode turned on while we are the master: from now on
+                // commits wait for some standby; `sync` stays empty (nobody eligible)
+                // until the standbys are named and one has caught up.
+                info!("synchronous mode turned on: commits now wait for a standby");
+                self.a
+                    .pg
+                    .set_synchronous_standby_names(Some(&SyncStandbys::Any))
+                    .await?;
+                self.write_sync(&[]).await?;
+                SyncTrack {
+                    pg: SyncStandbys::Any,
+                    published: Vec::new(),
+                    pending_lsn: None,
+                }
+            }
         };
         let r = self.manage_sync_step(&mut t).await;
         self.sync = Some(t);
-        match r {
-            Err(AgentError::Pg(e)) => {
-                warn!("synchronous standbys: {e}; retrying");
-                Ok(())
-            }
-            r => r,
-        }
+        r
     }
 
     async fn manage_sync_step(&mut self, t: &mut SyncTrack) -> Result<()> {
