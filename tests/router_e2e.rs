@@ -42,8 +42,11 @@ use tokio::time::{timeout, Instant};
 
 const CLUSTER: &str = "main";
 const SESSION_TIMEOUT_MS: u32 = 2_000;
-/// Bound on every wait for the cluster (bootstrap, failover, record removal).
+/// Bound on every wait for the cluster (failover, record removal, replay).
 const DEADLINE: Duration = Duration::from_secs(60);
+/// Bound on the bootstrap (initdb, start, two base backups) on a loaded machine; a
+/// quiet one takes about ten seconds.
+const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(180);
 
 /// The PostgreSQL tests share a 2-core machine with everything else: one cluster of
 /// three at a time.
@@ -144,8 +147,20 @@ async fn start_router(coord: &str, balance: Balance, write_wait_ms: u64) -> Rout
 /// Waits (under [`DEADLINE`]) until the router's topology satisfies `cond`, woken by
 /// its publish notifications.
 async fn wait_topology(router: &Router, what: &str, cond: impl Fn(&Topology) -> bool) {
+    if let Err(e) = wait_topology_for(router, what, DEADLINE, cond).await {
+        panic!("{e}");
+    }
+}
+
+/// Waits up to `deadline` until the router's topology satisfies `cond`.
+async fn wait_topology_for(
+    router: &Router,
+    what: &str,
+    deadline: Duration,
+    cond: impl Fn(&Topology) -> bool,
+) -> Result<(), String> {
     let mut rx = router.subscribe();
-    let r = timeout(DEADLINE, async {
+    let r = timeout(deadline, async {
         loop {
             if cond(&router.topology()) {
                 return;
@@ -154,11 +169,12 @@ async fn wait_topology(router: &Router, what: &str, cond: impl Fn(&Topology) -> 
         }
     })
     .await;
-    assert!(
-        r.is_ok(),
-        "timed out waiting for {what}: {:?}",
-        router.topology()
-    );
+    r.map_err(|_| {
+        format!(
+            "timed out after {deadline:?} waiting for {what}: {:?}",
+            router.topology()
+        )
+    })
 }
 
 /// Waits for a master and two readable replicas (per the router), each answering;
@@ -166,10 +182,14 @@ async fn wait_topology(router: &Router, what: &str, cond: impl Fn(&Topology) -> 
 async fn wait_three(c: &Cluster, router: &Router) -> (String, Vec<String>) {
     let start = Instant::now();
     loop {
-        wait_topology(router, "a master and two running replicas", |t| {
+        let left = BOOTSTRAP_DEADLINE.saturating_sub(start.elapsed());
+        if let Err(e) = wait_topology_for(router, "a master and two running replicas", left, |t| {
             t.writable_endpoint().is_some() && t.readable_endpoints(1 << 30).count() == 2
         })
-        .await;
+        .await
+        {
+            panic!("{e}{}", c.dump());
+        }
         let t = router.topology();
         let master = t.writable_endpoint().unwrap().node.clone();
         let replicas: Vec<String> = t
@@ -191,7 +211,7 @@ async fn wait_three(c: &Cluster, router: &Router) -> (String, Vec<String>) {
             return (master, replicas);
         }
         assert!(
-            start.elapsed() < DEADLINE,
+            start.elapsed() < BOOTSTRAP_DEADLINE,
             "cluster not ready: {t:?}{}",
             c.dump()
         );
