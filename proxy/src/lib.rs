@@ -16,7 +16,8 @@
 //! With I/O:
 //!
 //! - [`router`]: the router library (issue 4): watches the cluster, publishes
-//!   topology snapshots, hands out pooled connections per endpoint.
+//!   topology snapshots, hands out pooled connections per endpoint, routes statements
+//!   by classification (`router::classify`), reports through the `metrics` facade.
 //! - [`agent`]: the agent (issue 3) behind the `switchyard` binary: bootstrap,
 //!   election, promotion, fencing, member records; I/O around the rules above.
 
