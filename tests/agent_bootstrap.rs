@@ -10,7 +10,8 @@ use support::agent::{
     connect, now_ms, switchyard_bin, Agent, Cluster, ClusterOpts, CLUSTER, DEADLINE,
 };
 use support::postgres;
-use switchyard_proxy::records;
+use switchyard_proxy::pg;
+use switchyard_proxy::records::{self, LeaderState};
 
 const SESSION_TIMEOUT_MS: u32 = 2_000;
 
@@ -342,5 +343,121 @@ async fn sigterm_of_the_master_agent_hands_over() {
     eprintln!(
         "SIGTERM to {old}: {new} master after {:?}",
         stopped.elapsed()
+    );
+}
+
+/// A replica that received WAL the elected master never got (its agent paused until its
+/// session expired, so it could not compete) cannot follow the new timeline:
+/// PostgreSQL refuses a timeline that forked off before its recovery point. Its agent
+/// sees replay stuck on the older timeline, rewinds from the new master and follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_replica_rewinds_and_follows() {
+    if postgres::skip() {
+        return;
+    }
+    let mut c = start(3).await;
+    let all = ["n1", "n2", "n3"];
+    let old = c.wait_healthy(&all, None).await;
+    let replicas: Vec<&str> = all.into_iter().filter(|n| *n != old).collect();
+    let (behind, ahead) = (replicas[0], replicas[1]);
+    let m = connect(c.agent(&old).pg_port).await.unwrap();
+    m.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+
+    // The master stops sending to `behind` (its WAL sender paused) and commits rows
+    // that only `ahead` receives.
+    let sender: i32 = m
+        .query_one(
+            "SELECT pid FROM pg_stat_replication WHERE application_name = $1",
+            &[&behind],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let ok = std::process::Command::new("kill")
+        .args(["-STOP", &sender.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    m.batch_execute("INSERT INTO t SELECT generate_series(1, 1000)")
+        .await
+        .unwrap();
+    let lsn = pg::current_lsn(&m).await.unwrap();
+    let a = connect(c.agent(ahead).pg_port).await.unwrap();
+    let start = Instant::now();
+    while !pg::receive_lsn(&a).await.unwrap().is_some_and(|r| r >= lsn) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{ahead} never received the rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop((m, a));
+
+    // `ahead` cannot compete (agent paused); the master dies; `behind` is elected.
+    c.agent(ahead).signal_agent("STOP");
+    {
+        let a = c.agent_mut(&old);
+        a.kill9();
+        a.kill9_postgres();
+    }
+    let start = Instant::now();
+    loop {
+        if let Some((l, _)) = c.leader().await {
+            if l.node == behind && l.state == LeaderState::Primary {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{behind} was not elected\n{}",
+            c.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // `ahead` comes back: its PostgreSQL still runs as a standby past the fork point.
+    c.agent(ahead).signal_agent("CONT");
+    let master = c.wait_healthy(&[behind, ahead], Some(&old)).await;
+    assert_eq!(master, behind, "{}", c.dump());
+    // Healthy above can be a moment in which `ahead` streams the old timeline's WAL
+    // up to the fork (it retries every few seconds): wait until it streams the new
+    // timeline.
+    let tli = pg::timeline(&connect(c.agent(behind).pg_port).await.unwrap())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let follows = match connect(c.agent(ahead).pg_port).await {
+            Some(a) => a
+                .query(
+                    "SELECT 1 FROM pg_stat_wal_receiver \
+                     WHERE status = 'streaming' AND received_tli = $1",
+                    &[&(tli as i32)],
+                )
+                .await
+                .map(|rows| !rows.is_empty())
+                .unwrap_or(false),
+            None => false,
+        };
+        if follows {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{ahead} never streamed timeline {tli}\n{}",
+            c.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = c.agent(ahead).log();
+    assert!(
+        log.contains("diverged"),
+        "{}",
+        support::agent::tail(&log, 40)
+    );
+    assert!(
+        log.contains("pg_rewind"),
+        "{}",
+        support::agent::tail(&log, 40)
     );
 }

@@ -180,6 +180,29 @@ pub fn leadership(mine: Epoch, observed: Option<Epoch>) -> Leadership {
     }
 }
 
+/// A standby that follows `leader` but cannot: its WAL went past the point where the
+/// leader's timeline forked off (it received WAL of a master that was not elected), so
+/// PostgreSQL refuses the new timeline and retries forever ("new timeline N forked off
+/// current database system timeline M before current recovery point"). Seen from
+/// outside: still on an older timeline than the leader, and replay has not moved for
+/// `unmoved` >= `threshold`. (A standby merely catching up on the older timeline's WAL
+/// replays on; one that reached the fork switches timeline.) Such a standby must
+/// pg_rewind from the leader; a rewind of one that had not diverged is harmless
+/// ("no rewind required").
+pub fn diverged(
+    me: &MemberRecord,
+    leader: &MemberRecord,
+    unmoved: Duration,
+    threshold: Duration,
+) -> bool {
+    match (me.timeline, leader.timeline) {
+        (Some(mine), Some(theirs)) => {
+            me.role == Role::Replica && mine < theirs && unmoved >= threshold
+        }
+        _ => false,
+    }
+}
+
 /// How an agent starts its PostgreSQL (DESIGN.md 4.4, fail-safe on restart).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAs {
@@ -473,6 +496,35 @@ mod tests {
         }
         assert!(Epoch(2) > Epoch(1));
         assert_eq!(Epoch(255).to_string(), "0xff");
+    }
+
+    #[test]
+    fn divergence() {
+        let t = Duration::from_secs(10);
+        let me = member("a", 1, Some(500), Some(500));
+        let leader = MemberRecord {
+            role: Role::Primary,
+            ..member("b", 2, Some(400), Some(400))
+        };
+        assert!(diverged(&me, &leader, t, t));
+        assert!(!diverged(&me, &leader, t - Duration::from_millis(1), t));
+        // Same timeline: it streams (or waits for the leader), nothing to rewind.
+        let same = MemberRecord {
+            timeline: Some(1),
+            ..leader.clone()
+        };
+        assert!(!diverged(&me, &same, t * 10, t));
+        // Unknown timelines never trigger a rewind.
+        let unknown = MemberRecord {
+            timeline: None,
+            ..me.clone()
+        };
+        assert!(!diverged(&unknown, &leader, t * 10, t));
+        let primary = MemberRecord {
+            role: Role::Primary,
+            ..me
+        };
+        assert!(!diverged(&primary, &leader, t * 10, t));
     }
 
     #[test]

@@ -510,6 +510,10 @@ impl Cluster {
             }
         }
         let members = self.members().await;
+        let master_tli = members
+            .iter()
+            .find(|m| m.node == leader.node)
+            .and_then(|m| m.timeline);
         for node in live {
             let m = members
                 .iter()
@@ -520,7 +524,9 @@ impl Cluster {
             } else {
                 Role::Replica
             };
-            if m.role != want || m.timeline.is_none() {
+            // A replica on another timeline than the master's is not following it
+            // (it may be streaming the old timeline's WAL up to a fork it is past).
+            if m.role != want || m.timeline.is_none() || m.timeline != master_tli {
                 return Err(format!("member {node}: {m:?}"));
             }
         }

@@ -45,6 +45,9 @@ const SWITCHOVER_CATCHUP_TIMEOUT: Duration = Duration::from_secs(10);
 const SWITCHOVER_HOLD_BACK: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for `to` to catch up.
 const SWITCHOVER_POLL: Duration = Duration::from_millis(10);
+/// A follower on an older timeline than its leader whose replay has not moved for this
+/// long has diverged ([`election::diverged`]) and rewinds.
+const DIVERGED_AFTER: Duration = Duration::from_secs(10);
 
 /// The master's synchronous standbys (DESIGN.md 4.6), kept so that every acknowledged
 /// commit is on at least one node of the `sync` record:
@@ -281,10 +284,15 @@ impl Agent {
         if self.standby_signal().exists() {
             return Ok(());
         }
+        self.mark_rewind()
+    }
+
+    /// Marks this data directory to pg_rewind before it follows anyone.
+    fn mark_rewind(&self) -> Result<()> {
         let p = self.rewind_marker();
         std::fs::write(
             &p,
-            b"this data directory was a primary: pg_rewind before following\n",
+            b"this data directory may have diverged: pg_rewind before following\n",
         )
         .map_err(|e| AgentError::Fatal(format!("write {}: {e}", p.display())))
     }
@@ -347,6 +355,11 @@ struct Session<'a> {
     last_leader: Option<(String, i64)>,
     /// When this session first saw the current `leader` vacancy.
     vacancy_seen: Option<tokio::time::Instant>,
+    /// Our last published member record.
+    last_member: Option<MemberRecord>,
+    /// While following: (leader, our replay position, since when it has not moved
+    /// while following that leader).
+    replay_unmoved: Option<(String, Option<Lsn>, tokio::time::Instant)>,
 }
 
 impl<'a> Session<'a> {
@@ -368,6 +381,8 @@ impl<'a> Session<'a> {
             sync: None,
             last_leader: None,
             vacancy_seen: None,
+            last_member: None,
+            replay_unmoved: None,
         }
     }
 
@@ -444,6 +459,10 @@ impl<'a> Session<'a> {
                     transient(r)?;
                     let r = self.publish_member().await;
                     transient(r)?;
+                    if self.epoch.is_none() {
+                        let r = self.check_divergence().await;
+                        transient(r)?;
+                    }
                     let r = self.reconcile().await;
                     transient(r)?;
                     if self.epoch.is_some() {
@@ -790,6 +809,46 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// A follower that cannot follow (see [`election::diverged`]): mark it for rewind
+    /// and forget whom it follows; the next reconcile follows again, through pg_rewind.
+    async fn check_divergence(&mut self) -> Result<()> {
+        let (Some((leader, _, _)), Some(me)) = (self.following.clone(), self.last_member.clone())
+        else {
+            self.replay_unmoved = None;
+            return Ok(());
+        };
+        let now = tokio::time::Instant::now();
+        let since = match &self.replay_unmoved {
+            Some((l, r, since)) if *l == leader && *r == me.replay_lsn => *since,
+            _ => {
+                self.replay_unmoved = Some((leader.clone(), me.replay_lsn, now));
+                now
+            }
+        };
+        let Ok(path) = self.s().ns.member_checked(&leader) else {
+            return Ok(());
+        };
+        let lm = match self.read::<MemberRecord>(&path, false).await {
+            Ok(Some((m, _))) => m,
+            Ok(None) | Err(AgentError::Record(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if election::diverged(&me, &lm, now - since, DIVERGED_AFTER) {
+            warn!(
+                leader,
+                timeline = ?me.timeline,
+                leader_timeline = ?lm.timeline,
+                replay = ?me.replay_lsn,
+                "this standby diverged from the master's timeline (replay stuck on an older \
+                 timeline for {DIVERGED_AFTER:?}): rewinding"
+            );
+            self.a.mark_rewind()?;
+            self.following = None;
+            self.replay_unmoved = None;
+        }
+        Ok(())
     }
 
     /// Synchronous mode, `leader` vacant: stop streaming from the old master. Its session
@@ -1613,6 +1672,7 @@ impl<'a> Session<'a> {
 
     async fn publish_member(&mut self) -> Result<()> {
         let rec = self.member_record().await;
+        self.last_member = Some(rec.clone());
         if self.config.synchronous
             && self.epoch.is_none()
             && self.following.is_some()
