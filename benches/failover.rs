@@ -10,7 +10,8 @@
 //! any error it waits for the router's next published topology, at most 50 ms, and
 //! goes on with the next id). After at least 1 s of acknowledged writes the master's
 //! agent and its PostgreSQL are killed together with SIGKILL (agent first, then the
-//! postmaster's process group).
+//! postmaster, its process group and each of its children in one `kill`; the kill is
+//! done when /proc shows none of them running).
 //!
 //! Measured per run:
 //! - gap: first write acknowledged by another node after the kill minus the last write
@@ -18,7 +19,9 @@
 //! - kill -> published: from the kill to the router publishing a writable master on
 //!   another node;
 //! - loss: acknowledged ids missing on the new master at the end (every acknowledged
-//!   write must be there).
+//!   write must be there);
+//! - acked by old after kill: writes the old master acknowledged after the kill was
+//!   done (must be 0: a check of the kill itself).
 //!
 //! Per session timeout (the agents' `--session-timeout-ms`, also what they ask coordd
 //! for; coordd runs with a 100 ms tick and a 60 s maximum session timeout so it grants
@@ -191,6 +194,58 @@ impl Cluster {
     }
 }
 
+/// Fields after the command name of /proc/PID/stat: state, ppid, pgrp, ...
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Running (not a zombie) according to /proc.
+fn alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
+}
+
+/// SIGKILL of a PostgreSQL server all at once: the postmaster (from postmaster.pid),
+/// its process group and each of its children (backends, WAL senders), in one `kill`
+/// call; then waits (at most 5 s) until none of them runs. The children are named too
+/// so that no backend can answer after the postmaster died.
+fn kill9_postgres(data_dir: &std::path::Path) -> Result<(), String> {
+    let pid: u32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+        .ok_or_else(|| format!("no postmaster.pid in {}", data_dir.display()))?;
+    let own_pgrp = proc_stat(std::process::id()).and_then(|f| f.get(2).cloned());
+    let pgrp = proc_stat(pid).and_then(|f| f.get(2).cloned());
+    let mut children: Vec<u32> = std::fs::read_dir("/proc")
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            proc_stat(p).is_some_and(|f| f.get(1).map(String::as_str) == Some(&pid.to_string()))
+        })
+        .collect();
+    children.push(pid);
+    let mut args = vec!["-KILL".to_owned(), "--".to_owned()];
+    if let Some(g) = pgrp.filter(|g| Some(g) != own_pgrp.as_ref() && g != "0" && g != "1") {
+        args.push(format!("-{g}"));
+    }
+    args.extend(children.iter().map(u32::to_string));
+    let _ = std::process::Command::new("kill")
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while children.iter().any(|&p| alive(p)) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "PostgreSQL processes {children:?} still alive 5 s after SIGKILL"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 struct Ack {
     id: i64,
     at: Instant,
@@ -360,7 +415,8 @@ async fn one_run(session_timeout_ms: u32) -> Result<RunResult, String> {
         }))
     };
 
-    // Kill -9 of the master: agent, then its PostgreSQL.
+    // Kill -9 of the master: agent, then its PostgreSQL (postmaster, its process
+    // group and every child), then wait until none of them runs any more.
     let killed = Instant::now();
     {
         let a = cluster
@@ -369,7 +425,7 @@ async fn one_run(session_timeout_ms: u32) -> Result<RunResult, String> {
             .find(|a| a.node == master)
             .ok_or_else(|| format!("no agent {master}"))?;
         a.kill9();
-        a.kill9_postgres();
+        kill9_postgres(&a.dir.data_dir())?;
     }
     let killed_done = Instant::now();
 
@@ -456,7 +512,17 @@ async fn one_run(session_timeout_ms: u32) -> Result<RunResult, String> {
             .map(|a| a.id)
             .take(20)
             .collect();
-        eprintln!("  lost acknowledged ids (first 20): {missing:?}");
+        let old_last: Vec<i64> = acks
+            .iter()
+            .filter(|a| a.node == master)
+            .map(|a| a.id)
+            .rev()
+            .take(3)
+            .collect();
+        eprintln!(
+            "  lost acknowledged ids (first 20): {missing:?}; the old master's last \
+             acknowledged ids: {old_last:?}"
+        );
     }
     drop(router);
     drop(cluster);

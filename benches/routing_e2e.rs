@@ -38,6 +38,8 @@
 //!   ROUTING_BENCH_PATHS     paths, comma separated (default direct,router,haproxy,pgbouncer)
 //!   ROUTING_BENCH_SCALE     pgbench scale factor (default 8: 8 branches, 800 000 accounts)
 //!   ROUTING_BENCH_FSYNC     `off` (default) or `on`
+//!   ROUTING_BENCH_ROUTER_POOL  the router's pool_max_size, filled before the first
+//!                           phase (default: the largest client count)
 //!   ROUTING_BENCH_ENFORCE=1 exit 1 when the router misses a target
 //!   HAPROXY_BIN, PGBOUNCER_BIN  binaries (default: PATH, then /usr/sbin)
 //!   COORDD_BIN, PG_BINDIR   as in the tests
@@ -779,7 +781,8 @@ fn run() -> Result<(), String> {
                         .expect("coordd runs for the router path")
                         .connect_string();
                     _records = Some(publish_records(&coord, pg_port).await?);
-                    let router = start_router(&coord, max_clients).await?;
+                    let pool = env_or("ROUTING_BENCH_ROUTER_POOL", max_clients).max(1);
+                    let router = start_router(&coord, pool).await?;
                     vec![Conn::Router(router); max_clients]
                 }
             };
@@ -818,11 +821,27 @@ fn run() -> Result<(), String> {
                 }
             }
         }
+        // What the router adds on the client: a checkout and return of a pooled
+        // connection (no query), on one task, after the rounds.
+        let mut checkout_us = None;
+        if let Some(Conn::Router(r)) = conns
+            .iter()
+            .find(|(p, _)| *p == PathKind::Router)
+            .and_then(|(_, cs)| cs.first())
+        {
+            const N: u32 = 20_000;
+            let t = Instant::now();
+            for _ in 0..N {
+                let c = r.read().await.map_err(|e| format!("checkout: {e}"))?;
+                drop(std::hint::black_box(c));
+            }
+            checkout_us = Some(t.elapsed().as_secs_f64() * 1e6 / f64::from(N));
+        }
         drop(conns);
-        Ok::<_, String>((cells, results))
+        Ok::<_, String>((cells, results, checkout_us))
     });
     rt.shutdown_timeout(Duration::from_secs(5));
-    let (cells, results) = result?;
+    let (cells, results, checkout_us) = result?;
 
     // Report.
     let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
@@ -885,6 +904,12 @@ fn run() -> Result<(), String> {
                 }
             }
         }
+    }
+    if let Some(us) = checkout_us {
+        println!(
+            "\nrouter checkout + return of a pooled connection (`read()`, no query), one task: \
+             {us:.2} us mean over 20000"
+        );
     }
     println!("\nload average at the end: {}", loadavg());
     if paths.contains(&PathKind::Router) {
