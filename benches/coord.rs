@@ -43,6 +43,11 @@ const VALUE_LEN: usize = 64;
 /// is not measured on equal data.
 const MEMORY_NODES_DEFAULT: usize = 50_000;
 
+/// Rounds (each server benchmarked once per round) by default and at most
+/// (`COORD_BENCH_ROUNDS`).
+const ROUNDS_DEFAULT: usize = 3;
+const ROUNDS_MAX: usize = 15;
+
 fn memory_nodes() -> usize {
     std::env::var("COORD_BENCH_MEMORY_NODES")
         .ok()
@@ -587,12 +592,35 @@ fn ratio(a: f64, b: f64) -> String {
 
 /// Prints the comparison as Markdown (pastes straight into benches/RESULTS.md) and
 /// returns the targets missed.
-fn report(base: &ServerResult, cand: &ServerResult, phase: Duration) -> Vec<String> {
+/// Throughput ratio candidate/baseline of row `i` of a round.
+fn round_ratio(round: &(ServerResult, ServerResult), i: usize) -> f64 {
+    let (base, cand) = round;
+    cand.rows[i].ops_per_sec() / base.rows[i].ops_per_sec().max(f64::MIN_POSITIVE)
+}
+
+/// Prints the results of all rounds: per row, the round with the median ratio in full
+/// (both servers' figures from that same round), then every round's ratio. Targets are
+/// judged on the median ratios. Returns the targets missed.
+fn report(rounds: &[(ServerResult, ServerResult)], phase: Duration) -> Vec<String> {
+    let (base, cand) = &rounds[0];
     let (b, c) = (&base.label, &cand.label);
+    let n_rows = base.rows.len();
+    // Per row, the index of the round whose ratio is the median (lower median).
+    let median_round: Vec<usize> = (0..n_rows)
+        .map(|i| {
+            let mut idx: Vec<usize> = (0..rounds.len()).collect();
+            idx.sort_by(|&x, &y| round_ratio(&rounds[x], i).total_cmp(&round_ratio(&rounds[y], i)));
+            idx[(idx.len() - 1) / 2]
+        })
+        .collect();
     println!();
     println!("## coord bench: {c} (candidate) vs {b} (baseline)");
     println!();
     println!("{phase:?} per phase, value {VALUE_LEN} B, one request in flight per session, fsync on for both.");
+    println!(
+        "{} round(s), the servers in alternating order; each row shows the round with the median ratio.",
+        rounds.len()
+    );
     println!();
     println!(
         "| op | sessions | {c} ops/s | {b} ops/s | ops/s {c}/{b} | {c} p50/p99 us | {b} p50/p99 us | p99 {c}/{b} | cpu% server/load {c} | cpu% server/load {b} | errors {c}/{b} |"
@@ -606,7 +634,8 @@ fn report(base: &ServerResult, cand: &ServerResult, phase: Duration) -> Vec<Stri
         }
     };
     let mut missed = Vec::new();
-    for (mb, mc) in base.rows.iter().zip(&cand.rows) {
+    for (i, &r) in median_round.iter().enumerate() {
+        let (mb, mc) = (&rounds[r].0.rows[i], &rounds[r].1.rows[i]);
         assert_eq!((mb.op, mb.clients), (mc.op, mc.clients));
         let tput = if mb.op == Op::Watch {
             "-".to_owned()
@@ -649,13 +678,43 @@ fn report(base: &ServerResult, cand: &ServerResult, phase: Duration) -> Vec<Stri
                 missed.push(format!("{} x{}: {r:.2}x < {t}x", mb.op.name(), mb.clients));
             }
         }
-        if mc.errors > 0 {
+        let errors: u64 = rounds.iter().map(|(_, cr)| cr.rows[i].errors).sum();
+        if errors > mc.errors {
+            missed.push(format!(
+                "{} x{}: {errors} errors on {c} over all rounds",
+                mb.op.name(),
+                mb.clients
+            ));
+        } else if mc.errors > 0 {
             missed.push(format!(
                 "{} x{}: {} errors on {c}",
                 mb.op.name(),
                 mb.clients,
                 mc.errors
             ));
+        }
+    }
+    if rounds.len() > 1 {
+        println!();
+        let heads: Vec<String> = (1..=rounds.len()).map(|k| format!("round {k}")).collect();
+        println!("| op | sessions | {} | median |", heads.join(" | "));
+        println!("|---|---:|{}---:|", "---:|".repeat(rounds.len()));
+        for (i, &r) in median_round.iter().enumerate() {
+            let row = &base.rows[i];
+            if row.op == Op::Watch {
+                continue;
+            }
+            let each: Vec<String> = rounds
+                .iter()
+                .map(|rd| format!("{:.2}x", round_ratio(rd, i)))
+                .collect();
+            println!(
+                "| {} | {} | {} | {:.2}x |",
+                row.op.name(),
+                row.clients,
+                each.join(" | "),
+                round_ratio(&rounds[r], i)
+            );
         }
     }
     println!();
@@ -779,8 +838,15 @@ fn main() {
         .expect("tokio runtime");
     let started = Instant::now();
 
-    // Baseline first, stopped before the candidate starts: one server on the 2 cores at a time.
-    let base = {
+    // One server on the 2 cores at a time: each is stopped before the other starts.
+    // Rounds alternate the order (baseline first, then candidate first, ...) so that a
+    // drift of the machine during the run does not favour one of them.
+    let rounds_n: usize = std::env::var("COORD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| (1..=ROUNDS_MAX).contains(&n))
+        .unwrap_or(ROUNDS_DEFAULT);
+    let run_base = || {
         let zk = ZooKeeper::start().unwrap_or_else(|e| {
             eprintln!("cannot start ZooKeeper: {e}");
             std::process::exit(1);
@@ -789,7 +855,7 @@ fn main() {
         let r = rt.block_on(bench_server("zookeeper", &server, &client_counts, phase));
         finish(r, server)
     };
-    let cand = {
+    let run_cand = || {
         let (label, server) = match candidate.as_str() {
             "coordd" => match Coordd::start(coordd_bin.as_deref().expect("resolved above")) {
                 Ok(c) => ("coordd", Server::Coordd(c)),
@@ -813,7 +879,19 @@ fn main() {
         let r = rt.block_on(bench_server(label, &server, &client_counts, phase));
         finish(r, server)
     };
-    let missed = report(&base, &cand, phase);
+    let mut rounds = Vec::with_capacity(rounds_n);
+    for k in 0..rounds_n {
+        eprintln!("coord bench: round {} of {rounds_n}", k + 1);
+        let round = if k % 2 == 0 {
+            let base = run_base();
+            (base, run_cand())
+        } else {
+            let cand = run_cand();
+            (run_base(), cand)
+        };
+        rounds.push(round);
+    }
+    let missed = report(&rounds, phase);
     eprintln!("coord bench took {:.1?}", started.elapsed());
     if !missed.is_empty() && std::env::var("COORD_BENCH_ENFORCE").as_deref() == Ok("1") {
         std::process::exit(1);
