@@ -35,7 +35,9 @@
 //!   ROUTING_BENCH_ROUNDS    interleaved rounds (default 5)
 //!   ROUTING_BENCH_SECS      seconds per measured phase (default 2)
 //!   ROUTING_BENCH_CLIENTS   client counts, comma separated (default 1,8)
-//!   ROUTING_BENCH_PATHS     paths, comma separated (default direct,router,haproxy,pgbouncer)
+//!   ROUTING_BENCH_PATHS     paths, comma separated (default direct,router,haproxy,pgbouncer;
+//!                           `direct-again`, a second direct path, checks the harness:
+//!                           its ratio to direct is the run's noise)
 //!   ROUTING_BENCH_SCALE     pgbench scale factor (default 8: 8 branches, 800 000 accounts)
 //!   ROUTING_BENCH_FSYNC     `off` (default) or `on`
 //!   ROUTING_BENCH_ROUTER_POOL  the router's pool_max_size, filled before the first
@@ -278,6 +280,9 @@ fn start_pgbouncer(bin: &Path, pg_port: u16, pool_size: usize) -> Result<(Proc, 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PathKind {
     Direct,
+    /// A second set of direct connections: the harness check (its ratio to direct
+    /// is the run's noise floor; opt in with ROUTING_BENCH_PATHS).
+    DirectAgain,
     Router,
     HaProxy,
     PgBouncer,
@@ -287,6 +292,7 @@ impl PathKind {
     fn name(self) -> &'static str {
         match self {
             PathKind::Direct => "direct",
+            PathKind::DirectAgain => "direct-again",
             PathKind::Router => "router",
             PathKind::HaProxy => "haproxy",
             PathKind::PgBouncer => "pgbouncer",
@@ -296,6 +302,7 @@ impl PathKind {
     fn parse(s: &str) -> Option<PathKind> {
         [
             PathKind::Direct,
+            PathKind::DirectAgain,
             PathKind::Router,
             PathKind::HaProxy,
             PathKind::PgBouncer,
@@ -762,7 +769,7 @@ fn run() -> Result<(), String> {
         let mut conns: Vec<(PathKind, Vec<Conn>)> = Vec::new();
         for &p in &paths {
             let port = match p {
-                PathKind::Direct => Some(pg_port),
+                PathKind::Direct | PathKind::DirectAgain => Some(pg_port),
                 PathKind::HaProxy => haproxy_port,
                 PathKind::PgBouncer => pgbouncer_port,
                 PathKind::Router => None,
