@@ -1,0 +1,995 @@
+//! The agent and the router against a real 3-member Apache ZooKeeper 3.8 ensemble
+//! (Debian's `zookeeper` package, tests/support/zookeeper.rs) instead of coordd: they
+//! speak only the ZooKeeper protocol, so they must work unchanged there (issues 3 and
+//! 4). Real `switchyard agent` processes, real PostgreSQL 15.
+//!
+//! - the ensemble itself: one leader, a client session survives the kill -9 of the
+//!   ZooKeeper leader (the harness's own check, no PostgreSQL);
+//! - issue 3's kill scenario in synchronous mode: three agents bootstrap, a writer
+//!   commits straight to the master, kill -9 of the master's agent and PostgreSQL: a
+//!   new master is elected and has every acknowledged row, takes writes; the old node,
+//!   restarted, rewinds and rejoins as a (synchronous) replica;
+//! - the router on the same kind of ensemble: reads on the replicas, writes on the
+//!   master, and after the master's kill writes resume through the same router;
+//! - kill -9 of the ZooKeeper leader member under running agents and a writer: the
+//!   sessions move to the surviving members, the master keeps `leader` (same epoch,
+//!   same sessions), no second PostgreSQL ever takes writes, writes keep working.
+//!
+//! Skips with a printed reason when ZooKeeper (or java) or PostgreSQL is missing. Every
+//! wait is on a condition under a deadline; processes are stopped by Drop guards
+//! (agents before the ensemble), also on panic. The tests run one at a time (two
+//! shared cores: one cluster of three PostgreSQL servers and three JVMs at once).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coordd_client::{Acl, Client, ClientConfig, CreateMode, SessionState};
+use support::agent::{connect, now_ms, switchyard_bin, tail, Agent};
+use support::postgres::{self, PgDir};
+use support::zookeeper::{ZkMode, ZooKeeper, ZooKeeperEnsemble};
+use switchyard_proxy::namespace::Namespace;
+use switchyard_proxy::pg;
+use switchyard_proxy::records::{self, LeaderRecord, LeaderState, MemberRecord, Role, SyncRecord};
+use switchyard_proxy::router::{Error, PooledClient, Router};
+use switchyard_proxy::topology::{Balance, Topology};
+use tokio::time::{timeout, Instant};
+
+const CLUSTER: &str = "main";
+/// The agents' (and the router's) session timeout in the failover tests: the time a
+/// dead master's session takes to expire, so most of the failover time.
+const SESSION_TIMEOUT_MS: u32 = 4_000;
+/// The session timeout while the ZooKeeper leader is killed. An agent fences (stops a
+/// master's PostgreSQL and starts a new session) when no request or ping was
+/// acknowledged for `timeout - margin` (margin: timeout/3 by default) since it was sent,
+/// and pings go out every timeout/3, so it tolerates an outage of between timeout/3
+/// and 2*timeout/3 from the moment the ensemble stops answering. A ZooKeeper election
+/// here (tickTime 200 ms) takes 0.5-0.9 s, then the client's reconnect backoff (up to
+/// 1 s) may add most of a second: 6 s leaves at least 2 s.
+const ZK_LEADER_KILL_SESSION_TIMEOUT_MS: u32 = 6_000;
+/// Bound on every wait for the cluster after the bootstrap (failover, rejoin, replay).
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Bound on the bootstrap (initdb, start, two base backups) on a loaded machine; a
+/// quiet one takes about ten seconds.
+const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(180);
+/// Bound on the ensemble electing a leader after a member was killed.
+const ZK_ELECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+const ALL: [&str; 3] = ["n1", "n2", "n3"];
+
+/// One cluster of three PostgreSQL servers and three JVMs at a time (an async lock:
+/// held across awaits, released when a test panics).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// Skips (printing why) unless both ZooKeeper and PostgreSQL are installed.
+fn skip(test: &str) -> bool {
+    ZooKeeper::skip_if_unavailable(test) || postgres::skip()
+}
+
+/// Starts a 3-member ensemble off the runtime threads (its start polls with blocking
+/// sleeps under its own deadline).
+async fn start_ensemble() -> ZooKeeperEnsemble {
+    let started = Instant::now();
+    let zk = tokio::task::spawn_blocking(|| ZooKeeperEnsemble::start(3))
+        .await
+        .expect("ensemble start task")
+        .unwrap_or_else(|e| panic!("starting a 3-member ZooKeeper ensemble: {e}"));
+    eprintln!(
+        "ZooKeeper ensemble {} up in {:?}, modes {:?}",
+        zk.connect_string(),
+        started.elapsed(),
+        zk.modes()
+    );
+    zk
+}
+
+/// Waits for the ensemble to have one leader followed by every running member.
+fn wait_zk_leader(zk: &mut ZooKeeperEnsemble) -> u32 {
+    tokio::task::block_in_place(|| zk.wait_leader(ZK_ELECTION_DEADLINE))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A test client on the ensemble, with every member in its server list.
+async fn zk_client(zk: &ZooKeeperEnsemble, session_timeout_ms: u32) -> Client {
+    let cfg = ClientConfig::new(zk.members().iter().map(|m| m.addr()))
+        .with_session_timeout_ms(session_timeout_ms);
+    let (client, _events) = timeout(DEADLINE, Client::connect(cfg))
+        .await
+        .expect("test client connects in time")
+        .expect("test client connects");
+    client
+}
+
+/// Three agents `n1..n3` on a ZooKeeper ensemble, each with its own PostgreSQL.
+struct ZkCluster {
+    // Agents first: dropped (killed, their PostgreSQL stopped) before the ensemble.
+    agents: Vec<Agent>,
+    client: Client,
+    ns: Namespace,
+    zk: ZooKeeperEnsemble,
+}
+
+impl ZkCluster {
+    /// Starts an ensemble and three agents with `extra_toml` (e.g. `synchronous = true`)
+    /// and the session timeout `session_timeout_ms`.
+    async fn start(extra_toml: &str, session_timeout_ms: u32) -> ZkCluster {
+        let _ = switchyard_bin(); // build before the clock starts
+        let zk = start_ensemble().await;
+        let agents = ALL
+            .iter()
+            .map(|node| {
+                Agent::spawn_with(
+                    PgDir::new(),
+                    &zk.connect_string(),
+                    CLUSTER,
+                    node,
+                    session_timeout_ms,
+                    extra_toml,
+                )
+            })
+            .collect();
+        let client = zk_client(&zk, 10_000).await;
+        ZkCluster {
+            agents,
+            client,
+            ns: Namespace::with_default_root(CLUSTER).expect("namespace"),
+            zk,
+        }
+    }
+
+    fn agent(&self, node: &str) -> &Agent {
+        self.agents.iter().find(|a| a.node == node).unwrap()
+    }
+
+    fn agent_mut(&mut self, node: &str) -> &mut Agent {
+        self.agents.iter_mut().find(|a| a.node == node).unwrap()
+    }
+
+    /// kill -9 of a node's agent and its PostgreSQL.
+    fn kill(&mut self, node: &str) {
+        let a = self.agent_mut(node);
+        a.kill9();
+        a.kill9_postgres();
+    }
+
+    fn dump(&self) -> String {
+        let mut s = String::new();
+        for a in &self.agents {
+            s.push_str(&format!(
+                "\n===== agent {} log (tail) =====\n{}\n===== {} postgres log (tail) =====\n{}\n",
+                a.node,
+                tail(&a.log(), 60),
+                a.node,
+                tail(&a.pg_log(), 20)
+            ));
+        }
+        s.push_str(&self.zk.output_tails(15));
+        s
+    }
+
+    /// The `leader` record and its stat (czxid = epoch, ephemeralOwner = session).
+    async fn leader(&self) -> Option<(LeaderRecord, coordd_proto::records::Stat)> {
+        let (data, stat) = self.client.get_data(&self.ns.leader(), false).await.ok()?;
+        Some((records::decode(&data).ok()?, stat))
+    }
+
+    /// Every decodable member record with its znode's ephemeral owner (session id).
+    async fn members(&self) -> Vec<(MemberRecord, i64)> {
+        let mut out = Vec::new();
+        let Ok(children) = self.client.get_children(&self.ns.members(), false).await else {
+            return out;
+        };
+        for c in children {
+            if let Ok((data, stat)) = self.client.get_data(&self.ns.member(&c), false).await {
+                if let Ok(m) = records::decode::<MemberRecord>(&data) {
+                    out.push((m, stat.ephemeral_owner));
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until `live` form one cluster (see [`Self::check_healthy`]); returns the
+    /// master's node name.
+    async fn wait_healthy(&self, live: &[&str], not: Option<&str>, deadline: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let last = match self.check_healthy(live, not).await {
+                Ok(master) => return master,
+                Err(why) => why,
+            };
+            if start.elapsed() > deadline {
+                panic!(
+                    "cluster not healthy after {deadline:?}: {last}\n{}",
+                    self.dump()
+                );
+            }
+            // Poll interval of a condition wait (records change every publish interval).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A leader in state primary (not `not`) whose PostgreSQL is not in recovery and
+    /// streams to every other live node, which is in recovery; a member record with
+    /// the right role for each live node, every one on the master's timeline (as
+    /// tests/support/agent.rs `Cluster::check_healthy`, which is tied to coordd).
+    async fn check_healthy(&self, live: &[&str], not: Option<&str>) -> Result<String, String> {
+        let (leader, _) = self.leader().await.ok_or("no leader record")?;
+        if leader.state != LeaderState::Primary {
+            return Err(format!(
+                "leader {} in state {:?}",
+                leader.node, leader.state
+            ));
+        }
+        if Some(leader.node.as_str()) == not {
+            return Err(format!("leader is still {}", leader.node));
+        }
+        let master = connect(leader.port).await.ok_or("master unreachable")?;
+        if pg::in_recovery(&master).await.map_err(|e| e.to_string())? {
+            return Err("master in recovery".into());
+        }
+        let streaming: i64 = master
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if streaming != live.len() as i64 - 1 {
+            return Err(format!("{streaming} streaming replicas"));
+        }
+        for node in live.iter().filter(|n| **n != leader.node) {
+            let c = connect(self.agent(node).pg_port)
+                .await
+                .ok_or(format!("{node} unreachable"))?;
+            if !pg::in_recovery(&c).await.map_err(|e| e.to_string())? {
+                return Err(format!("{node} is not in recovery"));
+            }
+        }
+        let members = self.members().await;
+        let master_tli = members
+            .iter()
+            .find(|(m, _)| m.node == leader.node)
+            .and_then(|(m, _)| m.timeline);
+        for node in live {
+            let (m, _) = members
+                .iter()
+                .find(|(m, _)| m.node == *node)
+                .ok_or(format!("no member record for {node}"))?;
+            let want = if *node == leader.node {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            // A replica on another timeline than the master's is not following it (it
+            // may stream the old timeline's WAL up to a fork it is past).
+            if m.role != want || m.timeline.is_none() || m.timeline != master_tli {
+                return Err(format!("member {node}: {m:?}"));
+            }
+        }
+        Ok(leader.node)
+    }
+
+    async fn sync_record(&self) -> Option<SyncRecord> {
+        let (data, _) = self.client.get_data(&self.ns.sync(), false).await.ok()?;
+        records::decode(&data).ok()
+    }
+
+    /// Waits until `sync` names exactly `standbys` (written by `master`) and the
+    /// master's WAL senders to them are all in the quorum.
+    async fn wait_sync(&self, master: &str, standbys: &[&str]) {
+        let want: BTreeSet<String> = standbys.iter().map(|s| s.to_string()).collect();
+        let start = Instant::now();
+        loop {
+            let last = match self.check_sync(master, &want).await {
+                Ok(()) => return,
+                Err(why) => why,
+            };
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "synchronous standbys not {want:?} after {DEADLINE:?}: {last}\n{}",
+                    self.dump()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn check_sync(&self, master: &str, want: &BTreeSet<String>) -> Result<(), String> {
+        let rec = self.sync_record().await.ok_or("no `sync` record")?;
+        let have: BTreeSet<String> = rec.standbys.iter().cloned().collect();
+        if rec.leader.as_deref() != Some(master) || have != *want {
+            return Err(format!("`sync` is {rec:?}"));
+        }
+        let m = connect(self.agent(master).pg_port)
+            .await
+            .ok_or("master unreachable")?;
+        let rows = m
+            .query(
+                "SELECT application_name, sync_state FROM pg_stat_replication",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let quorum: BTreeSet<String> = rows
+            .iter()
+            .filter(|r| r.get::<_, String>(1) == "quorum")
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        if quorum != *want {
+            return Err(format!("quorum standbys {quorum:?}"));
+        }
+        Ok(())
+    }
+}
+
+fn others(all: &[&'static str], not: &str) -> Vec<&'static str> {
+    all.iter().copied().filter(|n| *n != not).collect()
+}
+
+/// How many sessions an agent opened so far (one log line per session).
+fn sessions_opened(a: &Agent) -> usize {
+    a.log().matches("connected to coordd").count()
+}
+
+// ---- writer -------------------------------------------------------------------------
+
+/// One acknowledged insert: the row's id.
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    id: i64,
+}
+
+/// Inserts rows straight into the PostgreSQL on `port`, one statement at a time,
+/// reconnecting after errors; records every acknowledgement and counts failures.
+fn spawn_writer(
+    port: u16,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    failures: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Some(w) = connect(port).await {
+                loop {
+                    let sent_ms = now_ms();
+                    match w
+                        .query_one(
+                            "INSERT INTO t (sent_ms) VALUES ($1) RETURNING id",
+                            &[&sent_ms],
+                        )
+                        .await
+                    {
+                        Ok(row) => acks.lock().unwrap().push(Ack { id: row.get(0) }),
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            } else {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+            // Reconnect pace of a writer whose server is gone (not a settle delay).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// Waits until the writer has `n` more acknowledgements than `from`.
+async fn wait_acks(acks: &Arc<Mutex<Vec<Ack>>>, from: usize, n: usize, c: &ZkCluster) {
+    let start = Instant::now();
+    while acks.lock().unwrap().len() < from + n {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the writer committed {} of {n} rows within {DEADLINE:?}{}",
+            acks.lock().unwrap().len() - from,
+            c.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every acknowledged id is on the PostgreSQL at `port`.
+async fn assert_all_acked_on(port: u16, acks: &[Ack], what: &str) {
+    let c = connect(port).await.expect("connect");
+    let ids: BTreeSet<i64> = c
+        .query("SELECT id FROM t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<i64> = acks
+        .iter()
+        .map(|a| a.id)
+        .filter(|id| !ids.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged rows missing on {what}: {lost:?}",
+        lost.len(),
+        acks.len()
+    );
+}
+
+// ---- tests --------------------------------------------------------------------------
+
+/// The harness itself: three members, exactly one leader; a client session (with an
+/// ephemeral node) survives the kill -9 of the ZooKeeper leader, a new leader is
+/// elected among the two others, and the killed member rejoins as a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensemble_elects_one_leader_and_a_session_survives_its_kill() {
+    if ZooKeeper::skip_if_unavailable("ensemble_elects_one_leader_and_a_session_survives_its_kill")
+    {
+        return;
+    }
+    let _serial = serial().await;
+    let mut zk = start_ensemble().await;
+    let modes = zk.modes();
+    assert_eq!(
+        modes.iter().filter(|(_, m)| *m == ZkMode::Leader).count(),
+        1,
+        "{modes:?}"
+    );
+    assert_eq!(
+        modes.iter().filter(|(_, m)| *m == ZkMode::Follower).count(),
+        2,
+        "{modes:?}"
+    );
+    assert_eq!(zk.connect_string().split(',').count(), 3);
+
+    let client = zk_client(&zk, SESSION_TIMEOUT_MS).await;
+    let sid = client.session_id();
+    client
+        .create("/eph", b"x", &Acl::open_unsafe(), CreateMode::Ephemeral)
+        .await
+        .expect("create ephemeral");
+
+    let leader = zk.leader().expect("one leader");
+    let killed = Instant::now();
+    zk.kill9(leader);
+    let new_leader = wait_zk_leader(&mut zk);
+    let elected = killed.elapsed();
+    assert_ne!(new_leader, leader);
+    // The same session works through a surviving member: its ephemeral is still there
+    // and a write goes through.
+    let stat = timeout(DEADLINE, async {
+        loop {
+            match client.set_data("/eph", b"y", None).await {
+                Ok(stat) => return stat,
+                Err(e) => {
+                    assert!(
+                        !client.state().is_terminal(),
+                        "session ended after the ZooKeeper leader's kill: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a write through a surviving member in time");
+    let served = killed.elapsed();
+    assert_eq!(client.session_id(), sid);
+    assert_eq!(client.state(), SessionState::Connected);
+    assert_eq!(stat.ephemeral_owner, sid);
+    eprintln!(
+        "ZooKeeper leader {leader} killed: member {new_leader} leads after {elected:?}; \
+         the session wrote again after {served:?}"
+    );
+
+    let restarted = Instant::now();
+    let leader_now = tokio::task::block_in_place(|| zk.restart(leader)).expect("restart");
+    assert_eq!(
+        leader_now, new_leader,
+        "a rejoining member does not take over"
+    );
+    assert_eq!(zk.member(leader).mode(), ZkMode::Follower);
+    eprintln!(
+        "member {leader} rejoined as a follower in {:?}",
+        restarted.elapsed()
+    );
+    drop(client);
+}
+
+/// Issue 3's kill scenario against a 3-member ZooKeeper ensemble, in synchronous mode:
+/// kill -9 of the master's agent and PostgreSQL while a writer commits straight to it;
+/// a new master (a newer epoch) has every acknowledged row and takes writes; the old
+/// node, restarted, rewinds and rejoins as a replica and a synchronous standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_ensemble_sync_mode_kill9_of_the_master() {
+    if skip("zk_ensemble_sync_mode_kill9_of_the_master") {
+        return;
+    }
+    let _serial = serial().await;
+    let started = Instant::now();
+    let mut c = ZkCluster::start("synchronous = true", SESSION_TIMEOUT_MS).await;
+    let old = c.wait_healthy(&ALL, None, BOOTSTRAP_DEADLINE).await;
+    c.wait_sync(&old, &others(&ALL, &old)).await;
+    eprintln!("bootstrapped on ZooKeeper in {:?}", started.elapsed());
+    // The records are where DESIGN.md puts them; `initialize` names the master.
+    let (init, _) = c.client.get_data(&c.ns.initialize(), false).await.unwrap();
+    assert!(!init.is_empty());
+    let (_, old_stat) = c.leader().await.unwrap();
+    assert_ne!(old_stat.ephemeral_owner, 0, "`leader` is ephemeral");
+
+    let old_port = c.agent(&old).pg_port;
+    connect(old_port)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id bigserial primary key, sent_ms bigint)")
+        .await
+        .unwrap();
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let writer = spawn_writer(old_port, acks.clone(), failures.clone());
+    wait_acks(&acks, 0, 50, &c).await;
+
+    let killed = Instant::now();
+    c.kill(&old);
+    let live = others(&ALL, &old);
+    let new = c.wait_healthy(&live, Some(&old), DEADLINE).await;
+    let failover = killed.elapsed();
+    writer.abort();
+    let _ = writer.await;
+    let acks: Vec<Ack> = acks.lock().unwrap().clone();
+    let (_, new_stat) = c.leader().await.unwrap();
+    assert!(
+        new_stat.czxid > old_stat.czxid,
+        "epoch did not grow: {} -> {}",
+        old_stat.czxid,
+        new_stat.czxid
+    );
+    eprintln!(
+        "failover {old} -> {new} on ZooKeeper after {failover:?}; {} acknowledged rows",
+        acks.len()
+    );
+    assert_all_acked_on(c.agent(&new).pg_port, &acks, &new).await;
+
+    // The new master takes writes (its remaining replica acknowledges them).
+    connect(c.agent(&new).pg_port)
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO t (sent_ms) VALUES (0)")
+        .await
+        .unwrap();
+
+    // The old node comes back: rewinds, follows, and is a synchronous standby again.
+    let restarted = Instant::now();
+    c.agent_mut(&old).start();
+    let master = c.wait_healthy(&ALL, Some(&old), DEADLINE).await;
+    assert_eq!(master, new);
+    let mut standbys = others(&live, &new);
+    standbys.push(&old);
+    c.wait_sync(&new, &standbys).await;
+    eprintln!("{old} rejoined in {:?}", restarted.elapsed());
+    let log = c.agent(&old).log();
+    assert!(log.contains("pg_rewind"), "{}", tail(&log, 40));
+    assert_all_acked_on(c.agent(&old).pg_port, &acks, &old).await;
+}
+
+async fn start_router(coord: &str, session_timeout_ms: u32) -> Router {
+    timeout(
+        DEADLINE,
+        Router::builder()
+            .coord(coord)
+            .cluster(CLUSTER)
+            .session_timeout_ms(session_timeout_ms)
+            .write_wait_ms(30_000)
+            .read_balance(Balance::RoundRobin)
+            // Lag as the records show it is a moment's worth of WAL here.
+            .max_lag_bytes(1 << 30)
+            .pool_max_size(4)
+            .pg_connect_timeout_ms(3_000)
+            .pg_user(postgres::SUPERUSER)
+            .pg_dbname("postgres")
+            .connect(),
+    )
+    .await
+    .expect("router connects in time")
+    .expect("router connects")
+}
+
+/// Waits up to `deadline` until the router's topology satisfies `cond`, woken by its
+/// publish notifications.
+async fn wait_topology(
+    router: &Router,
+    what: &str,
+    deadline: Duration,
+    cond: impl Fn(&Topology) -> bool,
+) {
+    let mut rx = router.subscribe();
+    let r = timeout(deadline, async {
+        loop {
+            if cond(&router.topology()) {
+                return;
+            }
+            rx.changed().await.expect("router alive");
+        }
+    })
+    .await;
+    if r.is_err() {
+        panic!(
+            "timed out after {deadline:?} waiting for {what}: {:?}",
+            router.topology()
+        );
+    }
+}
+
+async fn in_recovery(c: &PooledClient) -> Result<bool, Error> {
+    Ok(c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0))
+}
+
+/// Runs `sql` through `Router::query`; returns (in recovery, server port) from its
+/// single row's first two columns.
+async fn where_ran(router: &Router, sql: &str) -> (bool, u16) {
+    let rows = router
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    (
+        rows[0].get(0),
+        u16::try_from(rows[0].get::<_, i32>(1)).unwrap(),
+    )
+}
+
+/// Waits (per the router) for a master and two readable replicas that answer with the
+/// role their records claim; returns (master, {replica node: port}).
+async fn wait_three(c: &ZkCluster, router: &Router) -> (String, BTreeMap<String, u16>) {
+    let start = Instant::now();
+    loop {
+        let left = BOOTSTRAP_DEADLINE.saturating_sub(start.elapsed());
+        let mut rx = router.subscribe();
+        let ready = timeout(left, async {
+            loop {
+                let t = router.topology();
+                if t.writable_endpoint().is_some() && t.readable_endpoints(1 << 30).count() == 2 {
+                    return;
+                }
+                rx.changed().await.expect("router alive");
+            }
+        })
+        .await;
+        assert!(
+            ready.is_ok(),
+            "no master and two running replicas: {:?}{}",
+            router.topology(),
+            c.dump()
+        );
+        let t = router.topology();
+        let master = t.writable_endpoint().unwrap().node.clone();
+        let replicas: BTreeMap<String, u16> = t
+            .readable_endpoints(1 << 30)
+            .map(|e| (e.node.clone(), e.port))
+            .collect();
+        let mut ok = match router.write().await {
+            Ok(w) => !in_recovery(&w).await.unwrap_or(true),
+            Err(_) => false,
+        };
+        for _ in 0..2 {
+            ok &= match router.read().await {
+                Ok(r) => in_recovery(&r).await.unwrap_or(false),
+                Err(_) => false,
+            };
+        }
+        if ok {
+            return (master, replicas);
+        }
+        assert!(
+            start.elapsed() < BOOTSTRAP_DEADLINE,
+            "cluster not ready: {t:?}{}",
+            c.dump()
+        );
+        // The next member records (every publish interval) are the next chance.
+        let _ = timeout(Duration::from_secs(2), rx.changed()).await;
+    }
+}
+
+/// The router against the ensemble: persistent recursive watch (ZooKeeper 3.8 has
+/// addWatch), reads on both replicas, writes on the master; the master killed (kill -9
+/// of its agent and PostgreSQL): writes resume on the new master through the same
+/// router, at most one write failing in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_on_zk_ensemble_reads_replicas_and_follows_a_master_failover() {
+    if skip("router_on_zk_ensemble_reads_replicas_and_follows_a_master_failover") {
+        return;
+    }
+    let _serial = serial().await;
+    let mut c = ZkCluster::start("", SESSION_TIMEOUT_MS).await;
+    let router = start_router(&c.zk.connect_string(), SESSION_TIMEOUT_MS).await;
+    assert!(
+        !router.uses_one_shot_watches(),
+        "ZooKeeper 3.8 implements addWatch"
+    );
+    let (old, replicas) = wait_three(&c, &router).await;
+    let old_port = router.topology().writable_endpoint().unwrap().port;
+    let old_epoch = router.topology().epoch().unwrap();
+
+    // Reads: round robin over both replicas, never the master.
+    let mut read_ports = BTreeSet::new();
+    for _ in 0..10 {
+        let (rec, port) =
+            where_ran(&router, "SELECT pg_is_in_recovery(), inet_server_port()").await;
+        assert!(rec, "a read ran on a server not in recovery (port {port})");
+        read_ports.insert(port);
+    }
+    let want: BTreeSet<u16> = replicas.values().copied().collect();
+    assert_eq!(read_ports, want, "reads did not spread over both replicas");
+    // Writes: the master.
+    router
+        .execute("CREATE TABLE t (id serial PRIMARY KEY, at_ms bigint)", &[])
+        .await
+        .unwrap();
+    let (rec, port) = where_ran(
+        &router,
+        "INSERT INTO t (at_ms) VALUES (0) RETURNING pg_is_in_recovery(), inet_server_port()",
+    )
+    .await;
+    assert!(!rec);
+    assert_eq!(port, old_port);
+    // Replication is asynchronous: let both replicas have the row before the kill,
+    // so that whoever wins has it.
+    let token = router.write().await.unwrap().causal_token().await.unwrap();
+    wait_topology(&router, "both replicas to replay the row", DEADLINE, |t| {
+        t.replicas()
+            .iter()
+            .filter(|r| r.replay_lsn.is_some_and(|l| l >= token.0))
+            .count()
+            == 2
+    })
+    .await;
+
+    let killed = Instant::now();
+    c.kill(&old);
+    let mut failed = Vec::new();
+    let new_port = loop {
+        match router
+            .query(
+                "INSERT INTO t (at_ms) VALUES (1) RETURNING pg_is_in_recovery(), \
+                 inet_server_port()",
+                &[],
+            )
+            .await
+        {
+            Ok(rows) => {
+                let rec: bool = rows[0].get(0);
+                assert!(!rec);
+                let port = u16::try_from(rows[0].get::<_, i32>(1)).unwrap();
+                if port != old_port {
+                    break port;
+                }
+                // Landed on the old master before it died: fine, go on.
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "{e:?}");
+                failed.push(e.to_string());
+            }
+        }
+        assert!(
+            killed.elapsed() < DEADLINE,
+            "no write on a new master; failures: {failed:?}{}",
+            c.dump()
+        );
+    };
+    let took = killed.elapsed();
+    let t = router.topology();
+    let new = t.writable_endpoint().unwrap().node.clone();
+    assert_ne!(new, old);
+    assert_eq!(new_port, t.writable_endpoint().unwrap().port);
+    assert!(t.epoch().unwrap() > old_epoch);
+    eprintln!(
+        "master {old} killed: writes resumed on {new} through the router after {took:?}; \
+         failed writes in between: {failed:?}"
+    );
+    assert!(
+        failed.len() <= 1,
+        "writes hammered the dead master: {failed:?}"
+    );
+    assert!(
+        router.pooled_endpoints().iter().all(|e| e.node != old),
+        "the old master's pool survived the leader change"
+    );
+    // The row written before the failover is on the new master (it was a replica).
+    let n: i64 = router
+        .write()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM t WHERE at_ms = 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // Reads now go to the remaining replica only.
+    let survivor = replicas
+        .iter()
+        .find(|(node, _)| **node != new)
+        .map(|(_, port)| *port)
+        .unwrap();
+    wait_topology(&router, "one readable replica", DEADLINE, |t| {
+        t.readable_endpoints(1 << 30).count() == 1
+    })
+    .await;
+    for _ in 0..4 {
+        let (rec, port) =
+            where_ran(&router, "SELECT pg_is_in_recovery(), inet_server_port()").await;
+        assert!(rec);
+        assert_eq!(port, survivor);
+    }
+    drop(router);
+}
+
+/// Samples every node's PostgreSQL (`pg_is_in_recovery()`) until told to stop;
+/// returns the number of samples and the worst one: the most nodes that took writes
+/// at once, with their names.
+fn spawn_primary_monitor(
+    ports: Vec<(String, u16)>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut clients: Vec<Option<pg::Client>> = ports.iter().map(|_| None).collect();
+        let mut samples = 0;
+        let mut worst: Vec<String> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let mut primaries = Vec::new();
+            for (i, (node, port)) in ports.iter().enumerate() {
+                if !matches!(&clients[i], Some(c) if !c.is_closed()) {
+                    clients[i] = connect(*port).await;
+                }
+                if let Some(c) = &clients[i] {
+                    if let Ok(false) = pg::in_recovery(c).await {
+                        primaries.push(node.clone());
+                    }
+                }
+            }
+            samples += 1;
+            if primaries.len() > worst.len() {
+                worst = primaries;
+            }
+            // Sampling pace.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (samples, worst)
+    })
+}
+
+/// kill -9 of the ZooKeeper leader member while three agents run and a writer commits
+/// to the master: the agents' (and the router's) sessions move to the surviving
+/// members and survive (ZooKeeper's new leader takes over every session), so the
+/// master keeps `leader` with the same epoch, no agent opens a new session, no second
+/// PostgreSQL ever takes writes, and writes keep working, straight and via the router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_leader_kill_keeps_one_master() {
+    if skip("zk_leader_kill_keeps_one_master") {
+        return;
+    }
+    let _serial = serial().await;
+    let mut c = ZkCluster::start("", ZK_LEADER_KILL_SESSION_TIMEOUT_MS).await;
+    let master = c.wait_healthy(&ALL, None, BOOTSTRAP_DEADLINE).await;
+    let router = start_router(&c.zk.connect_string(), ZK_LEADER_KILL_SESSION_TIMEOUT_MS).await;
+    wait_topology(&router, "the router to see the master", DEADLINE, |t| {
+        t.writable_endpoint().is_some_and(|e| e.node == master)
+    })
+    .await;
+    let (_, leader_stat) = c.leader().await.unwrap();
+    let owners_before: BTreeMap<String, i64> = c
+        .members()
+        .await
+        .into_iter()
+        .map(|(m, owner)| (m.node, owner))
+        .collect();
+    assert_eq!(owners_before.len(), 3, "{owners_before:?}");
+    assert_eq!(owners_before[&master], leader_stat.ephemeral_owner);
+    for a in &c.agents {
+        assert_eq!(sessions_opened(a), 1, "{}: {}", a.node, tail(&a.log(), 20));
+    }
+
+    let master_port = c.agent(&master).pg_port;
+    connect(master_port)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id bigserial primary key, sent_ms bigint)")
+        .await
+        .unwrap();
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let writer = spawn_writer(master_port, acks.clone(), failures.clone());
+    wait_acks(&acks, 0, 20, &c).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = spawn_primary_monitor(
+        c.agents
+            .iter()
+            .map(|a| (a.node.clone(), a.pg_port))
+            .collect(),
+        stop.clone(),
+    );
+
+    let zk_leader = c.zk.leader().expect("one ZooKeeper leader");
+    let killed = Instant::now();
+    c.zk.kill9(zk_leader);
+    let new_zk_leader = wait_zk_leader(&mut c.zk);
+    let elected = killed.elapsed();
+    let served_ms = u64::try_from(now_ms()).unwrap();
+    assert_ne!(new_zk_leader, zk_leader);
+
+    // Every agent publishes its member record again through a surviving member (so its
+    // session is connected after the election) and the master's agent still holds
+    // `leader`: same znode (epoch), same session.
+    let start = Instant::now();
+    let owners_after = loop {
+        let members = c.members().await;
+        let fresh = members
+            .iter()
+            .filter(|(m, _)| m.updated_ms > served_ms)
+            .count();
+        if fresh == 3 {
+            break members
+                .into_iter()
+                .map(|(m, owner)| (m.node, owner))
+                .collect::<BTreeMap<String, i64>>();
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "agents did not publish after the ZooKeeper election: {members:?}{}",
+            c.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let republished = killed.elapsed();
+    let now_master = c.wait_healthy(&ALL, None, DEADLINE).await;
+    let (_, stat) = c.leader().await.unwrap();
+    assert_eq!(now_master, master, "the master changed{}", c.dump());
+    assert_eq!(
+        stat.czxid,
+        leader_stat.czxid,
+        "`leader` was re-created (new epoch){}",
+        c.dump()
+    );
+    assert_eq!(
+        owners_after,
+        owners_before,
+        "an agent's session was replaced{}",
+        c.dump()
+    );
+    for a in &c.agents {
+        assert_eq!(
+            sessions_opened(a),
+            1,
+            "{} opened a new session: {}",
+            a.node,
+            tail(&a.log(), 30)
+        );
+    }
+
+    // Writes work: the straight writer goes on, and through the router.
+    let before = acks.lock().unwrap().len();
+    wait_acks(&acks, before, 20, &c).await;
+    let (rec, port) = where_ran(
+        &router,
+        "INSERT INTO t (sent_ms) VALUES (1) RETURNING pg_is_in_recovery(), inet_server_port()",
+    )
+    .await;
+    assert!(!rec);
+    assert_eq!(port, master_port);
+    stop.store(true, Ordering::Relaxed);
+    let (samples, worst) = monitor.await.unwrap();
+    writer.abort();
+    let _ = writer.await;
+    eprintln!(
+        "ZooKeeper leader {zk_leader} killed: member {new_zk_leader} leads after {elected:?}; \
+         agents published again after {republished:?}; writer failures {}; {samples} role \
+         samples, most primaries at once {worst:?}",
+        failures.load(Ordering::Relaxed)
+    );
+    assert!(samples > 10, "too few samples ({samples})");
+    assert!(worst.len() <= 1, "two masters at once: {worst:?}");
+    assert_eq!(worst, vec![master.clone()]);
+    drop(router);
+}
