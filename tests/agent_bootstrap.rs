@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::agent::{
-    connect, now_ms, switchyard_bin, Agent, Cluster, ClusterOpts, CLUSTER, DEADLINE,
+    connect, now_ms, switchyard_bin, tail, Agent, Cluster, ClusterOpts, CLUSTER, DEADLINE,
 };
 use support::postgres;
 use switchyard_proxy::pg;
@@ -460,4 +460,78 @@ async fn a_diverged_replica_rewinds_and_follows() {
         "{}",
         support::agent::tail(&log, 40)
     );
+}
+
+/// `zk_global_sessions` from coordd's `mntr`.
+fn live_sessions(c: &Cluster) -> Option<u64> {
+    let mntr = support::coordd::four_letter(c.coordd.addr, "mntr")?;
+    mntr.lines()
+        .find_map(|l| l.strip_prefix("zk_global_sessions\t"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The bootstrap winner loses its session while initdb runs (its network to coordd
+/// cut until the session expired). Its data directory is the cluster's only copy and
+/// was never started, so with a new session it resumes the bootstrap instead of
+/// waiting as a standby for a master that would never come (in synchronous mode such
+/// a standby is no candidate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_winner_that_loses_its_session_during_initdb_resumes() {
+    if postgres::skip() {
+        return;
+    }
+    let c = Cluster::start_opts(ClusterOpts {
+        nodes: 3,
+        via_proxies: true,
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        extra_toml: "synchronous = true\n".into(),
+    })
+    .await;
+    // Who won `initialize`? Cut it off the moment it did (initdb takes far longer).
+    let start = Instant::now();
+    let winner = loop {
+        if let Ok((data, _)) = c.client.get_data(&c.ns.initialize(), false).await {
+            let init: records::InitializeRecord = records::decode(&data).unwrap();
+            break init.node;
+        }
+        assert!(start.elapsed() < DEADLINE, "nobody won `initialize`");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let i: usize = winner.trim_start_matches('n').parse().unwrap();
+    let proxy = &c.proxies[i - 1];
+    proxy.refuse(true);
+    proxy.cut();
+    // Wait until coordd expired the winner's session: once the two others are
+    // connected, the live sessions are theirs and the test client's alone.
+    let others: Vec<String> = (1..=3)
+        .map(|k| format!("n{k}"))
+        .filter(|n| *n != winner)
+        .collect();
+    let start = Instant::now();
+    while !(others
+        .iter()
+        .all(|n| c.agent(n).log().contains("connected to coordd"))
+        && live_sessions(&c) == Some(others.len() as u64 + 1))
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the winner's session never expired\n{}",
+            c.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !c.agent(&winner)
+            .dir
+            .data_dir()
+            .join("postmaster.opts")
+            .exists(),
+        "PostgreSQL started before the cut: the test missed the window"
+    );
+    proxy.refuse(false);
+
+    let master = c.wait_healthy(&["n1", "n2", "n3"], None).await;
+    assert_eq!(master, winner, "the bootstrap winner's data is the cluster");
+    let log = c.agent(&winner).log();
+    assert!(log.contains("resuming the bootstrap"), "{}", tail(&log, 40));
 }

@@ -855,6 +855,13 @@ impl PgServer {
         self.data_dir.join("PG_VERSION").is_file()
     }
 
+    /// Whether a postmaster ever ran on this data directory: it writes
+    /// `postmaster.opts` at every start, initdb (bootstrap and single-user backends)
+    /// does not, and pg_basebackup does not copy it.
+    pub fn ever_started(&self) -> bool {
+        self.data_dir.join("postmaster.opts").exists()
+    }
+
     /// Appends `key = 'value'` lines to postgresql.conf (settings every process that reads
     /// the conf must see, including the single-user crash recovery pg_rewind runs, e.g.
     /// `wal_keep_size`, which keeps the WAL pg_rewind reads back to the divergence point).

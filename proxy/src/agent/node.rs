@@ -660,7 +660,7 @@ impl<'a> Session<'a> {
                 {
                     Ok(_) => {
                         info!("won `initialize`: running initdb");
-                        self.bootstrap_primary().await?;
+                        self.bootstrap_primary(BootstrapFrom::Initdb).await?;
                         return Ok(true);
                     }
                     Err(e) if is_code(&e, ErrorCode::NodeExists) => {
@@ -698,22 +698,59 @@ impl<'a> Session<'a> {
             self.following = Some((leader.node, leader.host, leader.port));
             return Ok(true);
         }
+        if let Some((rec, _)) = init.as_ref().filter(|(r, _)| r.node == me) {
+            // We won `initialize` and initdb finished, but the session ended before
+            // the bootstrap did (a session lost during a slow initdb). A data directory
+            // PostgreSQL never started cannot have served anyone: every other node
+            // waits for a primary to copy it, and there is none before our `leader`.
+            // So the bootstrap resumes instead of the fail-safe start, which would
+            // leave a cluster without a master (a standby that never streamed is no
+            // candidate in synchronous mode, and nobody else has data).
+            if !self.a.pg.ever_started() {
+                let from = match rec.system_identifier {
+                    None => BootstrapFrom::Configure,
+                    Some(_) => {
+                        self.check_identity(&ns).await?;
+                        BootstrapFrom::Lead
+                    }
+                };
+                info!(step = ?from, "resuming the bootstrap this node won (PostgreSQL never started)");
+                self.bootstrap_primary(from).await?;
+                return Ok(true);
+            }
+        }
         self.check_identity(&ns).await?;
         self.fail_safe_start().await
     }
 
     /// initdb, `leader`, then start (a fresh initdb'd server is a primary: it starts only
-    /// once we hold `leader`), then `promoting` -> `primary`.
-    async fn bootstrap_primary(&mut self) -> Result<()> {
+    /// once we hold `leader`), then `promoting` -> `primary`. `from` skips the steps a
+    /// bootstrap cut short by a lost session already did (DESIGN.md 4: the bootstrap
+    /// winner's data directory, never started, is the cluster's only copy).
+    async fn bootstrap_primary(&mut self, from: BootstrapFrom) -> Result<()> {
+        let s = self.s().clone();
+        if from == BootstrapFrom::Initdb {
+            let o = InitdbOptions {
+                auth_host: s.initdb_auth_host.clone(),
+                auth_local: s.initdb_auth_local.clone(),
+                no_sync: s.initdb_no_sync,
+                ..InitdbOptions::default()
+            };
+            self.a.pg.initdb(&o).await?;
+        }
+        if from != BootstrapFrom::Lead {
+            self.configure_and_record_identity().await?;
+        }
+        self.lead_new_cluster().await
+    }
+
+    /// After initdb: settings and pg_hba lines from the agent's config, then the data
+    /// directory's system identifier into `initialize`. Repeating it after a cut is
+    /// harmless: a repeated postgresql.conf line sets the same value, a repeated
+    /// pg_hba.conf line matches as before.
+    async fn configure_and_record_identity(&mut self) -> Result<()> {
         let ns = self.s().ns.clone();
         let s = self.s().clone();
-        let o = InitdbOptions {
-            auth_host: s.initdb_auth_host.clone(),
-            auth_local: s.initdb_auth_local.clone(),
-            no_sync: s.initdb_no_sync,
-            ..InitdbOptions::default()
-        };
-        self.a.pg.initdb(&o).await?;
         let mut conf: Vec<(&str, &str)> = vec![("wal_keep_size", "128MB")];
         conf.extend(s.conf.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.a.pg.append_conf(&conf)?;
@@ -737,6 +774,12 @@ impl<'a> Session<'a> {
             .set_data(&ns.initialize(), &records::encode(&rec), None)
             .await?;
         info!(system_identifier = id, "initdb done; racing for `leader`");
+        Ok(())
+    }
+
+    /// The bootstrap's last step: take `leader`, start PostgreSQL as the first primary,
+    /// publish it.
+    async fn lead_new_cluster(&mut self) -> Result<()> {
         let stat = match self.create_leader().await {
             Ok(stat) => stat,
             Err(e) => {
@@ -1816,6 +1859,17 @@ async fn wait_sync_applied(c: &tokio_postgres::Client, want: &SyncStandbys) -> R
         }
         tokio::time::sleep(SYNC_APPLY_POLL).await;
     }
+}
+
+/// Where a bootstrap starts: from scratch, or resumed after a lost session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BootstrapFrom {
+    /// Empty data directory: initdb and everything after it.
+    Initdb,
+    /// initdb done, system identifier not recorded yet.
+    Configure,
+    /// System identifier recorded: only `leader`, start and publish remain.
+    Lead,
 }
 
 /// (role, timeline, receive, replay) of a running server.
