@@ -59,6 +59,11 @@ impl Pools {
         let connect = Duration::from_millis(cfg.pg_connect_timeout_ms.into());
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_max_size)
+            // Most recently used first: a lightly loaded app keeps reusing the few warm
+            // connections (and their warm server processes and caches) instead of
+            // cycling through every pooled one (measured: 1 client through an 8-slot
+            // FIFO pool paid ~1.6x a direct connection's latency).
+            .queue_mode(deadpool_postgres::QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_millis(cfg.pool_wait_timeout_ms.into())))
             .create_timeout(Some(connect))
