@@ -391,10 +391,14 @@ impl Topology {
         if n == 0 {
             return None;
         }
+        // One division for the start; the walk wraps by comparison (a division per
+        // candidate cost as much as the rest of a read's routing).
         let start = cursor.fetch_add(1, Ordering::Relaxed) % n;
-        let candidates = (0..n)
-            .filter_map(|k| self.readable.get((start + k) % n).copied())
-            .filter_map(|i| self.replicas.get(i).map(|r| (i, r)))
+        let (tail, head) = self.readable.split_at(start);
+        let candidates = head
+            .iter()
+            .chain(tail)
+            .filter_map(|&i| self.replicas.get(i).map(|r| (i, r)))
             .filter(|(_, r)| ok(r));
         match policy.balance {
             Balance::RoundRobin => candidates.map(|(i, _)| i).next(),
