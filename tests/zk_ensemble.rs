@@ -28,12 +28,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordd_client::{Acl, Client, ClientConfig, CreateMode, SessionState};
-use support::agent::{connect, now_ms, switchyard_bin, tail, Agent};
+use support::agent::{check_health, connect, now_ms, switchyard_bin, tail, Agent};
 use support::postgres::{self, PgDir};
 use support::zookeeper::{ZkMode, ZooKeeper, ZooKeeperEnsemble};
 use switchyard_proxy::namespace::Namespace;
 use switchyard_proxy::pg;
-use switchyard_proxy::records::{self, LeaderRecord, LeaderState, MemberRecord, Role, SyncRecord};
+use switchyard_proxy::records::{self, LeaderRecord, MemberRecord, SyncRecord};
 use switchyard_proxy::router::{Error, PooledClient, Router};
 use switchyard_proxy::topology::{Balance, Topology};
 use tokio::time::{timeout, Instant};
@@ -216,66 +216,18 @@ impl ZkCluster {
         }
     }
 
-    /// A leader in state primary (not `not`) whose PostgreSQL is not in recovery and
-    /// streams to every other live node, which is in recovery; a member record with
-    /// the right role for each live node, every one on the master's timeline (as
-    /// tests/support/agent.rs `Cluster::check_healthy`, which is tied to coordd).
+    /// `support::agent::check_health` on this ensemble's records.
     async fn check_healthy(&self, live: &[&str], not: Option<&str>) -> Result<String, String> {
-        let (leader, _) = self.leader().await.ok_or("no leader record")?;
-        if leader.state != LeaderState::Primary {
-            return Err(format!(
-                "leader {} in state {:?}",
-                leader.node, leader.state
-            ));
-        }
-        if Some(leader.node.as_str()) == not {
-            return Err(format!("leader is still {}", leader.node));
-        }
-        let master = connect(leader.port).await.ok_or("master unreachable")?;
-        if pg::in_recovery(&master).await.map_err(|e| e.to_string())? {
-            return Err("master in recovery".into());
-        }
-        let streaming: i64 = master
-            .query_one(
-                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        if streaming != live.len() as i64 - 1 {
-            return Err(format!("{streaming} streaming replicas"));
-        }
-        for node in live.iter().filter(|n| **n != leader.node) {
-            let c = connect(self.agent(node).pg_port)
-                .await
-                .ok_or(format!("{node} unreachable"))?;
-            if !pg::in_recovery(&c).await.map_err(|e| e.to_string())? {
-                return Err(format!("{node} is not in recovery"));
-            }
-        }
-        let members = self.members().await;
-        let master_tli = members
-            .iter()
-            .find(|(m, _)| m.node == leader.node)
-            .and_then(|(m, _)| m.timeline);
-        for node in live {
-            let (m, _) = members
-                .iter()
-                .find(|(m, _)| m.node == *node)
-                .ok_or(format!("no member record for {node}"))?;
-            let want = if *node == leader.node {
-                Role::Primary
-            } else {
-                Role::Replica
-            };
-            // A replica on another timeline than the master's is not following it (it
-            // may stream the old timeline's WAL up to a fork it is past).
-            if m.role != want || m.timeline.is_none() || m.timeline != master_tli {
-                return Err(format!("member {node}: {m:?}"));
-            }
-        }
-        Ok(leader.node)
+        let leader = self.leader().await.map(|(l, _)| l);
+        let members: Vec<MemberRecord> = self.members().await.into_iter().map(|(m, _)| m).collect();
+        check_health(
+            leader,
+            &members,
+            &|node| self.agent(node).pg_port,
+            live,
+            not,
+        )
+        .await
     }
 
     async fn sync_record(&self) -> Option<SyncRecord> {

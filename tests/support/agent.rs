@@ -476,60 +476,83 @@ impl Cluster {
     }
 
     pub async fn check_healthy(&self, live: &[&str], not: Option<&str>) -> Result<String, String> {
-        let (leader, _) = self.leader().await.ok_or("no leader record")?;
-        if leader.state != LeaderState::Primary {
-            return Err(format!(
-                "leader {} in state {:?}",
-                leader.node, leader.state
-            ));
-        }
-        if Some(leader.node.as_str()) == not {
-            return Err(format!("leader is still {}", leader.node));
-        }
-        let master = connect(leader.port).await.ok_or("master unreachable")?;
-        if pg::in_recovery(&master).await.map_err(|e| e.to_string())? {
-            return Err("master in recovery".into());
-        }
-        let streaming: i64 = master
-            .query_one(
-                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        if streaming != live.len() as i64 - 1 {
-            return Err(format!("{streaming} streaming replicas"));
-        }
-        for node in live.iter().filter(|n| **n != leader.node) {
-            let c = connect(self.agent(node).pg_port)
-                .await
-                .ok_or(format!("{node} unreachable"))?;
-            if !pg::in_recovery(&c).await.map_err(|e| e.to_string())? {
-                return Err(format!("{node} is not in recovery"));
-            }
-        }
+        let leader = self.leader().await.map(|(l, _)| l);
         let members = self.members().await;
-        let master_tli = members
-            .iter()
-            .find(|m| m.node == leader.node)
-            .and_then(|m| m.timeline);
-        for node in live {
-            let m = members
-                .iter()
-                .find(|m| m.node == *node)
-                .ok_or(format!("no member record for {node}"))?;
-            let want = if *node == leader.node {
-                Role::Primary
-            } else {
-                Role::Replica
-            };
-            // A replica on another timeline than the master's is not following it
-            // (it may be streaming the old timeline's WAL up to a fork it is past).
-            if m.role != want || m.timeline.is_none() || m.timeline != master_tli {
-                return Err(format!("member {node}: {m:?}"));
-            }
-        }
-        Ok(leader.node)
+        check_health(
+            leader,
+            &members,
+            &|node| self.agent(node).pg_port,
+            live,
+            not,
+        )
+        .await
     }
+}
+
+/// A leader in state primary (not `not`) whose PostgreSQL is not in recovery and
+/// streams to every other live node, which is in recovery; a member record with the
+/// right role for each live node, every one on the master's timeline. Returns the
+/// master's node name, else what is not so yet. Shared by the coordd `Cluster` and
+/// the ZooKeeper-ensemble tests.
+pub async fn check_health(
+    leader: Option<LeaderRecord>,
+    members: &[MemberRecord],
+    pg_port: &dyn Fn(&str) -> u16,
+    live: &[&str],
+    not: Option<&str>,
+) -> Result<String, String> {
+    let leader = leader.ok_or("no leader record")?;
+    if leader.state != LeaderState::Primary {
+        return Err(format!(
+            "leader {} in state {:?}",
+            leader.node, leader.state
+        ));
+    }
+    if Some(leader.node.as_str()) == not {
+        return Err(format!("leader is still {}", leader.node));
+    }
+    let master = connect(leader.port).await.ok_or("master unreachable")?;
+    if pg::in_recovery(&master).await.map_err(|e| e.to_string())? {
+        return Err("master in recovery".into());
+    }
+    let streaming: i64 = master
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if streaming != live.len() as i64 - 1 {
+        return Err(format!("{streaming} streaming replicas"));
+    }
+    for node in live.iter().filter(|n| **n != leader.node) {
+        let c = connect(pg_port(node))
+            .await
+            .ok_or(format!("{node} unreachable"))?;
+        if !pg::in_recovery(&c).await.map_err(|e| e.to_string())? {
+            return Err(format!("{node} is not in recovery"));
+        }
+    }
+    let master_tli = members
+        .iter()
+        .find(|m| m.node == leader.node)
+        .and_then(|m| m.timeline);
+    for node in live {
+        let m = members
+            .iter()
+            .find(|m| m.node == *node)
+            .ok_or(format!("no member record for {node}"))?;
+        let want = if *node == leader.node {
+            Role::Primary
+        } else {
+            Role::Replica
+        };
+        // A replica on another timeline than the master's is not following it
+        // (it may be streaming the old timeline's WAL up to a fork it is past).
+        if m.role != want || m.timeline.is_none() || m.timeline != master_tli {
+            return Err(format!("member {node}: {m:?}"));
+        }
+    }
+    Ok(leader.node)
 }
