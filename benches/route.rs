@@ -9,6 +9,10 @@
 //!   the bench wrote in the DESIGN.md format, as `tests/router_topology.rs` does. The
 //!   router's watcher built the snapshot; the bench calls `route_now` and reads the
 //!   chosen endpoint's port (so the decision cannot be optimized away).
+//! - `route_handle/<replicas>r/<intent>`: the same router, through a
+//!   `Router::route_handle()` (one per calling thread: a cached snapshot, its own
+//!   round-robin cursor), the API for callers that route often and keep their own
+//!   connections.
 //! - `route_table/<replicas>r/<intent>`: the same decision on a bare
 //!   [`RouteTable`] (what `route_now` calls), without coordd, for 2, 3 and 4 replicas.
 //!
@@ -259,7 +263,7 @@ fn alloc_calls() -> u64 {
 
 /// Allocations made by this thread in `n` calls of `route` (after one warm-up call:
 /// arc-swap registers a thread on its first load).
-fn count_allocations<R>(n: u64, route: impl Fn() -> R) -> u64 {
+fn count_allocations<R>(n: u64, mut route: impl FnMut() -> R) -> u64 {
     drop(black_box(route()));
     let before = allocations();
     for _ in 0..n {
@@ -288,6 +292,10 @@ fn check_allocations(live: &[(usize, Live)]) -> bool {
             let a = count_allocations(n, || l.router.route_now(intent).map(|r| r.endpoint().port));
             ok &= a == 0;
             println!("| Router::route_now | {replicas} | {name} | {n} | {a} |");
+            let mut h = l.router.route_handle();
+            let a = count_allocations(n, || h.route(intent).map(|r| r.endpoint().port));
+            ok &= a == 0;
+            println!("| RouteHandle::route | {replicas} | {name} | {n} | {a} |");
         }
     }
     ok
@@ -360,6 +368,19 @@ fn main() {
         }
         g.finish();
     }
+    for (replicas, l) in &live {
+        let group_name = "route_handle";
+        let mut g = c.benchmark_group(group_name);
+        for (name, intent) in intents() {
+            let param = format!("{replicas}r");
+            let mut handle = l.router.route_handle();
+            g.bench_function(BenchmarkId::new(name, &param), |b| {
+                b.iter(|| handle.route(black_box(intent)).map(|r| r.endpoint().port))
+            });
+            ids.push((group_name, param, *replicas, name));
+        }
+        g.finish();
+    }
     for replicas in [2usize, 3, 4] {
         let t = table(replicas);
         let group_name = "route_table";
@@ -381,10 +402,10 @@ fn main() {
     let mut missed = 0;
     for (group, param, replicas, intent) in &ids {
         let m = median_ns(&dir, group, intent, param);
-        let call = if *group == "route_now" {
-            "Router::route_now"
-        } else {
-            "RouteTable::route"
+        let call = match *group {
+            "route_now" => "Router::route_now",
+            "route_handle" => "RouteHandle::route",
+            _ => "RouteTable::route",
         };
         match m {
             Some(ns) => {

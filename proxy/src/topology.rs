@@ -5,6 +5,9 @@
 //! [`RouteTable::publish`]es it; query paths call [`RouteTable::route`], which is one
 //! atomic load of the snapshot, one atomic add for round robin and an index (least
 //! outstanding adds one relaxed load per readable replica): no lock, no allocation.
+//! A caller that routes often from one task takes a [`RouteHandle`] instead: it
+//! caches the snapshot and owns its cursor, so a decision is one plain atomic load
+//! and no read-modify-write.
 //! Everything a decision needs (who is readable under the lag bound) is computed once
 //! per snapshot, not per query.
 //!
@@ -41,9 +44,11 @@
 //! Invariant: a write is routed only to a leader in state `primary` whose epoch is not
 //! older than one this table already published; otherwise routing says why not.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::cache::Cache;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::election::Epoch;
@@ -319,7 +324,7 @@ impl Topology {
         &self,
         intent: Intent,
         policy: &ReadPolicy,
-        cursor: &AtomicUsize,
+        cursor: &impl Cursor,
     ) -> Result<Target, RouteError> {
         self.route_inner(intent, policy, cursor, None)
     }
@@ -331,7 +336,7 @@ impl Topology {
         &self,
         intent: Intent,
         policy: &ReadPolicy,
-        cursor: &AtomicUsize,
+        cursor: &impl Cursor,
         avoid: &Endpoint,
     ) -> Result<Target, RouteError> {
         self.route_inner(intent, policy, cursor, Some(avoid))
@@ -341,7 +346,7 @@ impl Topology {
         &self,
         intent: Intent,
         policy: &ReadPolicy,
-        cursor: &AtomicUsize,
+        cursor: &impl Cursor,
         avoid: Option<&Endpoint>,
     ) -> Result<Target, RouteError> {
         let master = || match self.writable_endpoint() {
@@ -384,27 +389,35 @@ impl Topology {
     fn pick(
         &self,
         policy: &ReadPolicy,
-        cursor: &AtomicUsize,
+        cursor: &impl Cursor,
         ok: impl Fn(&Replica) -> bool,
     ) -> Option<usize> {
         let n = self.readable.len();
         if n == 0 {
             return None;
         }
-        // One division for the start; the walk wraps by comparison (a division per
-        // candidate cost as much as the rest of a read's routing).
-        let start = cursor.fetch_add(1, Ordering::Relaxed) % n;
-        let (tail, head) = self.readable.split_at(start);
-        let candidates = head
-            .iter()
-            .chain(tail)
-            .filter_map(|&i| self.replicas.get(i).map(|r| (i, r)))
-            .filter(|(_, r)| ok(r));
-        match policy.balance {
-            Balance::RoundRobin => candidates.map(|(i, _)| i).next(),
-            Balance::LeastOutstanding => {
-                let mut best: Option<(usize, usize)> = None;
-                for (i, r) in candidates {
+        // The walk wraps by comparison (a division per candidate cost as much as the
+        // rest of a read's routing), in a plain loop: chained iterators cost more here.
+        let start = cursor.next_start(n);
+        debug_assert!(start < n);
+        let mut best: Option<(usize, usize)> = None;
+        for step in 0..n {
+            let at = if start + step < n {
+                start + step
+            } else {
+                start + step - n
+            };
+            let i = self.readable[at];
+            let Some(r) = self.replicas.get(i) else {
+                debug_assert!(false, "readable holds indexes of replicas");
+                continue;
+            };
+            if !ok(r) {
+                continue;
+            }
+            match policy.balance {
+                Balance::RoundRobin => return Some(i),
+                Balance::LeastOutstanding => {
                     let load = r.in_flight.get();
                     let better = match best {
                         None => true,
@@ -417,9 +430,9 @@ impl Topology {
                         }
                     }
                 }
-                best.map(|(i, _)| i)
             }
         }
+        best.map(|(i, _)| i)
     }
 
     /// The in-flight counter of a target this snapshot chose.
@@ -470,23 +483,68 @@ fn within(lag_bytes: Option<u64>, max_lag_bytes: u64) -> bool {
 /// one watcher task publishes.
 #[derive(Debug)]
 pub struct RouteTable {
-    current: ArcSwap<Topology>,
+    /// Shared with every [`RouteHandle`]'s cache.
+    current: Arc<ArcSwap<Topology>>,
     cursor: AtomicUsize,
     policy: ReadPolicy,
     /// The highest leader epoch published so far. Only publishers take this lock.
     highest_epoch: Mutex<Option<Epoch>>,
 }
 
+/// Where a round robin starts. The shared [`AtomicUsize`] of a [`RouteTable`] (one
+/// atomic add and a division per read) or the [`Cell`] of one [`RouteHandle`] (no
+/// atomic, a division only when the number of readable replicas shrank).
+pub trait Cursor {
+    /// The next start position, in `0..n`. `n > 0`.
+    fn next_start(&self, n: usize) -> usize;
+}
+
+impl Cursor for AtomicUsize {
+    fn next_start(&self, n: usize) -> usize {
+        self.fetch_add(1, Ordering::Relaxed) % n
+    }
+}
+
+impl Cursor for Cell<usize> {
+    fn next_start(&self, n: usize) -> usize {
+        // Kept in 0..n, so the usual case is a compare, not a division.
+        let at = self.get();
+        let start = if at < n { at } else { at % n };
+        self.set(if start + 1 == n { 0 } else { start + 1 });
+        start
+    }
+}
+
 /// A routing decision with the snapshot it was made on, so the endpoint is borrowed,
-/// not copied. Keep it briefly (arc-swap guards are meant to be short-lived).
-pub struct Routed {
-    snapshot: Guard<Arc<Topology>>,
+/// not copied. From [`RouteTable::route`] it holds an arc-swap guard: keep it briefly
+/// (guards are meant to be short-lived). From [`RouteHandle::route`] it borrows the
+/// handle's cached snapshot.
+pub struct Routed<S = Guard<Arc<Topology>>> {
+    snapshot: S,
     target: Target,
 }
 
-impl Routed {
+/// What a [`Routed`] holds its snapshot by: an arc-swap guard or a borrow.
+pub trait SnapshotRef {
+    fn topology(&self) -> &Topology;
+}
+
+impl SnapshotRef for Guard<Arc<Topology>> {
+    fn topology(&self) -> &Topology {
+        self
+    }
+}
+
+impl SnapshotRef for &Topology {
+    fn topology(&self) -> &Topology {
+        self
+    }
+}
+
+impl<S: SnapshotRef> Routed<S> {
     pub fn endpoint(&self) -> &Endpoint {
         self.snapshot
+            .topology()
             .endpoint(self.target)
             .expect("the target was chosen on this snapshot")
     }
@@ -496,21 +554,58 @@ impl Routed {
     }
 
     pub fn topology(&self) -> &Topology {
-        &self.snapshot
+        self.snapshot.topology()
     }
 
     /// The chosen endpoint's in-flight counter.
     pub fn in_flight(&self) -> &InFlight {
         self.snapshot
+            .topology()
             .in_flight(self.target)
             .expect("the target was chosen on this snapshot")
+    }
+}
+
+/// One caller's routing handle ([`RouteTable::handle`]): for a hot path that routes
+/// often from one task or thread, e.g. a caller that keeps its own connections.
+/// It caches the current snapshot (`arc_swap::Cache`): a routing decision is one
+/// atomic load that compares the table's snapshot pointer with the cached one (the
+/// cache refreshes itself when they differ), no reference count touched, no lock, no
+/// allocation; its round-robin cursor is its own, so no shared cache line either.
+///
+/// Invariant: a decision is made on the snapshot the table holds at the time of the
+/// call (never an older cached one); the handle keeps the previous snapshot alive
+/// until its next call, at most one snapshot per handle.
+pub struct RouteHandle {
+    current: Cache<Arc<ArcSwap<Topology>>, Arc<Topology>>,
+    policy: ReadPolicy,
+    cursor: Cell<usize>,
+}
+
+impl RouteHandle {
+    /// Routes one intent on the table's current snapshot (see [`RouteTable::route`]).
+    pub fn route(&mut self, intent: Intent) -> Result<Routed<&Topology>, RouteError> {
+        let snapshot: &Topology = self.current.load();
+        let target = snapshot.route(intent, &self.policy, &self.cursor)?;
+        Ok(Routed { snapshot, target })
+    }
+
+    /// Routes one intent, never to `avoid` (see [`Topology::route_avoiding`]).
+    pub fn route_avoiding(
+        &mut self,
+        intent: Intent,
+        avoid: &Endpoint,
+    ) -> Result<Routed<&Topology>, RouteError> {
+        let snapshot: &Topology = self.current.load();
+        let target = snapshot.route_avoiding(intent, &self.policy, &self.cursor, avoid)?;
+        Ok(Routed { snapshot, target })
     }
 }
 
 impl RouteTable {
     pub fn new(policy: ReadPolicy) -> Self {
         RouteTable {
-            current: ArcSwap::from_pointee(Topology::empty()),
+            current: Arc::new(ArcSwap::from_pointee(Topology::empty())),
             cursor: AtomicUsize::new(0),
             policy,
             highest_epoch: Mutex::new(None),
@@ -519,6 +614,16 @@ impl RouteTable {
 
     pub fn policy(&self) -> &ReadPolicy {
         &self.policy
+    }
+
+    /// A routing handle for one caller (see [`RouteHandle`]). Handles start their
+    /// round robin at successive positions, so many of them still spread reads.
+    pub fn handle(&self) -> RouteHandle {
+        RouteHandle {
+            current: Cache::new(Arc::clone(&self.current)),
+            policy: self.policy,
+            cursor: Cell::new(self.cursor.fetch_add(1, Ordering::Relaxed)),
+        }
     }
 
     /// Replaces the snapshot. A leader with an epoch below one already published is
@@ -1045,5 +1150,71 @@ mod tests {
         }
         assert_eq!(ALLOCATIONS.with(Cell::get) - before, 0);
         assert!(ports > 0);
+
+        // A handle allocates nothing per decision either (its cache refresh after a
+        // publish clones an `Arc`, which does not allocate).
+        let mut handle = table.handle();
+        drop(handle.route(Intent::Read));
+        let before = ALLOCATIONS.with(Cell::get);
+        for i in 0..1000u64 {
+            for intent in [Intent::Write, Intent::Read, Intent::ReadAfter(Lsn(i))] {
+                ports += u32::from(handle.route(intent).unwrap().endpoint().port);
+                ports += u32::from(
+                    handle
+                        .route_avoiding(intent, &avoid)
+                        .unwrap()
+                        .endpoint()
+                        .port,
+                );
+            }
+        }
+        assert_eq!(ALLOCATIONS.with(Cell::get) - before, 0);
+        assert!(ports > 0);
+    }
+
+    #[test]
+    fn handle_round_robins_on_its_own_cursor() {
+        let table = RouteTable::new(ReadPolicy::default());
+        table.publish(cluster(LeaderState::Primary, 500)); // readable: r1, r2
+        let mut handle = table.handle();
+        let picks: Vec<_> = (0..6)
+            .map(|_| handle.route(Intent::Read).unwrap().endpoint().node.clone())
+            .collect();
+        assert_eq!(picks, ["r1", "r2", "r1", "r2", "r1", "r2"]);
+        // A second handle starts one further, so two handles taking one read each do
+        // not both land on the first replica.
+        let mut other = table.handle();
+        let first_of_other = other.route(Intent::Read).unwrap().endpoint().node.clone();
+        assert_eq!(first_of_other, "r2");
+    }
+
+    #[test]
+    fn handle_sees_every_publish_at_its_next_call() {
+        let table = RouteTable::new(ReadPolicy::default());
+        let mut handle = table.handle();
+        assert!(matches!(
+            handle.route(Intent::Write),
+            Err(RouteError::NoPrimary { .. })
+        ));
+        table.publish(cluster(LeaderState::Primary, 500));
+        assert_eq!(handle.route(Intent::Write).unwrap().endpoint().node, "m");
+        // The leader record says promoting again: the very next decision refuses the write.
+        table.publish(cluster(LeaderState::Promoting, 500));
+        assert!(matches!(
+            handle.route(Intent::Write),
+            Err(RouteError::NoPrimary { .. })
+        ));
+    }
+
+    #[test]
+    fn cell_cursor_wraps_when_the_readable_set_shrinks() {
+        let cursor = Cell::new(0usize);
+        let starts: Vec<_> = (0..5).map(|_| cursor.next_start(3)).collect();
+        assert_eq!(starts, [0, 1, 2, 0, 1]);
+        // Now at 2; with two readable replicas it divides once, then wraps by compare.
+        let starts: Vec<_> = (0..4).map(|_| cursor.next_start(2)).collect();
+        assert_eq!(starts, [0, 1, 0, 1]);
+        let cursor = Cell::new(usize::MAX);
+        assert!(cursor.next_start(1) == 0 && cursor.next_start(1) == 0);
     }
 }

@@ -98,7 +98,8 @@ use crate::election::Epoch;
 use crate::namespace::Namespace;
 use crate::records::Lsn;
 use crate::topology::{
-    Endpoint, InFlight, InFlightGuard, Intent, RouteError, RouteTable, Routed, Target, Topology,
+    Endpoint, InFlight, InFlightGuard, Intent, RouteError, RouteHandle, RouteTable, Routed, Target,
+    Topology,
 };
 
 use classify::Class;
@@ -658,6 +659,25 @@ impl Router {
     /// allocation.
     pub fn route_now(&self, intent: Intent) -> Result<Routed, RouteError> {
         self.shared().table.route(intent)
+    }
+
+    /// A routing handle for one task or thread that routes often and keeps its own
+    /// connections: [`RouteHandle::route`] decides like [`Router::route_now`] on the
+    /// current snapshot, without touching any shared counter (one atomic load). The
+    /// handle stays current by itself; it does not wait for a master.
+    ///
+    /// ```no_run
+    /// # async fn f(router: switchyard_proxy::router::Router) {
+    /// use switchyard_proxy::topology::Intent;
+    /// let mut routes = router.route_handle();
+    /// if let Ok(routed) = routes.route(Intent::Read) {
+    ///     let endpoint = routed.endpoint();
+    ///     println!("read from {}:{}", endpoint.host, endpoint.port);
+    /// }
+    /// # }
+    /// ```
+    pub fn route_handle(&self) -> RouteHandle {
+        self.shared().table.handle()
     }
 
     /// The endpoint for `intent`, for callers that keep their own connections. When
