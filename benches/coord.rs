@@ -44,9 +44,46 @@ const VALUE_LEN: usize = 64;
 const MEMORY_NODES_DEFAULT: usize = 50_000;
 
 /// Rounds (each server benchmarked once per round) by default and at most
-/// (`COORD_BENCH_ROUNDS`).
-const ROUNDS_DEFAULT: usize = 3;
-const ROUNDS_MAX: usize = 15;
+/// (`COORD_BENCH_ROUNDS`). Even, so that each server goes first equally often.
+const ROUNDS_DEFAULT: usize = 4;
+const ROUNDS_MAX: usize = 16;
+
+/// How long to wait at most for the disk to go quiet between two servers, and the
+/// quiet interval that counts as settled (no sector written).
+const SETTLE_WAIT_MS_MAX: u64 = 30_000;
+const SETTLE_QUIET_MS: u64 = 500;
+
+/// Sectors written so far on every block device (/proc/diskstats, field 10).
+fn sectors_written() -> Option<u64> {
+    let text = fs::read_to_string("/proc/diskstats").ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_whitespace().nth(9)?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+/// Lets the disk settle after a server is stopped and its data directory removed,
+/// before the next server starts: `sync` (its dirty pages written back, the
+/// directory's deletion and the filesystem's discards committed), then waits until no
+/// sector has been written for `SETTLE_QUIET_MS`, at most `SETTLE_WAIT_MS_MAX`.
+/// Without it the second server of a round measured its fsyncs against the first
+/// one's writeback: whichever server ran second lost up to 3x (see RESULTS.md).
+fn settle_disk() {
+    let started = Instant::now();
+    let _ = Command::new("sync").status();
+    let deadline = started + Duration::from_millis(SETTLE_WAIT_MS_MAX);
+    let mut last = sectors_written();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(SETTLE_QUIET_MS));
+        let now = sectors_written();
+        if now.is_none() || now == last {
+            break;
+        }
+        last = now;
+    }
+    eprintln!("coord bench: disk settled in {:.1?}", started.elapsed());
+}
 
 fn memory_nodes() -> usize {
     std::env::var("COORD_BENCH_MEMORY_NODES")
@@ -882,11 +919,14 @@ fn main() {
     let mut rounds = Vec::with_capacity(rounds_n);
     for k in 0..rounds_n {
         eprintln!("coord bench: round {} of {rounds_n}", k + 1);
+        settle_disk();
         let round = if k % 2 == 0 {
             let base = run_base();
+            settle_disk();
             (base, run_cand())
         } else {
             let cand = run_cand();
+            settle_disk();
             (run_base(), cand)
         };
         rounds.push(round);
