@@ -309,7 +309,12 @@ impl Member {
                 shut_down: AtomicBool::new(false),
             }),
         };
-        member.initialize().await?;
+        if let Err(e) = member.initialize().await {
+            // Do not leave a Raft running behind a failed start. The start error is the one
+            // worth reporting; a failed shutdown on top of it adds nothing.
+            let _ = member.shutdown().await;
+            return Err(e);
+        }
         Ok(member)
     }
 

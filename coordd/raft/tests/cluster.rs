@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use coordd_raft::{
     Applier, ApplierError, Config, EntryData, Initialized, LogEntry, MemLogStore, MemNetwork,
-    Member, MemberId, ProposeError, ReadIndexError, Role,
+    Member, MemberId, ProposeError, ReadIndexError, Role, StartError,
 };
 use tokio::time::Instant;
 
@@ -25,6 +25,8 @@ struct AppState {
     memberships: u64,
     last_index: Option<u64>,
     installs: u64,
+    /// Fail (as a broken state machine would) when asked to apply this payload.
+    fail_on: Option<Bytes>,
 }
 
 #[derive(Clone, Default)]
@@ -80,6 +82,9 @@ impl Applier for TestApplier {
                     "entry {} applied after {:?}",
                     e.index, s.last_index
                 )));
+            }
+            if matches!(&e.data, EntryData::Payload(p) if s.fail_on.as_ref() == Some(p)) {
+                return Err(ApplierError(format!("cannot apply entry {}", e.index)));
             }
             s.last_index = Some(e.index);
             match e.data {
@@ -550,4 +555,69 @@ async fn one_cut_link_keeps_the_quorum() {
     c.wait_converged(&[1, 2, 3], after.index).await;
     assert_eq!(c.apps[&cut_off].payloads().len(), 6);
     c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_applier_stops_only_its_member() {
+    let c = Cluster::start(Config::default()).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let broken = (1..=3).find(|id| *id != leader).unwrap();
+    c.apps[&broken].state().fail_on = Some(payload(1));
+
+    let first = c.m(leader).propose(payload(0)).await.unwrap();
+    c.wait_converged(&[1, 2, 3], first.index).await;
+    let second = c.m(leader).propose(payload(1)).await.unwrap();
+
+    // The broken member stops instead of diverging; the other two go on.
+    c.m(broken)
+        .wait_for(WAIT, |s| s.role == Role::Shutdown)
+        .await
+        .unwrap();
+    assert!(!c.m(broken).quorum_ok());
+    assert!(matches!(
+        c.m(broken).propose(payload(2)).await,
+        Err(ProposeError::Fatal(_) | ProposeError::Shutdown)
+    ));
+    let rest: Vec<MemberId> = (1..=3).filter(|id| *id != broken).collect();
+    let third = c.m(leader).propose(payload(2)).await.unwrap();
+    c.wait_converged(&rest, third.index).await;
+    assert_eq!(c.apps[&broken].state().last_index, Some(second.index - 1));
+    println!("broken member status: {:?}", c.m(broken).status());
+    for id in rest {
+        c.m(id).shutdown().await.unwrap();
+    }
+    // Shutting down a member that already stopped is fine too.
+    let _ = c.m(broken).shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_start_arguments_are_errors() {
+    let net = MemNetwork::new();
+    let peers: BTreeMap<MemberId, String> = (1..=3).map(|id| (id, addr(id))).collect();
+    let start = |config: Config, id: MemberId, peers: BTreeMap<MemberId, String>| {
+        Member::start(
+            config,
+            id,
+            peers,
+            MemLogStore::new(),
+            TestApplier::default(),
+            net.transport(id),
+        )
+    };
+    assert!(matches!(
+        start(Config::default(), 4, peers.clone()).await,
+        Err(StartError::Membership(_))
+    ));
+    assert!(matches!(
+        start(Config::default(), 1, BTreeMap::new()).await,
+        Err(StartError::Membership(_))
+    ));
+    let bad = Config {
+        election_timeout_min_ms: 10,
+        ..Config::default()
+    };
+    assert!(matches!(
+        start(bad, 1, peers).await,
+        Err(StartError::Config(_))
+    ));
 }
