@@ -56,7 +56,10 @@ pub struct Config {
     pub max_in_snapshot_log_to_keep: u64,
     /// Purge only when at least this many entries can go (fewer, larger purges).
     pub purge_batch_size: u64,
-    /// Entries per AppendEntries RPC at most.
+    /// Entries per AppendEntries RPC at most. openraft gives every AppendEntries
+    /// `heartbeat_interval_ms` to complete, so one RPC must carry few enough bytes (entries x
+    /// batch size) to cross the wire and be fsynced in that time, or a lagging follower never
+    /// catches up. openraft's default is 300; an entry here is a batch of txns, so fewer.
     pub max_payload_entries: u64,
     /// Largest payload [`Member::propose`](crate::Member::propose) accepts; bigger ones are
     /// refused before they reach the log (they would have to cross the peer wire).
@@ -83,7 +86,7 @@ impl Default for Config {
             snapshot_logs_since_last: 5_000,
             max_in_snapshot_log_to_keep: 1_000,
             purge_batch_size: 256,
-            max_payload_entries: 300,
+            max_payload_entries: 64,
             payload_max_bytes: 4 << 20,
             install_snapshot_timeout_ms: 10_000,
             unreachable_backoff_ms: 50,

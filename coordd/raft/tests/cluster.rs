@@ -621,3 +621,29 @@ async fn bad_start_arguments_are_errors() {
         Err(StartError::Config(_))
     ));
 }
+
+/// An ensemble of one (how a standalone server would run on this crate): it elects itself and
+/// commits without any peer.
+#[tokio::test(start_paused = true)]
+async fn single_member_ensemble_commits() {
+    let net = MemNetwork::new();
+    let app = TestApplier::default();
+    let peers = BTreeMap::from([(1, addr(1))]);
+    let m = Member::start(
+        Config::default(),
+        1,
+        peers,
+        MemLogStore::new(),
+        app.clone(),
+        net.transport(1),
+    )
+    .await
+    .unwrap();
+    m.wait_for(WAIT, |s| s.role == Role::Leader && s.quorum_ok)
+        .await
+        .unwrap();
+    let c = m.propose(payload(1)).await.unwrap();
+    assert_eq!(app.payloads(), vec![(c.index, payload(1))]);
+    assert!(m.read_index().await.unwrap() >= c.index);
+    m.shutdown().await.unwrap();
+}
