@@ -191,3 +191,92 @@ mod wire {
         }
     }
 }
+
+mod snapshots {
+    use bytes::Bytes;
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, StoredMembership};
+
+    use super::CountingApplier;
+    use crate::state_machine::StateMachine;
+    use crate::types::{Entry, SnapshotMeta};
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn count(image: &Bytes) -> u64 {
+        u64::from_be_bytes(image[..].try_into().unwrap())
+    }
+
+    /// The image is taken when openraft asks for the builder, between two applies; entries
+    /// applied while the build runs are not in it, and the meta says so.
+    #[tokio::test]
+    async fn snapshot_is_point_in_time() {
+        let mut sm = StateMachine::new(CountingApplier::default());
+        sm.apply((1..=5).map(blank).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        sm.apply((6..=10).map(blank).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let snap = builder.build_snapshot().await.unwrap();
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(5));
+        assert_eq!(count(&snap.snapshot), 5);
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, snap.meta);
+        // A builder is single use.
+        assert!(builder.build_snapshot().await.is_err());
+    }
+
+    /// A build that finishes after a newer snapshot was installed does not replace it.
+    #[tokio::test]
+    async fn stale_build_does_not_replace_an_installed_snapshot() {
+        let mut sm = StateMachine::new(CountingApplier::default());
+        sm.apply((1..=5).map(blank).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 3), 20)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "from-leader".into(),
+        };
+        let image = Bytes::from(20u64.to_be_bytes().to_vec());
+        sm.install_snapshot(&meta, Box::new(image)).await.unwrap();
+        assert_eq!(sm.applied_state().await.unwrap().0, meta.last_log_id);
+
+        builder.build_snapshot().await.unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.snapshot_id, "from-leader");
+        assert_eq!(count(&current.snapshot), 20);
+    }
+
+    /// An image the applier cannot decode is an error, not a panic, and changes nothing.
+    #[tokio::test]
+    async fn bad_image_is_an_error() {
+        let mut sm = StateMachine::new(CountingApplier::default());
+        sm.apply((1..=3).map(blank).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 3), 20)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "bad".into(),
+        };
+        let res = sm
+            .install_snapshot(&meta, Box::new(Bytes::from_static(b"xx")))
+            .await;
+        assert!(res.is_err());
+        assert_eq!(
+            sm.applied_state().await.unwrap().0.map(|l| l.index),
+            Some(3)
+        );
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+    }
+}
