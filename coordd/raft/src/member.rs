@@ -215,18 +215,21 @@ type Metrics = RaftMetrics<u64, BasicNode>;
 /// leaves far more margin than that.
 async fn follow_quorum_acks(mut rx: watch::Receiver<Metrics>, ack: Arc<Mutex<Option<Ack>>>) {
     loop {
-        {
+        let seen = {
+            // Copy out and release the metrics before taking our lock: RaftCore's next
+            // report waits for readers.
             let m = rx.borrow_and_update();
-            let now = Instant::now();
-            let seen = match (m.state, m.millis_since_quorum_ack) {
-                (ServerState::Leader, Some(ms)) => {
-                    now.checked_sub(Duration::from_millis(ms)).map(|at| Ack {
+            match (m.state, m.millis_since_quorum_ack) {
+                (ServerState::Leader, Some(ms)) => Instant::now()
+                    .checked_sub(Duration::from_millis(ms))
+                    .map(|at| Ack {
                         term: m.current_term,
                         at,
-                    })
-                }
+                    }),
                 _ => None,
-            };
+            }
+        };
+        {
             let mut g = lock(&ack);
             *g = match (*g, seen) {
                 // Never move backwards within a term.
@@ -238,6 +241,26 @@ async fn follow_quorum_acks(mut rx: watch::Receiver<Metrics>, ack: Arc<Mutex<Opt
             // RaftCore is gone.
             *lock(&ack) = None;
             return;
+        }
+    }
+}
+
+/// The fields of the metrics [`Member::quorum_ok`] needs, copied out of the watch.
+#[derive(Clone, Copy)]
+struct QuorumView {
+    stopped: bool,
+    state: ServerState,
+    term: u64,
+    leader: Option<MemberId>,
+}
+
+impl QuorumView {
+    fn of(m: &Metrics) -> Self {
+        Self {
+            stopped: m.running_state.is_err(),
+            state: m.state,
+            term: m.current_term,
+            leader: m.current_leader,
         }
     }
 }
@@ -438,10 +461,8 @@ impl Member {
         let mut rx = self.inner.raft.metrics();
         let deadline = Instant::now() + timeout;
         loop {
-            let status = {
-                let m = rx.borrow_and_update();
-                self.status_from(&m)
-            };
+            let m = rx.borrow_and_update().clone();
+            let status = self.status_from(&m);
             if cond(&status) {
                 return Ok(status);
             }
@@ -490,16 +511,16 @@ impl Member {
     /// openraft 0.9 has no CheckQuorum: a cut-off leader stays leader. This is the signal to
     /// stop serving instead (DESIGN.md 6: a server that has lost the quorum stops serving).
     pub fn quorum_ok(&self) -> bool {
-        if self.inner.shut_down.load(Ordering::Acquire) {
-            return false;
-        }
-        let rx = self.inner.raft.metrics();
-        let m = rx.borrow();
-        self.quorum_ok_with(&m)
+        let view = {
+            let rx = self.inner.raft.metrics();
+            let m = rx.borrow();
+            QuorumView::of(&m)
+        };
+        self.quorum_ok_with(view)
     }
 
-    fn quorum_ok_with(&self, m: &Metrics) -> bool {
-        if self.inner.shut_down.load(Ordering::Acquire) || m.running_state.is_err() {
+    fn quorum_ok_with(&self, m: QuorumView) -> bool {
+        if self.inner.shut_down.load(Ordering::Acquire) || m.stopped {
             return false;
         }
         let now = Instant::now();
@@ -507,18 +528,17 @@ impl Member {
         let fresh = |at: Instant| now.saturating_duration_since(at) < limit;
         match m.state {
             ServerState::Leader => {
-                lock(&self.inner.ack).is_some_and(|a| a.term == m.current_term && fresh(a.at))
+                lock(&self.inner.ack).is_some_and(|a| a.term == m.term && fresh(a.at))
             }
-            ServerState::Follower => lock(&self.inner.contact).is_some_and(|c| {
-                m.current_leader == Some(c.leader) && c.term == m.current_term && fresh(c.at)
-            }),
+            ServerState::Follower => lock(&self.inner.contact)
+                .is_some_and(|c| m.leader == Some(c.leader) && c.term == m.term && fresh(c.at)),
             _ => false,
         }
     }
 
     pub fn status(&self) -> Status {
-        let rx = self.inner.raft.metrics();
-        let m = rx.borrow();
+        // A copy, so no lock of ours is taken while RaftCore's metrics are borrowed.
+        let m = self.inner.raft.metrics().borrow().clone();
         self.status_from(&m)
     }
 
@@ -538,7 +558,7 @@ impl Member {
             term: m.current_term,
             leader: m.current_leader,
             leader_addr,
-            quorum_ok: self.quorum_ok_with(m),
+            quorum_ok: self.quorum_ok_with(QuorumView::of(m)),
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
