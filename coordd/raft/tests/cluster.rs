@@ -647,3 +647,48 @@ async fn single_member_ensemble_commits() {
     assert!(m.read_index().await.unwrap() >= c.index);
     m.shutdown().await.unwrap();
 }
+
+/// The same failover in real time on a multi-threaded runtime, as a smoke test of the default
+/// timers on this (shared, loaded) machine. Prints what it measured; asserts only generous
+/// bounds so that machine load cannot make it flaky.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_time_failover_smoke() {
+    let c = Cluster::start(Config::default()).await;
+    let old = c.wait_leader(&[1, 2, 3]).await;
+    let term = c.m(old).status().term;
+    let mut n = 0;
+    for _ in 0..20 {
+        c.m(old).propose(payload(n)).await.unwrap();
+        n += 1;
+    }
+    let churn = c
+        .members
+        .values()
+        .map(|m| m.status().term)
+        .max()
+        .unwrap_or(term)
+        - term;
+
+    let rest: Vec<MemberId> = (1..=3).filter(|id| *id != old).collect();
+    c.net.isolate(old);
+    let cut_at = Instant::now();
+    let new = c.wait_leader(&rest).await;
+    let committed = loop {
+        match c.m(new).propose(payload(n)).await {
+            Ok(x) => break x,
+            Err(ProposeError::NotLeader { .. }) => {
+                tokio::time::sleep(Duration::from_millis(1)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let took = cut_at.elapsed();
+    println!(
+        "real time: {churn} extra terms during {n} proposals; after the cut a write committed \
+         on the new leader in {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    c.net.heal();
+    c.wait_converged(&[1, 2, 3], committed.index).await;
+    c.shutdown().await;
+}
