@@ -692,3 +692,28 @@ async fn real_time_failover_smoke() {
     c.wait_converged(&[1, 2, 3], committed.index).await;
     c.shutdown().await;
 }
+
+/// A transport that refuses large AppendEntries (a frame limit) makes openraft send fewer
+/// entries per RPC; a member that fell behind still catches up.
+#[tokio::test(start_paused = true)]
+async fn too_large_appends_are_resent_smaller() {
+    let c = Cluster::start(Config::default()).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    c.net.isolate(lagging);
+    let mut last = 0;
+    for i in 0..30 {
+        last = c.m(leader).propose(payload(i)).await.unwrap().index;
+    }
+    c.net.set_max_entries(Some(4));
+    c.net.rejoin(lagging);
+    c.wait_converged(&[1, 2, 3], last).await;
+    assert!(c.net.refused_too_large() > 0);
+    assert_eq!(
+        c.apps[&lagging].state().installs,
+        0,
+        "caught up by log, not by snapshot"
+    );
+    assert_eq!(c.apps[&lagging].payloads().len(), 30);
+    c.shutdown().await;
+}

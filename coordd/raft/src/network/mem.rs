@@ -29,7 +29,10 @@ struct State {
     cut: HashSet<(MemberId, MemberId)>,
     /// Extra one-way latency of every message to or from a member.
     delay: HashMap<MemberId, Duration>,
+    /// AppendEntries with more entries than this are refused as `TooLarge` (a frame limit).
+    max_entries: Option<u64>,
     dropped: u64,
+    too_large: u64,
 }
 
 impl State {
@@ -103,12 +106,24 @@ impl MemNetwork {
         }
     }
 
-    /// Removes every fault: isolations, cut links, delays.
+    /// Refuses AppendEntries carrying more than `max_entries` entries with
+    /// `TransportError::TooLarge`, as a transport with a frame limit would; None lifts it.
+    pub fn set_max_entries(&self, max_entries: Option<u64>) {
+        self.lock().max_entries = max_entries;
+    }
+
+    /// Removes every fault: isolations, cut links, delays, the entry limit.
     pub fn heal(&self) {
         let mut s = self.lock();
         s.isolated.clear();
         s.cut.clear();
         s.delay.clear();
+        s.max_entries = None;
+    }
+
+    /// How many AppendEntries the entry limit refused so far.
+    pub fn refused_too_large(&self) -> u64 {
+        self.lock().too_large
     }
 
     /// How many messages the faults dropped so far.
@@ -161,6 +176,15 @@ impl Transport for MemTransport {
         timeout: Duration,
     ) -> Result<PeerResponse, TransportError> {
         let deadline = Instant::now() + timeout;
+        {
+            let mut s = self.net.lock();
+            if let Some(max_entries) = s.max_entries {
+                if request.entry_count() as u64 > max_entries {
+                    s.too_large += 1;
+                    return Err(TransportError::TooLarge { max_entries });
+                }
+            }
+        }
         self.net.leg(self.from, target, deadline).await?;
         let member = self.net.lock().members.get(&target).cloned();
         let Some(member) = member else {

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::error::{
-    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout,
-    Unreachable,
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, ReplicationClosed, StreamingError,
+    Timeout, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -72,6 +72,14 @@ pub enum RequestKind {
 }
 
 impl PeerRequest {
+    /// Log entries carried (0 for anything but AppendEntries; a heartbeat carries none).
+    pub fn entry_count(&self) -> usize {
+        match &self.0 {
+            RequestBody::AppendEntries(r) => r.entries.len(),
+            _ => 0,
+        }
+    }
+
     pub fn kind(&self) -> RequestKind {
         match &self.0 {
             RequestBody::AppendEntries(_) => RequestKind::AppendEntries,
@@ -117,6 +125,11 @@ pub enum TransportError {
     /// The call failed midway (connection reset, bad frame); retrying at once may succeed.
     #[error("peer call failed: {0}")]
     Io(String),
+    /// The request is too large for the transport (e.g. over its frame limit); for an
+    /// AppendEntries, openraft retries at once with at most `max_entries` entries (for the next
+    /// 10 RPCs). For any other kind it counts as `Io`.
+    #[error("request too large; at most {max_entries} entries")]
+    TooLarge { max_entries: u64 },
 }
 
 /// Carries [`PeerRequest`]s to other members. Implemented by [`MemTransport`] (tests, slice 1)
@@ -211,6 +224,16 @@ impl<T: Transport> PeerClient<T> {
             // A refusing peer is up but its Raft is not: back off as for an unreachable one.
             CallError::Refused(m) => RPCError::Unreachable(Unreachable::new(&Msg(m))),
             CallError::Transport(e @ TransportError::Io(_)) => {
+                RPCError::Network(NetworkError::new(&e))
+            }
+            // Only AppendEntries can be retried smaller: openraft panics on a too-large Vote
+            // (replication/mod.rs update_hint: unreachable!), and ignores it for snapshots.
+            CallError::Transport(TransportError::TooLarge { max_entries })
+                if action == RPCTypes::AppendEntries =>
+            {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(max_entries.max(1)))
+            }
+            CallError::Transport(e @ TransportError::TooLarge { .. }) => {
                 RPCError::Network(NetworkError::new(&e))
             }
             CallError::Mismatch(what) => RPCError::Network(NetworkError::new(&Msg(format!(
