@@ -42,11 +42,18 @@ pub struct Config {
     pub read_index_timeout_ms: u64,
     /// [`Member::quorum_ok`](crate::Member::quorum_ok) turns false when the leader has had no
     /// acknowledgement from a quorum, or a follower no AppendEntries from its leader, for this
-    /// long. Must stay below `election_timeout_min_ms + election_timeout_max_ms`, the earliest a
-    /// new leader can be elected after the old one's last contact, so that a cut-off member has
-    /// stopped serving before anyone else can commit; the default (= the minimum election
-    /// timeout) leaves 200 ms for scheduling delays. Must exceed `heartbeat_interval_ms` or a
-    /// healthy member flaps.
+    /// long.
+    ///
+    /// Upper bound (safety): below `election_timeout_min_ms + election_timeout_max_ms`, the
+    /// earliest a new leader can be elected after the old one's last acknowledged heartbeat
+    /// (a voter grants only once its lease, `max`, expired, and a candidate waits lease +
+    /// its timeout, at least `min`), so that a cut-off member stops serving before anyone else
+    /// can commit. Lower bound (liveness): every false alarm makes the server drop its clients,
+    /// and under load acknowledgements can lag by a follower's fsync or a scheduling stall.
+    /// The default, 200 ms, tolerates 150 ms of silence beyond one heartbeat period and keeps
+    /// 150 ms of margin to the earliest new leader for the delays in observing it (openraft's
+    /// metrics are seen a task switch late) and in the server acting on it. (With 5 members a
+    /// follower can keep hearing a leader that lost its quorum; slice 6 must cover that.)
     pub quorum_timeout_ms: u64,
     /// Build a snapshot once this many entries were applied since the last one. One entry is a
     /// batch of txns, and a snapshot is an image of the whole tree, so not too often.
@@ -82,7 +89,7 @@ impl Default for Config {
             election_timeout_max_ms: 200,
             propose_timeout_ms: 2_000,
             read_index_timeout_ms: 1_000,
-            quorum_timeout_ms: 150,
+            quorum_timeout_ms: 200,
             snapshot_logs_since_last: 5_000,
             max_in_snapshot_log_to_keep: 1_000,
             purge_batch_size: 256,

@@ -384,6 +384,12 @@ async fn isolated_leader_times_out_and_the_majority_moves_on() {
     let new = c.wait_leader(&rest).await;
     assert_ne!(new, old);
     let elected_after = cut_at.elapsed();
+    // The safety margin quorum_timeout_ms is about: the cut-off leader stopped serving before
+    // anyone else could commit.
+    assert!(
+        lost_after < elected_after,
+        "{lost_after:?} vs {elected_after:?}"
+    );
     let after = c.m(new).propose(payload(2)).await.unwrap();
     println!(
         "leader cut off: quorum_ok false after {lost_after:?}, new leader after {elected_after:?}, its first write committed after {:?} (virtual time)",
