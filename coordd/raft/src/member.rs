@@ -332,11 +332,17 @@ impl Member {
                 shut_down: AtomicBool::new(false),
             }),
         };
-        if let Err(e) = member.initialize().await {
-            // Do not leave a Raft running behind a failed start. The start error is the one
-            // worth reporting; a failed shutdown on top of it adds nothing.
-            let _ = member.shutdown().await;
-            return Err(e);
+        match member.initialize().await {
+            Ok(how) => {
+                tracing::info!(id, ?how, members = ?member.inner.members, "raft member started")
+            }
+            Err(e) => {
+                // Do not leave a Raft running behind a failed start. The start error is the one
+                // worth reporting; a failed shutdown on top of it adds nothing.
+                tracing::warn!(id, error = %e, "raft member failed to initialize; shutting it down");
+                let _ = member.shutdown().await;
+                return Err(e);
+            }
         }
         Ok(member)
     }
@@ -390,9 +396,16 @@ impl Member {
         match tokio::time::timeout(t, self.inner.raft.client_write(payload)).await {
             // The future is dropped; if the entry was appended it stays in the log and commits
             // or is truncated later, and openraft's responder then finds nobody listening.
-            Err(_) => Err(ProposeError::Timeout {
-                after_ms: as_millis(t),
-            }),
+            Err(_) => {
+                tracing::warn!(
+                    id = self.inner.id,
+                    after_ms = as_millis(t),
+                    "propose timed out; its outcome is unknown"
+                );
+                Err(ProposeError::Timeout {
+                    after_ms: as_millis(t),
+                })
+            }
             Ok(Ok(r)) => Ok(Committed {
                 index: r.log_id.index,
                 term: r.log_id.leader_id.term,
@@ -623,6 +636,7 @@ impl Member {
     /// Stops the member: RaftCore, the state machine worker and replication. Calls on it then
     /// fail with `Shutdown`. Idempotent; bounded by `shutdown_timeout_ms`.
     pub async fn shutdown(&self) -> Result<(), ShutdownError> {
+        tracing::info!(id = self.inner.id, "raft member shutting down");
         self.inner.shut_down.store(true, Ordering::Release);
         self.inner.watcher.abort();
         let t = self.inner.config.shutdown_timeout();
