@@ -1,0 +1,38 @@
+//! coordd's Raft replication: openraft 0.9.25 behind a narrow interface.
+//!
+//! The server sees opaque payloads and log indexes, never an openraft type:
+//! - it implements [`Applier`] (apply committed entries, take a point-in-time image, install
+//!   one);
+//! - it runs one [`Member`] per process: [`Member::propose`] (always with a deadline),
+//!   [`Member::read_index`], [`Member::role`], [`Member::leader`], [`Member::quorum_ok`],
+//!   [`Member::applied_index`], [`Member::shutdown`];
+//! - members talk through a [`Transport`] ([`MemNetwork`] in process; TCP in slice 3), whose
+//!   receiving side calls [`Member::handle_peer_request`];
+//! - the log is a [`LogStore`] ([`MemLogStore`] now; coordd's WAL in slice 2).
+//!
+//! Why openraft and what it does and does not do: docs/issue5-openraft-research.md.
+
+mod applier;
+mod config;
+mod log_store;
+mod member;
+mod network;
+mod state_machine;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use applier::{Applier, ApplierError, EntryData, LogEntry, Membership};
+pub use config::{Config, ConfigError};
+pub use log_store::{LogStore, MemLogStore};
+pub use member::{
+    Committed, Initialized, Member, ProposeError, ReadIndexError, Role, ShutdownError, StartError,
+    Status, WaitError,
+};
+pub use network::{
+    MemNetwork, MemTransport, PeerRequest, PeerResponse, RequestKind, Transport, TransportError,
+};
+
+/// A member's id, as in the ensemble configuration (ZooKeeper's `myid`).
+pub type MemberId = u64;

@@ -1,0 +1,665 @@
+//! [`Member`]: one running Raft member and the calls the server makes on it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, InitializeError, RaftError,
+};
+use openraft::raft::AppendEntriesResponse;
+use openraft::{BasicNode, RaftMetrics, ServerState};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::applier::{Applier, Membership};
+use crate::config::{Config, ConfigError};
+use crate::log_store::LogStore;
+use crate::network::{
+    NetworkFactory, PeerRequest, PeerResponse, RequestBody, ResponseBody, Transport,
+};
+use crate::state_machine::{membership_view, StateMachine};
+use crate::types::{Raft, Snapshot};
+use crate::MemberId;
+
+/// What a member currently is in its ensemble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    /// Campaigning for leadership.
+    Candidate,
+    /// Receives the log but does not vote (not yet used: membership changes are slice 8).
+    Learner,
+    /// Shut down, or stopped by a fatal error.
+    Shutdown,
+}
+
+/// A committed proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The log index of the entry.
+    pub index: u64,
+    /// The term it was committed in.
+    pub term: u64,
+    /// What [`Applier::apply`] returned for it on this member.
+    pub output: Bytes,
+}
+
+/// The outcome of [`Member::initialize`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Initialized {
+    /// This call wrote the initial membership.
+    Now,
+    /// The member already had a log or a vote (it was initialized before, by itself or by
+    /// hearing from a member that was): nothing changed.
+    Already,
+}
+
+/// A point-in-time view of a member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: MemberId,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<MemberId>,
+    /// The leader's address from the membership, when the leader is known.
+    pub leader_addr: Option<String>,
+    /// See [`Member::quorum_ok`].
+    pub quorum_ok: bool,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Last index the newest snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// Last index purged from the log (entries up to it are only in snapshots).
+    pub purged_index: Option<u64>,
+    /// The membership in effect (the last one appended, committed or not).
+    pub membership: Membership,
+}
+
+/// [`Member::propose`] failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This member is not the leader; nothing was appended, so sending the payload to the
+    /// leader is safe. `leader` is None while no leader is known (an election).
+    #[error("not the leader (leader: {leader:?} at {leader_addr:?})")]
+    NotLeader {
+        leader: Option<MemberId>,
+        leader_addr: Option<String>,
+    },
+    /// Not committed within `propose_timeout_ms`. The outcome is unknown: the entry may have
+    /// been appended and may still commit (typical of a leader that was just cut off), so it
+    /// must not be resent blindly.
+    #[error("no commit within {after_ms} ms; the entry may still commit")]
+    Timeout { after_ms: u64 },
+    /// The payload exceeds `payload_max_bytes`; nothing was appended.
+    #[error("payload of {bytes} bytes exceeds the limit of {max_bytes}")]
+    TooLarge { bytes: usize, max_bytes: usize },
+    /// The member was shut down.
+    #[error("member is shut down")]
+    Shutdown,
+    /// The member stopped on a fatal error (storage or applier).
+    #[error("member stopped: {0}")]
+    Fatal(String),
+}
+
+/// [`Member::read_index`] failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ReadIndexError {
+    /// Only the leader answers; ask `leader`.
+    #[error("not the leader (leader: {leader:?} at {leader_addr:?})")]
+    NotLeader {
+        leader: Option<MemberId>,
+        leader_addr: Option<String>,
+    },
+    /// The leader could not confirm its leadership with a quorum in one heartbeat round.
+    #[error("leadership not confirmed by a quorum")]
+    NoQuorum,
+    #[error("no read index within {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    #[error("member is shut down")]
+    Shutdown,
+    #[error("member stopped: {0}")]
+    Fatal(String),
+}
+
+/// [`Member::start`] or [`Member::initialize`] failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The membership given is unusable (empty, or without this member).
+    #[error("bad membership: {0}")]
+    Membership(String),
+    #[error("initialize did not finish within {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    #[error("member is shut down")]
+    Shutdown,
+    /// openraft refused to start (e.g. the log store failed while loading).
+    #[error("raft failed: {0}")]
+    Fatal(String),
+}
+
+/// A wait on the member's state did not succeed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum WaitError {
+    #[error("condition not met within {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    #[error("member is shut down")]
+    Shutdown,
+}
+
+/// [`Member::shutdown`] did not finish cleanly.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ShutdownError {
+    #[error("shutdown did not finish within {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    #[error("raft task failed: {0}")]
+    Panicked(String),
+}
+
+/// The last AppendEntries this member accepted (follower side of [`Member::quorum_ok`]).
+#[derive(Clone, Copy)]
+struct Contact {
+    leader: MemberId,
+    term: u64,
+    at: Instant,
+}
+
+/// When a quorum last acknowledged this member as leader, in `term`.
+#[derive(Clone, Copy)]
+struct Ack {
+    term: u64,
+    at: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only plain assignments of Copy values happen under these locks.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One running member. Clones are handles to the same member.
+#[derive(Clone)]
+pub struct Member {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: MemberId,
+    raft: Raft,
+    config: Config,
+    members: BTreeMap<MemberId, String>,
+    contact: Mutex<Option<Contact>>,
+    ack: Arc<Mutex<Option<Ack>>>,
+    watcher: JoinHandle<()>,
+    shut_down: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+type Metrics = RaftMetrics<u64, BasicNode>;
+
+/// Follows openraft's metrics and turns `millis_since_quorum_ack` into the instant of the last
+/// quorum acknowledgement. Stamping an instant (rather than reading the millis when asked) makes
+/// the age keep growing if RaftCore stops reporting, so a stuck leader reads as cut off. The
+/// metric is computed when RaftCore flushes it and seen here a little later, which makes the
+/// instant late by that scheduling delay (microseconds, one runtime); `quorum_timeout_ms`
+/// leaves far more margin than that.
+async fn follow_quorum_acks(mut rx: watch::Receiver<Metrics>, ack: Arc<Mutex<Option<Ack>>>) {
+    loop {
+        let seen = {
+            // Copy out and release the metrics before taking our lock: RaftCore's next
+            // report waits for readers.
+            let m = rx.borrow_and_update();
+            match (m.state, m.millis_since_quorum_ack) {
+                (ServerState::Leader, Some(ms)) => Instant::now()
+                    .checked_sub(Duration::from_millis(ms))
+                    .map(|at| Ack {
+                        term: m.current_term,
+                        at,
+                    }),
+                _ => None,
+            }
+        };
+        {
+            let mut g = lock(&ack);
+            *g = match (*g, seen) {
+                // Never move backwards within a term.
+                (Some(old), Some(new)) if old.term == new.term && old.at > new.at => Some(old),
+                (_, seen) => seen,
+            };
+        }
+        if rx.changed().await.is_err() {
+            // RaftCore is gone.
+            *lock(&ack) = None;
+            return;
+        }
+    }
+}
+
+/// The fields of the metrics [`Member::quorum_ok`] needs, copied out of the watch.
+#[derive(Clone, Copy)]
+struct QuorumView {
+    stopped: bool,
+    state: ServerState,
+    term: u64,
+    leader: Option<MemberId>,
+}
+
+impl QuorumView {
+    fn of(m: &Metrics) -> Self {
+        Self {
+            stopped: m.running_state.is_err(),
+            state: m.state,
+            term: m.current_term,
+            leader: m.current_leader,
+        }
+    }
+}
+
+fn role_of(m: &Metrics) -> Role {
+    if m.running_state.is_err() {
+        return Role::Shutdown;
+    }
+    match m.state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Shutdown,
+    }
+}
+
+fn leader_hint(f: ForwardToLeader<u64, BasicNode>) -> (Option<MemberId>, Option<String>) {
+    (f.leader_id, f.leader_node.map(|n| n.addr))
+}
+
+fn as_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Member {
+    /// Starts member `id` of the ensemble `members` (id -> peer address, this member included)
+    /// and initializes it (see [`Member::initialize`]).
+    ///
+    /// `members` must be identical on every member on first start (build it from the same
+    /// configuration text, no normalisation): initializing with different memberships splits
+    /// the ensemble. After the first start the log's membership is authoritative and `members`
+    /// is only the seed.
+    pub async fn start<L: LogStore, A: Applier, T: Transport>(
+        config: Config,
+        id: MemberId,
+        members: BTreeMap<MemberId, String>,
+        log: L,
+        applier: A,
+        transport: T,
+    ) -> Result<Member, StartError> {
+        config.validate()?;
+        let raft_config = Arc::new(config.to_openraft()?);
+        if !members.contains_key(&id) {
+            return Err(StartError::Membership(format!(
+                "member {id} is not among {:?}",
+                members.keys().collect::<Vec<_>>()
+            )));
+        }
+        let network = NetworkFactory {
+            transport: Arc::new(transport),
+            id,
+            backoff: Duration::from_millis(config.unreachable_backoff_ms),
+        };
+        let raft = Raft::new(id, raft_config, network, log, StateMachine::new(applier))
+            .await
+            .map_err(|e| StartError::Fatal(e.to_string()))?;
+        let ack = Arc::new(Mutex::new(None));
+        let watcher = tokio::spawn(follow_quorum_acks(raft.metrics(), ack.clone()));
+        let member = Member {
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                config,
+                members,
+                contact: Mutex::new(None),
+                ack,
+                watcher,
+                shut_down: AtomicBool::new(false),
+            }),
+        };
+        match member.initialize().await {
+            Ok(how) => {
+                tracing::info!(id, ?how, members = ?member.inner.members, "raft member started")
+            }
+            Err(e) => {
+                // Do not leave a Raft running behind a failed start. The start error is the one
+                // worth reporting; a failed shutdown on top of it adds nothing.
+                tracing::warn!(id, error = %e, "raft member failed to initialize; shutting it down");
+                let _ = member.shutdown().await;
+                return Err(e);
+            }
+        }
+        Ok(member)
+    }
+
+    /// Writes the initial membership (the `members` given to [`Member::start`]) as log entry 0
+    /// and campaigns, unless this member was initialized before or already heard from one that
+    /// was: then openraft refuses (`NotAllowed`) and this returns [`Initialized::Already`].
+    /// Every member calls it on start, so it is idempotent and never rewrites a log.
+    ///
+    /// Caveat (slice 2/3): a member whose data was wiped looks pristine and would initialize
+    /// again; it must be re-added as a new member instead.
+    pub async fn initialize(&self) -> Result<Initialized, StartError> {
+        let nodes: BTreeMap<u64, BasicNode> = self
+            .inner
+            .members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        let t = self.inner.config.propose_timeout();
+        match tokio::time::timeout(t, self.inner.raft.initialize(nodes)).await {
+            Err(_) => Err(StartError::Timeout {
+                after_ms: as_millis(t),
+            }),
+            Ok(Ok(())) => Ok(Initialized::Now),
+            Ok(Err(RaftError::APIError(InitializeError::NotAllowed(_)))) => {
+                Ok(Initialized::Already)
+            }
+            Ok(Err(RaftError::APIError(InitializeError::NotInMembers(e)))) => {
+                Err(StartError::Membership(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(StartError::Shutdown),
+            Ok(Err(RaftError::Fatal(f))) => Err(StartError::Fatal(f.to_string())),
+        }
+    }
+
+    pub fn id(&self) -> MemberId {
+        self.inner.id
+    }
+
+    /// Appends `payload` to the log (on the leader) and waits until it is committed and applied
+    /// on this member, for at most `propose_timeout_ms`.
+    pub async fn propose(&self, payload: Bytes) -> Result<Committed, ProposeError> {
+        let max_bytes = self.inner.config.payload_max_bytes;
+        if payload.len() > max_bytes {
+            return Err(ProposeError::TooLarge {
+                bytes: payload.len(),
+                max_bytes,
+            });
+        }
+        let t = self.inner.config.propose_timeout();
+        match tokio::time::timeout(t, self.inner.raft.client_write(payload)).await {
+            // The future is dropped; if the entry was appended it stays in the log and commits
+            // or is truncated later, and openraft's responder then finds nobody listening.
+            Err(_) => {
+                tracing::warn!(
+                    id = self.inner.id,
+                    after_ms = as_millis(t),
+                    "propose timed out; its outcome is unknown"
+                );
+                Err(ProposeError::Timeout {
+                    after_ms: as_millis(t),
+                })
+            }
+            Ok(Ok(r)) => Ok(Committed {
+                index: r.log_id.index,
+                term: r.log_id.leader_id.term,
+                output: r.data,
+            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                let (leader, leader_addr) = leader_hint(f);
+                Err(ProposeError::NotLeader {
+                    leader,
+                    leader_addr,
+                })
+            }
+            // Only membership changes produce this; a plain write cannot.
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ProposeError::Fatal(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(ProposeError::Shutdown),
+            Ok(Err(RaftError::Fatal(f))) => Err(ProposeError::Fatal(f.to_string())),
+        }
+    }
+
+    /// ReadIndex: on the leader, confirms leadership with a quorum (one heartbeat round) and
+    /// returns the log index a member must have applied before serving a linearizable read
+    /// (the greater of the commit index and the leader's own blank entry, so it can be the
+    /// index of a blank entry; 0 when nothing but the initial membership exists). Bounded by
+    /// `read_index_timeout_ms`. Pair with [`Member::wait_applied`].
+    pub async fn read_index(&self) -> Result<u64, ReadIndexError> {
+        let t = self.inner.config.read_index_timeout();
+        match tokio::time::timeout(t, self.inner.raft.get_read_log_id()).await {
+            Err(_) => Err(ReadIndexError::Timeout {
+                after_ms: as_millis(t),
+            }),
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                let (leader, leader_addr) = leader_hint(f);
+                Err(ReadIndexError::NotLeader {
+                    leader,
+                    leader_addr,
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(ReadIndexError::NoQuorum)
+            }
+            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(ReadIndexError::Shutdown),
+            Ok(Err(RaftError::Fatal(f))) => Err(ReadIndexError::Fatal(f.to_string())),
+        }
+    }
+
+    /// Waits until this member has applied `index`; returns the applied index.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<u64, WaitError> {
+        let status = self
+            .wait_for(timeout, |s| s.applied_index.is_some_and(|a| a >= index))
+            .await?;
+        Ok(status.applied_index.unwrap_or(index))
+    }
+
+    /// Waits until `cond` holds for this member's [`Status`]; checked on every change openraft
+    /// reports (at least once per tick, `heartbeat_interval_ms * 3 / 2`) and returns the status
+    /// that satisfied it. Fails with `Shutdown` once the member stopped, unless `cond` accepts
+    /// that.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        cond: impl Fn(&Status) -> bool,
+    ) -> Result<Status, WaitError> {
+        let mut rx = self.inner.raft.metrics();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = rx.borrow_and_update().clone();
+            let status = self.status_from(&m);
+            if cond(&status) {
+                return Ok(status);
+            }
+            if status.role == Role::Shutdown {
+                return Err(WaitError::Shutdown);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => {
+                    return Err(WaitError::Timeout {
+                        after_ms: as_millis(timeout),
+                    })
+                }
+                Ok(Err(_)) => return Err(WaitError::Shutdown),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return Role::Shutdown;
+        }
+        role_of(&self.inner.raft.metrics().borrow())
+    }
+
+    /// The leader this member knows of (itself when it leads).
+    pub fn leader(&self) -> Option<MemberId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// The last applied log index (None before anything was applied).
+    pub fn applied_index(&self) -> Option<u64> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+    }
+
+    /// Whether this member may serve its clients: it is the leader and a quorum acknowledged it
+    /// within `quorum_timeout_ms`, or it is a follower that accepted an AppendEntries
+    /// (heartbeats included) from its current leader within `quorum_timeout_ms`. False for a
+    /// candidate, a learner, and once shut down.
+    ///
+    /// openraft 0.9 has no CheckQuorum: a cut-off leader stays leader. This is the signal to
+    /// stop serving instead (DESIGN.md 6: a server that has lost the quorum stops serving).
+    pub fn quorum_ok(&self) -> bool {
+        let view = {
+            let rx = self.inner.raft.metrics();
+            let m = rx.borrow();
+            QuorumView::of(&m)
+        };
+        self.quorum_ok_with(view)
+    }
+
+    fn quorum_ok_with(&self, m: QuorumView) -> bool {
+        if self.inner.shut_down.load(Ordering::Acquire) || m.stopped {
+            return false;
+        }
+        let now = Instant::now();
+        let limit = self.inner.config.quorum_timeout();
+        let fresh = |at: Instant| now.saturating_duration_since(at) < limit;
+        match m.state {
+            ServerState::Leader => {
+                lock(&self.inner.ack).is_some_and(|a| a.term == m.term && fresh(a.at))
+            }
+            ServerState::Follower => lock(&self.inner.contact)
+                .is_some_and(|c| m.leader == Some(c.leader) && c.term == m.term && fresh(c.at)),
+            _ => false,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        // A copy, so no lock of ours is taken while RaftCore's metrics are borrowed.
+        let m = self.inner.raft.metrics().borrow().clone();
+        self.status_from(&m)
+    }
+
+    fn status_from(&self, m: &Metrics) -> Status {
+        let mut role = role_of(m);
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            role = Role::Shutdown;
+        }
+        let membership = m.membership_config.membership();
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.addr.clone());
+        Status {
+            id: self.inner.id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            leader_addr,
+            quorum_ok: self.quorum_ok_with(QuorumView::of(m)),
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            membership: membership_view(membership),
+        }
+    }
+
+    /// Serves a request another member's Raft sent through a [`Transport`]. The receiving side
+    /// of every transport calls this.
+    pub async fn handle_peer_request(&self, request: PeerRequest) -> PeerResponse {
+        let raft = &self.inner.raft;
+        PeerResponse(match request.0 {
+            RequestBody::AppendEntries(rpc) => {
+                // Taken before handling: the contact is dated no later than it happened.
+                let received = Instant::now();
+                let leader = rpc.vote.leader_id().voted_for();
+                let term = rpc.vote.leader_id().term;
+                let from_leader = rpc.vote.is_committed();
+                match raft.append_entries(rpc).await {
+                    Ok(resp) => {
+                        // Accepted unless it names a higher vote: the sender is our leader.
+                        if from_leader && !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+                            if let Some(leader) = leader {
+                                let mut g = lock(&self.inner.contact);
+                                if g.is_none_or_older(term, received) {
+                                    *g = Some(Contact {
+                                        leader,
+                                        term,
+                                        at: received,
+                                    });
+                                }
+                            }
+                        }
+                        ResponseBody::AppendEntries(resp)
+                    }
+                    Err(e) => ResponseBody::Refused(e.to_string()),
+                }
+            }
+            RequestBody::Vote(rpc) => match raft.vote(rpc).await {
+                Ok(r) => ResponseBody::Vote(r),
+                Err(e) => ResponseBody::Refused(e.to_string()),
+            },
+            RequestBody::Snapshot { vote, meta, image } => {
+                match raft
+                    .install_full_snapshot(
+                        vote,
+                        Snapshot {
+                            meta,
+                            snapshot: Box::new(image),
+                        },
+                    )
+                    .await
+                {
+                    Ok(r) => ResponseBody::Snapshot(r),
+                    Err(e) => ResponseBody::Refused(e.to_string()),
+                }
+            }
+        })
+    }
+
+    /// Stops the member: RaftCore, the state machine worker and replication. Calls on it then
+    /// fail with `Shutdown`. Idempotent; bounded by `shutdown_timeout_ms`.
+    pub async fn shutdown(&self) -> Result<(), ShutdownError> {
+        tracing::info!(id = self.inner.id, "raft member shutting down");
+        self.inner.shut_down.store(true, Ordering::Release);
+        self.inner.watcher.abort();
+        let t = self.inner.config.shutdown_timeout();
+        match tokio::time::timeout(t, self.inner.raft.shutdown()).await {
+            Err(_) => Err(ShutdownError::Timeout {
+                after_ms: as_millis(t),
+            }),
+            Ok(Err(e)) => Err(ShutdownError::Panicked(e.to_string())),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+}
+
+trait ContactExt {
+    fn is_none_or_older(&self, term: u64, at: Instant) -> bool;
+}
+
+impl ContactExt for Option<Contact> {
+    /// Whether a contact in `term` at `at` is newer than this one (contacts never go back).
+    fn is_none_or_older(&self, term: u64, at: Instant) -> bool {
+        match self {
+            None => true,
+            Some(c) => term > c.term || (term == c.term && at >= c.at),
+        }
+    }
+}
