@@ -27,8 +27,8 @@ pub use applier::{Applier, ApplierError, EntryData, LogEntry, Membership};
 pub use config::{Config, ConfigError};
 pub use log_store::{LogStore, MemLogStore};
 pub use member::{
-    Committed, Initialized, Member, ProposeError, ReadIndexError, Role, ShutdownError, StartError,
-    Status, WaitError,
+    AppCallError, AppHandler, Committed, Initialized, Member, ProposeError, ReadIndexError, Role,
+    ShutdownError, StartError, Status, WaitError,
 };
 pub use network::{
     MemNetwork, MemTransport, PeerRequest, PeerResponse, RequestKind, Transport, TransportError,

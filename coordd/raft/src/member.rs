@@ -1,6 +1,8 @@
 //! [`Member`]: one running Raft member and the calls the server makes on it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -20,7 +22,7 @@ use crate::applier::{Applier, Membership};
 use crate::config::{Config, ConfigError};
 use crate::log_store::LogStore;
 use crate::network::{
-    NetworkFactory, PeerRequest, PeerResponse, RequestBody, ResponseBody, Transport,
+    NetworkFactory, PeerRequest, PeerResponse, RequestBody, ResponseBody, Transport, TransportError,
 };
 use crate::state_machine::{membership_view, StateMachine};
 use crate::types::{Raft, Snapshot};
@@ -79,6 +81,18 @@ pub struct Status {
     pub purged_index: Option<u64>,
     /// The membership in effect (the last one appended, committed or not).
     pub membership: Membership,
+}
+
+/// [`Member::call_app`] failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AppCallError {
+    #[error("member {0} is not in the membership")]
+    UnknownMember(MemberId),
+    #[error(transparent)]
+    Transport(TransportError),
+    /// The target answered that it could not handle the message.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// [`Member::propose`] failed.
@@ -188,9 +202,28 @@ pub struct Member {
     inner: Arc<Inner>,
 }
 
+/// Handles application messages ([`PeerRequest::app`]) sent to this member: the body in,
+/// the answer (or why not) out. Runs concurrently with Raft; must bound its own waits.
+pub type AppHandler =
+    Arc<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>> + Send + Sync>;
+
+/// The member's transport, type-erased, for application calls.
+type AppCaller = Arc<
+    dyn Fn(
+            MemberId,
+            String,
+            PeerRequest,
+            Duration,
+        ) -> Pin<Box<dyn Future<Output = Result<PeerResponse, TransportError>> + Send>>
+        + Send
+        + Sync,
+>;
+
 struct Inner {
     id: MemberId,
     raft: Raft,
+    app_handler: Mutex<Option<AppHandler>>,
+    app_caller: AppCaller,
     config: Config,
     members: BTreeMap<MemberId, String>,
     contact: Mutex<Option<Contact>>,
@@ -310,8 +343,16 @@ impl Member {
                 members.keys().collect::<Vec<_>>()
             )));
         }
+        let transport = Arc::new(transport);
+        let app_caller: AppCaller = {
+            let transport = transport.clone();
+            Arc::new(move |target, addr: String, request, ttl| {
+                let transport = transport.clone();
+                Box::pin(async move { transport.call(target, &addr, request, ttl).await })
+            })
+        };
         let network = NetworkFactory {
-            transport: Arc::new(transport),
+            transport,
             id,
             backoff: Duration::from_millis(config.unreachable_backoff_ms),
         };
@@ -324,6 +365,8 @@ impl Member {
             inner: Arc::new(Inner {
                 id,
                 raft,
+                app_handler: Mutex::new(None),
+                app_caller,
                 config,
                 members,
                 contact: Mutex::new(None),
@@ -611,6 +654,16 @@ impl Member {
                     Err(e) => ResponseBody::Refused(e.to_string()),
                 }
             }
+            RequestBody::App(body) => {
+                let handler = lock(&self.inner.app_handler).clone();
+                match handler {
+                    Some(h) => match h(body).await {
+                        Ok(answer) => ResponseBody::App(answer),
+                        Err(why) => ResponseBody::Refused(why),
+                    },
+                    None => ResponseBody::Refused("no application handler on this member".into()),
+                }
+            }
             RequestBody::Vote(rpc) => match raft.vote(rpc).await {
                 Ok(r) => ResponseBody::Vote(r),
                 Err(e) => ResponseBody::Refused(e.to_string()),
@@ -631,6 +684,31 @@ impl Member {
                 }
             }
         })
+    }
+
+    /// Sets the handler of application messages sent to this member (replacing any
+    /// earlier one). Until one is set they are refused.
+    pub fn set_app_handler(&self, handler: AppHandler) {
+        *lock(&self.inner.app_handler) = Some(handler);
+    }
+
+    /// Sends an application message to member `target` (at its address in the seed
+    /// membership) and waits at most `timeout` for the answer of its [`AppHandler`].
+    pub async fn call_app(
+        &self,
+        target: MemberId,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, AppCallError> {
+        let Some(addr) = self.inner.members.get(&target).cloned() else {
+            return Err(AppCallError::UnknownMember(target));
+        };
+        let call = (self.inner.app_caller)(target, addr, PeerRequest::app(body), timeout);
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => Err(AppCallError::Transport(TransportError::Timeout)),
+            Ok(Err(e)) => Err(AppCallError::Transport(e)),
+            Ok(Ok(resp)) => resp.into_app().map_err(AppCallError::Refused),
+        }
     }
 
     /// Stops the member: RaftCore, the state machine worker and replication. Calls on it then

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coordd_raft::{
-    Applier, ApplierError, Config, EntryData, Initialized, LogEntry, MemLogStore, MemNetwork,
-    MemTransport, Member, MemberId, PeerRequest, PeerResponse, ProposeError, ReadIndexError, Role,
-    StartError, Transport, TransportError,
+    AppCallError, Applier, ApplierError, Config, EntryData, Initialized, LogEntry, MemLogStore,
+    MemNetwork, MemTransport, Member, MemberId, PeerRequest, PeerResponse, ProposeError,
+    ReadIndexError, Role, StartError, Transport, TransportError,
 };
 use tokio::time::Instant;
 
@@ -768,5 +768,56 @@ async fn too_large_appends_are_resent_smaller() {
         "caught up by log, not by snapshot"
     );
     assert_eq!(c.apps[&lagging].payloads().len(), 30);
+    c.shutdown().await;
+}
+
+/// Application messages ride the member's transport: a follower forwards a payload to the
+/// leader, whose handler proposes it and answers with the committed index (what coordd
+/// does with writes from clients of followers). Without a handler, or to an isolated
+/// member, the call fails with a typed error within its timeout.
+#[tokio::test(start_paused = true)]
+async fn application_messages_reach_the_target_members_handler() {
+    let c = Cluster::start(Config::default()).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+
+    let err = c
+        .m(follower)
+        .call_app(leader, payload(1), WAIT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppCallError::Refused(_)), "{err:?}");
+
+    let l = c.m(leader).clone();
+    c.m(leader).set_app_handler(Arc::new(move |body: Bytes| {
+        let l = l.clone();
+        Box::pin(async move {
+            let committed = l.propose(body).await.map_err(|e| e.to_string())?;
+            Ok(Bytes::from(committed.index.to_be_bytes().to_vec()))
+        })
+    }));
+    let answer = c
+        .m(follower)
+        .call_app(leader, payload(7), WAIT)
+        .await
+        .unwrap();
+    let index = u64::from_be_bytes(answer.as_ref().try_into().unwrap());
+    c.wait_converged(&[1, 2, 3], index).await;
+    assert!(c.apps[&follower].payloads().contains(&(index, payload(7))));
+
+    assert!(matches!(
+        c.m(follower).call_app(42, payload(8), WAIT).await,
+        Err(AppCallError::UnknownMember(42))
+    ));
+    c.net.isolate(leader);
+    let started = Instant::now();
+    let err = c
+        .m(follower)
+        .call_app(leader, payload(9), Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppCallError::Transport(_)), "{err:?}");
+    assert!(started.elapsed() <= Duration::from_millis(400));
+    c.net.heal();
     c.shutdown().await;
 }

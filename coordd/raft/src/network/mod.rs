@@ -50,6 +50,9 @@ pub(crate) enum RequestBody {
         meta: SnapshotMeta,
         image: Bytes,
     },
+    /// A message of the application above Raft (coordd's write forwarding and session
+    /// touches), opaque here; answered by the receiving member's [`AppHandler`](crate::AppHandler).
+    App(Bytes),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,6 +60,7 @@ pub(crate) enum ResponseBody {
     AppendEntries(AppendEntriesResponse<u64>),
     Vote(VoteResponse<u64>),
     Snapshot(SnapshotResponse<u64>),
+    App(Bytes),
     /// The receiving member could not handle it (it is shutting down or stopped).
     Refused(String),
 }
@@ -69,9 +73,16 @@ pub enum RequestKind {
     AppendEntries,
     Vote,
     Snapshot,
+    /// An application message ([`PeerRequest::app`]).
+    App,
 }
 
 impl PeerRequest {
+    /// An application message for the target member's [`AppHandler`](crate::AppHandler).
+    pub fn app(body: Bytes) -> PeerRequest {
+        PeerRequest(RequestBody::App(body))
+    }
+
     /// Log entries carried (0 for anything but AppendEntries; a heartbeat carries none).
     pub fn entry_count(&self) -> usize {
         match &self.0 {
@@ -85,6 +96,21 @@ impl PeerRequest {
             RequestBody::AppendEntries(_) => RequestKind::AppendEntries,
             RequestBody::Vote(_) => RequestKind::Vote,
             RequestBody::Snapshot { .. } => RequestKind::Snapshot,
+            RequestBody::App(_) => RequestKind::App,
+        }
+    }
+}
+
+impl PeerResponse {
+    /// The answer to an application message: its body, or why the member refused it.
+    pub fn into_app(self) -> Result<Bytes, String> {
+        match self.0 {
+            ResponseBody::App(b) => Ok(b),
+            ResponseBody::Refused(m) => Err(m),
+            other => Err(format!(
+                "unexpected answer to an application message: {:?}",
+                PeerResponse(other)
+            )),
         }
     }
 }
@@ -97,6 +123,7 @@ impl fmt::Debug for PeerRequest {
             RequestBody::Snapshot { vote, meta, image } => {
                 write!(f, "Snapshot(vote {vote}, {meta}, {} bytes)", image.len())
             }
+            RequestBody::App(b) => write!(f, "App({} bytes)", b.len()),
         }
     }
 }
@@ -107,6 +134,7 @@ impl fmt::Debug for PeerResponse {
             ResponseBody::AppendEntries(r) => write!(f, "AppendEntries({r})"),
             ResponseBody::Vote(r) => write!(f, "Vote({r})"),
             ResponseBody::Snapshot(r) => write!(f, "Snapshot({r})"),
+            ResponseBody::App(b) => write!(f, "App({} bytes)", b.len()),
             ResponseBody::Refused(m) => write!(f, "Refused({m})"),
         }
     }
