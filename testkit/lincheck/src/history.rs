@@ -28,7 +28,10 @@ pub enum Op {
     Write { value: Vec<u8> },
     /// setData with a version: replaces the data only if `Stat.version ==
     /// expected_version` (-1 matches any version, as in ZooKeeper), else BadVersion.
-    Cas { expected_version: i32, value: Vec<u8> },
+    Cas {
+        expected_version: i32,
+        value: Vec<u8>,
+    },
     /// create (persistent): succeeds only if the node is absent; the new node has
     /// version 0. NoNode (a missing parent) says nothing about this register.
     Create { value: Vec<u8> },
@@ -99,7 +102,10 @@ pub struct OpRecord {
 pub enum RegisterState {
     #[default]
     Absent,
-    Present { data: Vec<u8>, version: i32 },
+    Present {
+        data: Vec<u8>,
+        version: i32,
+    },
 }
 
 /// Input the checker refuses: a history no real run can produce. Never a verdict about
@@ -299,7 +305,11 @@ pub(crate) struct ShowBytes<'a>(pub &'a [u8]);
 
 impl fmt::Display for ShowBytes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.iter().all(|b| (0x20..0x7f).contains(b) && *b != b'"') {
+        if self
+            .0
+            .iter()
+            .all(|b| (0x20..0x7f).contains(b) && *b != b'"')
+        {
             // Every byte is ASCII, so this is valid UTF-8.
             write!(f, "\"{}\"", String::from_utf8_lossy(self.0))
         } else {

@@ -160,7 +160,10 @@ pub enum CheckResult {
     Violation(Violation),
     /// A limit stopped the search on `key` before it could decide; no violation was
     /// found on the keys that were decided.
-    Inconclusive { key: String, limit: LimitHit },
+    Inconclusive {
+        key: String,
+        limit: LimitHit,
+    },
 }
 
 impl CheckResult {

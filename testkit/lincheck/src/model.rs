@@ -27,7 +27,10 @@ pub(crate) const ABSENT: State = State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Step {
     /// A read that saw this data and version.
-    ReadOk { data: u32, version: i32 },
+    ReadOk {
+        data: u32,
+        version: i32,
+    },
     /// Any op answered NoNode: the register was absent.
     SawAbsent,
     /// Any op answered NodeExists: the register was present.
@@ -39,11 +42,20 @@ pub(crate) enum Step {
         new_version: i32,
     },
     /// setData whose outcome is unknown: applied here if it would succeed here.
-    SetUnknown { expected: i32, data: u32 },
+    SetUnknown {
+        expected: i32,
+        data: u32,
+    },
     /// setData refused with BadVersion: present with another version.
-    BadVersion { expected: i32 },
-    CreateOk { data: u32 },
-    CreateUnknown { data: u32 },
+    BadVersion {
+        expected: i32,
+    },
+    CreateOk {
+        data: u32,
+    },
+    CreateUnknown {
+        data: u32,
+    },
 }
 
 /// The sequential specification. `None`: the op cannot have had this outcome in this
@@ -134,7 +146,11 @@ impl Interner {
             return RegisterState::Absent;
         }
         RegisterState::Present {
-            data: self.values.get(s.data as usize).cloned().unwrap_or_default(),
+            data: self
+                .values
+                .get(s.data as usize)
+                .cloned()
+                .unwrap_or_default(),
             version: s.version,
         }
     }
@@ -163,16 +179,20 @@ pub(crate) fn reduce(r: &OpRecord, interner: &mut Interner) -> Option<Reduced> {
         (Op::Create { .. }, Outcome::Fail(FailReason::NoNode)) => Reduced::Nothing,
         (_, Outcome::Fail(FailReason::NoNode)) => done(Step::SawAbsent),
         (_, Outcome::Fail(FailReason::NodeExists)) => done(Step::SawPresent),
-        (Op::Cas {
-            expected_version, ..
-        }, Outcome::Fail(FailReason::BadVersion)) => done(Step::BadVersion {
+        (
+            Op::Cas {
+                expected_version, ..
+            },
+            Outcome::Fail(FailReason::BadVersion),
+        ) => done(Step::BadVersion {
             expected: *expected_version,
         }),
         // A correct server never answers BadVersion to these: -1 matches every
         // version, so this step can never be taken and the history is a violation.
-        (Op::Read | Op::Write { .. } | Op::Create { .. }, Outcome::Fail(FailReason::BadVersion)) => {
-            done(Step::BadVersion { expected: -1 })
-        }
+        (
+            Op::Read | Op::Write { .. } | Op::Create { .. },
+            Outcome::Fail(FailReason::BadVersion),
+        ) => done(Step::BadVersion { expected: -1 }),
         (Op::Read, Outcome::Unknown) => Reduced::Nothing,
         (Op::Read, Outcome::Ok(Ret::Read { data, version })) => done(Step::ReadOk {
             data: interner.intern(data)?,

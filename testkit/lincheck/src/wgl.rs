@@ -27,7 +27,10 @@ pub(crate) enum SearchResult {
     Linearizable,
     /// No linearization exists. `prefix`: the longest partial linearization seen (op
     /// indices in order), `state`: the register after it.
-    Violation { prefix: Vec<u32>, state: State },
+    Violation {
+        prefix: Vec<u32>,
+        state: State,
+    },
     Inconclusive(LimitHit),
 }
 
@@ -206,10 +209,13 @@ impl Hasher for IdentityHasher {
     }
 }
 
+/// A memo bucket: the configurations whose hashes collide.
+type Bucket = Vec<(Box<[u64]>, State)>;
+
 /// The (linearized set, state) configurations already explored: reaching one again
 /// cannot lead anywhere new.
 struct Memo {
-    buckets: HashMap<u64, Vec<(Box<[u64]>, State)>, BuildHasherDefault<IdentityHasher>>,
+    buckets: HashMap<u64, Bucket, BuildHasherDefault<IdentityHasher>>,
     bytes: u64,
     entry_bytes: u64,
 }
@@ -227,10 +233,7 @@ impl Memo {
 
     /// False if already present.
     fn insert(&mut self, set: &Linearized, s: State) -> bool {
-        let bucket = self
-            .buckets
-            .entry(set.hash ^ state_hash(s))
-            .or_default();
+        let bucket = self.buckets.entry(set.hash ^ state_hash(s)).or_default();
         if bucket
             .iter()
             .any(|(w, st)| *st == s && w[..] == set.words[..])
