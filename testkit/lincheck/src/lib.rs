@@ -249,10 +249,30 @@ fn check_key(
         }
     }
 
-    Ok(match wgl::search(&ops, init, budget) {
+    // The search runs on canonical data (see `model::Canon`); it accepts exactly the
+    // same sequences, and the explanation replays the real data.
+    let canon = model::Canon::new(
+        ops.iter().map(|o| o.step),
+        interner.fresh().ok_or_else(too_many)?,
+    );
+    let canonical: Vec<wgl::SearchOp> = ops
+        .iter()
+        .map(|o| wgl::SearchOp {
+            step: canon.step(o.step),
+            ..*o
+        })
+        .collect();
+
+    Ok(match wgl::search(&canonical, canon.state(init), budget) {
         wgl::SearchResult::Linearizable => KeyResult::Linearizable,
         wgl::SearchResult::Inconclusive(limit) => KeyResult::Inconclusive(limit),
-        wgl::SearchResult::Violation { prefix, state } => {
+        wgl::SearchResult::Violation { prefix, .. } => {
+            let mut state = init;
+            for &i in &prefix {
+                if let Some(next) = ops.get(i as usize).and_then(|o| model::step(state, o.step)) {
+                    state = next;
+                }
+            }
             let record = |i: u32| origin.get(i as usize).map(|r| (*r).clone());
             let mut in_prefix = vec![false; ops.len()];
             for &i in &prefix {

@@ -3,7 +3,7 @@
 //! Data is interned per key (one `u32` per distinct byte string), so a state is a small
 //! `Copy` value that hashes fast for the memo.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::history::{FailReason, Op, OpRecord, Outcome, RegisterState, Ret};
 
@@ -24,16 +24,16 @@ pub(crate) const ABSENT: State = State {
 
 /// One op with its outcome, reduced to what constrains the register. `expected == -1`
 /// matches any version, as in ZooKeeper's setData.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Step {
     /// A read that saw this data and version.
     ReadOk {
         data: u32,
         version: i32,
     },
-    /// Any op answered NoNode: the register was absent.
+    /// getData or setData answered NoNode: the register was absent.
     SawAbsent,
-    /// Any op answered NodeExists: the register was present.
+    /// create answered NodeExists: the register was present.
     SawPresent,
     /// setData acknowledged with the version it produced.
     SetOk {
@@ -56,6 +56,9 @@ pub(crate) enum Step {
     CreateUnknown {
         data: u32,
     },
+    /// An answer a correct server never gives to this op (BadVersion to a read,
+    /// NodeExists to setData, ...): no state explains it.
+    Impossible,
 }
 
 /// The sequential specification. `None`: the op cannot have had this outcome in this
@@ -94,6 +97,7 @@ pub(crate) fn step(s: State, op: Step) -> Option<State> {
         }
         // -1 never gets BadVersion from a correct server: `matches` is then true.
         Step::BadVersion { expected } => (s.present && !matches(expected)).then_some(s),
+        Step::Impossible => None,
         Step::CreateOk { data } => (!s.present).then_some(State {
             present: true,
             data,
@@ -108,6 +112,74 @@ pub(crate) fn step(s: State, op: Step) -> Option<State> {
                 version: 0,
             }
         }),
+    }
+}
+
+/// Data no successful read returned is never compared with anything, so the search
+/// gives it all one id: states that differ only in such data are then equal, and so
+/// are unknown writes of it (which the search treats as interchangeable).
+pub(crate) struct Canon {
+    read: HashSet<u32>,
+    unread: u32,
+}
+
+impl Canon {
+    pub fn new(steps: impl Iterator<Item = Step>, unread: u32) -> Self {
+        let read = steps
+            .filter_map(|s| match s {
+                Step::ReadOk { data, .. } => Some(data),
+                _ => None,
+            })
+            .collect();
+        Canon { read, unread }
+    }
+
+    fn data(&self, data: u32) -> u32 {
+        if self.read.contains(&data) {
+            data
+        } else {
+            self.unread
+        }
+    }
+
+    pub fn state(&self, s: State) -> State {
+        if s.present {
+            State {
+                data: self.data(s.data),
+                ..s
+            }
+        } else {
+            s
+        }
+    }
+
+    pub fn step(&self, step: Step) -> Step {
+        match step {
+            Step::SetOk {
+                expected,
+                data,
+                new_version,
+            } => Step::SetOk {
+                expected,
+                data: self.data(data),
+                new_version,
+            },
+            Step::SetUnknown { expected, data } => Step::SetUnknown {
+                expected,
+                data: self.data(data),
+            },
+            Step::CreateOk { data } => Step::CreateOk {
+                data: self.data(data),
+            },
+            Step::CreateUnknown { data } => Step::CreateUnknown {
+                data: self.data(data),
+            },
+            Step::ReadOk { .. }
+            | Step::SawAbsent
+            | Step::SawPresent
+            | Step::BadVersion { .. }
+            | Step::Impossible => step,
+        }
     }
 }
 
@@ -139,6 +211,11 @@ impl Interner {
                 version: *version,
             },
         })
+    }
+
+    /// An id no interned value has (`None` if all are taken).
+    pub fn fresh(&self) -> Option<u32> {
+        u32::try_from(self.values.len()).ok()
     }
 
     pub fn register(&self, s: State) -> RegisterState {
@@ -178,7 +255,7 @@ pub(crate) fn reduce(r: &OpRecord, interner: &mut Interner) -> Option<Reduced> {
         // A parent missing says nothing about this register.
         (Op::Create { .. }, Outcome::Fail(FailReason::NoNode)) => Reduced::Nothing,
         (_, Outcome::Fail(FailReason::NoNode)) => done(Step::SawAbsent),
-        (_, Outcome::Fail(FailReason::NodeExists)) => done(Step::SawPresent),
+        (Op::Create { .. }, Outcome::Fail(FailReason::NodeExists)) => done(Step::SawPresent),
         (
             Op::Cas {
                 expected_version, ..
@@ -187,12 +264,12 @@ pub(crate) fn reduce(r: &OpRecord, interner: &mut Interner) -> Option<Reduced> {
         ) => done(Step::BadVersion {
             expected: *expected_version,
         }),
-        // A correct server never answers BadVersion to these: -1 matches every
-        // version, so this step can never be taken and the history is a violation.
-        (
-            Op::Read | Op::Write { .. } | Op::Create { .. },
-            Outcome::Fail(FailReason::BadVersion),
-        ) => done(Step::BadVersion { expected: -1 }),
+        // Answers ZooKeeper never gives to these ops (BadVersion only answers a
+        // setData with a version, NodeExists only a create): the history is a
+        // violation whatever else happened.
+        (_, Outcome::Fail(FailReason::BadVersion | FailReason::NodeExists)) => {
+            done(Step::Impossible)
+        }
         (Op::Read, Outcome::Unknown) => Reduced::Nothing,
         (Op::Read, Outcome::Ok(Ret::Read { data, version })) => done(Step::ReadOk {
             data: interner.intern(data)?,

@@ -16,6 +16,7 @@ use crate::model::{step, State, Step};
 use crate::LimitHit;
 
 /// One op of the key, ready to search.
+#[derive(Clone, Copy)]
 pub(crate) struct SearchOp {
     pub step: Step,
     pub call_ns: u64,
@@ -26,10 +27,9 @@ pub(crate) struct SearchOp {
 pub(crate) enum SearchResult {
     Linearizable,
     /// No linearization exists. `prefix`: the longest partial linearization seen (op
-    /// indices in order), `state`: the register after it.
+    /// indices in order).
     Violation {
         prefix: Vec<u32>,
-        state: State,
     },
     Inconclusive(LimitHit),
 }
@@ -87,8 +87,12 @@ struct Linked {
 }
 
 impl Linked {
+    /// The list of the ops that return; the others are searched apart (see `search`).
     fn new(ops: &[SearchOp]) -> Self {
-        let events = sorted_entries(ops);
+        let events: Vec<(u32, bool)> = sorted_entries(ops)
+            .into_iter()
+            .filter(|&(op, _)| ops[op as usize].return_ns.is_some())
+            .collect();
         let mut entries = Vec::with_capacity(events.len() + 1);
         entries.push(Entry {
             prev: NIL,
@@ -179,6 +183,12 @@ impl Linearized {
         }
     }
 
+    fn contains(&self, i: u32) -> bool {
+        self.words
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
     fn flip(&mut self, i: u32) {
         self.words[(i / 64) as usize] ^= 1 << (i % 64);
         self.hash ^= zobrist(i);
@@ -246,20 +256,80 @@ impl Memo {
     }
 }
 
+/// Where the search stands at one node of the search tree: at an entry of the list,
+/// or at an unknown-outcome op (by index into `unknown`) that may come next if invoked
+/// before `bound`, the sort key of the node's first return entry.
+#[derive(Clone, Copy)]
+enum Cursor {
+    Main(u32),
+    Unknown {
+        idx: usize,
+        bound: (bool, u64, bool),
+    },
+    /// Nothing more to try at this node.
+    Exhausted,
+}
+
+/// One linearized op: where it was found, the op, the state before it, and whether it
+/// was forced (a state-preserving op: if the node fails after it, the node fails).
+struct Frame {
+    at: Cursor,
+    op: u32,
+    before: State,
+    forced: bool,
+}
+
 /// Decides whether `ops`, started from `init`, have a linearization.
+///
+/// The list holds only the ops that returned. Ops of unknown outcome (return at
+/// +infinity) are kept apart, in invocation order, and at each node are tried only
+/// after every returned candidate failed: the order in which candidates are tried does
+/// not change the answer, and a timed-out write that never took effect then costs
+/// nothing, where plain WGL would try it first at every node (its call precedes almost
+/// everything) and back off. Every unknown step is total (an unknown op linearized
+/// where it would fail changes nothing), so once the list is empty the rest can
+/// always be appended: the history is linearizable.
+///
+/// Two reductions keep ops that change nothing from multiplying the search (each
+/// subset of them linearized is otherwise a configuration of its own), both sound by
+/// moving one op within a linearization:
+/// - An unknown op that would change nothing here is not linearized here: put last
+///   instead (its return is at +infinity) it is just as valid.
+/// - A candidate that returned, is accepted, and changes nothing (a read, BadVersion,
+///   NodeExists, NoNode) is forced: any completion of this node can move it to the
+///   front (its call precedes every remaining return, and nothing it does changes
+///   what follows), so if the node has a completion, the node after it has one. It is
+///   the only child tried; if it fails, or its configuration failed before, the node
+///   fails.
+/// - Unknown ops with identical steps (the caller maps data no read returned to one
+///   id, so most writes that never took effect are identical) are interchangeable once
+///   both are invoked: swapping them maps one completion onto the other. Only the
+///   first of them not yet linearized is tried.
 pub(crate) fn search(ops: &[SearchOp], init: State, budget: &Budget) -> SearchResult {
     let mut list = Linked::new(ops);
+    let unknown: Vec<u32> = sorted_entries(ops)
+        .into_iter()
+        .filter(|&(op, is_call)| is_call && ops[op as usize].return_ns.is_none())
+        .map(|(op, _)| op)
+        .collect();
+    // For each unknown op, the previous one (in invocation order) with the same step.
+    let mut same_before: Vec<Option<u32>> = vec![None; ops.len()];
+    {
+        let mut last: HashMap<Step, u32> = HashMap::new();
+        for &op in &unknown {
+            same_before[op as usize] = last.insert(ops[op as usize].step, op);
+        }
+    }
     let mut linearized = Linearized::new(ops.len());
     let mut memo = Memo::new(linearized.words.len());
-    // The ops linearized so far, with the state before each.
-    let mut calls: Vec<(u32, State)> = Vec::new();
+    let mut frames: Vec<Frame> = Vec::new();
     let mut state = init;
-    let mut entry = list.entries[HEAD as usize].next;
+    let mut cursor = Cursor::Main(list.entries[HEAD as usize].next);
     let mut steps: u64 = 0;
     // The longest partial linearization, for the explanation; it is captured when the
     // search first backs off a new maximum depth, so a search that never backtracks
     // copies nothing.
-    let mut best: (Vec<u32>, State) = (Vec::new(), init);
+    let mut best: Vec<u32> = Vec::new();
     let mut at_new_max = false;
 
     loop {
@@ -282,55 +352,115 @@ pub(crate) fn search(ops: &[SearchOp], init: State, budget: &Budget) -> SearchRe
             }
         }
 
-        let e = match list.entries.get(entry as usize) {
-            Some(e) => *e,
-            // Cannot happen (the last entry is always a return); treated as one.
-            None => Entry {
-                prev: NIL,
-                next: NIL,
-                op: NIL,
-                is_call: false,
-                matching: NIL,
+        // The op to try at the cursor, or None: this node is exhausted, back off.
+        let candidate = match cursor {
+            Cursor::Main(entry) => match list.entries.get(entry as usize) {
+                Some(e) if e.is_call => Some(e.op),
+                Some(e) => {
+                    // The first return: its op had to come before anything after it.
+                    // What is left to try here are the unknown ops invoked before it.
+                    let ret_ns = ops[e.op as usize].return_ns;
+                    cursor = Cursor::Unknown {
+                        idx: 0,
+                        bound: entry_order(ret_ns, false),
+                    };
+                    continue;
+                }
+                // Cannot happen (a non-empty list ends with a return); back off.
+                None => None,
             },
+            Cursor::Unknown { idx, bound } => match unknown.get(idx) {
+                Some(&op) if entry_order(Some(ops[op as usize].call_ns), true) < bound => {
+                    // Symmetry: unknown ops with the same step, both invoked already,
+                    // are interchangeable; only the first not yet linearized is tried,
+                    // so those linearized are always a prefix of their class.
+                    let twin_waits =
+                        same_before[op as usize].is_some_and(|t| !linearized.contains(t));
+                    if linearized.contains(op) || twin_waits {
+                        cursor = Cursor::Unknown {
+                            idx: idx + 1,
+                            bound,
+                        };
+                        continue;
+                    }
+                    Some(op)
+                }
+                _ => None,
+            },
+            Cursor::Exhausted => None,
         };
-        if e.is_call {
-            if let Some(next_state) = step(state, ops[e.op as usize].step) {
-                linearized.flip(e.op);
+
+        if let Some(op) = candidate {
+            if let Some(next_state) = step(state, ops[op as usize].step) {
+                let unchanged = next_state == state;
+                let returned = matches!(cursor, Cursor::Main(_));
+                if unchanged && !returned {
+                    // An unknown op that does nothing here: leave it for the end.
+                    cursor = advance(&list, cursor);
+                    continue;
+                }
+                linearized.flip(op);
                 if memo.insert(&linearized, next_state) {
-                    calls.push((entry, state));
-                    if calls.len() > best.0.len() {
+                    frames.push(Frame {
+                        at: cursor,
+                        op,
+                        before: state,
+                        forced: unchanged,
+                    });
+                    if frames.len() > best.len() {
                         at_new_max = true;
                     }
                     state = next_state;
-                    list.lift(entry);
-                    entry = list.entries[HEAD as usize].next;
+                    if let Cursor::Main(entry) = cursor {
+                        list.lift(entry);
+                    }
+                    cursor = Cursor::Main(list.entries[HEAD as usize].next);
                     continue;
                 }
-                linearized.flip(e.op);
+                linearized.flip(op);
+                if unchanged {
+                    // A forced op whose configuration already failed: so does this node.
+                    cursor = Cursor::Exhausted;
+                    continue;
+                }
             }
-            entry = e.next;
-        } else {
-            // A return: its op had to come before everything after it. Back off.
-            let Some((call, before)) = calls.pop() else {
-                return SearchResult::Violation {
-                    prefix: best.0,
-                    state: best.1,
-                };
-            };
-            if at_new_max {
-                let mut prefix: Vec<u32> = calls
-                    .iter()
-                    .map(|(c, _)| list.entries[*c as usize].op)
-                    .collect();
-                prefix.push(list.entries[call as usize].op);
-                best = (prefix, state);
-                at_new_max = false;
-            }
-            let op = list.entries[call as usize].op;
-            state = before;
-            linearized.flip(op);
-            list.unlift(call);
-            entry = list.entries[call as usize].next;
+            cursor = advance(&list, cursor);
+            continue;
         }
+
+        // Back off: undo the last op linearized and try the next candidate after it.
+        let Some(frame) = frames.pop() else {
+            return SearchResult::Violation { prefix: best };
+        };
+        if at_new_max {
+            let mut prefix: Vec<u32> = frames.iter().map(|f| f.op).collect();
+            prefix.push(frame.op);
+            best = prefix;
+            at_new_max = false;
+        }
+        state = frame.before;
+        linearized.flip(frame.op);
+        if let Cursor::Main(entry) = frame.at {
+            list.unlift(entry);
+        }
+        cursor = if frame.forced {
+            Cursor::Exhausted
+        } else {
+            advance(&list, frame.at)
+        };
+    }
+}
+
+/// The next candidate after the one at `cursor`, at the same node.
+fn advance(list: &Linked, cursor: Cursor) -> Cursor {
+    match cursor {
+        Cursor::Main(entry) => {
+            Cursor::Main(list.entries.get(entry as usize).map_or(NIL, |e| e.next))
+        }
+        Cursor::Unknown { idx, bound } => Cursor::Unknown {
+            idx: idx + 1,
+            bound,
+        },
+        Cursor::Exhausted => Cursor::Exhausted,
     }
 }
