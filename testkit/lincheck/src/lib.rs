@@ -132,12 +132,13 @@ pub const VIOLATION_CONTEXT_OPS: usize = 8;
 
 /// Why one key's sub-history has no linearization.
 ///
-/// The explanation is the deepest point the search reached: `linearized_len` of the
-/// key's ops can be put in an order that explains them, leaving the register in
-/// `state`; from there every op in `stuck` (the ops not yet linearized that were
-/// invoked before the earliest completion among them, so one of them must come next)
-/// either contradicts `state` or leads to a dead end. The bug is usually between
-/// `context` and `stuck`.
+/// The explanation is the deepest point the search reached (the most completed ops
+/// explained): `linearized_len` of the key's ops can be put in an order that explains
+/// them, leaving the register in `state`; from there every op in `stuck` (the
+/// completed ops not yet linearized that were invoked before the earliest completion
+/// among them, so one of them must come next) either contradicts `state` or leads to a
+/// dead end, even after any of the `pending_unknown` ops of unknown outcome invoked by
+/// then. The bug is usually between `context` and `stuck`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Violation {
@@ -148,8 +149,11 @@ pub struct Violation {
     pub context: Vec<OpRecord>,
     /// The register after the partial linearization.
     pub state: RegisterState,
-    /// The candidates for the next op, none of which fits, in invocation order.
+    /// The completed candidates for the next op, none of which fits, in invocation
+    /// order.
     pub stuck: Vec<OpRecord>,
+    /// Ops of unknown outcome that could have taken effect here; none helped.
+    pub pending_unknown: usize,
 }
 
 /// The verdict.
@@ -266,7 +270,15 @@ fn check_key(
     Ok(match wgl::search(&canonical, canon.state(init), budget) {
         wgl::SearchResult::Linearizable => KeyResult::Linearizable,
         wgl::SearchResult::Inconclusive(limit) => KeyResult::Inconclusive(limit),
-        wgl::SearchResult::Violation { prefix, .. } => {
+        wgl::SearchResult::Violation { mut prefix } => {
+            // Unknown ops at the end were the search's last guesses there, not part of
+            // the explanation.
+            while prefix
+                .last()
+                .is_some_and(|&i| ops.get(i as usize).is_some_and(|o| o.return_ns.is_none()))
+            {
+                prefix.pop();
+            }
             let mut state = init;
             for &i in &prefix {
                 if let Some(next) = ops.get(i as usize).and_then(|o| model::step(state, o.step)) {
@@ -281,8 +293,10 @@ fn check_key(
                 }
             }
             // The candidates: not linearized, invoked before the first return of an op
-            // not linearized (that op itself included).
+            // not linearized (that op itself included). Unknown ones are only counted:
+            // there are usually many, and none helped.
             let mut stuck = Vec::new();
+            let mut pending_unknown = 0;
             for (i, is_call) in wgl::sorted_entries(&ops) {
                 if in_prefix.get(i as usize).copied().unwrap_or(true) {
                     continue;
@@ -290,7 +304,11 @@ fn check_key(
                 if !is_call {
                     break;
                 }
-                stuck.extend(record(i));
+                if ops.get(i as usize).is_some_and(|o| o.return_ns.is_none()) {
+                    pending_unknown += 1;
+                } else {
+                    stuck.extend(record(i));
+                }
             }
             let skip = prefix.len().saturating_sub(VIOLATION_CONTEXT_OPS);
             KeyResult::Violation(Violation {
@@ -299,6 +317,7 @@ fn check_key(
                 context: prefix[skip..].iter().filter_map(|&i| record(i)).collect(),
                 state: interner.register(state),
                 stuck,
+                pending_unknown,
             })
         }
     })
@@ -318,8 +337,9 @@ impl fmt::Display for Violation {
         }
         writeln!(
             f,
-            "leaving the register {}; none of these fits next:",
-            self.state
+            "leaving the register {}; none of these fits next (nor after any of {} \
+             op(s) of unknown outcome pending):",
+            self.state, self.pending_unknown
         )?;
         for r in &self.stuck {
             writeln!(f, "  {r}")?;

@@ -26,8 +26,9 @@ pub(crate) struct SearchOp {
 
 pub(crate) enum SearchResult {
     Linearizable,
-    /// No linearization exists. `prefix`: the longest partial linearization seen (op
-    /// indices in order).
+    /// No linearization exists. `prefix`: the partial linearization seen with the
+    /// most returned ops in it (op indices in order; it may end with unknown ops the
+    /// search tried before giving up there).
     Violation {
         prefix: Vec<u32>,
     },
@@ -330,6 +331,8 @@ pub(crate) fn search(ops: &[SearchOp], init: State, budget: &Budget) -> SearchRe
     // search first backs off a new maximum depth, so a search that never backtracks
     // copies nothing.
     let mut best: Vec<u32> = Vec::new();
+    let mut best_returned = 0usize;
+    let mut returned = 0usize;
     let mut at_new_max = false;
 
     loop {
@@ -393,8 +396,8 @@ pub(crate) fn search(ops: &[SearchOp], init: State, budget: &Budget) -> SearchRe
         if let Some(op) = candidate {
             if let Some(next_state) = step(state, ops[op as usize].step) {
                 let unchanged = next_state == state;
-                let returned = matches!(cursor, Cursor::Main(_));
-                if unchanged && !returned {
+                let returned_op = matches!(cursor, Cursor::Main(_));
+                if unchanged && !returned_op {
                     // An unknown op that does nothing here: leave it for the end.
                     cursor = advance(&list, cursor);
                     continue;
@@ -407,8 +410,12 @@ pub(crate) fn search(ops: &[SearchOp], init: State, budget: &Budget) -> SearchRe
                         before: state,
                         forced: unchanged,
                     });
-                    if frames.len() > best.len() {
-                        at_new_max = true;
+                    if returned_op {
+                        returned += 1;
+                        if returned > best_returned {
+                            best_returned = returned;
+                            at_new_max = true;
+                        }
                     }
                     state = next_state;
                     if let Cursor::Main(entry) = cursor {
@@ -442,6 +449,7 @@ pub(crate) fn search(ops: &[SearchOp], init: State, budget: &Budget) -> SearchRe
         linearized.flip(frame.op);
         if let Cursor::Main(entry) = frame.at {
             list.unlift(entry);
+            returned -= 1;
         }
         cursor = if frame.forced {
             Cursor::Exhausted
