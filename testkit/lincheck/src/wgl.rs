@@ -291,9 +291,11 @@ struct Frame {
 /// where it would fail changes nothing), so once the list is empty the rest can
 /// always be appended: the history is linearizable.
 ///
-/// Two reductions keep ops that change nothing from multiplying the search (each
-/// subset of them linearized is otherwise a configuration of its own), both sound by
-/// moving one op within a linearization:
+/// Three reductions keep ops that change nothing, or interchangeable ones, from
+/// multiplying the search (each subset of them linearized is otherwise a
+/// configuration of its own). Each is sound because it only drops children when a
+/// tried child has a completion whenever the node has one, shown by moving or swapping
+/// one op in a completion:
 /// - An unknown op that would change nothing here is not linearized here: put last
 ///   instead (its return is at +infinity) it is just as valid.
 /// - A candidate that returned, is accepted, and changes nothing (a read, BadVersion,
