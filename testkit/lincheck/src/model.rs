@@ -244,13 +244,21 @@ pub(crate) enum Reduced {
 }
 
 /// Reduces a validated record. `None`: interning overflowed.
+///
+/// Only `SetUnknown` and `CreateUnknown` come out with `returns: false`, and both are
+/// total: the search relies on that to append every op of unknown outcome at the end.
 pub(crate) fn reduce(r: &OpRecord, interner: &mut Interner) -> Option<Reduced> {
-    let completed = r.complete_ns.is_some();
+    // Never completed counts as unknown whatever the outcome field says (only a
+    // deserialized history can have an outcome without a completion time).
+    let outcome = match r.complete_ns {
+        Some(_) => &r.outcome,
+        None => &Outcome::Unknown,
+    };
     let done = |step| Reduced::Step {
         step,
-        returns: completed,
+        returns: true,
     };
-    Some(match (&r.op, &r.outcome) {
+    Some(match (&r.op, outcome) {
         (_, Outcome::Fail(FailReason::Other)) => Reduced::Nothing,
         // A parent missing says nothing about this register.
         (Op::Create { .. }, Outcome::Fail(FailReason::NoNode)) => Reduced::Nothing,

@@ -548,3 +548,22 @@ fn a_deserialized_malformed_history_is_an_error() {
         Err(HistoryError::CompletedBeforeInvoked { .. })
     ));
 }
+
+#[cfg(feature = "serde")]
+#[test]
+fn a_deserialized_outcome_without_completion_counts_as_unknown() {
+    // A write that looks acknowledged (with a version that fits nothing) but has no
+    // completion time: never completed counts as unknown, so it may have been applied
+    // with the next version, as the later read says.
+    let mut h = reg();
+    h.invoke(1, R, write("a"), 0);
+    rec(&mut h, 2, Op::Read, 10, 20, saw("a", 1));
+    let json = serde_json::to_string(&h).unwrap().replacen(
+        "\"outcome\":\"Unknown\"",
+        "\"outcome\":{\"Ok\":{\"Written\":{\"version\":9}}}",
+        1,
+    );
+    let h: History = serde_json::from_str(&json).unwrap();
+    assert!(matches!(h.ops()[0].outcome, Outcome::Ok(_)), "{json}");
+    assert!(check(&h, &Limits::default()).unwrap().is_linearizable());
+}
