@@ -16,7 +16,7 @@ use crate::model::{step, State, Step};
 use crate::LimitHit;
 
 /// One op of the key, ready to search.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct SearchOp {
     pub step: Step,
     pub call_ns: u64,
@@ -472,5 +472,177 @@ fn advance(list: &Linked, cursor: Cursor) -> Cursor {
             bound,
         },
         Cursor::Exhausted => Cursor::Exhausted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reduced search against plain memoized WGL (no reductions, unknown ops in
+    //! the same list with returns at +infinity) on random histories too big for the
+    //! brute force of `tests/reference.rs`.
+
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::model::{Canon, ABSENT};
+
+    fn plain(ops: &[SearchOp], init: State) -> bool {
+        fn go(ops: &[SearchOp], done: u64, s: State, memo: &mut HashSet<(u64, State)>) -> bool {
+            let open = |i: usize| done & (1 << i) == 0;
+            if (0..ops.len()).all(|i| !open(i) || ops[i].return_ns.is_none()) {
+                return true;
+            }
+            if !memo.insert((done, s)) {
+                return false;
+            }
+            let bound = (0..ops.len())
+                .filter(|&i| open(i))
+                .map(|i| entry_order(ops[i].return_ns, false))
+                .min();
+            for i in (0..ops.len()).filter(|&i| open(i)) {
+                if Some(entry_order(Some(ops[i].call_ns), true)) >= bound {
+                    continue;
+                }
+                if let Some(next) = step(s, ops[i].step) {
+                    if go(ops, done | (1 << i), next, memo) {
+                        return true;
+                    }
+                }
+            }
+            false
+        }
+        go(ops, 0, init, &mut HashSet::new())
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            splitmix64(self.0) % n.max(1)
+        }
+    }
+
+    /// A sequential run with random overlaps, then (sometimes) a few results changed.
+    fn history(rng: &mut Rng) -> (Vec<SearchOp>, State) {
+        let n = 1 + rng.below(16) as usize;
+        let init = if rng.below(3) == 0 {
+            ABSENT
+        } else {
+            State {
+                present: true,
+                data: 0,
+                version: rng.below(2) as i32,
+            }
+        };
+        let mut s = init;
+        let mut ops = Vec::new();
+        let mut lin = 0u64;
+        for _ in 0..n {
+            lin += 1 + rng.below(4);
+            let call_ns = lin.saturating_sub(rng.below(12));
+            let return_ns = (rng.below(5) != 0).then(|| lin + rng.below(12));
+            let data = rng.below(3) as u32;
+            let expected = rng.below(4) as i32 - 1;
+            let step_kind = rng.below(8);
+            let unknown = return_ns.is_none();
+            let st = match step_kind {
+                0 if s.present => Step::ReadOk {
+                    data: s.data,
+                    version: s.version,
+                },
+                0 => Step::SawAbsent,
+                1 | 2 if unknown => Step::SetUnknown { expected, data },
+                1 | 2 => {
+                    let ok = s.present && (expected == -1 || expected == s.version);
+                    if ok {
+                        Step::SetOk {
+                            expected,
+                            data,
+                            new_version: s.version + 1,
+                        }
+                    } else if s.present {
+                        Step::BadVersion { expected }
+                    } else {
+                        Step::SawAbsent
+                    }
+                }
+                3 if unknown => Step::CreateUnknown { data },
+                3 if s.present => Step::SawPresent,
+                3 => Step::CreateOk { data },
+                // Any step at all: often impossible, sometimes not.
+                _ => match rng.below(4) {
+                    0 => Step::ReadOk {
+                        data,
+                        version: rng.below(4) as i32,
+                    },
+                    1 => Step::SetOk {
+                        expected,
+                        data,
+                        new_version: rng.below(5) as i32,
+                    },
+                    2 => Step::BadVersion { expected },
+                    _ => Step::SetUnknown { expected, data },
+                },
+            };
+            // An unknown op is applied at its point or never; a known one must fit.
+            let apply = !unknown || rng.below(2) == 0;
+            if apply {
+                if let Some(next) = step(s, st) {
+                    s = next;
+                }
+            }
+            let st = match (unknown, st) {
+                (true, Step::SetUnknown { .. } | Step::CreateUnknown { .. }) => st,
+                // Unknown reads and observations are dropped before the search.
+                (true, _) => Step::SetUnknown { expected, data },
+                (false, Step::SetUnknown { expected, data }) => Step::SetOk {
+                    expected,
+                    data,
+                    new_version: rng.below(5) as i32,
+                },
+                (false, st) => st,
+            };
+            ops.push(SearchOp {
+                step: st,
+                call_ns,
+                return_ns,
+            });
+        }
+        (ops, init)
+    }
+
+    #[test]
+    fn reduced_search_agrees_with_plain_wgl() {
+        let budget = Budget {
+            steps_max: u64::MAX,
+            memo_bytes_max: u64::MAX,
+            deadline: None,
+        };
+        let mut rng = Rng(42);
+        let (mut yes, mut no) = (0, 0);
+        for case in 0..20_000 {
+            let (ops, init) = history(&mut rng);
+            let expected = plain(&ops, init);
+            let canon = Canon::new(ops.iter().map(|o| o.step), 1_000);
+            let canonical: Vec<SearchOp> = ops
+                .iter()
+                .map(|o| SearchOp {
+                    step: canon.step(o.step),
+                    ..*o
+                })
+                .collect();
+            let got = match search(&canonical, canon.state(init), &budget) {
+                SearchResult::Linearizable => true,
+                SearchResult::Violation { .. } => false,
+                SearchResult::Inconclusive(limit) => panic!("case {case}: {limit:?}"),
+            };
+            assert_eq!(got, expected, "case {case}: init {init:?}, ops {ops:#?}");
+            if expected {
+                yes += 1;
+            } else {
+                no += 1;
+            }
+        }
+        assert!(yes > 2_000 && no > 2_000, "linearizable {yes}, not {no}");
     }
 }
