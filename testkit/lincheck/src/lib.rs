@@ -46,7 +46,7 @@
 //! (Porcupine's algorithm): a configuration (set of ops linearized, register state)
 //! explored once is never explored again. On top of it, for this model (each is a
 //! proven no-loss pruning, cross-checked against a brute-force reference in
-//! `tests/reference.rs`):
+//! `tests/reference.rs` and against plain WGL in `wgl.rs`'s unit test):
 //!
 //! - ops of unknown outcome are tried only after every completed candidate failed at
 //!   a node, and never where they would change nothing (that is the same as "last");
