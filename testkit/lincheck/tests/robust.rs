@@ -98,3 +98,11 @@ fn many_keys_and_an_empty_key_name() {
         .unwrap();
     assert!(check(&h, &Limits::default()).unwrap().is_linearizable());
 }
+
+#[test]
+fn elapsed_ns_is_monotonic() {
+    let start = std::time::Instant::now();
+    let a = elapsed_ns(start);
+    let b = elapsed_ns(start);
+    assert!(a <= b);
+}
