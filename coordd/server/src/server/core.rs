@@ -24,12 +24,16 @@ use coordd_proto::{
     frame::write_frame, xid, ConnectRequest, ConnectResponse, ErrorCode, Id, Record, ReplyHeader,
     Request, PROTOCOL_VERSION,
 };
+use coordd_raft::{EntryData, LogEntry, Member, Role};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::expiry::SessionDeadlines;
+use super::replicated::{AppMsg, Proposal, TxnBatch, BATCH_TXNS_MAX, FORWARD_TIMEOUT_MS};
 use crate::config::Config;
-use crate::state::{Applied, Entry, Response, SessionId, StateMachine, StateStats, Txn, Zxid};
+use crate::state::{
+    Applied, Entry, Response, SessionId, StateConfig, StateMachine, StateStats, Txn, Zxid,
+};
 use crate::storage::{Durable, LogWriter};
 
 /// A frame, or the order to close after the frames before it.
@@ -122,6 +126,30 @@ pub enum CoreMsg {
     Stats {
         reply: oneshot::Sender<CoreStats>,
     },
+    /// Ensemble mode: entries committed by Raft, to apply in order (one output each).
+    RaftApply {
+        entries: Vec<LogEntry>,
+        reply: oneshot::Sender<Result<Vec<Bytes>, String>>,
+    },
+    /// Ensemble mode: a point-in-time image of the tree for a Raft snapshot.
+    RaftSnapshot {
+        reply: oneshot::Sender<Bytes>,
+    },
+    /// Ensemble mode: replace the tree with a snapshot from the leader.
+    RaftInstall {
+        last_index: u64,
+        image: Bytes,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Ensemble mode: a batch of this member's txns did not reach the log (or its fate
+    /// is unknown).
+    ProposeFailed {
+        seqs: Vec<u64>,
+    },
+    /// Ensemble mode: sessions that showed life on another member.
+    Touched {
+        session_ids: Vec<SessionId>,
+    },
 }
 
 /// A snapshot of the core's counts for the four-letter words.
@@ -150,7 +178,9 @@ pub struct ClientStat {
 }
 
 enum Queued {
-    Write(Zxid),
+    /// A write, by its tag: its zxid standalone, its local sequence number in an
+    /// ensemble (where the zxid is known only at apply).
+    Write(u64),
     Read {
         conn_id: u64,
         xid: i32,
@@ -186,6 +216,10 @@ enum Origin {
         session_id: SessionId,
         established: oneshot::Sender<Option<SessionId>>,
     },
+    /// The server's own expiry of a session.
+    Expire {
+        session_id: SessionId,
+    },
     Server,
 }
 
@@ -194,10 +228,59 @@ struct Inflight {
     origin: Origin,
 }
 
+/// Where writes become durable: this server's own write-ahead log (standalone), or
+/// the ensemble's Raft log.
+pub enum Log {
+    Local(LogWriter),
+    Raft(RaftLog),
+}
+
+/// The core's side of the ensemble: batches it has proposed and not seen applied.
+pub struct RaftLog {
+    me: u64,
+    /// Set once the member has started (the member needs the core running first: it
+    /// may apply entries while it starts).
+    member: Arc<std::sync::OnceLock<Member>>,
+    proposals: mpsc::Sender<Proposal>,
+    /// Keeps the core's `durable` channel open (standalone-only messages).
+    _durable: mpsc::UnboundedSender<Durable>,
+    pending: Vec<(u64, Txn)>,
+    /// This member's txns in the log or on their way, by local sequence number.
+    local: HashMap<u64, Origin>,
+    next_seq: u64,
+    /// Sessions with life on this member since the last touch sent to the leader.
+    touched: HashSet<SessionId>,
+    was_leader: bool,
+    state_config: StateConfig,
+}
+
+impl RaftLog {
+    pub fn new(
+        me: u64,
+        member: Arc<std::sync::OnceLock<Member>>,
+        proposals: mpsc::Sender<Proposal>,
+        durable: mpsc::UnboundedSender<Durable>,
+        state_config: StateConfig,
+    ) -> RaftLog {
+        RaftLog {
+            me,
+            member,
+            proposals,
+            _durable: durable,
+            pending: Vec::new(),
+            local: HashMap::new(),
+            next_seq: 1,
+            touched: HashSet::new(),
+            was_leader: false,
+            state_config,
+        }
+    }
+}
+
 pub struct Core {
     config: Config,
     state: StateMachine,
-    writer: LogWriter,
+    log: Log,
     next_zxid: Zxid,
     last_time_ms: i64,
     next_session_id: i64,
@@ -273,12 +356,7 @@ fn connect_frame(resp: &ConnectResponse) -> Bytes {
 
 impl Core {
     /// Builds the core from recovered state. `state` already holds every durable entry.
-    pub fn new(
-        config: Config,
-        state: StateMachine,
-        writer: LogWriter,
-        metrics: Arc<Metrics>,
-    ) -> Core {
+    pub fn new(config: Config, state: StateMachine, log: Log, metrics: Arc<Metrics>) -> Core {
         let now = Instant::now();
         let mut deadlines = SessionDeadlines::default();
         let mut sessions = HashMap::new();
@@ -305,7 +383,7 @@ impl Core {
             next_session_id: initial_session_id(config.server_id, now_wall_ms()),
             config,
             state,
-            writer,
+            log,
             next_zxid,
             last_time_ms: 0,
             conns: HashMap::new(),
@@ -356,12 +434,14 @@ impl Core {
                     Some(m) => self.on_msg(m),
                     None => break,
                 },
-                _ = expiry_tick.tick() => self.expire_sessions(),
+                _ = expiry_tick.tick() => self.on_tick(),
                 _ = container_tick.tick() => self.delete_expired_nodes(),
             }
         }
         self.close_all();
-        self.writer.shutdown();
+        if let Log::Local(writer) = self.log {
+            writer.shutdown();
+        }
         Ok(())
     }
 
@@ -410,13 +490,43 @@ impl Core {
                     }
                 }
             }
+            CoreMsg::RaftApply { entries, reply } => {
+                let _ = reply.send(self.raft_apply(entries));
+            }
+            CoreMsg::RaftSnapshot { reply } => {
+                let _ = reply.send(Bytes::from(self.state.snapshot()));
+            }
+            CoreMsg::RaftInstall {
+                last_index,
+                image,
+                reply,
+            } => {
+                let _ = reply.send(self.raft_install(last_index, &image));
+            }
+            CoreMsg::ProposeFailed { seqs } => self.propose_failed(seqs),
+            CoreMsg::Touched { session_ids } => {
+                for id in session_ids {
+                    self.touch(id);
+                }
+            }
             CoreMsg::Stats { reply } => {
-                let log = self.writer.stats();
+                let (batches, entries, us_total, us_max) = match &self.log {
+                    Log::Local(writer) => {
+                        let log = writer.stats();
+                        (
+                            log.batches.load(Ordering::Relaxed),
+                            log.entries.load(Ordering::Relaxed),
+                            log.append_us_total.load(Ordering::Relaxed),
+                            log.append_us_max.load(Ordering::Relaxed),
+                        )
+                    }
+                    Log::Raft(_) => (0, 0, 0, 0),
+                };
                 let _ = reply.send(CoreStats {
-                    log_batches: log.batches.load(Ordering::Relaxed),
-                    log_entries: log.entries.load(Ordering::Relaxed),
-                    log_append_us_total: log.append_us_total.load(Ordering::Relaxed),
-                    log_append_us_max: log.append_us_max.load(Ordering::Relaxed),
+                    log_batches: batches,
+                    log_entries: entries,
+                    log_append_us_total: us_total,
+                    log_append_us_max: us_max,
                     state: self.state.stats(),
                     last_zxid: self.state.last_zxid(),
                     sessions_live: self.sessions.len(),
@@ -488,6 +598,9 @@ impl Core {
     fn touch(&mut self, session_id: SessionId) {
         if self.closing.contains(&session_id) {
             return;
+        }
+        if let Log::Raft(r) = &mut self.log {
+            r.touched.insert(session_id);
         }
         if let Some(s) = self.sessions.get(&session_id) {
             self.deadlines.touch(
@@ -573,14 +686,17 @@ impl Core {
             passwd,
             timeout_ms,
         };
-        if !self.submit(
-            txn,
-            Origin::Connect {
-                conn_id,
-                session_id,
-                established,
-            },
-        ) {
+        if self
+            .submit(
+                txn,
+                Origin::Connect {
+                    conn_id,
+                    session_id,
+                    established,
+                },
+            )
+            .is_none()
+        {
             self.drop_conn(conn_id);
         }
     }
@@ -627,8 +743,7 @@ impl Core {
                 request,
             }
         };
-        let zxid = self.next_zxid;
-        if self.submit(
+        if let Some(tag) = self.submit(
             txn,
             Origin::Request {
                 session_id,
@@ -638,7 +753,7 @@ impl Core {
             },
         ) {
             if let Some(s) = self.sessions.get_mut(&session_id) {
-                s.queue.push_back(Queued::Write(zxid));
+                s.queue.push_back(Queued::Write(tag));
             }
         } else {
             let z = self.state.last_zxid();
@@ -767,14 +882,25 @@ impl Core {
         }
     }
 
-    /// Logs `txn`; false when the log queue refused it.
-    fn submit(&mut self, txn: Txn, origin: Origin) -> bool {
+    /// Logs `txn`; its tag (see [`Queued::Write`]), or None when the log queue refused it.
+    fn submit(&mut self, txn: Txn, origin: Origin) -> Option<u64> {
+        if let Log::Raft(r) = &mut self.log {
+            let seq = r.next_seq;
+            r.next_seq += 1;
+            r.pending.push((seq, txn));
+            r.local.insert(seq, origin);
+            self.log_pending = true;
+            return Some(seq);
+        }
+        let Log::Local(writer) = &mut self.log else {
+            unreachable!("the Raft log returned above")
+        };
         let zxid = self.next_zxid;
         let time_ms = now_wall_ms().max(self.last_time_ms);
         let entry = Entry { zxid, time_ms, txn };
         let mut buf = BytesMut::with_capacity(128);
         entry.encode(&mut buf);
-        match self.writer.submit_deferred(zxid, buf.freeze()) {
+        match writer.submit_deferred(zxid, buf.freeze()) {
             Ok(()) => {
                 self.log_pending = true;
                 self.serial_writer = match origin {
@@ -782,17 +908,17 @@ impl Core {
                         (session_id, self.serial_writer.1.saturating_add(1))
                     }
                     Origin::Request { session_id, .. } => (session_id, 1),
-                    Origin::Connect { .. } | Origin::Server => (0, 0),
+                    Origin::Connect { .. } | Origin::Expire { .. } | Origin::Server => (0, 0),
                 };
                 self.next_zxid += 1;
                 self.last_time_ms = time_ms;
                 self.inflight.push_back(Inflight { entry, origin });
-                true
+                Some(zxid as u64)
             }
             Err(e) => {
                 self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "log queue full; refusing a write");
-                false
+                None
             }
         }
     }
@@ -806,15 +932,22 @@ impl Core {
             return Ok(());
         }
         self.log_pending = false;
+        let writer = match &mut self.log {
+            Log::Local(writer) => writer,
+            Log::Raft(_) => {
+                self.propose_pending();
+                return Ok(());
+            }
+        };
         let serial = self.config.inline_commit
             && self.serial_writer.1 >= SERIAL_WRITES_MIN
             && self.inflight.len() == 1
             && self.metrics.outstanding_requests.load(Ordering::Relaxed) <= 1;
         if !serial {
-            self.writer.kick();
+            writer.kick();
             return Ok(());
         }
-        match self.writer.commit_inline() {
+        match writer.commit_inline() {
             Ok(Some(zxid)) => {
                 self.on_durable(zxid);
                 Ok(())
@@ -829,19 +962,259 @@ impl Core {
             let f = self.inflight.pop_front().expect("front checked");
             let applied = self.state.apply(&f.entry);
             debug_assert_eq!(applied.zxid, f.entry.zxid);
-            self.deliver(applied, f.origin);
+            self.deliver(applied, f.origin, f.entry.zxid as u64);
             self.entries_since_snapshot += 1;
             if self.entries_since_snapshot >= self.config.snapshot_every_entries {
                 self.entries_since_snapshot = 0;
                 let image = self.state.snapshot();
-                if let Err(e) = self.writer.snapshot(self.state.last_zxid(), image) {
-                    tracing::warn!(error = %e, "snapshot not queued; will try again later");
+                if let Log::Local(writer) = &mut self.log {
+                    if let Err(e) = writer.snapshot(self.state.last_zxid(), image) {
+                        tracing::warn!(error = %e, "snapshot not queued; will try again later");
+                    }
                 }
             }
         }
     }
 
-    fn deliver(&mut self, applied: Applied, origin: Origin) {
+    /// Ensemble mode: hands the txns submitted since the last call to the proposer, in
+    /// batches of at most `BATCH_TXNS_MAX`.
+    fn propose_pending(&mut self) {
+        let Log::Raft(r) = &mut self.log else { return };
+        let time_ms = now_wall_ms().max(self.last_time_ms);
+        self.last_time_ms = time_ms;
+        let mut failed = Vec::new();
+        while !r.pending.is_empty() {
+            let n = r.pending.len().min(BATCH_TXNS_MAX);
+            let txns: Vec<(u64, Txn)> = r.pending.drain(..n).collect();
+            let seqs: Vec<u64> = txns.iter().map(|(seq, _)| *seq).collect();
+            let batch = TxnBatch {
+                member: r.me,
+                time_ms,
+                txns,
+            }
+            .encode();
+            if r.proposals
+                .try_send(Proposal {
+                    batch,
+                    seqs: seqs.clone(),
+                })
+                .is_err()
+            {
+                self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(txns = seqs.len(), "proposal queue full; refusing writes");
+                failed.extend(seqs);
+            }
+        }
+        if !failed.is_empty() {
+            self.propose_failed(failed);
+        }
+    }
+
+    /// Ensemble mode: applies committed entries in log order; the txns of one batch get
+    /// consecutive zxids after the tree's last one.
+    fn raft_apply(&mut self, entries: Vec<LogEntry>) -> Result<Vec<Bytes>, String> {
+        let mut outputs = Vec::with_capacity(entries.len());
+        for e in entries {
+            if let EntryData::Payload(payload) = &e.data {
+                let batch = TxnBatch::decode(payload)
+                    .map_err(|err| format!("log entry {}: {err}", e.index))?;
+                for (seq, txn) in batch.txns {
+                    let created = match &txn {
+                        Txn::CreateSession {
+                            session_id,
+                            timeout_ms,
+                            ..
+                        } => Some((*session_id, *timeout_ms)),
+                        _ => None,
+                    };
+                    let entry = Entry {
+                        zxid: self.state.last_zxid() + 1,
+                        time_ms: batch.time_ms,
+                        txn,
+                    };
+                    let origin = match &mut self.log {
+                        Log::Raft(r) if batch.member == r.me => r.local.remove(&seq),
+                        _ => None,
+                    };
+                    let applied = self.state.apply(&entry);
+                    debug_assert_eq!(applied.zxid, entry.zxid);
+                    match origin {
+                        Some(origin) => self.deliver(applied, origin, seq),
+                        None => {
+                            // Another member's session: known here too, so its client
+                            // may move to this member, and the leader can expire it.
+                            if let Some((id, timeout_ms)) = created {
+                                if self.state.session(id).is_some() {
+                                    self.sessions.entry(id).or_insert(LiveSession {
+                                        conn_id: None,
+                                        auth: Vec::new(),
+                                        timeout_ms,
+                                        queue: VecDeque::new(),
+                                    });
+                                    self.touch(id);
+                                }
+                            }
+                            self.deliver(applied, Origin::Server, 0);
+                        }
+                    }
+                }
+            }
+            outputs.push(Bytes::new());
+        }
+        Ok(outputs)
+    }
+
+    /// Ensemble mode: the leader sent a snapshot. The tree is replaced; watches live in
+    /// the tree, so every client is disconnected (they reconnect and re-register them),
+    /// and this member's writes in flight are failed (their fate is in the image).
+    fn raft_install(&mut self, last_index: u64, image: &[u8]) -> Result<(), String> {
+        let Log::Raft(r) = &mut self.log else {
+            return Err("not in ensemble mode".into());
+        };
+        let state = StateMachine::restore(r.state_config.clone(), image)
+            .map_err(|e| format!("snapshot up to log index {last_index}: {e}"))?;
+        let local: Vec<u64> = r.local.keys().copied().collect();
+        self.propose_failed(local);
+        self.state = state;
+        self.close_all();
+        let now = Instant::now();
+        self.sessions.clear();
+        self.closing.clear();
+        self.deadlines = SessionDeadlines::default();
+        for s in self.state.sessions() {
+            self.deadlines.touch(
+                s.session_id,
+                now,
+                Duration::from_millis(s.timeout_ms.max(0) as u64),
+            );
+            self.sessions.insert(
+                s.session_id,
+                LiveSession {
+                    conn_id: None,
+                    auth: Vec::new(),
+                    timeout_ms: s.timeout_ms,
+                    queue: VecDeque::new(),
+                },
+            );
+        }
+        tracing::info!(
+            last_index,
+            last_zxid = self.state.last_zxid(),
+            "installed a snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    /// Ensemble mode: txns that did not reach the log, or whose fate is unknown. Their
+    /// clients are disconnected (ConnectionLoss, as ZooKeeper does when it loses its
+    /// leader); should such a txn still be applied later, nobody here is answered.
+    fn propose_failed(&mut self, seqs: Vec<u64>) {
+        for seq in seqs {
+            let origin = match &mut self.log {
+                Log::Raft(r) => r.local.remove(&seq),
+                Log::Local(_) => None,
+            };
+            match origin {
+                Some(Origin::Request {
+                    session_id,
+                    conn_id,
+                    ..
+                }) => {
+                    // Everything the session has queued came on the connection being
+                    // dropped: forget it (its other writes too, should they apply).
+                    let cleared: Vec<Queued> = self
+                        .sessions
+                        .get_mut(&session_id)
+                        .map(|s| s.queue.drain(..).collect())
+                        .unwrap_or_default();
+                    let mut counted = false;
+                    for q in &cleared {
+                        if let Queued::Write(tag) = q {
+                            counted |= *tag == seq;
+                            if let Log::Raft(r) = &mut self.log {
+                                r.local.remove(tag);
+                            }
+                        }
+                        self.metrics
+                            .outstanding_requests
+                            .fetch_sub(1, Ordering::Relaxed);
+                    }
+                    if !counted {
+                        self.release_outstanding(None);
+                    }
+                    self.drop_conn(conn_id);
+                }
+                Some(Origin::Connect {
+                    conn_id,
+                    established,
+                    ..
+                }) => {
+                    let _ = established.send(None);
+                    self.drop_conn(conn_id);
+                }
+                Some(Origin::Expire { session_id }) => {
+                    // Expire it again at a later tick.
+                    self.closing.remove(&session_id);
+                    self.deadlines
+                        .touch(session_id, Instant::now(), Duration::from_millis(100));
+                }
+                Some(Origin::Server) | None => {}
+            }
+        }
+    }
+
+    /// Every expiry tick. Standalone: expire sessions. Ensemble: only the leader
+    /// expires, and only while a quorum hears it; it gives every session a whole
+    /// timeout when it becomes leader (it did not see their heartbeats before); the
+    /// other members send the leader the sessions that showed life here.
+    fn on_tick(&mut self) {
+        let Log::Raft(r) = &mut self.log else {
+            self.expire_sessions();
+            return;
+        };
+        let Some(member) = r.member.get().cloned() else {
+            return;
+        };
+        let leading = member.role() == Role::Leader;
+        let became_leader = leading && !r.was_leader;
+        r.was_leader = leading;
+        if leading {
+            r.touched.clear();
+            if became_leader {
+                let now = Instant::now();
+                let timeouts: Vec<(SessionId, i32)> = self
+                    .sessions
+                    .iter()
+                    .map(|(id, s)| (*id, s.timeout_ms))
+                    .collect();
+                for (id, timeout_ms) in timeouts {
+                    self.deadlines
+                        .touch(id, now, Duration::from_millis(timeout_ms.max(0) as u64));
+                }
+            }
+            if member.quorum_ok() {
+                self.expire_sessions();
+            }
+            return;
+        }
+        let (Some(leader), false) = (member.leader(), r.touched.is_empty()) else {
+            return;
+        };
+        let ids: Vec<SessionId> = r.touched.drain().collect();
+        tokio::spawn(async move {
+            let body = AppMsg::Touch(ids).encode();
+            if let Err(e) = member
+                .call_app(leader, body, Duration::from_millis(FORWARD_TIMEOUT_MS))
+                .await
+            {
+                tracing::debug!(error = %e, leader, "touch not delivered to the leader");
+            }
+        });
+    }
+
+    /// Sends what applying one txn produced: its watch events, and its reply when it
+    /// came from this server (`tag` identifies it in its session's queue).
+    fn deliver(&mut self, applied: Applied, origin: Origin, tag: u64) {
         for n in &applied.notifications {
             if let Some(conn_id) = self.sessions.get(&n.session_id).and_then(|s| s.conn_id) {
                 self.push(conn_id, event_frame(&n.event));
@@ -857,7 +1230,7 @@ impl Core {
                 let conn_id = self.sessions.get_mut(&session_id).and_then(|s| {
                     let front = s.queue.pop_front();
                     debug_assert!(
-                        matches!(front, Some(Queued::Write(z)) if z == applied.zxid),
+                        matches!(front, Some(Queued::Write(t)) if t == tag),
                         "a session's oldest write is the one applied"
                     );
                     // Only on the connection it came in on (see `serve_read`).
@@ -921,7 +1294,7 @@ impl Core {
                     }
                 }
             }
-            Origin::Server => {}
+            Origin::Expire { .. } | Origin::Server => {}
         }
         for closed in &applied.closed_sessions {
             self.end_session(*closed);
@@ -972,7 +1345,13 @@ impl Core {
             }
             tracing::info!(session_id = format!("0x{session_id:x}"), "session expired");
             self.closing.insert(session_id);
-            if !self.submit(Txn::CloseSession { session_id }, Origin::Server) {
+            if self
+                .submit(
+                    Txn::CloseSession { session_id },
+                    Origin::Expire { session_id },
+                )
+                .is_none()
+            {
                 // The log is full; try again at the next tick.
                 self.closing.remove(&session_id);
                 self.deadlines

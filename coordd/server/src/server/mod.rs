@@ -8,8 +8,9 @@ pub mod conn;
 pub mod core;
 pub mod expiry;
 pub mod fourlw;
+pub mod replicated;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::core::{Core, Metrics};
+use self::core::{Core, Log, Metrics, RaftLog};
 use crate::config::Config;
 use crate::state::{Entry, StateConfig, StateMachine};
 use crate::storage::{LogWriter, LogWriterConfig, StorageConfig, Wal};
@@ -27,6 +28,10 @@ use crate::storage::{LogWriter, LogWriterConfig, StorageConfig, Wal};
 /// Capacity of the channel from connections to the core; a full channel makes
 /// connection readers wait, which is backpressure to the clients.
 pub const CORE_QUEUE_MESSAGES_MAX: usize = 65_536;
+
+/// Batches of writes waiting for the proposer (ensemble mode); when full, new writes
+/// are refused (their clients disconnected) rather than queued without bound.
+pub const PROPOSALS_QUEUED_MAX: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -39,6 +44,19 @@ pub enum ServerError {
     Storage(String),
     #[error("log entry at zxid {zxid} cannot be decoded: {reason}")]
     CorruptEntry { zxid: i64, reason: String },
+    #[error("ensemble: {0}")]
+    Ensemble(String),
+}
+
+/// What a server needs to run as one member of an ensemble (issue 5).
+pub struct EnsembleMember<L, T> {
+    /// This member's id; also the server id in the top byte of its session ids.
+    pub id: u64,
+    /// Every member's peer address, this one included; the same on every member.
+    pub members: BTreeMap<u64, String>,
+    pub raft: coordd_raft::Config,
+    pub log: L,
+    pub transport: T,
 }
 
 /// A running server.
@@ -104,7 +122,7 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE_MESSAGES_MAX);
-        let core = Core::new(config.clone(), state, writer, metrics.clone());
+        let core = Core::new(config.clone(), state, Log::Local(writer), metrics.clone());
         let core = tokio::spawn(core.run(core_rx, durable, shutdown.clone()));
         let ctx = Arc::new(conn::ConnCtx {
             config: config.clone(),
@@ -120,6 +138,103 @@ impl Server {
             core,
             accept,
         })
+    }
+
+    /// Starts this server as one member of an ensemble: writes go through the Raft
+    /// log (forwarded to the leader from the other members), every member serves
+    /// reads from its own tree. Returns the Raft member too, for its transport's
+    /// receiving side and its shutdown.
+    ///
+    /// Unfinished (issue 5): the tree is rebuilt from the Raft log and snapshots only,
+    /// not from `config.data_dir`; `sync` and reconnects behind the client's last zxid
+    /// are served as standalone does.
+    pub async fn start_member<L: coordd_raft::LogStore, T: coordd_raft::Transport>(
+        mut config: Config,
+        ensemble: EnsembleMember<L, T>,
+    ) -> Result<(Server, coordd_raft::Member), ServerError> {
+        config.server_id = u8::try_from(ensemble.id).map_err(|_| {
+            ServerError::Ensemble(format!(
+                "member id {} does not fit in a session id's top byte (1..=255)",
+                ensemble.id
+            ))
+        })?;
+        let state_config = StateConfig {
+            ttl_enabled: config.ttl_enabled,
+            superuser_digest: config.superuser_digest.clone(),
+        };
+        let listener = TcpListener::bind(config.client_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.client_addr,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.client_addr,
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE_MESSAGES_MAX);
+        let (proposals_tx, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        let (durable_tx, durable_rx) = mpsc::unbounded_channel();
+        let member_cell = Arc::new(std::sync::OnceLock::new());
+        let log = RaftLog::new(
+            ensemble.id,
+            member_cell.clone(),
+            proposals_tx,
+            durable_tx,
+            state_config.clone(),
+        );
+        let state = StateMachine::new(state_config);
+        // The core runs before the member starts: the member may apply entries (and
+        // waits for the core to take them) while it starts.
+        let core = Core::new(config.clone(), state, Log::Raft(log), metrics.clone());
+        let core = tokio::spawn(core.run(core_rx, durable_rx, shutdown.clone()));
+        let applier = replicated::CoreApplier {
+            core: core_tx.clone(),
+        };
+        let member = match coordd_raft::Member::start(
+            ensemble.raft,
+            ensemble.id,
+            ensemble.members,
+            ensemble.log,
+            applier,
+            ensemble.transport,
+        )
+        .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                shutdown.cancel();
+                let _ = core.await;
+                return Err(ServerError::Ensemble(e.to_string()));
+            }
+        };
+        let _ = member_cell.set(member.clone());
+        member.set_app_handler(replicated::app_handler(member.clone(), core_tx.clone()));
+        tokio::spawn(replicated::run_proposer(
+            member.clone(),
+            proposals_rx,
+            core_tx.clone(),
+            shutdown.clone(),
+        ));
+        let ctx = Arc::new(conn::ConnCtx {
+            config: config.clone(),
+            metrics,
+            core: core_tx,
+            started: Instant::now(),
+        });
+        let accept = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
+        tracing::info!(addr = %local_addr, id = ensemble.id, "coordd serving as an ensemble member");
+        Ok((
+            Server {
+                local_addr,
+                shutdown,
+                core,
+                accept,
+            },
+            member,
+        ))
     }
 
     /// A token that stops the server when cancelled.

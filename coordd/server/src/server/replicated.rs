@@ -1,0 +1,377 @@
+//! The glue between the core and coordd-raft (issue 5): what a Raft log entry carries,
+//! the application messages members exchange, the [`Applier`] that hands committed
+//! entries to the core, and the proposer task that gets a member's writes into the log.
+//!
+//! One Raft entry carries a batch of txns from one member (openraft 0.9 fsyncs once per
+//! entry on the leader, so batching is what keeps writes fast; see
+//! docs/issue5-openraft-research.md). Txns travel without a zxid: every member gives
+//! them `last_zxid + 1, + 2, ...` when it applies them, in log order, so all members
+//! agree on every zxid without the proposer knowing it.
+//!
+//! Invariants:
+//! - a batch is applied whole, in log order, on every member; a txn's zxid is the
+//!   applying state machine's `last_zxid + 1`;
+//! - a member proposes its batches one at a time, in the order the core made them, so a
+//!   session's writes reach the log in the order its client sent them;
+//! - a batch whose fate is unknown (timeout, lost leader) is reported to the core,
+//!   which drops the affected clients' connections (ZooKeeper's ConnectionLoss) and
+//!   never answers them from a later apply.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use coordd_raft::{Applier, ApplierError, LogEntry, Member, ProposeError, Role};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::core::CoreMsg;
+use crate::state::{Entry, SessionId, Txn};
+
+/// Version byte of the batch format; bump on any change.
+const BATCH_FORMAT_V1: u8 = 1;
+/// Txns in one batch at most (the core cuts batches there).
+pub const BATCH_TXNS_MAX: usize = 1024;
+/// Application message kinds.
+const APP_FORWARD: u8 = 1;
+const APP_TOUCH: u8 = 2;
+/// How long a member waits for the leader to take a forwarded batch or a touch.
+pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
+/// How long the proposer waits for a leader to exist before failing a batch.
+pub const LEADER_WAIT_MS: u64 = 2_000;
+
+/// A member's txns, in the order its core made them, with the local sequence numbers
+/// that let that member answer its clients once the batch is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxnBatch {
+    pub member: u64,
+    pub time_ms: i64,
+    pub txns: Vec<(u64, Txn)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("batch truncated")]
+    Truncated,
+    #[error("unknown batch format version {0}")]
+    Version(u8),
+    #[error("batch holds {0} txns, more than {BATCH_TXNS_MAX}")]
+    TooMany(u32),
+    #[error("txn {index} of the batch: {reason}")]
+    Txn { index: usize, reason: String },
+    #[error("unknown application message kind {0}")]
+    AppKind(u8),
+}
+
+impl TxnBatch {
+    /// `[v1: u8][member: u64][time_ms: i64][count: u32]` then per txn `[seq: u64][len:
+    /// u32][entry]`, the entry in the log-entry format with zxid 0 (assigned at apply).
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(32 + self.txns.len() * 96);
+        out.put_u8(BATCH_FORMAT_V1);
+        out.put_u64(self.member);
+        out.put_i64(self.time_ms);
+        out.put_u32(self.txns.len() as u32);
+        let mut entry_buf = BytesMut::with_capacity(128);
+        for (seq, txn) in &self.txns {
+            entry_buf.clear();
+            Entry {
+                zxid: 0,
+                time_ms: self.time_ms,
+                txn: txn.clone(),
+            }
+            .encode(&mut entry_buf);
+            out.put_u64(*seq);
+            out.put_u32(entry_buf.len() as u32);
+            out.put_slice(&entry_buf);
+        }
+        out.freeze()
+    }
+
+    pub fn decode(mut buf: &[u8]) -> Result<TxnBatch, BatchError> {
+        if buf.remaining() < 1 + 8 + 8 + 4 {
+            return Err(BatchError::Truncated);
+        }
+        let version = buf.get_u8();
+        if version != BATCH_FORMAT_V1 {
+            return Err(BatchError::Version(version));
+        }
+        let member = buf.get_u64();
+        let time_ms = buf.get_i64();
+        let count = buf.get_u32();
+        if count as usize > BATCH_TXNS_MAX {
+            return Err(BatchError::TooMany(count));
+        }
+        let mut txns = Vec::with_capacity(count as usize);
+        for index in 0..count as usize {
+            if buf.remaining() < 12 {
+                return Err(BatchError::Truncated);
+            }
+            let seq = buf.get_u64();
+            let len = buf.get_u32() as usize;
+            if buf.remaining() < len {
+                return Err(BatchError::Truncated);
+            }
+            let entry = Entry::decode(&buf[..len]).map_err(|e| BatchError::Txn {
+                index,
+                reason: e.to_string(),
+            })?;
+            buf.advance(len);
+            txns.push((seq, entry.txn));
+        }
+        if buf.has_remaining() {
+            return Err(BatchError::Truncated);
+        }
+        Ok(TxnBatch {
+            member,
+            time_ms,
+            txns,
+        })
+    }
+}
+
+/// A message from one member's server to another's (over the Raft transport).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppMsg {
+    /// A follower's encoded [`TxnBatch`] for the leader to propose.
+    Forward(Bytes),
+    /// Sessions that showed life on the sender since its last touch (heartbeats of
+    /// clients connected there); the leader, which expires sessions, renews them.
+    Touch(Vec<SessionId>),
+}
+
+impl AppMsg {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        match self {
+            AppMsg::Forward(b) => {
+                out.put_u8(APP_FORWARD);
+                out.put_slice(b);
+            }
+            AppMsg::Touch(ids) => {
+                out.put_u8(APP_TOUCH);
+                out.put_u32(ids.len() as u32);
+                for id in ids {
+                    out.put_i64(*id);
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    pub fn decode(mut b: Bytes) -> Result<AppMsg, BatchError> {
+        if b.is_empty() {
+            return Err(BatchError::Truncated);
+        }
+        match b.get_u8() {
+            APP_FORWARD => Ok(AppMsg::Forward(b)),
+            APP_TOUCH => {
+                if b.remaining() < 4 {
+                    return Err(BatchError::Truncated);
+                }
+                let n = b.get_u32() as usize;
+                if b.remaining() != n.saturating_mul(8) {
+                    return Err(BatchError::Truncated);
+                }
+                Ok(AppMsg::Touch((0..n).map(|_| b.get_i64()).collect()))
+            }
+            other => Err(BatchError::AppKind(other)),
+        }
+    }
+}
+
+/// Hands committed entries to the core, which owns the tree.
+pub struct CoreApplier {
+    pub core: mpsc::Sender<CoreMsg>,
+}
+
+impl CoreApplier {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> CoreMsg,
+    ) -> Result<T, ApplierError> {
+        let (tx, rx) = oneshot::channel();
+        self.core
+            .send(make(tx))
+            .await
+            .map_err(|_| ApplierError("the core has stopped".into()))?;
+        rx.await
+            .map_err(|_| ApplierError("the core stopped before answering".into()))
+    }
+}
+
+impl Applier for CoreApplier {
+    async fn apply(&mut self, entries: Vec<LogEntry>) -> Result<Vec<Bytes>, ApplierError> {
+        self.ask(|reply| CoreMsg::RaftApply { entries, reply })
+            .await?
+            .map_err(ApplierError)
+    }
+
+    async fn snapshot_image(&mut self) -> Result<Bytes, ApplierError> {
+        self.ask(|reply| CoreMsg::RaftSnapshot { reply }).await
+    }
+
+    async fn install_image(&mut self, last_index: u64, image: Bytes) -> Result<(), ApplierError> {
+        self.ask(|reply| CoreMsg::RaftInstall {
+            last_index,
+            image,
+            reply,
+        })
+        .await?
+        .map_err(ApplierError)
+    }
+}
+
+/// One batch for the proposer: its bytes and the local sequence numbers in it.
+pub struct Proposal {
+    pub batch: Bytes,
+    pub seqs: Vec<u64>,
+}
+
+/// Gets this member's batches into the log, one at a time and in order: proposed here
+/// when this member leads, else forwarded to the leader. A batch that fails is
+/// reported to the core as [`CoreMsg::ProposeFailed`].
+pub async fn run_proposer(
+    member: Member,
+    mut proposals: mpsc::Receiver<Proposal>,
+    core: mpsc::Sender<CoreMsg>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let p = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = proposals.recv() => match p { Some(p) => p, None => return },
+        };
+        if let Err(why) = propose_one(&member, p.batch).await {
+            tracing::info!(%why, txns = p.seqs.len(), "a batch of writes did not reach the log; its clients are disconnected");
+            if core
+                .send(CoreMsg::ProposeFailed { seqs: p.seqs })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+async fn propose_one(member: &Member, batch: Bytes) -> Result<(), String> {
+    let forward_timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
+    if member.role() == Role::Leader {
+        match member.propose(batch.clone()).await {
+            Ok(_) => return Ok(()),
+            // Nothing was appended: safe to send it to the leader instead.
+            Err(ProposeError::NotLeader { .. }) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let leader = match member.leader().filter(|l| *l != member.id()) {
+        Some(l) => l,
+        None => member
+            .wait_for(Duration::from_millis(LEADER_WAIT_MS), |s| {
+                s.leader.is_some_and(|l| l != s.id)
+            })
+            .await
+            .map_err(|e| format!("no leader to forward to: {e}"))?
+            .leader
+            .ok_or("no leader to forward to")?,
+    };
+    member
+        .call_app(leader, AppMsg::Forward(batch).encode(), forward_timeout)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("forwarding to leader {leader}: {e}"))
+}
+
+/// The handler of application messages on every member: a forwarded batch is
+/// proposed (only a leader accepts), touches go to the core.
+pub fn app_handler(member: Member, core: mpsc::Sender<CoreMsg>) -> coordd_raft::AppHandler {
+    std::sync::Arc::new(move |body: Bytes| {
+        let member = member.clone();
+        let core = core.clone();
+        Box::pin(async move {
+            match AppMsg::decode(body).map_err(|e| e.to_string())? {
+                AppMsg::Forward(batch) => {
+                    TxnBatch::decode(&batch).map_err(|e| format!("bad forwarded batch: {e}"))?;
+                    member
+                        .propose(batch)
+                        .await
+                        .map(|_| Bytes::new())
+                        .map_err(|e| e.to_string())
+                }
+                AppMsg::Touch(ids) => {
+                    core.send(CoreMsg::Touched { session_ids: ids })
+                        .await
+                        .map_err(|_| "the core has stopped".to_string())?;
+                    Ok(Bytes::new())
+                }
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> TxnBatch {
+        TxnBatch {
+            member: 3,
+            time_ms: 1_700_000_000_000,
+            txns: vec![
+                (
+                    7,
+                    Txn::CreateSession {
+                        session_id: 0x300,
+                        passwd: vec![1; 16],
+                        timeout_ms: 4000,
+                    },
+                ),
+                (8, Txn::CloseSession { session_id: 0x300 }),
+                (
+                    9,
+                    Txn::DeleteExpired {
+                        paths: vec!["/a".into()],
+                    },
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn batch_round_trips_and_every_truncation_is_an_error() {
+        let b = batch();
+        let bytes = b.encode();
+        assert_eq!(TxnBatch::decode(&bytes).unwrap(), b);
+        for cut in 0..bytes.len() {
+            assert!(TxnBatch::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = bytes.to_vec();
+        extra.push(0);
+        assert!(TxnBatch::decode(&extra).is_err());
+        let mut v2 = bytes.to_vec();
+        v2[0] = 2;
+        assert_eq!(TxnBatch::decode(&v2), Err(BatchError::Version(2)));
+    }
+
+    #[test]
+    fn app_messages_round_trip() {
+        for m in [
+            AppMsg::Forward(batch().encode()),
+            AppMsg::Touch(vec![1, -2, i64::MAX]),
+            AppMsg::Touch(vec![]),
+        ] {
+            assert_eq!(AppMsg::decode(m.encode()).unwrap(), m);
+        }
+        assert!(AppMsg::decode(Bytes::new()).is_err());
+        assert!(AppMsg::decode(Bytes::from_static(&[9])).is_err());
+        assert!(AppMsg::decode(Bytes::from_static(&[APP_TOUCH, 0, 0, 0, 2, 1])).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes: Vec<u8>) {
+            let _ = TxnBatch::decode(&bytes);
+            let _ = AppMsg::decode(Bytes::from(bytes));
+        }
+    }
+}

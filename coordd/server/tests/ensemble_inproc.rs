@@ -1,0 +1,232 @@
+//! Three coordd servers in one process as an ensemble over coordd-raft's in-memory
+//! network (issue 5, first integration step): real client sockets, our client, writes
+//! from clients of any member, zxids equal on every member, watches across members,
+//! sessions of followers' clients kept alive through the leader. The multi-process
+//! ensemble over TCP is the next step (tests/ in the root package).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use coordd::config::{Config, FileConfig, Flags};
+use coordd::server::{EnsembleMember, Server};
+use coordd_client::{Acl, Client, ClientConfig, CreateMode, EventType};
+use coordd_raft::{MemLogStore, MemNetwork, Member, Role};
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Ensemble {
+    _net: MemNetwork,
+    servers: Vec<(Server, Member)>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Ensemble {
+    async fn start() -> Ensemble {
+        let net = MemNetwork::new();
+        let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("member-{id}"))).collect();
+        let mut servers = Vec::new();
+        let mut dirs = Vec::new();
+        for id in 1..=3u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let flags = Flags {
+                client_addr: Some("127.0.0.1:0".parse().unwrap()),
+                data_dir: Some(dir.path().to_path_buf()),
+                tick_time_ms: Some(100),
+                ..Flags::default()
+            };
+            let config = Config::resolve(flags, FileConfig::default()).unwrap();
+            let (server, member) = Server::start_member(
+                config,
+                EnsembleMember {
+                    id,
+                    members: peers.clone(),
+                    raft: coordd_raft::Config::default(),
+                    log: MemLogStore::new(),
+                    transport: net.transport(id),
+                },
+            )
+            .await
+            .unwrap();
+            net.register(&member);
+            servers.push((server, member));
+            dirs.push(dir);
+        }
+        Ensemble {
+            _net: net,
+            servers,
+            _dirs: dirs,
+        }
+    }
+
+    fn addr(&self, i: usize) -> String {
+        self.servers[i].0.local_addr.to_string()
+    }
+
+    /// Index of the leader once all three agree on it.
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leaders: Vec<_> = self.servers.iter().map(|(_, m)| m.leader()).collect();
+            if let Some(l) = leaders[0] {
+                if leaders.iter().all(|x| *x == Some(l)) {
+                    let i = (l - 1) as usize;
+                    if self.servers[i].1.role() == Role::Leader {
+                        return i;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader agreed on: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) {
+        for (server, member) in self.servers {
+            server.shutdown_token().cancel();
+            let _ = server.wait().await;
+            let _ = member.shutdown().await;
+        }
+    }
+}
+
+async fn client(addr: &str, session_timeout_ms: u32) -> Client {
+    let mut cfg = ClientConfig::new([addr]);
+    cfg.session_timeout_ms = session_timeout_ms;
+    Client::connect(cfg).await.unwrap().0
+}
+
+/// Polls `cond` until it holds, at most `WAIT`.
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_from_every_member_apply_everywhere_with_the_same_zxids() {
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let clients = [
+        client(&e.addr(0), 4000).await,
+        client(&e.addr(1), 4000).await,
+        client(&e.addr(2), 4000).await,
+    ];
+    let acl = Acl::open_unsafe();
+    for (i, c) in clients.iter().enumerate() {
+        let path = format!("/from-{i}");
+        c.create(
+            &path,
+            format!("v{i}").as_bytes(),
+            &acl,
+            CreateMode::Persistent,
+        )
+        .await
+        .unwrap_or_else(|err| panic!("create through member {i} (leader {leader}): {err}"));
+        // Read-your-writes on the member that answered.
+        let (data, _) = c.get_data(&path, false).await.unwrap();
+        assert_eq!(data, format!("v{i}").as_bytes());
+    }
+    // Every member ends with the same nodes and the same zxids for them.
+    for i in 0..3 {
+        let path = format!("/from-{i}");
+        let reference = clients[i]
+            .exists(&path, false)
+            .await
+            .unwrap()
+            .expect("the writer's member has the node")
+            .czxid;
+        eventually("the same czxid on every member", || {
+            let path = path.clone();
+            let clients = &clients;
+            async move {
+                let mut czxids = Vec::new();
+                for c in clients {
+                    czxids.push(c.exists(&path, false).await.unwrap().map(|s| s.czxid));
+                }
+                czxids.iter().all(|z| *z == Some(reference))
+            }
+        })
+        .await;
+    }
+    // A versioned setData from a follower's client: one wins, the stale one fails.
+    let follower = (leader + 1) % 3;
+    let stat = clients[follower]
+        .set_data("/from-0", b"w1", Some(0))
+        .await
+        .unwrap();
+    assert_eq!(stat.version, 1);
+    assert!(clients[leader]
+        .set_data("/from-0", b"w2", Some(0))
+        .await
+        .is_err());
+    for c in clients {
+        c.close().await.unwrap();
+    }
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_fire_across_members_and_followers_sessions_stay_alive() {
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let acl = Acl::open_unsafe();
+
+    let watcher = {
+        let mut cfg = ClientConfig::new([e.addr(other)]);
+        cfg.session_timeout_ms = 4000;
+        Client::connect(cfg).await.unwrap()
+    };
+    let (watcher, mut events) = watcher;
+    assert!(watcher.exists("/eph", true).await.unwrap().is_none());
+
+    // A 400 ms session (4 ticks of 100 ms) on a follower: its pings reach only the
+    // follower, which must pass them on, or the leader expires the session.
+    let short = client(&e.addr(follower), 400).await;
+    short
+        .create("/eph", b"x", &acl, CreateMode::Ephemeral)
+        .await
+        .unwrap();
+    // Session state changes come as events of type None; the watch's comes after.
+    let ev = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(ev) if ev.event_type == EventType::None => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("watch event in time")
+    .expect("event stream open");
+    assert_eq!(ev.event_type, EventType::NodeCreated);
+
+    let alive_until = Instant::now() + Duration::from_millis(2000);
+    while Instant::now() < alive_until {
+        assert!(
+            watcher.exists("/eph", false).await.unwrap().is_some(),
+            "the follower's client session expired although its client pings"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Closing the session removes the ephemeral on every member.
+    short.close().await.unwrap();
+    eventually("ephemeral gone after close", || {
+        let w = &watcher;
+        async move { w.exists("/eph", false).await.unwrap().is_none() }
+    })
+    .await;
+    watcher.close().await.unwrap();
+    e.stop().await;
+}
