@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use coordd::config::{Config, FileConfig, Flags};
 use coordd::server::{EnsembleMember, Server};
-use coordd_client::{Acl, Client, ClientConfig, CreateMode, EventType};
+use coordd_client::{Acl, Client, ClientConfig, CreateMode, EventType, SessionState};
 use coordd_raft::{MemLogStore, MemNetwork, Member, Role};
 use tokio::time::Instant;
 
@@ -228,5 +228,46 @@ async fn watches_fire_across_members_and_followers_sessions_stay_alive() {
     })
     .await;
     watcher.close().await.unwrap();
+    e.stop().await;
+}
+
+/// A member cut off from the others closes its clients within its election timeout, so
+/// they move to the majority; once healed it serves them again and their session lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_the_quorum_closes_its_clients() {
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let follower = (leader + 1) % 3;
+    let c = client(&e.addr(follower), 6000).await;
+    let acl = Acl::open_unsafe();
+    c.create("/before", b"", &acl, CreateMode::Persistent)
+        .await
+        .unwrap();
+    let session = c.session_id();
+
+    let mut state = c.state_watch();
+    let cut_at = Instant::now();
+    e._net.isolate(follower as u64 + 1);
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s != SessionState::Connected))
+        .await
+        .expect("the cut-off member closed its client")
+        .unwrap();
+    let closed_after = cut_at.elapsed();
+    println!("client closed {closed_after:?} after the member was cut off");
+
+    e._net.heal();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == SessionState::Connected))
+        .await
+        .expect("reconnected after the heal")
+        .unwrap();
+    assert_eq!(
+        c.session_id(),
+        session,
+        "the session survived the partition"
+    );
+    c.create("/after", b"", &acl, CreateMode::Persistent)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
     e.stop().await;
 }

@@ -165,6 +165,10 @@ pub struct CoreStats {
     pub log_entries: u64,
     pub log_append_us_total: u64,
     pub log_append_us_max: u64,
+    /// `standalone`, or this member's Raft role (`leader`, `follower`, ...).
+    pub mode: String,
+    /// Ensemble mode: the leader's member id, when known.
+    pub leader: Option<u64>,
 }
 
 /// One connection, as `stat` and `cons` list it.
@@ -252,6 +256,14 @@ pub struct RaftLog {
     touched: HashSet<SessionId>,
     was_leader: bool,
     state_config: StateConfig,
+    /// How long this member may go without a quorum (leader: acknowledgements from a
+    /// majority; follower: contact with the leader) before it closes its clients so
+    /// they move to the majority side.
+    quorum_lost_close_ms: u64,
+    quorum_lost_since: Option<Instant>,
+    /// Whether clients are served: false from a quorum loss older than
+    /// `quorum_lost_close_ms` until the quorum is back.
+    serving: bool,
 }
 
 impl RaftLog {
@@ -261,6 +273,7 @@ impl RaftLog {
         proposals: mpsc::Sender<Proposal>,
         durable: mpsc::UnboundedSender<Durable>,
         state_config: StateConfig,
+        quorum_lost_close_ms: u64,
     ) -> RaftLog {
         RaftLog {
             me,
@@ -273,6 +286,9 @@ impl RaftLog {
             touched: HashSet::new(),
             was_leader: false,
             state_config,
+            quorum_lost_close_ms,
+            quorum_lost_since: None,
+            serving: false,
         }
     }
 }
@@ -303,6 +319,16 @@ pub struct Core {
 /// (`inline_commit`): a load of several writers is better served by the log writer
 /// thread, which batches their entries under one fsync while this thread goes on.
 const SERIAL_WRITES_MIN: u32 = 8;
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::Learner => "observer",
+        Role::Shutdown => "shutdown",
+    }
+}
 
 fn now_wall_ms() -> i64 {
     SystemTime::now()
@@ -522,7 +548,16 @@ impl Core {
                     }
                     Log::Raft(_) => (0, 0, 0, 0),
                 };
+                let (mode, leader) = match &self.log {
+                    Log::Local(_) => ("standalone".to_string(), None),
+                    Log::Raft(r) => match r.member.get() {
+                        Some(m) => (role_name(m.role()).to_string(), m.leader()),
+                        None => ("starting".to_string(), None),
+                    },
+                };
                 let _ = reply.send(CoreStats {
+                    mode,
+                    leader,
                     log_batches: batches,
                     log_entries: entries,
                     log_append_us_total: us_total,
@@ -619,6 +654,16 @@ impl Core {
     ) {
         let conn_id = conn.conn_id;
         self.conns.insert(conn_id, conn.clone());
+        if let Log::Raft(r) = &self.log {
+            if !r.serving {
+                // Like a ZooKeeper follower that is not in sync with a leader: the
+                // client tries another server.
+                tracing::debug!(conn_id, "refusing a client: no quorum here");
+                self.drop_conn(conn_id);
+                let _ = established.send(None);
+                return;
+            }
+        }
         if req.last_zxid_seen > self.state.last_zxid() {
             // The client has seen a newer state than ours; ZooKeeper refuses it so that
             // it never goes back in time, and the client tries another server.
@@ -1175,6 +1220,26 @@ impl Core {
         let Some(member) = r.member.get().cloned() else {
             return;
         };
+        let now = Instant::now();
+        if member.quorum_ok() {
+            r.quorum_lost_since = None;
+            if !r.serving {
+                tracing::info!("quorum in sight: serving clients");
+            }
+            r.serving = true;
+        } else {
+            let since = *r.quorum_lost_since.get_or_insert(now);
+            if r.serving && now - since >= Duration::from_millis(r.quorum_lost_close_ms) {
+                tracing::warn!(
+                    lost_ms = (now - since).as_millis() as u64,
+                    "cut off from the quorum: closing every client so it moves to the majority"
+                );
+                r.serving = false;
+                self.close_all();
+                return;
+            }
+        }
+        let Log::Raft(r) = &mut self.log else { return };
         let leading = member.role() == Role::Leader;
         let became_leader = leading && !r.was_leader;
         r.was_leader = leading;

@@ -112,7 +112,7 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
                 m.outstanding_requests.load(Ordering::Relaxed)
             );
             let _ = writeln!(out, "Zxid: 0x{:x}", s.last_zxid);
-            let _ = writeln!(out, "Mode: standalone");
+            let _ = writeln!(out, "Mode: {}", s.mode);
             let _ = writeln!(out, "Node count: {}", s.state.znode_count);
         }
         Command::Cons => {
@@ -124,7 +124,7 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
             let (min, avg, max) = latency_line(ctx);
             let rows: Vec<(&str, String)> = vec![
                 ("zk_version", VERSION.to_string()),
-                ("zk_server_state", "standalone".into()),
+                ("zk_server_state", s.mode.clone()),
                 ("zk_avg_latency", format!("{avg:.4}")),
                 ("zk_max_latency", format!("{max:.3}")),
                 ("zk_min_latency", format!("{min:.3}")),

@@ -33,6 +33,11 @@ pub const CORE_QUEUE_MESSAGES_MAX: usize = 65_536;
 /// are refused (their clients disconnected) rather than queued without bound.
 pub const PROPOSALS_QUEUED_MAX: usize = 1024;
 
+/// How long an ensemble member serves its clients after it noticed it lost the quorum
+/// (the Raft layer notices after its `quorum_timeout_ms`, 200 ms by default): none, so
+/// clients move to the majority within about the election timeout.
+pub const QUORUM_LOST_CLOSE_MS: u64 = 0;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
@@ -184,6 +189,7 @@ impl Server {
             proposals_tx,
             durable_tx,
             state_config.clone(),
+            QUORUM_LOST_CLOSE_MS,
         );
         let state = StateMachine::new(state_config);
         // The core runs before the member starts: the member may apply entries (and
