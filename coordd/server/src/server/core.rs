@@ -236,7 +236,7 @@ struct Inflight {
 /// the ensemble's Raft log.
 pub enum Log {
     Local(LogWriter),
-    Raft(RaftLog),
+    Raft(Box<RaftLog>),
 }
 
 /// The core's side of the ensemble: batches it has proposed and not seen applied.
