@@ -169,6 +169,20 @@ async fn writes_from_every_member_apply_everywhere_with_the_same_zxids() {
         .set_data("/from-0", b"w2", Some(0))
         .await
         .is_err());
+    // sync on a follower, then read there: it sees the leader's client's write.
+    let other = (leader + 2) % 3;
+    for i in 0..20 {
+        let path = format!("/synced-{i}");
+        clients[leader]
+            .create(&path, b"s", &acl, CreateMode::Persistent)
+            .await
+            .unwrap();
+        clients[other].sync(&path).await.unwrap();
+        assert!(
+            clients[other].exists(&path, false).await.unwrap().is_some(),
+            "{path} not visible on member {other} after sync"
+        );
+    }
     for c in clients {
         c.close().await.unwrap();
     }

@@ -220,6 +220,14 @@ enum Origin {
         session_id: SessionId,
         established: oneshot::Sender<Option<SessionId>>,
     },
+    /// Ensemble mode: a `sync`, answered when its barrier is applied here.
+    Sync {
+        session_id: SessionId,
+        conn_id: u64,
+        xid: i32,
+        path: String,
+        received: Instant,
+    },
     /// The server's own expiry of a session.
     Expire {
         session_id: SessionId,
@@ -249,6 +257,7 @@ pub struct RaftLog {
     /// Keeps the core's `durable` channel open (standalone-only messages).
     _durable: mpsc::UnboundedSender<Durable>,
     pending: Vec<(u64, Txn)>,
+    pending_syncs: Vec<u64>,
     /// This member's txns in the log or on their way, by local sequence number.
     local: HashMap<u64, Origin>,
     next_seq: u64,
@@ -281,6 +290,7 @@ impl RaftLog {
             proposals,
             _durable: durable,
             pending: Vec::new(),
+            pending_syncs: Vec::new(),
             local: HashMap::new(),
             next_seq: 1,
             touched: HashSet::new(),
@@ -765,6 +775,29 @@ impl Core {
             self.send_reply(conn_id, xid, z, ErrorCode::SessionExpired, None);
             return;
         }
+        let work = match (work, &mut self.log) {
+            (ReadWork::Serve(Request::Sync(p)), Log::Raft(r)) => {
+                let seq = r.next_seq;
+                r.next_seq += 1;
+                r.pending_syncs.push(seq);
+                r.local.insert(
+                    seq,
+                    Origin::Sync {
+                        session_id,
+                        conn_id,
+                        xid,
+                        path: p.path,
+                        received,
+                    },
+                );
+                self.log_pending = true;
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    s.queue.push_back(Queued::Write(seq));
+                }
+                return;
+            }
+            (work, _) => work,
+        };
         let request = match work {
             ReadWork::Serve(request) if request.is_write() => request,
             other => {
@@ -953,7 +986,10 @@ impl Core {
                         (session_id, self.serial_writer.1.saturating_add(1))
                     }
                     Origin::Request { session_id, .. } => (session_id, 1),
-                    Origin::Connect { .. } | Origin::Expire { .. } | Origin::Server => (0, 0),
+                    Origin::Connect { .. }
+                    | Origin::Sync { .. }
+                    | Origin::Expire { .. }
+                    | Origin::Server => (0, 0),
                 };
                 self.next_zxid += 1;
                 self.last_time_ms = time_ms;
@@ -1028,14 +1064,23 @@ impl Core {
         let time_ms = now_wall_ms().max(self.last_time_ms);
         self.last_time_ms = time_ms;
         let mut failed = Vec::new();
-        while !r.pending.is_empty() {
+        while !r.pending.is_empty() || !r.pending_syncs.is_empty() {
             let n = r.pending.len().min(BATCH_TXNS_MAX);
             let txns: Vec<(u64, Txn)> = r.pending.drain(..n).collect();
-            let seqs: Vec<u64> = txns.iter().map(|(seq, _)| *seq).collect();
+            // Syncs ride with the last batch of txns: they come after them.
+            let syncs: Vec<u64> = if r.pending.is_empty() {
+                let k = r.pending_syncs.len().min(BATCH_TXNS_MAX);
+                r.pending_syncs.drain(..k).collect()
+            } else {
+                Vec::new()
+            };
+            let mut seqs: Vec<u64> = txns.iter().map(|(seq, _)| *seq).collect();
+            seqs.extend(&syncs);
             let batch = TxnBatch {
                 member: r.me,
                 time_ms,
                 txns,
+                syncs,
             }
             .encode();
             if r.proposals
@@ -1103,10 +1148,62 @@ impl Core {
                         }
                     }
                 }
+                for seq in batch.syncs {
+                    let origin = match &mut self.log {
+                        Log::Raft(r) if batch.member == r.me => r.local.remove(&seq),
+                        _ => None,
+                    };
+                    if let Some(Origin::Sync {
+                        session_id,
+                        conn_id,
+                        xid,
+                        path,
+                        received,
+                    }) = origin
+                    {
+                        self.answer_sync(session_id, conn_id, xid, path, received, seq);
+                    }
+                }
             }
             outputs.push(Bytes::new());
         }
         Ok(outputs)
+    }
+
+    /// Ensemble mode: a sync's barrier is applied here: every write committed before
+    /// it is too. Answered in order with the session's other replies.
+    fn answer_sync(
+        &mut self,
+        session_id: SessionId,
+        origin_conn: u64,
+        xid: i32,
+        path: String,
+        received: Instant,
+        seq: u64,
+    ) {
+        let conn_id = self.sessions.get_mut(&session_id).and_then(|s| {
+            let front = s.queue.pop_front();
+            debug_assert!(
+                matches!(front, Some(Queued::Write(t)) if t == seq),
+                "a session's oldest write-path request is the one applied"
+            );
+            s.conn_id.filter(|c| *c == origin_conn)
+        });
+        match conn_id {
+            Some(conn_id) => {
+                let zxid = self.state.last_zxid();
+                self.send_reply(
+                    conn_id,
+                    xid,
+                    zxid,
+                    ErrorCode::Ok,
+                    Some(&Response::Sync { path }),
+                );
+                self.metrics.record_latency(received);
+            }
+            None => self.release_outstanding(Some(origin_conn)),
+        }
+        self.drain_reads(session_id);
     }
 
     /// Ensemble mode: the leader sent a snapshot. The tree is replaced; watches live in
@@ -1160,11 +1257,18 @@ impl Core {
                 Log::Local(_) => None,
             };
             match origin {
-                Some(Origin::Request {
-                    session_id,
-                    conn_id,
-                    ..
-                }) => {
+                Some(
+                    Origin::Request {
+                        session_id,
+                        conn_id,
+                        ..
+                    }
+                    | Origin::Sync {
+                        session_id,
+                        conn_id,
+                        ..
+                    },
+                ) => {
                     // Everything the session has queued came on the connection being
                     // dropped: forget it (its other writes too, should they apply).
                     let cleared: Vec<Queued> = self
@@ -1359,6 +1463,7 @@ impl Core {
                     }
                 }
             }
+            Origin::Sync { .. } => debug_assert!(false, "syncs are answered by answer_sync"),
             Origin::Expire { .. } | Origin::Server => {}
         }
         for closed in &applied.closed_sessions {

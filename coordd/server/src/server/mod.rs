@@ -194,7 +194,12 @@ impl Server {
         let state = StateMachine::new(state_config);
         // The core runs before the member starts: the member may apply entries (and
         // waits for the core to take them) while it starts.
-        let core = Core::new(config.clone(), state, Log::Raft(Box::new(log)), metrics.clone());
+        let core = Core::new(
+            config.clone(),
+            state,
+            Log::Raft(Box::new(log)),
+            metrics.clone(),
+        );
         let core = tokio::spawn(core.run(core_rx, durable_rx, shutdown.clone()));
         let applier = replicated::CoreApplier {
             core: core_tx.clone(),

@@ -46,6 +46,10 @@ pub struct TxnBatch {
     pub member: u64,
     pub time_ms: i64,
     pub txns: Vec<(u64, Txn)>,
+    /// Sequence numbers of `sync` requests of this member: barriers that change
+    /// nothing; once one is applied here, so is every write committed before it
+    /// (ZooKeeper's sync), and the member answers it.
+    pub syncs: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,7 +68,8 @@ pub enum BatchError {
 
 impl TxnBatch {
     /// `[v1: u8][member: u64][time_ms: i64][count: u32]` then per txn `[seq: u64][len:
-    /// u32][entry]`, the entry in the log-entry format with zxid 0 (assigned at apply).
+    /// u32][entry]`, the entry in the log-entry format with zxid 0 (assigned at apply),
+    /// then `[syncs: u32]` and one `[seq: u64]` per sync.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(32 + self.txns.len() * 96);
         out.put_u8(BATCH_FORMAT_V1);
@@ -83,6 +88,10 @@ impl TxnBatch {
             out.put_u64(*seq);
             out.put_u32(entry_buf.len() as u32);
             out.put_slice(&entry_buf);
+        }
+        out.put_u32(self.syncs.len() as u32);
+        for seq in &self.syncs {
+            out.put_u64(*seq);
         }
         out.freeze()
     }
@@ -118,13 +127,22 @@ impl TxnBatch {
             buf.advance(len);
             txns.push((seq, entry.txn));
         }
-        if buf.has_remaining() {
+        if buf.remaining() < 4 {
             return Err(BatchError::Truncated);
         }
+        let syncs_n = buf.get_u32() as usize;
+        if syncs_n > BATCH_TXNS_MAX {
+            return Err(BatchError::TooMany(syncs_n as u32));
+        }
+        if buf.remaining() != syncs_n * 8 {
+            return Err(BatchError::Truncated);
+        }
+        let syncs = (0..syncs_n).map(|_| buf.get_u64()).collect();
         Ok(TxnBatch {
             member,
             time_ms,
             txns,
+            syncs,
         })
     }
 }
@@ -334,6 +352,7 @@ mod tests {
                     },
                 ),
             ],
+            syncs: vec![10, 11],
         }
     }
 
