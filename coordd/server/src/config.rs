@@ -4,6 +4,7 @@
 //! Invariant: a `Config` that `resolve` returned is valid (timeouts ordered, limits
 //! non-zero); the server never re-checks it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -85,6 +86,16 @@ pub struct Flags {
     /// DANGEROUS: do not fsync the log. An acknowledged write can be lost on a crash.
     #[arg(long)]
     pub no_fsync: bool,
+    /// This server's member id in the ensemble (ZooKeeper's myid; 1-255). Needs
+    /// `--ensemble`.
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Every member of the ensemble with its peer address, the same list on every
+    /// member: `1=10.0.0.1:2888,2=10.0.0.2:2888,3=10.0.0.3:2888` (ZooKeeper's server.N
+    /// lines). Members started with the same list form the ensemble by themselves.
+    /// Without it coordd runs standalone.
+    #[arg(long)]
+    pub ensemble: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -109,6 +120,8 @@ pub struct FileConfig {
     pub worker_threads: Option<usize>,
     pub inline_commit: Option<bool>,
     pub no_fsync: Option<bool>,
+    pub id: Option<u64>,
+    pub ensemble: Option<String>,
 }
 
 /// The resolved configuration.
@@ -132,6 +145,59 @@ pub struct Config {
     pub worker_threads: usize,
     pub inline_commit: bool,
     pub fsync: bool,
+    /// Ensemble mode; None: standalone.
+    pub ensemble: Option<EnsembleConfig>,
+}
+
+/// This server's place in an ensemble.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnsembleConfig {
+    pub id: u64,
+    /// Member id -> peer address ("host:port"), this member included.
+    pub members: BTreeMap<u64, String>,
+}
+
+/// Most members of an ensemble (ZooKeeper runs 3 or 5; more only slows writes).
+pub const ENSEMBLE_MEMBERS_MAX: usize = 9;
+
+/// Parses `1=host:port,2=host:port,...`.
+pub fn parse_ensemble(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let bad = |why: String| ConfigError::Invalid(format!("ensemble {text:?}: {why}"));
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{item:?} is not id=host:port")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("member id {id:?} is not a number")))?;
+        if !(1..=255).contains(&id) {
+            return Err(bad(format!("member id {id} is not in 1..=255")));
+        }
+        let addr = addr.trim();
+        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            return Err(bad(format!(
+                "address {addr:?} of member {id} is not host:port"
+            )));
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            return Err(bad(format!("member id {id} appears twice")));
+        }
+    }
+    if members.is_empty() {
+        return Err(bad("no members".into()));
+    }
+    if members.len() > ENSEMBLE_MEMBERS_MAX {
+        return Err(bad(format!(
+            "{} members, more than {ENSEMBLE_MEMBERS_MAX}",
+            members.len()
+        )));
+    }
+    Ok(members)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +351,43 @@ impl Config {
                 .or(file.inline_commit)
                 .unwrap_or(INLINE_COMMIT_DEFAULT),
             fsync: !(flags.no_fsync || file.no_fsync.unwrap_or(false)),
+            ensemble: None,
         };
+        let mut config = config;
+        let id = flags.id.or(file.id);
+        match (id, flags.ensemble.or(file.ensemble)) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid("id needs ensemble".into()));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "ensemble needs id (this server's member id)".into(),
+                ));
+            }
+            (Some(id), Some(text)) => {
+                let members = parse_ensemble(&text)?;
+                if !members.contains_key(&id) {
+                    return Err(ConfigError::Invalid(format!(
+                        "id {id} is not a member of the ensemble {text:?}"
+                    )));
+                }
+                // Session ids carry the member id in their top byte, so no two members
+                // hand out the same one.
+                let member_server_id = u8::try_from(id).expect("checked by parse_ensemble");
+                if flags
+                    .server_id
+                    .or(file.server_id)
+                    .is_some_and(|s| s != member_server_id)
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "server_id must equal the member id ({id}) in an ensemble"
+                    )));
+                }
+                config.server_id = member_server_id;
+                config.ensemble = Some(EnsembleConfig { id, members });
+            }
+        }
         if config.server_id == 0 {
             return Err(ConfigError::Invalid("server_id must be 1..=255".into()));
         }
@@ -309,6 +411,63 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ensemble_flags() {
+        let flags = Flags {
+            id: Some(2),
+            ensemble: Some("1=127.0.0.1:2888, 2=127.0.0.2:2888,3=db3.example:2888".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(flags, FileConfig::default()).unwrap();
+        let e = c.ensemble.unwrap();
+        assert_eq!(e.id, 2);
+        assert_eq!(e.members.len(), 3);
+        assert_eq!(e.members[&3], "db3.example:2888");
+        assert_eq!(c.server_id, 2);
+
+        let file: FileConfig =
+            toml::from_str("id = 1\nensemble = \"1=127.0.0.1:2888,2=127.0.0.1:2889\"").unwrap();
+        assert_eq!(
+            Config::resolve(Flags::default(), file)
+                .unwrap()
+                .ensemble
+                .unwrap()
+                .id,
+            1
+        );
+
+        for (id, text) in [
+            (Some(4), Some("1=a:1,2=b:2,3=c:3")),
+            (Some(1), None),
+            (None, Some("1=a:1")),
+            (Some(1), Some("1=a:1,1=b:2")),
+            (Some(1), Some("1=a")),
+            (Some(1), Some("1=a:0")),
+            (Some(1), Some("x=a:1")),
+            (Some(1), Some("0=a:1")),
+            (Some(1), Some("1=:5")),
+            (Some(1), Some("")),
+            (Some(256), Some("256=a:1")),
+        ] {
+            let flags = Flags {
+                id,
+                ensemble: text.map(String::from),
+                ..Default::default()
+            };
+            assert!(
+                Config::resolve(flags, FileConfig::default()).is_err(),
+                "{id:?} {text:?} should be refused"
+            );
+        }
+        let flags = Flags {
+            id: Some(1),
+            ensemble: Some("1=a:1".into()),
+            server_id: Some(3),
+            ..Default::default()
+        };
+        assert!(Config::resolve(flags, FileConfig::default()).is_err());
+    }
 
     #[test]
     fn defaults_and_precedence() {
