@@ -60,9 +60,11 @@ pub(crate) enum ResponseBody {
     AppendEntries(AppendEntriesResponse<u64>),
     Vote(VoteResponse<u64>),
     Snapshot(SnapshotResponse<u64>),
-    App(Bytes),
     /// The receiving member could not handle it (it is shutting down or stopped).
     Refused(String),
+    /// The answer of the receiving member's application handler (last: wire indexes of
+    /// the variants before it are kept).
+    App(Bytes),
 }
 
 /// What a [`PeerRequest`] is, for transports that route by kind (a snapshot is large and may
