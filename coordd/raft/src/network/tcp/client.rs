@@ -1,0 +1,549 @@
+//! [`TcpTransport`]: the calling side.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::wire::{self, Channel, FrameReader, HandshakeError, Hello, Message, WireError};
+use super::TcpConfig;
+use crate::network::{PeerRequest, PeerResponse, RequestBody, Transport, TransportError};
+use crate::{ConfigError, MemberId};
+
+/// Why a connection to a peer could not be opened.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The TCP connect failed (refused, no route, ...).
+    #[error("connect to {addr} failed: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The peer refused the handshake, or answered it with a mismatch.
+    #[error("handshake with {addr} refused: {error}")]
+    Rejected { addr: String, error: HandshakeError },
+    /// The connection broke or sent garbage during the handshake.
+    #[error("handshake with {addr} failed: {reason}")]
+    Handshake { addr: String, reason: String },
+    #[error("connect to {addr} timed out")]
+    Timeout { addr: String },
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only map updates and Option swaps happen under these locks.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The calling side of the TCP transport for one member: give it to
+/// [`Member::start`](crate::Member::start). Clones share the connections.
+///
+/// Per peer: one multiplexed connection for AppendEntries and votes (opened on the first call,
+/// reopened after a failure, with a bounded backoff between failed connects), plus a
+/// connection per snapshot transfer.
+#[derive(Clone)]
+pub struct TcpTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: MemberId,
+    config: TcpConfig,
+    peers: Mutex<HashMap<MemberId, Arc<Peer>>>,
+}
+
+/// The state of the RPC connection to one peer.
+struct Peer {
+    addr: String,
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Held while connecting, so concurrent callers wait for one connect instead of racing.
+    connecting: tokio::sync::Mutex<Reconnect>,
+}
+
+#[derive(Default)]
+struct Reconnect {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+type Waiter = oneshot::Sender<Result<PeerResponse, TransportError>>;
+
+/// Calls waiting for their response; `None` once the connection is closed (no new waiters).
+struct Pending(Mutex<Option<HashMap<u64, Waiter>>>);
+
+impl Pending {
+    /// Fails every waiter and refuses new ones.
+    fn close(&self, reason: &str) {
+        let waiters = lock(&self.0).take();
+        for (_, w) in waiters.into_iter().flatten() {
+            let _ = w.send(Err(TransportError::Io(reason.to_string())));
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        lock(&self.0).is_some()
+    }
+}
+
+/// Removes a call's waiter when the call ends, however it ends (a call dropped at its deadline
+/// must not leave its entry behind).
+struct WaiterGuard<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(map) = lock(&self.pending.0).as_mut() {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// One open RPC connection: a writer task fed by a queue (callers never write the socket
+/// themselves, so a call cancelled at its deadline cannot leave half a frame behind) and a
+/// reader task that hands each response to its waiter.
+struct Conn {
+    out: mpsc::Sender<Bytes>,
+    pending: Arc<Pending>,
+    next_id: AtomicU64,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Writes queued frames, several per flush when they queue up. Ends when the queue closes or a
+/// write fails; either way it closes `pending`.
+pub(super) async fn write_frames(
+    w: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    on_close: impl FnOnce(String),
+) {
+    let mut w = BufWriter::with_capacity(64 << 10, w);
+    let res: std::io::Result<()> = async {
+        while let Some(frame) = rx.recv().await {
+            w.write_all(&frame).await?;
+            while let Ok(frame) = rx.try_recv() {
+                w.write_all(&frame).await?;
+            }
+            w.flush().await?;
+        }
+        Ok(())
+    }
+    .await;
+    on_close(match res {
+        Ok(()) => "connection closed".to_string(),
+        Err(e) => format!("write failed: {e}"),
+    });
+}
+
+async fn read_responses(
+    mut r: OwnedReadHalf,
+    mut reader: FrameReader,
+    frame_bytes_max: usize,
+    pending: Arc<Pending>,
+    target: MemberId,
+) {
+    let reason = loop {
+        let body = match reader.next(&mut r, frame_bytes_max).await {
+            Ok(Some(b)) => b,
+            Ok(None) => break "closed by the peer".to_string(),
+            Err(e) => break e.to_string(),
+        };
+        match wire::decode::<Message>(&body) {
+            Ok(Message::Response { id, response }) => {
+                // None: the call already gave up (deadline); the response is simply late.
+                let waiter = lock(&pending.0).as_mut().and_then(|m| m.remove(&id));
+                if let Some(w) = waiter {
+                    let _ = w.send(Ok(response));
+                }
+            }
+            Ok(other) => break format!("unexpected {} from the peer", other.name()),
+            Err(e) => break e.to_string(),
+        }
+    };
+    tracing::debug!(target_member = target, %reason, "peer connection closed");
+    pending.close(&reason);
+}
+
+impl TcpTransport {
+    /// The transport of member `id`.
+    pub fn new(id: MemberId, config: TcpConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id,
+                config,
+                peers: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &TcpConfig {
+        &self.inner.config
+    }
+
+    /// Opens a connection to member `target` at `addr` and does the handshake, outside the
+    /// pool and its backoff, then closes it: tells whether that peer is up and who it is.
+    pub async fn check_peer(
+        &self,
+        target: MemberId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<(), ConnectError> {
+        match tokio::time::timeout(timeout, self.open(target, addr, Channel::Rpc)).await {
+            Err(_) => Err(ConnectError::Timeout {
+                addr: addr.to_string(),
+            }),
+            Ok(r) => r.map(drop),
+        }
+    }
+
+    /// Closes every pooled connection (calls in flight fail with `Io`); later calls reconnect.
+    pub fn close_all(&self) {
+        let peers: Vec<Arc<Peer>> = lock(&self.inner.peers).drain().map(|(_, p)| p).collect();
+        for p in peers {
+            if let Some(c) = lock(&p.conn).take() {
+                c.pending.close("closed by this member");
+            }
+        }
+    }
+
+    /// Connects and handshakes on a fresh connection.
+    async fn open(
+        &self,
+        target: MemberId,
+        addr: &str,
+        channel: Channel,
+    ) -> Result<(TcpStream, FrameReader), ConnectError> {
+        let handshake_err = |reason: String| ConnectError::Handshake {
+            addr: addr.to_string(),
+            reason,
+        };
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ConnectError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        // Heartbeats are small frames whose latency is the point.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| handshake_err(e.to_string()))?;
+        let hello = Hello::new(
+            &self.inner.config.cluster_name,
+            self.inner.id,
+            target,
+            channel,
+        );
+        let frame = wire::encode_frame(&hello, wire::HANDSHAKE_FRAME_BYTES_MAX)
+            .map_err(|e| handshake_err(e.to_string()))?;
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| handshake_err(e.to_string()))?;
+        let mut reader = FrameReader::new();
+        let reply = match reader
+            .next(&mut stream, wire::HANDSHAKE_FRAME_BYTES_MAX)
+            .await
+        {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(handshake_err("closed before replying".into())),
+            Err(e) => return Err(handshake_err(e.to_string())),
+        };
+        wire::check_reply(&reply, target).map_err(|error| ConnectError::Rejected {
+            addr: addr.to_string(),
+            error,
+        })?;
+        Ok((stream, reader))
+    }
+
+    fn peer(&self, target: MemberId, addr: &str) -> Arc<Peer> {
+        let mut peers = lock(&self.inner.peers);
+        match peers.get(&target) {
+            Some(p) if p.addr == addr => p.clone(),
+            // New, or its address changed (membership): a fresh pool entry; the old
+            // connection closes when its last call is done with it.
+            _ => {
+                let p = Arc::new(Peer {
+                    addr: addr.to_string(),
+                    conn: Mutex::new(None),
+                    connecting: tokio::sync::Mutex::new(Reconnect::default()),
+                });
+                peers.insert(target, p.clone());
+                p
+            }
+        }
+    }
+
+    fn live(peer: &Peer) -> Option<Arc<Conn>> {
+        let mut g = lock(&peer.conn);
+        match &*g {
+            Some(c) if c.pending.is_open() => Some(c.clone()),
+            Some(_) => {
+                *g = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The open RPC connection to `target`, opening one if needed (or failing fast while a
+    /// reconnect backoff runs).
+    async fn connection(
+        &self,
+        target: MemberId,
+        peer: &Peer,
+        deadline: Instant,
+    ) -> Result<Arc<Conn>, TransportError> {
+        if let Some(c) = Self::live(peer) {
+            return Ok(c);
+        }
+        let mut st = tokio::time::timeout_at(deadline, peer.connecting.lock())
+            .await
+            .map_err(|_| TransportError::Timeout)?;
+        if let Some(c) = Self::live(peer) {
+            return Ok(c);
+        }
+        let now = Instant::now();
+        if let Some(at) = st.retry_at.filter(|at| now < *at) {
+            return Err(TransportError::Unreachable(format!(
+                "member {target} at {}: {} (next attempt in {:?})",
+                peer.addr,
+                st.last_error,
+                at - now
+            )));
+        }
+        let cfg = &self.inner.config;
+        let until = deadline.min(now + cfg.connect_timeout());
+        let res = tokio::time::timeout_at(until, self.open(target, &peer.addr, Channel::Rpc)).await;
+        let err = match res {
+            Ok(Ok((stream, reader))) => {
+                if st.failures > 0 {
+                    tracing::info!(id = self.inner.id, target_member = target, addr = %peer.addr, "peer reachable again");
+                }
+                *st = Reconnect::default();
+                let conn = self.spawn_conn(target, stream, reader);
+                *lock(&peer.conn) = Some(conn.clone());
+                return Ok(conn);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => ConnectError::Timeout {
+                addr: peer.addr.clone(),
+            },
+        };
+        // Exponential backoff, bounded: min * 2^failures, at most max.
+        let backoff = Duration::from_millis(
+            cfg.reconnect_backoff_min_ms
+                .saturating_mul(1u64 << st.failures.min(20))
+                .min(cfg.reconnect_backoff_max_ms),
+        );
+        st.failures = st.failures.saturating_add(1);
+        st.retry_at = Some(Instant::now() + backoff);
+        st.last_error = err.to_string();
+        match &err {
+            // Someone is listening but is not the peer we want: say so loudly, every time
+            // (the backoff bounds how often).
+            ConnectError::Rejected { .. } => {
+                tracing::warn!(id = self.inner.id, target_member = target, error = %err, "peer handshake refused")
+            }
+            _ if st.failures == 1 => {
+                tracing::info!(id = self.inner.id, target_member = target, error = %err, "peer unreachable")
+            }
+            _ => {
+                tracing::debug!(id = self.inner.id, target_member = target, error = %err, "peer still unreachable")
+            }
+        }
+        match err {
+            ConnectError::Timeout { .. } if until == deadline => Err(TransportError::Timeout),
+            e => Err(TransportError::Unreachable(e.to_string())),
+        }
+    }
+
+    fn spawn_conn(&self, target: MemberId, stream: TcpStream, reader: FrameReader) -> Arc<Conn> {
+        let (r, w) = stream.into_split();
+        let pending = Arc::new(Pending(Mutex::new(Some(HashMap::new()))));
+        let (tx, rx) = mpsc::channel(self.inner.config.send_queue_frames_max);
+        let p = pending.clone();
+        let writer = tokio::spawn(write_frames(w, rx, move |reason| p.close(&reason)));
+        let reader = tokio::spawn(read_responses(
+            r,
+            reader,
+            self.inner.config.frame_bytes_max,
+            pending.clone(),
+            target,
+        ));
+        Arc::new(Conn {
+            out: tx,
+            pending,
+            next_id: AtomicU64::new(1),
+            tasks: [writer, reader],
+        })
+    }
+
+    async fn call_rpc(
+        &self,
+        target: MemberId,
+        addr: &str,
+        request: PeerRequest,
+        deadline: Instant,
+    ) -> Result<PeerResponse, TransportError> {
+        let peer = self.peer(target, addr);
+        let conn = self.connection(target, &peer, deadline).await?;
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let entries = request.entry_count() as u64;
+        let frame = wire::encode_frame(
+            &Message::Request { id, request },
+            self.inner.config.frame_bytes_max,
+        )
+        .map_err(|e| match e {
+            // Tell openraft how many entries would fit (proportionally, with a margin for
+            // uneven entries); it resends with at most that many.
+            WireError::TooLong { len, max_bytes } if entries > 0 => TransportError::TooLarge {
+                max_entries: (entries.saturating_mul(max_bytes as u64) / len.max(1) * 9 / 10)
+                    .max(1),
+            },
+            e => TransportError::Io(e.to_string()),
+        })?;
+        let (tx, rx) = oneshot::channel();
+        match lock(&conn.pending.0).as_mut() {
+            Some(m) => {
+                m.insert(id, tx);
+            }
+            None => return Err(TransportError::Io("connection closed".into())),
+        }
+        let _guard = WaiterGuard {
+            pending: &conn.pending,
+            id,
+        };
+        match tokio::time::timeout_at(deadline, conn.out.send(frame)).await {
+            Err(_) => return Err(TransportError::Timeout),
+            Ok(Err(_)) => return Err(TransportError::Io("connection closed".into())),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => Err(TransportError::Timeout),
+            Ok(Err(_)) => Err(TransportError::Io("connection closed".into())),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// Streams one snapshot on a connection of its own: begin, chunks, end, then the response.
+    async fn call_snapshot(
+        &self,
+        target: MemberId,
+        addr: &str,
+        body: RequestBody,
+        deadline: Instant,
+    ) -> Result<PeerResponse, TransportError> {
+        let RequestBody::Snapshot { vote, meta, image } = body else {
+            return Err(TransportError::Io("not a snapshot".into()));
+        };
+        let cfg = &self.inner.config;
+        let until = deadline.min(Instant::now() + cfg.connect_timeout());
+        let (stream, mut reader) = match tokio::time::timeout_at(
+            until,
+            self.open(target, addr, Channel::Snapshot),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                if matches!(e, ConnectError::Rejected { .. }) {
+                    tracing::warn!(id = self.inner.id, target_member = target, error = %e, "peer handshake refused");
+                }
+                return Err(TransportError::Unreachable(e.to_string()));
+            }
+            Err(_) if until == deadline => return Err(TransportError::Timeout),
+            Err(_) => {
+                return Err(TransportError::Unreachable(format!(
+                    "connect to {addr} timed out"
+                )))
+            }
+        };
+        let (mut r, w) = stream.into_split();
+        let max = cfg.frame_bytes_max;
+        let io = |e: WireError| TransportError::Io(e.to_string());
+        let id = 1;
+        let total = image.len();
+        let transfer = async {
+            let mut w = BufWriter::with_capacity(256 << 10, w);
+            let begin = Message::SnapshotBegin {
+                id,
+                vote,
+                meta,
+                total_bytes: total as u64,
+            };
+            w.write_all(&wire::encode_frame(&begin, max).map_err(io)?)
+                .await
+                .map_err(|e| TransportError::Io(e.to_string()))?;
+            let mut offset = 0;
+            while offset < total {
+                let end = (offset + cfg.snapshot_chunk_bytes).min(total);
+                let chunk = Message::SnapshotChunk {
+                    id,
+                    data: image.slice(offset..end),
+                };
+                w.write_all(&wire::encode_frame(&chunk, max).map_err(io)?)
+                    .await
+                    .map_err(|e| TransportError::Io(e.to_string()))?;
+                offset = end;
+            }
+            w.write_all(&wire::encode_frame(&Message::SnapshotEnd { id }, max).map_err(io)?)
+                .await
+                .map_err(|e| TransportError::Io(e.to_string()))?;
+            w.flush()
+                .await
+                .map_err(|e| TransportError::Io(e.to_string()))?;
+            let body =
+                reader.next(&mut r, max).await.map_err(io)?.ok_or_else(|| {
+                    TransportError::Io("closed before answering the snapshot".into())
+                })?;
+            match wire::decode::<Message>(&body).map_err(io)? {
+                Message::Response { id: got, response } if got == id => Ok(response),
+                other => Err(TransportError::Io(format!(
+                    "unexpected {} in answer to a snapshot",
+                    other.name()
+                ))),
+            }
+        };
+        // Dropping the connection (deadline, or openraft cancelling the transfer) tells the
+        // listener to discard what it received.
+        tokio::time::timeout_at(deadline, transfer)
+            .await
+            .map_err(|_| TransportError::Timeout)?
+    }
+}
+
+impl Transport for TcpTransport {
+    async fn call(
+        &self,
+        target: MemberId,
+        addr: &str,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, TransportError> {
+        let deadline = Instant::now() + timeout;
+        match request.0 {
+            body @ RequestBody::Snapshot { .. } => {
+                self.call_snapshot(target, addr, body, deadline).await
+            }
+            body => {
+                self.call_rpc(target, addr, PeerRequest(body), deadline)
+                    .await
+            }
+        }
+    }
+}
