@@ -389,10 +389,8 @@ async fn raw_handshake(addr: &str, bytes: &[u8]) -> Option<HelloReply> {
 /// The listener closed `s` (end of stream or reset), within `WAIT`.
 async fn assert_closed(s: &mut TcpStream) {
     let mut rest = Vec::new();
-    match tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await {
-        Err(_) => panic!("connection still open after {WAIT:?}"),
-        Ok(_) => {}
-    }
+    let closed = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "connection still open after {WAIT:?}");
 }
 
 /// Opens an accepted peer connection to member `to` at `addr` (as member `from`).
@@ -566,5 +564,51 @@ async fn restarted_member_catches_up_by_snapshot_over_tcp() {
     // And keeps up by log replication afterwards.
     let more = c.propose(&[1, 2, 3], big(61)).await;
     c.wait_converged(&[1, 2, 3], more).await;
+    c.shutdown().await;
+}
+
+/// Connections beyond `peer_connections_max` are closed at once; one that never completes its
+/// handshake is closed after `handshake_timeout_ms`, freeing its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_and_handshake_deadline() {
+    let tcp = TcpConfig {
+        peer_connections_max: 4,
+        handshake_timeout_ms: 500,
+        ..TcpConfig::default()
+    };
+    let c = TcpCluster::start(60, Config::default(), tcp).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let addr = c.addrs[&leader].clone();
+    let stats = || c.nodes[&leader].server.stats();
+    let held = stats().connections_open;
+    assert!(held <= 2, "{:?}", stats());
+
+    // Idle connections (no handshake) take the free slots ...
+    let mut idle = Vec::new();
+    for _ in held..4 {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    eventually("the idle connections are accepted", || {
+        stats().connections_open == 4
+    })
+    .await;
+    // ... so the next one is closed at once, long before any handshake deadline.
+    let started = Instant::now();
+    let mut over = TcpStream::connect(&addr).await.unwrap();
+    assert_closed(&mut over).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(stats().connections_over_limit >= 1, "{:?}", stats());
+
+    // The idle ones are closed at the handshake deadline and their slots come back.
+    for s in &mut idle {
+        assert_closed(s).await;
+    }
+    eventually("slots freed", || stats().connections_open <= held).await;
+    let index = c.propose(&[1, 2, 3], payload(1)).await;
+    c.wait_converged(&[1, 2, 3], index).await;
     c.shutdown().await;
 }

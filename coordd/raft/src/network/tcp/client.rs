@@ -547,3 +547,201 @@ impl Transport for TcpTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use openraft::raft::{AppendEntriesRequest, VoteRequest, VoteResponse};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::network::tcp::wire::{HelloReply, PROTOCOL_VERSION};
+    use crate::network::ResponseBody;
+    use crate::types::{Entry, Vote};
+
+    const LONG: Duration = Duration::from_secs(10);
+
+    fn vote_request(term: u64) -> PeerRequest {
+        PeerRequest(RequestBody::Vote(VoteRequest::new(
+            Vote::new(term, 1),
+            None,
+        )))
+    }
+
+    fn term_of(r: &PeerResponse) -> u64 {
+        match &r.0 {
+            ResponseBody::Vote(v) => v.vote.leader_id().term,
+            _ => panic!("not a vote response: {r:?}"),
+        }
+    }
+
+    /// A fake member 2: accepts one connection, reads `n` vote requests, answers them in the
+    /// reverse order of arrival (echoing each request's vote), then holds the connection open
+    /// until the caller closes it.
+    async fn reversing_peer(listener: TcpListener, n: usize) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut reader = FrameReader::new();
+        let hello = reader.next(&mut s, 4096).await.unwrap().unwrap();
+        wire::check_hello(&hello, "coordd", 2).unwrap();
+        let accepted = HelloReply::Accepted {
+            protocol_version: PROTOCOL_VERSION,
+            member_id: 2,
+        };
+        s.write_all(&wire::encode_frame(&accepted, 4096).unwrap())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let body = reader.next(&mut s, 1 << 20).await.unwrap().unwrap();
+            match wire::decode::<Message>(&body).unwrap() {
+                Message::Request { id, request } => got.push((id, request)),
+                other => panic!("unexpected {}", other.name()),
+            }
+        }
+        for (id, request) in got.into_iter().rev() {
+            let RequestBody::Vote(v) = request.0 else {
+                panic!("not a vote")
+            };
+            let response = PeerResponse(ResponseBody::Vote(VoteResponse {
+                vote: v.vote,
+                vote_granted: true,
+                last_log_id: None,
+            }));
+            let f = wire::encode_frame(&Message::Response { id, response }, 1 << 20).unwrap();
+            s.write_all(&f).await.unwrap();
+        }
+        let _ = reader.next(&mut s, 1 << 20).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_share_one_connection_and_match_responses_out_of_order() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        // It accepts one connection only: a second one would never be answered.
+        let peer = tokio::spawn(reversing_peer(l, 3));
+        let t = TcpTransport::new(1, TcpConfig::default()).unwrap();
+        let call = |term| {
+            let (t, addr) = (t.clone(), addr.clone());
+            async move { t.call(2, &addr, vote_request(term), LONG).await }
+        };
+        let (a, b, c) = tokio::join!(call(1), call(2), call(3));
+        assert_eq!(term_of(&a.unwrap()), 1);
+        assert_eq!(term_of(&b.unwrap()), 2);
+        assert_eq!(term_of(&c.unwrap()), 3);
+        t.close_all();
+        peer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refused_connect_is_unreachable_at_once_then_backs_off_then_reconnects() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let config = TcpConfig {
+            reconnect_backoff_min_ms: 100,
+            reconnect_backoff_max_ms: 200,
+            ..TcpConfig::default()
+        };
+        let t = TcpTransport::new(1, config).unwrap();
+        let started = Instant::now();
+        let e = t.call(2, &addr, vote_request(1), LONG).await.unwrap_err();
+        assert!(matches!(e, TransportError::Unreachable(_)), "{e}");
+        // Within the backoff: no connect at all, the same answer.
+        let e = t.call(2, &addr, vote_request(1), LONG).await.unwrap_err();
+        assert!(
+            matches!(&e, TransportError::Unreachable(m) if m.contains("next attempt")),
+            "{e}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // The peer comes up: a call after the backoff connects.
+        let l = TcpListener::bind(&addr).await.unwrap();
+        let peer = tokio::spawn(reversing_peer(l, 1));
+        let deadline = Instant::now() + LONG;
+        let r = loop {
+            match t.call(2, &addr, vote_request(5), LONG).await {
+                Ok(r) => break r,
+                Err(TransportError::Unreachable(_)) if Instant::now() < deadline => {
+                    // The backoff (at most 200 ms) is still running.
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(term_of(&r), 5);
+        t.close_all();
+        peer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_call_times_out_and_leaves_nothing_behind() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        // Reads one request and never answers it.
+        let peer = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut reader = FrameReader::new();
+            reader.next(&mut s, 4096).await.unwrap().unwrap();
+            let accepted = HelloReply::Accepted {
+                protocol_version: PROTOCOL_VERSION,
+                member_id: 2,
+            };
+            s.write_all(&wire::encode_frame(&accepted, 4096).unwrap())
+                .await
+                .unwrap();
+            while let Ok(Some(_)) = reader.next(&mut s, 1 << 20).await {}
+        });
+        let t = TcpTransport::new(1, TcpConfig::default()).unwrap();
+        let started = Instant::now();
+        let e = t
+            .call(2, &addr, vote_request(1), Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(e, TransportError::Timeout);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let peer_state = lock(&t.inner.peers).get(&2).cloned().unwrap();
+        let conn = TcpTransport::live(&peer_state).expect("the connection stays open");
+        assert_eq!(lock(&conn.pending.0).as_ref().map(|m| m.len()), Some(0));
+        drop(conn);
+        t.close_all();
+        peer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_append_over_the_frame_limit_asks_for_fewer_entries() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let peer = tokio::spawn(reversing_peer(l, 0));
+        let config = TcpConfig {
+            frame_bytes_max: 8 << 10,
+            snapshot_chunk_bytes: 4 << 10,
+            ..TcpConfig::default()
+        };
+        let t = TcpTransport::new(1, config).unwrap();
+        let entries: Vec<Entry> = (1..=20)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(Bytes::from(vec![7u8; 1024])),
+            })
+            .collect();
+        let request = PeerRequest(RequestBody::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }));
+        match t.call(2, &addr, request, LONG).await {
+            Err(TransportError::TooLarge { max_entries }) => {
+                assert!((1..=7).contains(&max_entries), "{max_entries}")
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        t.close_all();
+        peer.await.unwrap();
+    }
+}

@@ -328,7 +328,7 @@ async fn serve_rpc(
 ) {
     let (mut r, w) = stream.into_split();
     let (out, out_rx) = mpsc::channel::<Bytes>(shared.config.send_queue_frames_max);
-    let writer = tokio::spawn(write_frames(w, out_rx, |_| {}));
+    let mut writer = tokio::spawn(write_frames(w, out_rx, |_| {}));
     let in_flight = Arc::new(Semaphore::new(shared.config.requests_in_flight_max));
     // Dropped on return: aborts handlers still running (their caller is gone or we stop).
     let mut handlers = JoinSet::new();
@@ -337,10 +337,13 @@ async fn serve_rpc(
         while handlers.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = stopped(&mut stop) => break,
+            // A failed write: answers can no longer arrive, so stop taking requests.
+            _ = &mut writer => break,
             p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let next = tokio::select! {
             _ = stopped(&mut stop) => break,
+            _ = &mut writer => break,
             n = reader.next(&mut r, max) => n,
         };
         let body = match next {
