@@ -124,6 +124,7 @@ impl Node {
         tcp: &TcpConfig,
     ) -> Node {
         let app = TestApplier::default();
+        tcp.validate_for(config).unwrap();
         let transport = TcpTransport::new(id, tcp.clone()).unwrap();
         let member = Member::start(
             config.clone(),

@@ -744,4 +744,97 @@ mod tests {
         t.close_all();
         peer.await.unwrap();
     }
+
+    /// A snapshot transfer that stalls (the receiver stops reading, so the sender's socket
+    /// buffers fill) does not hold up calls to the same peer: they go on another connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_snapshot_does_not_delay_calls_to_the_same_peer() {
+        use crate::types::{SnapshotMeta, StoredMembership};
+
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        // Member 2: answers votes on RPC connections; on a snapshot connection it reads the
+        // handshake and then nothing.
+        let peer = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let mut reader = FrameReader::new();
+                let Ok(Some(hello)) = reader.next(&mut s, 4096).await else {
+                    continue;
+                };
+                let hello = wire::check_hello(&hello, "coordd", 2).unwrap();
+                let accepted = HelloReply::Accepted {
+                    protocol_version: PROTOCOL_VERSION,
+                    member_id: 2,
+                };
+                s.write_all(&wire::encode_frame(&accepted, 4096).unwrap())
+                    .await
+                    .unwrap();
+                if hello.channel == Channel::Snapshot {
+                    held.push(s);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    while let Ok(Some(body)) = reader.next(&mut s, 1 << 20).await {
+                        let Ok(Message::Request { id, request }) = wire::decode(&body) else {
+                            return;
+                        };
+                        let RequestBody::Vote(v) = request.0 else {
+                            return;
+                        };
+                        let response = PeerResponse(ResponseBody::Vote(VoteResponse {
+                            vote: v.vote,
+                            vote_granted: false,
+                            last_log_id: None,
+                        }));
+                        let f = wire::encode_frame(&Message::Response { id, response }, 1 << 20)
+                            .unwrap();
+                        if s.write_all(&f).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let t = TcpTransport::new(1, TcpConfig::default()).unwrap();
+        // Far more than loopback socket buffers hold.
+        let image = Bytes::from(vec![0u8; 64 << 20]);
+        let snapshot = PeerRequest(RequestBody::Snapshot {
+            vote: Vote::new_committed(1, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 10)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "s-1".into(),
+            },
+            image,
+        });
+        let transfer = {
+            let (t, addr) = (t.clone(), addr.clone());
+            tokio::spawn(async move { t.call(2, &addr, snapshot, Duration::from_secs(3)).await })
+        };
+        // While it is stuck, votes with a heartbeat-sized deadline still get through.
+        let mut slowest = Duration::ZERO;
+        for term in 1..=20 {
+            let started = Instant::now();
+            let r = t
+                .call(2, &addr, vote_request(term), Duration::from_millis(50))
+                .await;
+            assert_eq!(term_of(&r.unwrap()), term);
+            slowest = slowest.max(started.elapsed());
+        }
+        assert!(
+            !transfer.is_finished(),
+            "the snapshot should still be stuck"
+        );
+        assert_eq!(
+            transfer.await.unwrap().unwrap_err(),
+            TransportError::Timeout
+        );
+        println!("slowest of 20 calls during a stalled snapshot transfer: {slowest:?}");
+        t.close_all();
+        peer.abort();
+    }
 }

@@ -30,6 +30,10 @@ use crate::ConfigError;
 #[cfg(doc)]
 use crate::Transport;
 
+/// Room for the header of an AppendEntries around one entry's payload (vote, log ids, the
+/// entry's log id and varints: well under this).
+const APPEND_OVERHEAD_BYTES_MAX: usize = 1 << 10;
+
 /// Limits and timers of the TCP transport. Both sides of an ensemble should use the same
 /// values (the frame limit in particular: a sender's frame over the receiver's limit closes
 /// the connection).
@@ -121,6 +125,30 @@ impl TcpConfig {
         Ok(())
     }
 
+    /// Checks this transport config against the member's [`Config`](crate::Config): the same
+    /// cluster name (or every handshake is refused), and a frame limit that holds an
+    /// AppendEntries of one maximal payload (or replication of such an entry could never
+    /// succeed: openraft would resend it alone, forever too large).
+    pub fn validate_for(&self, member: &crate::Config) -> Result<(), ConfigError> {
+        self.validate()?;
+        if self.cluster_name != member.cluster_name {
+            return Err(ConfigError(format!(
+                "transport cluster_name {:?} differs from the member's {:?}",
+                self.cluster_name, member.cluster_name
+            )));
+        }
+        let needed = member
+            .payload_max_bytes
+            .saturating_add(APPEND_OVERHEAD_BYTES_MAX);
+        if self.frame_bytes_max < needed {
+            return Err(ConfigError(format!(
+                "frame_bytes_max ({}) must be >= payload_max_bytes ({}) + {APPEND_OVERHEAD_BYTES_MAX}",
+                self.frame_bytes_max, member.payload_max_bytes
+            )));
+        }
+        Ok(())
+    }
+
     fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -190,5 +218,14 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+        let member = crate::Config::default();
+        TcpConfig::default().validate_for(&member).unwrap();
+        assert!(TcpConfig::new("other").validate_for(&member).is_err());
+        let small = TcpConfig {
+            frame_bytes_max: member.payload_max_bytes,
+            snapshot_chunk_bytes: 4 << 10,
+            ..TcpConfig::default()
+        };
+        assert!(small.validate_for(&member).is_err());
     }
 }
