@@ -62,7 +62,7 @@ struct Peer {
     addr: String,
     conn: Mutex<Option<Arc<Conn>>>,
     /// Held while connecting, so concurrent callers wait for one connect instead of racing.
-    connecting: tokio::sync::Mutex<Reconnect>,
+    connecting: Arc<tokio::sync::Mutex<Reconnect>>,
 }
 
 #[derive(Default)]
@@ -280,7 +280,7 @@ impl TcpTransport {
                 let p = Arc::new(Peer {
                     addr: addr.to_string(),
                     conn: Mutex::new(None),
-                    connecting: tokio::sync::Mutex::new(Reconnect::default()),
+                    connecting: Arc::new(tokio::sync::Mutex::new(Reconnect::default())),
                 });
                 peers.insert(target, p.clone());
                 p
@@ -302,16 +302,22 @@ impl TcpTransport {
 
     /// The open RPC connection to `target`, opening one if needed (or failing fast while a
     /// reconnect backoff runs).
+    ///
+    /// The connect runs in a task of its own, bounded by `connect_timeout_ms` only: a caller
+    /// may give up at its own deadline (an AppendEntries has one heartbeat interval), but the
+    /// connect goes on and the next call finds the connection open. Otherwise a link whose
+    /// connect plus handshake takes longer than a heartbeat interval could never connect.
     async fn connection(
         &self,
         target: MemberId,
-        peer: &Peer,
+        peer: &Arc<Peer>,
         deadline: Instant,
     ) -> Result<Arc<Conn>, TransportError> {
         if let Some(c) = Self::live(peer) {
             return Ok(c);
         }
-        let mut st = tokio::time::timeout_at(deadline, peer.connecting.lock())
+        // Waits for a connect already under way (its task holds the lock).
+        let st = tokio::time::timeout_at(deadline, peer.connecting.clone().lock_owned())
             .await
             .map_err(|_| TransportError::Timeout)?;
         if let Some(c) = Self::live(peer) {
@@ -326,9 +332,33 @@ impl TcpTransport {
                 at - now
             )));
         }
+        let (tx, rx) = oneshot::channel();
+        let (this, peer) = (self.clone(), peer.clone());
+        tokio::spawn(async move {
+            let res = this.connect(target, &peer, st).await;
+            let _ = tx.send(res);
+        });
+        match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => Err(TransportError::Timeout),
+            Ok(Err(_)) => Err(TransportError::Io("connect task ended".into())),
+            Ok(Ok(res)) => res,
+        }
+    }
+
+    /// One connect attempt to `peer`, holding its connect lock (`st`); installs the connection
+    /// or starts the backoff.
+    async fn connect(
+        &self,
+        target: MemberId,
+        peer: &Peer,
+        mut st: tokio::sync::OwnedMutexGuard<Reconnect>,
+    ) -> Result<Arc<Conn>, TransportError> {
         let cfg = &self.inner.config;
-        let until = deadline.min(now + cfg.connect_timeout());
-        let res = tokio::time::timeout_at(until, self.open(target, &peer.addr, Channel::Rpc)).await;
+        let res = tokio::time::timeout(
+            cfg.connect_timeout(),
+            self.open(target, &peer.addr, Channel::Rpc),
+        )
+        .await;
         let err = match res {
             Ok(Ok((stream, reader))) => {
                 if st.failures > 0 {
@@ -366,10 +396,7 @@ impl TcpTransport {
                 tracing::debug!(id = self.inner.id, target_member = target, error = %err, "peer still unreachable")
             }
         }
-        match err {
-            ConnectError::Timeout { .. } if until == deadline => Err(TransportError::Timeout),
-            e => Err(TransportError::Unreachable(e.to_string())),
-        }
+        Err(TransportError::Unreachable(err.to_string()))
     }
 
     fn spawn_conn(&self, target: MemberId, stream: TcpStream, reader: FrameReader) -> Arc<Conn> {
@@ -834,6 +861,82 @@ mod tests {
             TransportError::Timeout
         );
         println!("slowest of 20 calls during a stalled snapshot transfer: {slowest:?}");
+        t.close_all();
+        peer.abort();
+    }
+
+    /// A connect plus handshake slower than the calls' deadlines still completes: the connect
+    /// is not cancelled with the call that started it, and later calls use the connection.
+    #[tokio::test]
+    async fn a_connect_slower_than_the_call_deadline_still_completes() {
+        use std::sync::atomic::AtomicUsize;
+
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let counted = accepts.clone();
+        let peer = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut reader = FrameReader::new();
+                    reader.next(&mut s, 4096).await.unwrap().unwrap();
+                    // Three times the calls' deadline.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let accepted = HelloReply::Accepted {
+                        protocol_version: PROTOCOL_VERSION,
+                        member_id: 2,
+                    };
+                    s.write_all(&wire::encode_frame(&accepted, 4096).unwrap())
+                        .await
+                        .unwrap();
+                    while let Ok(Some(body)) = reader.next(&mut s, 1 << 20).await {
+                        let Ok(Message::Request { id, request }) = wire::decode(&body) else {
+                            return;
+                        };
+                        let RequestBody::Vote(v) = request.0 else {
+                            return;
+                        };
+                        let response = PeerResponse(ResponseBody::Vote(VoteResponse {
+                            vote: v.vote,
+                            vote_granted: false,
+                            last_log_id: None,
+                        }));
+                        let f = wire::encode_frame(&Message::Response { id, response }, 1 << 20)
+                            .unwrap();
+                        s.write_all(&f).await.unwrap();
+                    }
+                });
+            }
+        });
+        let t = TcpTransport::new(1, TcpConfig::default()).unwrap();
+        let deadline = Instant::now() + LONG;
+        let mut timeouts = 0;
+        loop {
+            match t
+                .call(2, &addr, vote_request(1), Duration::from_millis(50))
+                .await
+            {
+                Ok(r) => {
+                    assert_eq!(term_of(&r), 1);
+                    break;
+                }
+                Err(TransportError::Timeout) if Instant::now() < deadline => timeouts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            timeouts >= 1,
+            "the first call cannot have waited out the handshake"
+        );
+        assert_eq!(
+            accepts.load(Ordering::SeqCst),
+            1,
+            "one connect, not one per call"
+        );
         t.close_all();
         peer.abort();
     }
