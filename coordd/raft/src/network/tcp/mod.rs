@@ -52,7 +52,8 @@ pub struct TcpConfig {
     /// Largest snapshot a listener accepts (it holds the whole image in memory: the snapshot
     /// type is in-memory bytes for now).
     pub snapshot_bytes_max: u64,
-    /// Deadline of a TCP connect plus handshake (also bounded by the call's own deadline).
+    /// Deadline of a TCP connect plus handshake. The connect runs in a task of its own, so a
+    /// call that gives up earlier (its own deadline) does not cancel it.
     pub connect_timeout_ms: u64,
     /// A listener closes a connection whose handshake is not complete within this.
     pub handshake_timeout_ms: u64,
