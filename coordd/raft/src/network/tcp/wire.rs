@@ -9,7 +9,14 @@
 //! below checks the real types).
 //!
 //! A connection starts with one [`Hello`] frame from the caller and one [`HelloReply`] from the
-//! listener, both limited to [`HANDSHAKE_FRAME_BYTES_MAX`]; then [`Message`]s.
+//! listener, both limited to [`HANDSHAKE_FRAME_BYTES_MAX`]. Then every frame is one message (a
+//! postcard enum, variant index first):
+//! - 0 `Request { id, request }`: an AppendEntries or a vote (`PeerRequest`), caller to
+//!   listener on an RPC channel; ids unique per connection;
+//! - 1 `Response { id, response }`: listener to caller, in completion order;
+//! - 2 `SnapshotBegin { id, vote, meta, total_bytes }`, 3 `SnapshotChunk { id, data }` (in
+//!   order), 4 `SnapshotEnd { id }`: a snapshot on a Snapshot channel, answered by one
+//!   `Response`.
 //!
 //! Invariants: a length over the limit is refused before any byte of the body is buffered,
 //! and the buffer grows only as the body's bytes actually arrive (a peer that announces a
@@ -30,7 +37,7 @@ use crate::MemberId;
 pub const MAGIC: [u8; 4] = *b"CDRP";
 
 /// The protocol this build speaks. Peers must speak the same one (no negotiation yet): any
-/// change of [`Message`] or of the openraft types inside it bumps it.
+/// change of the messages or of the openraft types inside them bumps it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Limit of a handshake frame (in both directions). Small, because the caller is not yet known
@@ -450,6 +457,29 @@ mod tests {
         )
         .unwrap();
         assert!(f.len() < 48, "heartbeat frame is {} bytes", f.len());
+    }
+
+    /// The layout documented above; a change here is a protocol change (bump
+    /// PROTOCOL_VERSION).
+    #[test]
+    fn wire_layout_is_pinned() {
+        let f = encode_frame(&Message::SnapshotEnd { id: 5 }, 64).unwrap();
+        assert_eq!(&f[..], &[0, 0, 0, 2, 4, 5]);
+        let f = encode_frame(
+            &Message::SnapshotChunk {
+                id: 300,
+                data: Bytes::from_static(b"ab"),
+            },
+            64,
+        )
+        .unwrap();
+        // Length, variant 3, id 300 as a varint, 2 bytes of data with their length.
+        assert_eq!(&f[..], &[0, 0, 0, 6, 3, 0xac, 0x02, 2, b'a', b'b']);
+        let f = encode_frame(&Hello::new("c", 1, 2, Channel::Snapshot), 64).unwrap();
+        assert_eq!(
+            &f[..],
+            &[0, 0, 0, 10, b'C', b'D', b'R', b'P', 1, 1, b'c', 1, 2, 1]
+        );
     }
 
     #[test]
