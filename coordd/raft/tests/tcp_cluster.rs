@@ -475,8 +475,10 @@ async fn garbage_and_oversized_frames_close_only_their_connection() {
         1,
         "{after:?}"
     );
+    // What stays open is at most the other two members' RPC connections (one may have been
+    // opened meanwhile, by a vote: so not compared with `before`).
     eventually("the bad connections are gone", || {
-        c.nodes[&leader].server.stats().connections_open <= before.connections_open
+        c.nodes[&leader].server.stats().connections_open <= 2
     })
     .await;
 
@@ -608,7 +610,8 @@ async fn connection_cap_and_handshake_deadline() {
     for s in &mut idle {
         assert_closed(s).await;
     }
-    eventually("slots freed", || stats().connections_open <= held).await;
+    // At most the other members' RPC connections remain.
+    eventually("slots freed", || stats().connections_open <= 2).await;
     let index = c.propose(&[1, 2, 3], payload(1)).await;
     c.wait_converged(&[1, 2, 3], index).await;
     c.shutdown().await;
