@@ -842,12 +842,13 @@ mod tests {
             let (t, addr) = (t.clone(), addr.clone());
             tokio::spawn(async move { t.call(2, &addr, snapshot, Duration::from_secs(3)).await })
         };
-        // While it is stuck, votes with a heartbeat-sized deadline still get through.
+        // While it is stuck, votes still get through (behind it they would wait forever; the
+        // deadline is loose for a loaded machine, the slowest is printed).
         let mut slowest = Duration::ZERO;
         for term in 1..=20 {
             let started = Instant::now();
             let r = t
-                .call(2, &addr, vote_request(term), Duration::from_millis(50))
+                .call(2, &addr, vote_request(term), Duration::from_millis(500))
                 .await;
             assert_eq!(term_of(&r.unwrap()), term);
             slowest = slowest.max(started.elapsed());
