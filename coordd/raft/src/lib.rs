@@ -6,7 +6,8 @@
 //! - it runs one [`Member`] per process: [`Member::propose`] (always with a deadline),
 //!   [`Member::read_index`], [`Member::role`], [`Member::leader`], [`Member::quorum_ok`],
 //!   [`Member::applied_index`], [`Member::shutdown`];
-//! - members talk through a [`Transport`] ([`MemNetwork`] in process; TCP in slice 3), whose
+//! - members talk through a [`Transport`] ([`MemNetwork`] in process; [`TcpTransport`] with
+//!   its listener [`PeerServer`] between processes, wire format in [`tcp::wire`]), whose
 //!   receiving side calls [`Member::handle_peer_request`];
 //! - the log is a [`LogStore`] ([`MemLogStore`] now; coordd's WAL in slice 2).
 //!
@@ -30,6 +31,8 @@ pub use member::{
     AppCallError, AppHandler, Committed, Initialized, Member, ProposeError, ReadIndexError, Role,
     ShutdownError, StartError, Status, WaitError,
 };
+pub use network::tcp;
+pub use network::tcp::{PeerServer, TcpConfig, TcpTransport};
 pub use network::{
     MemNetwork, MemTransport, PeerRequest, PeerResponse, RequestKind, Transport, TransportError,
 };

@@ -7,6 +7,7 @@
 //! them. The adapter to openraft's `RaftNetwork` lives here too, private.
 
 mod mem;
+pub mod tcp;
 
 use std::fmt;
 use std::future::Future;
