@@ -248,6 +248,45 @@ impl Server {
         ))
     }
 
+    /// Starts this server as member `config.ensemble.id` of the ensemble in
+    /// `config.ensemble`, over TCP: the peer port of this member (its address in the
+    /// list) serves the other members; `log` is this member's Raft log. Returns the
+    /// server, its Raft member and the peer listener (stop both after the server).
+    pub async fn start_ensemble<L: coordd_raft::LogStore>(
+        config: Config,
+        log: L,
+    ) -> Result<(Server, coordd_raft::Member, coordd_raft::PeerServer), ServerError> {
+        let Some(ensemble) = config.ensemble.clone() else {
+            return Err(ServerError::Ensemble("no ensemble configured".into()));
+        };
+        let peer_addr = ensemble.members[&ensemble.id].clone();
+        let raft = coordd_raft::Config::default();
+        let tcp = coordd_raft::TcpConfig::new(&raft.cluster_name);
+        tcp.validate_for(&raft)
+            .map_err(|e| ServerError::Ensemble(e.to_string()))?;
+        // Bind the peer port first: a member that cannot take its own address must not
+        // join (another process has it).
+        let listener = TcpListener::bind(&peer_addr)
+            .await
+            .map_err(|e| ServerError::Ensemble(format!("peer port {peer_addr}: {e}")))?;
+        let transport = coordd_raft::TcpTransport::new(ensemble.id, tcp.clone())
+            .map_err(|e| ServerError::Ensemble(e.to_string()))?;
+        let (server, member) = Server::start_member(
+            config,
+            EnsembleMember {
+                id: ensemble.id,
+                members: ensemble.members,
+                raft,
+                log,
+                transport,
+            },
+        )
+        .await?;
+        let peers = coordd_raft::PeerServer::start(listener, member.clone(), tcp)
+            .map_err(|e| ServerError::Ensemble(format!("peer port {peer_addr}: {e}")))?;
+        Ok((server, member, peers))
+    }
+
     /// A token that stops the server when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
