@@ -99,6 +99,18 @@ impl Coordd {
         c
     }
 
+    /// Starts on a chosen client address (e.g. on 127.0.0.2); panics if it cannot.
+    pub fn start_at(dir: tempfile::TempDir, addr: SocketAddr, args: &[String]) -> Coordd {
+        let mut c = Coordd {
+            addr,
+            dir,
+            extra_args: args.to_vec(),
+            child: None,
+        };
+        c.spawn(false);
+        c
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -206,6 +218,87 @@ impl Coordd {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn(false);
+    }
+}
+
+/// A coordd ensemble of real processes, member `i` (1-based) with its client and peer
+/// ports on 127.0.0.`i`, a 100 ms tick; killed and removed on drop.
+pub struct CoorddEnsemble {
+    pub members: Vec<Coordd>,
+}
+
+impl CoorddEnsemble {
+    pub fn start(n: usize) -> CoorddEnsemble {
+        let ip = |i: usize| std::net::Ipv4Addr::new(127, 0, 0, i as u8);
+        let free_on = |i: usize| {
+            TcpListener::bind((ip(i), 0))
+                .and_then(|l| l.local_addr())
+                .expect("bind an ephemeral port")
+        };
+        let clients: Vec<SocketAddr> = (1..=n).map(free_on).collect();
+        let peers: Vec<SocketAddr> = (1..=n).map(free_on).collect();
+        let list = peers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        // Spawn all before waiting for any: a member answers ruok before it has a
+        // quorum, but the others must exist for the ensemble to form.
+        let members = (1..=n)
+            .map(|i| {
+                let args = vec![
+                    "--tick-time-ms".to_string(),
+                    "100".to_string(),
+                    "--id".to_string(),
+                    i.to_string(),
+                    "--ensemble".to_string(),
+                    list.clone(),
+                ];
+                Coordd::start_at(tempfile::tempdir().expect("temp dir"), clients[i - 1], &args)
+            })
+            .collect();
+        CoorddEnsemble { members }
+    }
+
+    /// Every member's client address, comma separated.
+    pub fn connect_string(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.connect_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The `Mode:` line of `srvr` of member `i` (0-based), if it answers.
+    pub fn mode(&self, i: usize) -> Option<String> {
+        let out = four_letter(self.members[i].addr, "srvr")?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("Mode: "))
+            .map(str::to_string)
+    }
+
+    /// The index of the member that reports itself leader, once exactly one among
+    /// `alive` does and the others report follower.
+    pub fn wait_leader(&self, alive: &[usize], timeout: Duration) -> usize {
+        let mut leader = None;
+        wait_until("one leader, the rest followers", timeout, || {
+            let modes: Vec<Option<String>> = alive.iter().map(|&i| self.mode(i)).collect();
+            let leaders: Vec<usize> = alive
+                .iter()
+                .zip(&modes)
+                .filter(|(_, m)| m.as_deref() == Some("leader"))
+                .map(|(&i, _)| i)
+                .collect();
+            let followers = modes.iter().filter(|m| m.as_deref() == Some("follower")).count();
+            if leaders.len() == 1 && followers == alive.len() - 1 {
+                leader = Some(leaders[0]);
+                true
+            } else {
+                false
+            }
+        });
+        leader.expect("set when the wait succeeded")
     }
 }
 
