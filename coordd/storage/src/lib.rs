@@ -2,10 +2,10 @@
 //! snapshots of the state machine, in one data directory.
 //!
 //! Standalone coordd runs every write as: request -> log entry -> fsync -> apply ->
-//! reply. This module is the "log entry -> fsync" part and the recovery that rebuilds
+//! reply. This crate is the "log entry -> fsync" part and the recovery that rebuilds
 //! the state after a restart. It knows nothing about the tree, sessions or the wire
-//! protocol (entries and snapshot images are opaque bytes), so the Raft layer can later
-//! put its own log underneath without touching the server.
+//! protocol (entries and snapshot images are opaque bytes), so the server (re-exported
+//! there as `coordd::storage`) and the Raft log of coordd-raft share it.
 //!
 //! # Invariants
 //!

@@ -1116,7 +1116,7 @@ fn log_writer_drop_flushes() {
 /// Micro-benchmark: entries/s through LogWriter with real fdatasync, for 1 and 64
 /// submitters that each wait for their entry to be durable before sending the next
 /// (like clients waiting for a reply). Run with:
-/// `cargo test --release -p coordd --lib storage::tests::bench_log_writer -- --ignored --nocapture`
+/// `cargo test --release -p coordd-storage --lib tests::bench_log_writer -- --ignored --nocapture`
 /// (STORAGE_BENCH_DIR picks the disk; default: the system temp dir).
 #[test]
 #[ignore]
