@@ -490,3 +490,7 @@ pub(crate) fn snapshot_write_err(meta: &SnapshotMeta, e: WalError) -> StorageErr
         ),
     }
 }
+
+#[cfg(test)]
+#[path = "disk_tests.rs"]
+mod tests;
