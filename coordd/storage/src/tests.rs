@@ -1243,6 +1243,7 @@ fn truncate_across_segments_keeps_segment_names_rising() {
     let (mut wal, _) = Wal::open(c.clone()).unwrap();
     append_batches(&mut wal, 0, &[2; 12], 40);
     let before = segments(d.path());
+    assert_eq!(wal.locate(6).unwrap().unwrap().0, before[1]);
     assert!(before.len() >= 4, "{before:?}");
     // Back into the first segment: the segments after it now hold only deleted entries,
     // and new segments must not reuse their names.

@@ -176,6 +176,25 @@ impl Wal {
         ))
     }
 
+    /// Where the live entry with `zxid` lies: (segment file, offset of its record), or `None`
+    /// if the log does not hold it. Reads the segments (slow): meant for error messages, e.g.
+    /// naming the place of an entry whose payload the caller cannot decode. After a
+    /// truncation the same zxid can occur twice; the later record is the live one.
+    pub fn locate(&self, zxid: Zxid) -> Result<Option<(PathBuf, u64)>, StorageError> {
+        let mut found = None;
+        for seg in &self.segments {
+            let mut r = SegmentReader::open(&self.io, &seg.path, self.cfg.entry_bytes_max)?;
+            for rec in r.scan()?.records {
+                if rec.kind == Kind::Entry && rec.header.zxid == zxid {
+                    found = Some((seg.path.clone(), rec.offset));
+                } else if rec.kind == Kind::Truncate && rec.header.zxid < zxid {
+                    found = None;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The highest zxid the log or a snapshot holds; appends must be above it.
     pub fn last_zxid(&self) -> Zxid {
         self.last_zxid

@@ -123,8 +123,9 @@ struct Shared {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The WAL poisons itself after a failed write, and the view is only changed by plain
-    // assignments and map operations that do not panic, so the mutex's poisoning adds nothing.
+    // For the view and the recovered snapshot: only plain assignments and map operations that
+    // do not panic happen under these locks. (The disk's lock is not taken this way: see
+    // `with_disk`.)
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -228,16 +229,23 @@ impl DiskLogStore {
             view.last_purged = Some(id);
         }
         for (z, payload) in &rec.entries {
-            // The WAL does not say where a recovered entry lies; the log index is the
-            // position a reader can look up (zxid = index + 1).
-            let what = format!("log entry at zxid {z} (index {})", z - 1);
-            let e: Entry = decode(&dir, 0, &what, payload)?;
+            // A CRC-valid record that does not hold the entry its zxid says: a bug or a
+            // directory written by something else, never a torn write. Name where it lies.
+            let bad = |reason: String| -> WalError {
+                let (path, offset) = match wal.locate(*z) {
+                    Ok(Some(at)) => at,
+                    _ => (dir.clone(), 0),
+                };
+                WalError::Corrupt {
+                    path,
+                    offset,
+                    reason: format!("log entry at zxid {z} (index {}): {reason}", z - 1),
+                }
+            };
+            let e: Entry =
+                postcard::from_bytes(payload).map_err(|e| bad(format!("does not decode: {e}")))?;
             if zxid_of(e.log_id.index)? != *z {
-                return Err(WalError::Corrupt {
-                    path: dir.clone(),
-                    offset: 0,
-                    reason: format!("{what} holds log id {}", e.log_id),
-                });
+                return Err(bad(format!("holds log id {}", e.log_id)));
             }
             view.log.insert(e.log_id.index, e);
         }
@@ -270,9 +278,14 @@ impl DiskLogStore {
         f: impl FnOnce(&mut Disk) -> Result<R, WalError> + Send + 'static,
     ) -> Result<R, WalError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&shared.disk)))
-            .await
-            .unwrap_or_else(|e| Err(WalError::Poisoned(format!("log write task failed: {e}"))))
+        tokio::task::spawn_blocking(move || match shared.disk.lock() {
+            Ok(mut d) => f(&mut d),
+            // A write that panicked half-way left the WAL in an unknown state: like a failed
+            // fsync, nothing more is written until a restart recovers from the disk.
+            Err(_) => Err(WalError::Poisoned("an earlier log write panicked".into())),
+        })
+        .await
+        .unwrap_or_else(|e| Err(WalError::Poisoned(format!("log write task failed: {e}"))))
     }
 
     /// Appends entries durably (one write, one fdatasync); they are readable once it returns.

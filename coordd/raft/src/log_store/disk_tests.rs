@@ -290,7 +290,10 @@ fn bad_entry_bytes_are_corruption_not_a_panic() {
     }
     match DiskLogStore::open(d.path(), cfg()) {
         Err(e @ WalError::Corrupt { .. }) => {
-            assert!(e.to_string().contains("index 0"), "{e}")
+            let msg = e.to_string();
+            // The segment file and the record's offset (just after the 16-byte header).
+            assert!(msg.contains("log.0000000000000001 at offset 16"), "{msg}");
+            assert!(msg.contains("index 0"), "{msg}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
