@@ -6,8 +6,8 @@
 //! the log. With a durable log ([`DiskLogStore`](crate::DiskLogStore)) every snapshot built or
 //! installed is written through its [`SnapshotStore`] before openraft learns of it (so before
 //! it purges the log the snapshot covers), and [`StateMachine::restore`] loads the newest one
-//! into the applier before openraft reads the initial state. With [`MemLogStore`]
-//! (crate::MemLogStore) snapshots live in memory only.
+//! into the applier before openraft reads the initial state. With
+//! [`MemLogStore`](crate::MemLogStore) snapshots live in memory only.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
