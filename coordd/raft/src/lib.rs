@@ -9,7 +9,8 @@
 //! - members talk through a [`Transport`] ([`MemNetwork`] in process; [`TcpTransport`] with
 //!   its listener [`PeerServer`] between processes, wire format in [`tcp::wire`]), whose
 //!   receiving side calls [`Member::handle_peer_request`];
-//! - the log is a [`LogStore`] ([`MemLogStore`] now; coordd's WAL in slice 2).
+//! - the log is a [`LogStore`]: [`DiskLogStore`] (coordd's WAL, durable) or [`MemLogStore`]
+//!   (tests).
 //!
 //! Why openraft and what it does and does not do: docs/issue5-openraft-research.md.
 
@@ -26,7 +27,7 @@ mod tests;
 
 pub use applier::{Applier, ApplierError, EntryData, LogEntry, Membership};
 pub use config::{Config, ConfigError};
-pub use log_store::{LogStore, MemLogStore};
+pub use log_store::{DiskLogConfig, DiskLogStore, LogStore, MemLogStore};
 pub use member::{
     AppCallError, AppHandler, Committed, Initialized, Member, ProposeError, ReadIndexError, Role,
     ShutdownError, StartError, Status, WaitError,

@@ -356,7 +356,14 @@ impl Member {
             id,
             backoff: Duration::from_millis(config.unreachable_backoff_ms),
         };
-        let raft = Raft::new(id, raft_config, network, log, StateMachine::new(applier))
+        // A durable log brings the state machine's last snapshot: the applier must hold it
+        // before openraft reads the initial state (it re-applies the log after it).
+        let mut state_machine = StateMachine::new(applier, log.snapshot_store());
+        state_machine
+            .restore()
+            .await
+            .map_err(|e| StartError::Fatal(e.to_string()))?;
+        let raft = Raft::new(id, raft_config, network, log, state_machine)
             .await
             .map_err(|e| StartError::Fatal(e.to_string()))?;
         let ack = Arc::new(Mutex::new(None));

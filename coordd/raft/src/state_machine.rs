@@ -1,9 +1,13 @@
 //! openraft's `RaftStateMachine` over an [`Applier`]: tracks what openraft needs (last applied
 //! log id, last membership, current snapshot) and hands the applier only indexes and bytes.
 //!
-//! Persistence (slice 2): openraft allows a state machine that is not persisted on apply if
-//! every snapshot is (storage/v2.rs:185-193); the state is then rebuilt from the last snapshot
-//! plus the log. Here everything is in memory.
+//! Persistence: openraft allows a state machine that is not persisted on apply if every
+//! snapshot is (storage/v2.rs:185-193); the state is then rebuilt from the last snapshot plus
+//! the log. With a durable log ([`DiskLogStore`](crate::DiskLogStore)) every snapshot built or
+//! installed is written through its [`SnapshotStore`] before openraft learns of it (so before
+//! it purges the log the snapshot covers), and [`StateMachine::restore`] loads the newest one
+//! into the applier before openraft reads the initial state. With
+//! [`MemLogStore`](crate::MemLogStore) snapshots live in memory only.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -12,6 +16,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 
 use crate::applier::{Applier, EntryData, LogEntry, Membership};
+use crate::log_store::{snapshot_write_err, SnapshotStore};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -73,17 +78,40 @@ pub(crate) struct StateMachine<A: Applier> {
     current: Current,
     /// Makes snapshot ids unique within this member.
     builds: u64,
+    /// Where snapshots are persisted; `None` for an in-memory log.
+    store: Option<SnapshotStore>,
 }
 
 impl<A: Applier> StateMachine<A> {
-    pub(crate) fn new(applier: A) -> Self {
+    pub(crate) fn new(applier: A, store: Option<SnapshotStore>) -> Self {
         Self {
             applier: tokio::sync::Mutex::new(applier),
             applied: None,
             membership: StoredMembership::default(),
             current: Current::default(),
             builds: 0,
+            store,
         }
+    }
+
+    /// Loads the persisted snapshot, if any, into the applier. Must run before openraft reads
+    /// the initial state (`Raft::new`): openraft re-applies the log from the applied log id on,
+    /// and the entries the snapshot covers may be purged.
+    pub(crate) async fn restore(&mut self) -> Result<(), StorageError> {
+        let Some((meta, image)) = self.store.as_ref().and_then(|s| s.take_recovered()) else {
+            return Ok(());
+        };
+        let last_index = meta.last_log_id.map_or(0, |l| l.index);
+        self.applier
+            .get_mut()
+            .install_image(last_index, image.clone())
+            .await
+            .map_err(|e| storage_err(meta.last_log_id, e))?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        tracing::info!(last_log_id = ?meta.last_log_id, "state machine restored from its snapshot");
+        publish(&self.current, StoredSnapshot { meta, image });
+        Ok(())
     }
 }
 
@@ -172,6 +200,7 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
         SnapshotBuilder {
             prepared: Some(prepared),
             current: self.current.clone(),
+            store: self.store.clone(),
         }
     }
 
@@ -193,6 +222,13 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
             .map_err(|e| storage_err(meta.last_log_id, e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        // Durable before openraft purges the log up to it.
+        if let Some(store) = &self.store {
+            store
+                .save(meta, &image)
+                .await
+                .map_err(|e| snapshot_write_err(meta, e))?;
+        }
         publish(
             &self.current,
             StoredSnapshot {
@@ -215,6 +251,7 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
 pub(crate) struct SnapshotBuilder {
     prepared: Option<Result<StoredSnapshot, StorageError>>,
     current: Current,
+    store: Option<SnapshotStore>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -223,6 +260,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Some(p) => p?,
             None => return Err(storage_err(None, "snapshot builder used twice")),
         };
+        // Durable before openraft learns of it (and may purge the log it covers). The store
+        // skips a snapshot older than the one on disk (an install that overtook this build).
+        if let Some(store) = &self.store {
+            store
+                .save(&snap.meta, &snap.image)
+                .await
+                .map_err(|e| snapshot_write_err(&snap.meta, e))?;
+        }
         publish(&self.current, snap.clone());
         Ok(Snapshot {
             meta: snap.meta,

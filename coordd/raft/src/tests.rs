@@ -4,7 +4,7 @@ use bytes::Bytes;
 use openraft::testing::{StoreBuilder, Suite};
 
 use crate::applier::{Applier, ApplierError, LogEntry};
-use crate::log_store::MemLogStore;
+use crate::log_store::{DiskLogConfig, DiskLogStore, MemLogStore};
 use crate::state_machine::StateMachine;
 use crate::types::{StorageError, TypeConfig};
 
@@ -42,7 +42,7 @@ impl StoreBuilder<TypeConfig, MemLogStore, StateMachine<CountingApplier>> for Bu
         Ok((
             (),
             MemLogStore::new(),
-            StateMachine::new(CountingApplier::default()),
+            StateMachine::new(CountingApplier::default(), None),
         ))
     }
 }
@@ -52,6 +52,46 @@ impl StoreBuilder<TypeConfig, MemLogStore, StateMachine<CountingApplier>> for Bu
 #[test]
 fn openraft_storage_suite() {
     Suite::test_all(Builder).unwrap();
+}
+
+/// A [`DiskLogStore`] in a fresh directory (the guard removes it), with the state machine
+/// persisting its snapshots there as [`Member::start`](crate::Member::start) wires it.
+struct DiskBuilder;
+
+/// Test settings: no real fsync (the fault hook still sees every sync), small segments so
+/// that rolling and segment removal happen.
+pub(crate) fn disk_test_config() -> DiskLogConfig {
+    DiskLogConfig {
+        fsync: false,
+        segment_bytes_max: 4 << 10,
+        preallocate_bytes: 8 << 10,
+        ..DiskLogConfig::default()
+    }
+}
+
+impl StoreBuilder<TypeConfig, DiskLogStore, StateMachine<CountingApplier>, tempfile::TempDir>
+    for DiskBuilder
+{
+    async fn build(
+        &self,
+    ) -> Result<
+        (
+            tempfile::TempDir,
+            DiskLogStore,
+            StateMachine<CountingApplier>,
+        ),
+        StorageError,
+    > {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskLogStore::open(dir.path(), disk_test_config()).unwrap();
+        let sm = StateMachine::new(CountingApplier::default(), Some(store.snapshot_handle()));
+        Ok((dir, store, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_on_disk() {
+    Suite::test_all(DiskBuilder).unwrap();
 }
 
 mod wire {
@@ -216,7 +256,7 @@ mod snapshots {
     /// applied while the build runs are not in it, and the meta says so.
     #[tokio::test]
     async fn snapshot_is_point_in_time() {
-        let mut sm = StateMachine::new(CountingApplier::default());
+        let mut sm = StateMachine::new(CountingApplier::default(), None);
         sm.apply((1..=5).map(blank).collect::<Vec<_>>())
             .await
             .unwrap();
@@ -236,7 +276,7 @@ mod snapshots {
     /// A build that finishes after a newer snapshot was installed does not replace it.
     #[tokio::test]
     async fn stale_build_does_not_replace_an_installed_snapshot() {
-        let mut sm = StateMachine::new(CountingApplier::default());
+        let mut sm = StateMachine::new(CountingApplier::default(), None);
         sm.apply((1..=5).map(blank).collect::<Vec<_>>())
             .await
             .unwrap();
@@ -260,7 +300,7 @@ mod snapshots {
     /// An image the applier cannot decode is an error, not a panic, and changes nothing.
     #[tokio::test]
     async fn bad_image_is_an_error() {
-        let mut sm = StateMachine::new(CountingApplier::default());
+        let mut sm = StateMachine::new(CountingApplier::default(), None);
         sm.apply((1..=3).map(blank).collect::<Vec<_>>())
             .await
             .unwrap();

@@ -1,11 +1,12 @@
 //! coordd: a ZooKeeper-compatible coordination server.
 //!
 //! - [`state`]: the deterministic state machine (tree, sessions, watches, ACLs);
-//! - [`storage`]: the write-ahead log with group commit, and snapshots;
+//! - [`storage`]: the write-ahead log with group commit, and snapshots (the `coordd-storage`
+//!   crate, re-exported here so that coordd-raft can use it without the server);
 //! - [`server`]: connections, the core task that orders everything, timers;
 //! - [`config`]: flags and the TOML file.
 
 pub mod config;
 pub mod server;
 pub mod state;
-pub mod storage;
+pub use coordd_storage as storage;

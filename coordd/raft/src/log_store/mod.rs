@@ -1,8 +1,11 @@
-//! Raft log stores. The store is a module of its own because slice 2 replaces the in-memory one
-//! with coordd's WAL; [`Member::start`](crate::Member::start) takes any [`LogStore`].
+//! Raft log stores: [`MemLogStore`] (tests) and [`DiskLogStore`] (coordd's WAL);
+//! [`Member::start`](crate::Member::start) takes any [`LogStore`].
 
+mod disk;
 mod mem;
 
+pub(crate) use disk::{snapshot_write_err, SnapshotStore};
+pub use disk::{DiskLogConfig, DiskLogStore};
 pub use mem::MemLogStore;
 
 pub(crate) mod sealed {
@@ -11,9 +14,15 @@ pub(crate) mod sealed {
     pub trait RaftLog:
         openraft::storage::RaftLogStorage<crate::types::TypeConfig> + Send + Sync + 'static
     {
+        /// Where the state machine's snapshots are persisted, for a durable log; `None` keeps
+        /// them in memory only (a restarted member then has no snapshot, which is only
+        /// correct if its log is not durable either).
+        fn snapshot_store(&self) -> Option<super::SnapshotStore> {
+            None
+        }
     }
 }
 
-/// A Raft log (entries, vote, committed and purged positions) this crate knows how to drive.
-/// Implemented by [`MemLogStore`]; slice 2 adds the on-disk one.
+/// A Raft log (entries, vote, purged position; the state machine's snapshots for a durable
+/// one) this crate knows how to drive. Implemented by [`MemLogStore`] and [`DiskLogStore`].
 pub trait LogStore: sealed::RaftLog {}

@@ -1116,7 +1116,7 @@ fn log_writer_drop_flushes() {
 /// Micro-benchmark: entries/s through LogWriter with real fdatasync, for 1 and 64
 /// submitters that each wait for their entry to be durable before sending the next
 /// (like clients waiting for a reply). Run with:
-/// `cargo test --release -p coordd --lib storage::tests::bench_log_writer -- --ignored --nocapture`
+/// `cargo test --release -p coordd-storage --lib tests::bench_log_writer -- --ignored --nocapture`
 /// (STORAGE_BENCH_DIR picks the disk; default: the system temp dir).
 #[test]
 #[ignore]
@@ -1192,5 +1192,372 @@ fn bench_log_writer() {
             rec.entries.len(),
             t.elapsed().as_secs_f64() * 1000.0
         );
+    }
+}
+
+// ---- Truncation (Raft's suffix delete) and small durable files ----
+
+fn entries_of(rec: &Recovered) -> Vec<Zxid> {
+    rec.entries.iter().map(|e| e.0).collect()
+}
+
+#[test]
+fn truncate_deletes_a_suffix_and_appends_continue_after_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(cfg(d.path())).unwrap();
+    append_batches(&mut wal, 0, &[3, 4, 3], 10);
+    wal.truncate_after(4).unwrap();
+    assert_eq!(wal.last_zxid(), 4);
+    // At or above the end: nothing to delete, nothing written.
+    let size = std::fs::metadata(&segments(d.path())[0]).unwrap().len();
+    wal.truncate_after(4).unwrap();
+    wal.truncate_after(9).unwrap();
+    assert_eq!(
+        std::fs::metadata(&segments(d.path())[0]).unwrap().len(),
+        size
+    );
+    // New entries at the truncated zxids, with other payloads.
+    wal.append(&[(5, b"new5"), (6, b"new6")]).unwrap();
+    drop(wal);
+    let (mut wal, rec) = Wal::open(cfg(d.path())).unwrap();
+    assert_eq!(entries_of(&rec), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(rec.entries[3], (4, payload(4, 10)));
+    assert_eq!(rec.entries[4], (5, b"new5".to_vec()));
+    assert_eq!(wal.last_zxid(), 6);
+    // Truncating everything, then starting again from zxid 1.
+    wal.truncate_after(0).unwrap();
+    wal.append(&[(1, b"again")]).unwrap();
+    drop(wal);
+    let (_, rec) = Wal::open(cfg(d.path())).unwrap();
+    assert_eq!(rec.entries, vec![(1, b"again".to_vec())]);
+}
+
+#[test]
+fn truncate_across_segments_keeps_segment_names_rising() {
+    let d = tempfile::tempdir().unwrap();
+    let c = StorageConfig {
+        segment_bytes_max: 300,
+        preallocate_bytes: 0,
+        ..cfg(d.path())
+    };
+    let (mut wal, _) = Wal::open(c.clone()).unwrap();
+    append_batches(&mut wal, 0, &[2; 12], 40);
+    let before = segments(d.path());
+    assert_eq!(wal.locate(6).unwrap().unwrap().0, before[1]);
+    assert!(before.len() >= 4, "{before:?}");
+    // Back into the first segment: the segments after it now hold only deleted entries,
+    // and new segments must not reuse their names.
+    wal.truncate_after(1).unwrap();
+    let mut z = 1;
+    for _ in 0..10 {
+        z += 1;
+        wal.append(&[(z, format!("v2-{z}").as_bytes())]).unwrap();
+    }
+    drop(wal);
+    let after = segments(d.path());
+    assert!(after.len() > before.len(), "{after:?}");
+    let (_, rec) = Wal::open(c).unwrap();
+    assert_eq!(entries_of(&rec), (1..=z).collect::<Vec<_>>());
+    assert_eq!(rec.entries[0], (1, payload(1, 40)));
+    assert_eq!(rec.entries[5], (6, b"v2-6".to_vec()));
+}
+
+#[test]
+fn truncate_below_the_newest_snapshot_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(cfg(d.path())).unwrap();
+    append_batches(&mut wal, 0, &[5], 10);
+    wal.save_snapshot(3, b"s3").unwrap();
+    assert!(matches!(
+        wal.truncate_after(2),
+        Err(StorageError::InvalidAppend(_))
+    ));
+    // Not poisoned; truncating to exactly the snapshot is fine.
+    wal.truncate_after(3).unwrap();
+    wal.append(&[(4, b"x")]).unwrap();
+    drop(wal);
+    let (_, rec) = Wal::open(cfg(d.path())).unwrap();
+    assert_eq!(rec.snapshot, Some((3, b"s3".to_vec())));
+    assert_eq!(rec.entries, vec![(4, b"x".to_vec())]);
+}
+
+#[test]
+fn segments_before_a_truncation_are_removed_only_when_covered() {
+    // A segment may go once a snapshot covers the zxid the next segment's chain starts
+    // from (its last record), even if a later truncate marker deleted some of its entries.
+    let d = tempfile::tempdir().unwrap();
+    let c = StorageConfig {
+        segment_bytes_max: 200,
+        preallocate_bytes: 0,
+        snapshots_kept: 1,
+        ..cfg(d.path())
+    };
+    let (mut wal, _) = Wal::open(c.clone()).unwrap();
+    append_batches(&mut wal, 0, &[2; 8], 40);
+    wal.truncate_after(3).unwrap();
+    append_batches(&mut wal, 3, &[2; 8], 40);
+    for s in [5, 12, 19] {
+        wal.save_snapshot(s, format!("s{s}").as_bytes()).unwrap();
+        drop(wal);
+        let (w, rec) = Wal::open(c.clone()).unwrap();
+        wal = w;
+        assert_eq!(rec.snapshot, Some((s, format!("s{s}").into_bytes())));
+        assert_eq!(entries_of(&rec), (s + 1..=19).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn torn_truncate_marker_is_not_a_truncation() {
+    let d = tempfile::tempdir().unwrap();
+    let f = FaultInjector::new();
+    let (mut wal, _) = Wal::open(with_faults(d.path(), &f)).unwrap();
+    append_batches(&mut wal, 0, &[4], 10);
+    f.fail_nth(IoOp::Write, 1, Fault::Partial(20));
+    assert!(wal.truncate_after(2).is_err());
+    assert!(matches!(
+        wal.truncate_after(2),
+        Err(StorageError::Poisoned(_))
+    ));
+    drop(wal);
+    let (_, rec) = Wal::open(cfg(d.path())).unwrap();
+    expect_entries(&rec, 1..=4, 10);
+}
+
+#[test]
+fn damaged_truncate_marker_followed_by_entries_is_corruption() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(cfg(d.path())).unwrap();
+    append_batches(&mut wal, 0, &[4], 10);
+    wal.truncate_after(2).unwrap();
+    wal.append(&[(3, b"x")]).unwrap();
+    drop(wal);
+    let seg = &segments(d.path())[0];
+    // The marker is the record after entry 4.
+    let at = record_offset(seg, 4) + 32 + 10;
+    flip(seg, at + 20);
+    let msg = corrupt_msg(Wal::open(cfg(d.path())));
+    assert!(msg.contains(&format!("offset {at}")), "{msg}");
+}
+
+#[test]
+fn files_are_saved_atomically_and_read_back() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(cfg(d.path())).unwrap();
+    assert_eq!(wal.read_file("vote").unwrap(), None);
+    wal.save_file("vote", b"term 1").unwrap();
+    wal.save_file("vote", b"term 2, longer").unwrap();
+    wal.save_file("raft-snapshot", &[]).unwrap();
+    for bad in ["", "Vote", "a.b", "x.tmp", "LOCK", &"x".repeat(65)] {
+        assert!(
+            matches!(wal.save_file(bad, b"x"), Err(StorageError::Config(_))),
+            "{bad}"
+        );
+    }
+    drop(wal);
+    let (wal, _) = Wal::open(cfg(d.path())).unwrap();
+    assert_eq!(
+        wal.read_file("vote").unwrap(),
+        Some(b"term 2, longer".to_vec())
+    );
+    assert_eq!(wal.read_file("raft-snapshot").unwrap(), Some(Vec::new()));
+    drop(wal);
+    // Damage is corruption naming the file, never "no file".
+    flip(&d.path().join("vote"), 30);
+    let (wal, _) = Wal::open(cfg(d.path())).unwrap();
+    match wal.read_file("vote") {
+        Err(e @ StorageError::Corrupt { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("vote") && msg.contains("offset 24"), "{msg}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    drop(wal);
+    std::fs::write(d.path().join("vote"), b"short").unwrap();
+    let (wal, _) = Wal::open(cfg(d.path())).unwrap();
+    assert!(matches!(
+        wal.read_file("vote"),
+        Err(StorageError::Corrupt { .. })
+    ));
+    // A huge length field is refused before anything is allocated.
+    let mut h = std::fs::read(d.path().join("raft-snapshot")).unwrap();
+    h[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(d.path().join("raft-snapshot"), &h).unwrap();
+    assert!(matches!(
+        wal.read_file("raft-snapshot"),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn failed_file_save_poisons_and_keeps_the_old_contents() {
+    for op in [IoOp::Write, IoOp::Sync, IoOp::Rename, IoOp::SyncDir] {
+        let d = tempfile::tempdir().unwrap();
+        let f = FaultInjector::new();
+        let (mut wal, _) = Wal::open(with_faults(d.path(), &f)).unwrap();
+        wal.save_file("vote", b"old").unwrap();
+        f.fail_nth(op, 1, Fault::Error);
+        assert!(wal.save_file("vote", b"new").is_err(), "{op:?}");
+        assert!(matches!(
+            wal.save_file("vote", b"new"),
+            Err(StorageError::Poisoned(_))
+        ));
+        drop(wal);
+        let (wal, _) = Wal::open(cfg(d.path())).unwrap();
+        let got = wal.read_file("vote").unwrap().unwrap();
+        // A failed directory fsync comes after the rename: either is acceptable then.
+        if op == IoOp::SyncDir {
+            assert!(got == b"old" || got == b"new");
+        } else {
+            assert_eq!(got, b"old", "{op:?}");
+        }
+    }
+}
+
+/// One step of the model-checked workload (truncation and files included).
+#[derive(Clone, Debug)]
+enum ModelStep {
+    Append(Vec<usize>),
+    /// Truncate this many zxids back from the last (clamped to the newest snapshot).
+    Truncate(u8),
+    /// A snapshot at the last zxid.
+    Snapshot,
+    /// A snapshot this far above the last zxid (installed / purged past the log).
+    Install(u8),
+    /// Replace the file "f" with this many bytes.
+    File(u8),
+}
+
+fn model_steps() -> impl Strategy<Value = Vec<ModelStep>> {
+    let step = prop_oneof![
+        6 => prop::collection::vec(0usize..200, 1..5).prop_map(ModelStep::Append),
+        2 => (0u8..6).prop_map(ModelStep::Truncate),
+        1 => Just(ModelStep::Snapshot),
+        1 => (1u8..4).prop_map(ModelStep::Install),
+        1 => (0u8..100).prop_map(ModelStep::File),
+    ];
+    prop::collection::vec(step, 1..30)
+}
+
+/// What recovery should return after some steps: the newest snapshot, the entries above
+/// it, and the file's contents.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+struct ModelState {
+    snapshot: Option<(Zxid, Vec<u8>)>,
+    entries: std::collections::BTreeMap<Zxid, Vec<u8>>,
+    file: Option<Vec<u8>>,
+}
+
+impl ModelState {
+    fn last(&self) -> Zxid {
+        let s = self.snapshot.as_ref().map_or(0, |s| s.0);
+        self.entries.keys().next_back().copied().unwrap_or(0).max(s)
+    }
+
+    fn snap_zxid(&self) -> Zxid {
+        self.snapshot.as_ref().map_or(0, |s| s.0)
+    }
+}
+
+/// Runs the steps until the first error, keeping the model. Returns the model after every
+/// acknowledged step, and after the failed one (its effect may or may not be durable).
+fn run_model(wal: &mut Wal, steps: &[ModelStep]) -> (ModelState, ModelState) {
+    let mut m = ModelState::default();
+    // Payloads differ between generations of one zxid (after truncations).
+    let mut generation = 0u8;
+    for step in steps {
+        let mut next = m.clone();
+        let res = match step {
+            ModelStep::Append(lens) => {
+                generation = generation.wrapping_add(1);
+                let mut z = m.last();
+                let owned: Vec<(Zxid, Vec<u8>)> = lens
+                    .iter()
+                    .map(|&len| {
+                        z += 1;
+                        let mut p = payload(z, len);
+                        p.push(generation);
+                        (z, p)
+                    })
+                    .collect();
+                next.entries.extend(owned.iter().cloned());
+                let refs: Vec<(Zxid, &[u8])> = owned.iter().map(|(z, p)| (*z, &p[..])).collect();
+                wal.append(&refs)
+            }
+            ModelStep::Truncate(k) => {
+                let t = (m.last() - *k as Zxid).max(m.snap_zxid());
+                next.entries.split_off(&(t + 1));
+                wal.truncate_after(t)
+            }
+            ModelStep::Snapshot | ModelStep::Install(_) => {
+                let k = match step {
+                    ModelStep::Install(k) => *k as Zxid,
+                    _ => 0,
+                };
+                let s = m.last() + k;
+                next.snapshot = Some((s, image(s)));
+                next.entries = next.entries.split_off(&(s + 1));
+                wal.save_snapshot(s, &image(s))
+            }
+            ModelStep::File(n) => {
+                let contents = vec![*n; *n as usize];
+                next.file = Some(contents.clone());
+                wal.save_file("f", &contents)
+            }
+        };
+        if res.is_err() {
+            return (m, next);
+        }
+        m = next;
+    }
+    (m.clone(), m)
+}
+
+fn recovered_state(wal: &Wal, rec: &Recovered) -> ModelState {
+    ModelState {
+        snapshot: rec.snapshot.clone(),
+        entries: rec.entries.iter().cloned().collect(),
+        file: wal.read_file("f").unwrap(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// "Acts like a map even after crashes": power off after any number of bytes, with
+    /// appends, truncations, snapshots (also ahead of the log) and file replacements in
+    /// the workload; recovery returns exactly the model's state after every acknowledged
+    /// step, or after the one that failed (never anything else), and takes new appends.
+    #[test]
+    fn crash_at_any_byte_matches_the_model(
+        steps in model_steps(),
+        prealloc in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+    ) {
+        let dry = tempfile::tempdir().unwrap();
+        let f = FaultInjector::new();
+        let (mut wal, _) = Wal::open(StorageConfig { faults: Some(f.clone()), ..crash_cfg(dry.path(), prealloc) }).unwrap();
+        run_model(&mut wal, &steps);
+        drop(wal);
+        let crash_at = at.index(f.bytes_written() as usize + 1) as u64;
+
+        let d = tempfile::tempdir().unwrap();
+        let f = FaultInjector::new();
+        f.crash_after_bytes(crash_at);
+        let (mut wal, _) = Wal::open(StorageConfig { faults: Some(f.clone()), ..crash_cfg(d.path(), prealloc) }).unwrap();
+        let (acked, failed) = run_model(&mut wal, &steps);
+        drop(wal);
+
+        let (mut wal, rec) = Wal::open(crash_cfg(d.path(), prealloc)).unwrap();
+        let got = recovered_state(&wal, &rec);
+        prop_assert!(got == acked || got == failed,
+            "recovered {:?}\nacknowledged {:?}\nfailed step's {:?}", got, acked, failed);
+
+        let next = got.last() + 1;
+        wal.append(&[(next, b"after")]).unwrap();
+        drop(wal);
+        let (wal, rec2) = Wal::open(crash_cfg(d.path(), prealloc)).unwrap();
+        let mut want = got.clone();
+        want.entries.insert(next, b"after".to_vec());
+        prop_assert_eq!(recovered_state(&wal, &rec2), want);
     }
 }

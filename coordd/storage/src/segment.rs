@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::io::Io;
 use super::record::{
-    check_segment_header, crc_ok, parse_header, RecordHeader, MARKER_MAGIC, RECORD_HEADER_LEN,
-    RECORD_MAGIC, SEGMENT_HEADER_LEN,
+    check_segment_header, crc_ok, parse_header, Kind, RecordHeader, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
 };
 use super::{StorageError, Zxid};
 
@@ -27,7 +27,7 @@ pub(crate) fn segment_file_name(first_zxid: Zxid) -> String {
 pub(crate) struct ScannedRecord {
     pub offset: u64,
     pub header: RecordHeader,
-    pub marker: bool,
+    pub kind: Kind,
     pub payload: Vec<u8>,
 }
 
@@ -125,7 +125,7 @@ impl<'a> SegmentReader<'a> {
         }
         let mut hb = [0u8; RECORD_HEADER_LEN];
         self.read(offset, &mut hb)?;
-        let (header, marker) = match parse_header(&hb) {
+        let (header, kind) = match parse_header(&hb) {
             Ok(h) => h,
             Err(reason) => return Ok(Err(reason.into())),
         };
@@ -149,7 +149,7 @@ impl<'a> SegmentReader<'a> {
         Ok(Ok(ScannedRecord {
             offset,
             header,
-            marker,
+            kind,
             payload,
         }))
     }
@@ -202,7 +202,7 @@ impl<'a> SegmentReader<'a> {
     /// candidate's length bounds and checksum. Used only after a damaged record, to
     /// learn whether anything valid was written after it.
     pub fn next_valid_after(&mut self, from: u64) -> Result<Option<ScannedRecord>, StorageError> {
-        let magics = [RECORD_MAGIC.to_le_bytes(), MARKER_MAGIC.to_le_bytes()];
+        let magics = Kind::all_magics();
         let mut chunk = vec![0u8; SCAN_CHUNK + 3];
         let mut start = from + 1;
         while start + RECORD_HEADER_LEN as u64 <= self.len {

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, error, info, warn};
 
+use super::file;
 use super::io::Io;
 use super::lock::DirLock;
-use super::record::{encode_record, segment_header, SEGMENT_HEADER_LEN};
+use super::record::{encode_record, segment_header, Kind, SEGMENT_HEADER_LEN};
 use super::segment::{parse_segment_name, segment_file_name, ScannedRecord, SegmentReader, Stop};
 use super::snapshot::{self, parse_snapshot_name, snapshot_file_name};
 use super::{Recovered, StorageConfig, StorageError, Zxid};
@@ -25,7 +26,8 @@ pub struct Wal {
     /// All segments in zxid order; the last one is the active one when `active` is set.
     segments: Vec<SegmentMeta>,
     active: Option<Active>,
-    /// Zxid of the last record in the log (entry or jump marker); 0 for an empty log.
+    /// Zxid of the last record in the log (entry, jump marker, or the new last zxid of a
+    /// truncate marker); 0 for an empty log.
     /// The next batch's base, so batches chain.
     last_log_zxid: Zxid,
     /// max(last_log_zxid, newest snapshot zxid): appends must be above it.
@@ -174,6 +176,25 @@ impl Wal {
         ))
     }
 
+    /// Where the live entry with `zxid` lies: (segment file, offset of its record), or `None`
+    /// if the log does not hold it. Reads the segments (slow): meant for error messages, e.g.
+    /// naming the place of an entry whose payload the caller cannot decode. After a
+    /// truncation the same zxid can occur twice; the later record is the live one.
+    pub fn locate(&self, zxid: Zxid) -> Result<Option<(PathBuf, u64)>, StorageError> {
+        let mut found = None;
+        for seg in &self.segments {
+            let mut r = SegmentReader::open(&self.io, &seg.path, self.cfg.entry_bytes_max)?;
+            for rec in r.scan()?.records {
+                if rec.kind == Kind::Entry && rec.header.zxid == zxid {
+                    found = Some((seg.path.clone(), rec.offset));
+                } else if rec.kind == Kind::Truncate && rec.header.zxid < zxid {
+                    found = None;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The highest zxid the log or a snapshot holds; appends must be above it.
     pub fn last_zxid(&self) -> Zxid {
         self.last_zxid
@@ -225,10 +246,10 @@ impl Wal {
         };
         self.buf.clear();
         if marker {
-            encode_record(&mut self.buf, true, self.last_zxid, base, next(), &[]);
+            encode_record(&mut self.buf, Kind::Jump, self.last_zxid, base, next(), &[]);
         }
         for &(z, p) in entries {
-            encode_record(&mut self.buf, false, z, base, next(), p);
+            encode_record(&mut self.buf, Kind::Entry, z, base, next(), p);
         }
         let first = if marker { self.last_zxid } else { entries[0].0 };
         if let Err(e) = self.write_batch(first) {
@@ -274,6 +295,79 @@ impl Wal {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Deletes every entry with a zxid above `zxid`, durably (Raft's truncation of a
+    /// conflicting suffix): one truncate marker record, written and fdatasynced like a
+    /// batch of its own, which recovery honours. Later appends go above `zxid` (or above
+    /// the newest snapshot, if higher). Truncating at or above the last logged zxid writes
+    /// nothing. `zxid` must not be below the newest snapshot: what a snapshot covers is no
+    /// longer the log's to delete. On an I/O error the `Wal` is poisoned.
+    pub fn truncate_after(&mut self, zxid: Zxid) -> Result<(), StorageError> {
+        self.check_usable()?;
+        let floor = self.snapshots.last().copied().unwrap_or(0);
+        if zxid < floor {
+            return Err(StorageError::InvalidAppend(format!(
+                "truncate to zxid {zxid} is below the newest snapshot {floor}"
+            )));
+        }
+        if zxid >= self.last_log_zxid {
+            return Ok(());
+        }
+        self.buf.clear();
+        encode_record(
+            &mut self.buf,
+            Kind::Truncate,
+            zxid,
+            self.last_log_zxid,
+            0,
+            &[],
+        );
+        if let Err(e) = self.write_batch(zxid) {
+            self.poison(&e);
+            return Err(e);
+        }
+        self.last_log_zxid = zxid;
+        self.last_zxid = zxid.max(floor);
+        if let Some(seg) = self.segments.last_mut() {
+            // The zxid the next segment's chain starts from; segment removal compares it
+            // with the oldest snapshot.
+            seg.last_zxid = Some(zxid);
+        }
+        Ok(())
+    }
+
+    /// Replaces the small file `dir/<name>` atomically and durably (see the `file` module:
+    /// tmp, fdatasync, rename, fsync of the directory) before returning. Names are
+    /// `[a-z0-9_-]`, at most 64 bytes; contents at most `snapshot_bytes_max`. On an I/O
+    /// error the `Wal` is poisoned (the rename may or may not have happened).
+    pub fn save_file(&mut self, name: &str, contents: &[u8]) -> Result<(), StorageError> {
+        self.check_usable()?;
+        file::check_name(name)?;
+        if contents.len() as u64 > self.cfg.snapshot_bytes_max {
+            return Err(StorageError::TooLarge {
+                what: "file",
+                len: contents.len() as u64,
+                limit: "snapshot_bytes_max",
+                max: self.cfg.snapshot_bytes_max,
+            });
+        }
+        if let Err(e) = file::write(&self.io, &self.cfg.dir, name, contents) {
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The contents of `dir/<name>` as last saved by [`save_file`](Self::save_file), or
+    /// `None` if it was never saved. A damaged file is [`StorageError::Corrupt`].
+    pub fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        file::check_name(name)?;
+        file::read(
+            &self.io,
+            &self.cfg.dir.join(name),
+            self.cfg.snapshot_bytes_max,
+        )
     }
 
     fn save_snapshot_inner(&mut self, zxid: Zxid, image: &[u8]) -> Result<(), StorageError> {
@@ -365,7 +459,18 @@ impl Wal {
                 self.io.sync_data(&a.file, &a.path)?;
             }
         }
-        let name = segment_file_name(first_zxid);
+        // Segment names must rise in creation order (recovery reads them in name order).
+        // After a truncation the next first zxid can be at or below an existing segment's
+        // name; such a segment is named one above the last one instead.
+        let prev = self
+            .segments
+            .last()
+            .and_then(|s| s.path.file_name()?.to_str().and_then(parse_segment_name));
+        let number = match prev {
+            Some(p) if first_zxid <= p => p + 1,
+            _ => first_zxid,
+        };
+        let name = segment_file_name(number);
         let path = self.cfg.dir.join(&name);
         let tmp = self.cfg.dir.join(format!("{name}.tmp"));
         let file = self.io.open(
@@ -424,7 +529,11 @@ impl Wal {
                 if complete {
                     for rec in pending.drain(..) {
                         let z = rec.header.zxid;
-                        if rec.marker {
+                        if rec.kind == Kind::Truncate {
+                            // Entries are in zxid order: cut those above the new end.
+                            let keep = entries.partition_point(|(e, _)| *e <= z);
+                            entries.truncate(keep);
+                        } else if rec.kind == Kind::Jump {
                             if z > snap_zxid {
                                 return Err(StorageError::corrupt(
                                     path,
@@ -607,13 +716,16 @@ fn check_record(
 ) -> Result<(), StorageError> {
     let h = &rec.header;
     let bad = |reason: String| Err(StorageError::corrupt(path, rec.offset, reason));
-    if rec.marker && !rec.payload.is_empty() {
-        return bad("jump marker with a payload".into());
+    if rec.kind != Kind::Entry && !rec.payload.is_empty() {
+        return bad(format!("{:?} marker with a payload", rec.kind));
+    }
+    if rec.kind == Kind::Truncate && (prev_in_batch.is_some() || h.remaining != 0) {
+        return bad("truncate marker not alone in its batch".into());
     }
     match prev_in_batch {
         Some(prev) => {
             let p = &prev.header;
-            if rec.marker {
+            if rec.kind == Kind::Jump {
                 return bad("jump marker inside a batch".into());
             }
             if h.base != p.base || h.remaining + 1 != p.remaining || h.zxid <= p.zxid {
@@ -642,7 +754,14 @@ fn check_record(
                 }
                 _ => {}
             }
-            if h.zxid <= h.base {
+            if rec.kind == Kind::Truncate {
+                if h.zxid < 0 || h.zxid >= h.base {
+                    return bad(format!(
+                        "truncate marker to zxid {} is not below the log's last zxid {}",
+                        h.zxid, h.base
+                    ));
+                }
+            } else if h.zxid <= h.base {
                 return bad(format!(
                     "zxid {} is not above its batch base {}",
                     h.zxid, h.base

@@ -1,11 +1,18 @@
 //! Durable storage for coordd: a write-ahead log of entries keyed by zxid, plus
-//! snapshots of the state machine, in one data directory.
+//! snapshots of the state machine and small atomically replaced files, in one data
+//! directory.
+//!
+//! Two users: the standalone server (entries keyed by zxid, [`LogWriter`] group commit)
+//! and coordd-raft's `DiskLogStore` (entries keyed by Raft log index + 1, so that the
+//! first index, 0, is zxid 1; a Raft truncate is [`Wal::truncate_after`], a purge is
+//! [`Wal::save_snapshot`] of the purged log id, the vote and the state machine's
+//! snapshot are [`Wal::save_file`]s).
 //!
 //! Standalone coordd runs every write as: request -> log entry -> fsync -> apply ->
-//! reply. This module is the "log entry -> fsync" part and the recovery that rebuilds
+//! reply. This crate is the "log entry -> fsync" part and the recovery that rebuilds
 //! the state after a restart. It knows nothing about the tree, sessions or the wire
-//! protocol (entries and snapshot images are opaque bytes), so the Raft layer can later
-//! put its own log underneath without touching the server.
+//! protocol (entries and snapshot images are opaque bytes), so the server (re-exported
+//! there as `coordd::storage`) and the Raft log of coordd-raft share it.
 //!
 //! # Invariants
 //!
@@ -13,8 +20,9 @@
 //!   returns only after one `write_all` of the whole batch and one `fdatasync`
 //!   (`File::sync_data`); a new segment or snapshot file is fsynced and so is its
 //!   directory before anything depends on it.
-//! * **Recovery returns exactly a prefix of what was appended**, and that prefix holds
-//!   every acknowledged entry. A batch (one `append`) is all-or-nothing: its records
+//! * **Recovery returns exactly a prefix of what was appended** (with truncations
+//!   applied: the log as it was after some prefix of the calls), and that prefix holds
+//!   every acknowledged entry; a truncation that returned Ok is never undone. A batch (one `append`) is all-or-nothing: its records
 //!   carry the batch's base zxid and a countdown, and an incomplete batch at the tail is
 //!   dropped whole, so a torn multi-page write whose pages reached the disk out of order
 //!   cannot resurface as a partial batch.
@@ -32,14 +40,21 @@
 //! * **One process per data directory**, enforced by `flock` on `dir/LOCK`.
 //! * **Bounded memory**: a record length is checked against `entry_bytes_max` and
 //!   against the bytes left in the file before anything is allocated, and the
-//!   [`LogWriter`] queue is bounded in entries and bytes.
+//!   [`LogWriter`] queue is bounded in entries and bytes; a file's length likewise
+//!   against `snapshot_bytes_max`. (Recovery returns the entries above the snapshot in
+//!   memory: bounded by how often the user snapshots.)
+//! * **Every I/O call passes a fault point** ([`FaultHook`]), so crash tests can cut
+//!   the disk's history at any byte.
 //!
 //! # On-disk layout (all integers little-endian)
 //!
 //! ```text
 //! dir/LOCK                         flock(2) target, empty
-//! dir/log.<first zxid, 16 hex>     a log segment
+//! dir/log.<n, 16 hex>              a log segment; n = the zxid of its first record, or
+//!                                  one above the previous segment's n if that is not
+//!                                  higher (after a truncation): names rise in order
 //! dir/snapshot.<zxid, 16 hex>      a snapshot image
+//! dir/<name>                       a file saved by Wal::save_file ([a-z0-9_-], no dot)
 //! dir/*.tmp                        partially written files, removed at open
 //!
 //! segment  = segment header (16 bytes) then records, then zeros (preallocated space)
@@ -48,22 +63,28 @@
 //!   u32 magic "CDRL" (an entry) or "CDRJ" (a jump marker: written first in the first
 //!       batch after a snapshot installed ahead of the log; its zxid is the snapshot's,
 //!       it has no payload and is never returned; recovery refuses a log whose jump is
-//!       not covered by the snapshot it recovered from)
+//!       not covered by the snapshot it recovered from) or "CDRT" (a truncate marker,
+//!       alone in its batch: its zxid t is below its base, and recovery deletes every
+//!       entry above t read before it; the next batch's base is t)
 //!   u32 crc32 (crc32fast) of bytes 8..32 of this header and of the payload
 //!   u32 payload length (<= entry_bytes_max)
 //!   u32 remaining: records after this one in the same batch (0 = batch complete)
 //!   i64 zxid
-//!   i64 batch base: the log's last zxid (or snapshot zxid, if higher) when the batch
-//!       was written; equal for every record of one batch; chains batches together
+//!   i64 batch base: the zxid of the log's last record (entry, jump marker, or a
+//!       truncate marker's t) when the batch was written; equal for every record of one
+//!       batch; chains batches together
 //!
 //! snapshot = magic "coordsnp" | u32 version (1) | u32 crc32 of the next 16 bytes and
 //!            the image | i64 zxid | u64 image length | image
+//! file     = magic "coordfil" | u32 version (1) | u32 crc32 of the next 8 bytes and
+//!            the contents | u64 contents length | contents
 //! ```
 //!
 //! A batch never spans segments; a segment is rolled (and the old one trimmed to its
 //! exact length) before a batch when it has reached `segment_bytes_max`.
 
 mod error;
+mod file;
 mod io;
 mod lock;
 mod record;
