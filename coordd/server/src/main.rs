@@ -45,6 +45,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     runtime.block_on(async move {
+        if config.ensemble.is_some() {
+            return run_member(config).await;
+        }
         let server = match Server::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -66,6 +69,45 @@ fn main() -> std::process::ExitCode {
             }
         }
     })
+}
+
+/// One member of an ensemble: the Raft log in the data directory, the peer port from
+/// the ensemble list.
+async fn run_member(config: Config) -> std::process::ExitCode {
+    let log_config = coordd_raft::DiskLogConfig {
+        fsync: config.fsync,
+        ..coordd_raft::DiskLogConfig::default()
+    };
+    let log = match coordd_raft::DiskLogStore::open(&config.data_dir, log_config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("coordd: data directory {}: {e}", config.data_dir.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let (server, member, peers) = match Server::start_ensemble(config, log).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("coordd: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    let result = server.wait().await;
+    let _ = peers.shutdown().await;
+    let _ = member.shutdown().await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coordd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {
