@@ -255,7 +255,11 @@ impl CoorddEnsemble {
                     "--ensemble".to_string(),
                     list.clone(),
                 ];
-                Coordd::start_at(tempfile::tempdir().expect("temp dir"), clients[i - 1], &args)
+                Coordd::start_at(
+                    tempfile::tempdir().expect("temp dir"),
+                    clients[i - 1],
+                    &args,
+                )
             })
             .collect();
         CoorddEnsemble { members }
@@ -290,7 +294,10 @@ impl CoorddEnsemble {
                 .filter(|(_, m)| m.as_deref() == Some("leader"))
                 .map(|(&i, _)| i)
                 .collect();
-            let followers = modes.iter().filter(|m| m.as_deref() == Some("follower")).count();
+            let followers = modes
+                .iter()
+                .filter(|m| m.as_deref() == Some("follower"))
+                .count();
             if leaders.len() == 1 && followers == alive.len() - 1 {
                 leader = Some(leaders[0]);
                 true
