@@ -141,10 +141,10 @@ pub enum CoreMsg {
         image: Bytes,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// Ensemble mode: a batch of this member's txns did not reach the log (or its fate
-    /// is unknown).
-    ProposeFailed {
-        seqs: Vec<u64>,
+    /// Ensemble mode: the proposer is done with the batch it had; `failed` holds its
+    /// txns if it did not reach the log (or its fate is unknown).
+    Proposed {
+        failed: Vec<u64>,
     },
     /// Ensemble mode: sessions that showed life on another member.
     Touched {
@@ -264,6 +264,10 @@ pub struct RaftLog {
     /// Sessions with life on this member since the last touch sent to the leader.
     touched: HashSet<SessionId>,
     was_leader: bool,
+    /// A batch is with the proposer. One at a time keeps this member's writes in
+    /// order through forwarding; what arrives meanwhile becomes the next, larger batch
+    /// (group commit).
+    proposing: bool,
     state_config: StateConfig,
     /// How long this member may go without a quorum (leader: acknowledgements from a
     /// majority; follower: contact with the leader) before it closes its clients so
@@ -295,6 +299,7 @@ impl RaftLog {
             next_seq: 1,
             touched: HashSet::new(),
             was_leader: false,
+            proposing: false,
             state_config,
             quorum_lost_close_ms,
             quorum_lost_since: None,
@@ -539,7 +544,16 @@ impl Core {
             } => {
                 let _ = reply.send(self.raft_install(last_index, &image));
             }
-            CoreMsg::ProposeFailed { seqs } => self.propose_failed(seqs),
+            CoreMsg::Proposed { failed } => {
+                if let Log::Raft(r) = &mut self.log {
+                    r.proposing = false;
+                    // What queued meanwhile goes out as the next batch.
+                    self.log_pending |= !r.pending.is_empty() || !r.pending_syncs.is_empty();
+                }
+                if !failed.is_empty() {
+                    self.propose_failed(failed);
+                }
+            }
             CoreMsg::Touched { session_ids } => {
                 for id in session_ids {
                     self.touch(id);
@@ -1017,6 +1031,7 @@ impl Core {
             Log::Local(writer) => writer,
             Log::Raft(_) => {
                 self.propose_pending();
+                // Whatever did not fit waits for the proposer's `Proposed`.
                 return Ok(());
             }
         };
@@ -1057,46 +1072,45 @@ impl Core {
         }
     }
 
-    /// Ensemble mode: hands the txns submitted since the last call to the proposer, in
-    /// batches of at most `BATCH_TXNS_MAX`.
+    /// Ensemble mode: hands the txns submitted so far to the proposer as one batch (at
+    /// most `BATCH_TXNS_MAX` txns), unless it still has one; the rest waits for it.
     fn propose_pending(&mut self) {
         let Log::Raft(r) = &mut self.log else { return };
+        if r.proposing || (r.pending.is_empty() && r.pending_syncs.is_empty()) {
+            return;
+        }
         let time_ms = now_wall_ms().max(self.last_time_ms);
         self.last_time_ms = time_ms;
-        let mut failed = Vec::new();
-        while !r.pending.is_empty() || !r.pending_syncs.is_empty() {
-            let n = r.pending.len().min(BATCH_TXNS_MAX);
-            let txns: Vec<(u64, Txn)> = r.pending.drain(..n).collect();
-            // Syncs ride with the last batch of txns: they come after them.
-            let syncs: Vec<u64> = if r.pending.is_empty() {
-                let k = r.pending_syncs.len().min(BATCH_TXNS_MAX);
-                r.pending_syncs.drain(..k).collect()
-            } else {
-                Vec::new()
-            };
-            let mut seqs: Vec<u64> = txns.iter().map(|(seq, _)| *seq).collect();
-            seqs.extend(&syncs);
-            let batch = TxnBatch {
-                member: r.me,
-                time_ms,
-                txns,
-                syncs,
-            }
-            .encode();
-            if r.proposals
-                .try_send(Proposal {
-                    batch,
-                    seqs: seqs.clone(),
-                })
-                .is_err()
-            {
-                self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(txns = seqs.len(), "proposal queue full; refusing writes");
-                failed.extend(seqs);
-            }
+        let n = r.pending.len().min(BATCH_TXNS_MAX);
+        let txns: Vec<(u64, Txn)> = r.pending.drain(..n).collect();
+        // Syncs ride with the last batch of txns: they come after them.
+        let syncs: Vec<u64> = if r.pending.is_empty() {
+            let k = r.pending_syncs.len().min(BATCH_TXNS_MAX);
+            r.pending_syncs.drain(..k).collect()
+        } else {
+            Vec::new()
+        };
+        let mut seqs: Vec<u64> = txns.iter().map(|(seq, _)| *seq).collect();
+        seqs.extend(&syncs);
+        let batch = TxnBatch {
+            member: r.me,
+            time_ms,
+            txns,
+            syncs,
         }
-        if !failed.is_empty() {
-            self.propose_failed(failed);
+        .encode();
+        if r.proposals
+            .try_send(Proposal {
+                batch,
+                seqs: seqs.clone(),
+            })
+            .is_ok()
+        {
+            r.proposing = true;
+        } else {
+            self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(txns = seqs.len(), "proposer gone or full; refusing writes");
+            self.propose_failed(seqs);
         }
     }
 

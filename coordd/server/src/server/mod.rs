@@ -29,9 +29,10 @@ use crate::storage::{LogWriter, LogWriterConfig, StorageConfig, Wal};
 /// connection readers wait, which is backpressure to the clients.
 pub const CORE_QUEUE_MESSAGES_MAX: usize = 65_536;
 
-/// Batches of writes waiting for the proposer (ensemble mode); when full, new writes
-/// are refused (their clients disconnected) rather than queued without bound.
-pub const PROPOSALS_QUEUED_MAX: usize = 1024;
+/// Batches handed to the proposer and not taken yet (ensemble mode). The core hands it
+/// one batch at a time, so one slot is enough; queued txns are bounded by the
+/// connections' outstanding-request limits.
+pub const PROPOSALS_QUEUED_MAX: usize = 1;
 
 /// How long an ensemble member serves its clients after it noticed it lost the quorum
 /// (the Raft layer notices after its `quorum_timeout_ms`, 200 ms by default): none, so

@@ -246,8 +246,8 @@ pub struct Proposal {
 }
 
 /// Gets this member's batches into the log, one at a time and in order: proposed here
-/// when this member leads, else forwarded to the leader. A batch that fails is
-/// reported to the core as [`CoreMsg::ProposeFailed`].
+/// when this member leads, else forwarded to the leader. Tells the core when it is done
+/// with each ([`CoreMsg::Proposed`], with the txns of a batch that failed).
 pub async fn run_proposer(
     member: Member,
     mut proposals: mpsc::Receiver<Proposal>,
@@ -259,15 +259,15 @@ pub async fn run_proposer(
             _ = shutdown.cancelled() => return,
             p = proposals.recv() => match p { Some(p) => p, None => return },
         };
-        if let Err(why) = propose_one(&member, p.batch).await {
-            tracing::info!(%why, txns = p.seqs.len(), "a batch of writes did not reach the log; its clients are disconnected");
-            if core
-                .send(CoreMsg::ProposeFailed { seqs: p.seqs })
-                .await
-                .is_err()
-            {
-                return;
+        let failed = match propose_one(&member, p.batch).await {
+            Ok(()) => Vec::new(),
+            Err(why) => {
+                tracing::info!(%why, txns = p.seqs.len(), "a batch of writes did not reach the log; its clients are disconnected");
+                p.seqs
             }
+        };
+        if core.send(CoreMsg::Proposed { failed }).await.is_err() {
+            return;
         }
     }
 }
