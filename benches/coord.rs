@@ -20,6 +20,10 @@
 //!                           candidate, to check the harness itself (ratios ~1.0)
 //!   COORD_BENCH_SECS        seconds per measured phase (default 3)
 //!   COORD_BENCH_CLIENTS     session counts, comma separated (default 1,16,64)
+//!   COORD_BENCH_MEMBERS     1 (default: standalone servers) or 3 or 5: an ensemble of
+//!                           each (coordd --ensemble; ZooKeeper with Debian's zoo.cfg
+//!                           timing), sessions spread over the members, RSS per member,
+//!                           and at the end the write gap after kill -9 of the leader
 //!   COORD_BENCH_ENFORCE=1   exit 1 when a target is missed
 
 #[path = "../tests/support/mod.rs"]
@@ -34,7 +38,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use support::zookeeper::{free_port, proc_status_kib, wait_for_imok, ZooKeeper};
+use support::coordd::CoorddEnsemble;
+use support::zookeeper::{
+    free_port, proc_status_kib, wait_for_imok, EnsembleOptions, ZooKeeper, ZooKeeperEnsemble,
+};
 use zookeeper_client as zk;
 
 const VALUE_LEN: usize = 64;
@@ -134,22 +141,106 @@ const OP_TIMEOUT: Duration = Duration::from_secs(5);
 enum Server {
     ZooKeeper(ZooKeeper),
     Coordd(Coordd),
+    /// `COORD_BENCH_MEMBERS` > 1: an ensemble of each.
+    ZooKeeperEnsemble(ZooKeeperEnsemble),
+    CoorddEnsemble(CoorddEnsemble),
 }
 
 impl Server {
-    fn addr(&self) -> String {
+    /// Every member's client address.
+    fn addrs(&self) -> Vec<String> {
         match self {
-            Server::ZooKeeper(z) => z.addr(),
-            Server::Coordd(c) => c.addr(),
+            Server::ZooKeeper(z) => vec![z.addr()],
+            Server::Coordd(c) => vec![c.addr()],
+            Server::ZooKeeperEnsemble(e) => e.members().iter().map(|m| m.addr()).collect(),
+            Server::CoorddEnsemble(e) => e.members.iter().map(|m| m.connect_string()).collect(),
         }
     }
 
-    fn pid(&self) -> u32 {
+    fn addr(&self) -> String {
+        self.addrs().join(",")
+    }
+
+    /// Every member's pid.
+    fn pids(&self) -> Vec<u32> {
         match self {
-            Server::ZooKeeper(z) => z.pid(),
-            Server::Coordd(c) => c.child.id(),
+            Server::ZooKeeper(z) => vec![z.pid()],
+            Server::Coordd(c) => vec![c.child.id()],
+            Server::ZooKeeperEnsemble(e) => e.members().iter().filter_map(|m| m.pid()).collect(),
+            Server::CoorddEnsemble(e) => e.members.iter().filter_map(|m| m.pid()).collect(),
         }
     }
+
+    /// The leader's client address (ensembles only), once one leads.
+    fn leader_and_follower(&mut self) -> Option<(usize, String)> {
+        match self {
+            Server::ZooKeeperEnsemble(e) => {
+                let id = e.wait_leader(Duration::from_secs(60)).ok()?;
+                let follower = e.members().iter().find(|m| m.id != id)?.addr();
+                let index = e.members().iter().position(|m| m.id == id)?;
+                Some((index, follower))
+            }
+            Server::CoorddEnsemble(e) => {
+                let all: Vec<usize> = (0..e.members.len()).collect();
+                let leader = e.wait_leader(&all, Duration::from_secs(60));
+                let follower = (0..e.members.len()).find(|i| *i != leader)?;
+                Some((leader, e.members[follower].connect_string()))
+            }
+            _ => None,
+        }
+    }
+
+    fn kill9_member(&mut self, index: usize) {
+        match self {
+            Server::ZooKeeperEnsemble(e) => {
+                let id = e.members()[index].id;
+                e.kill9(id);
+            }
+            Server::CoorddEnsemble(e) => e.members[index].kill9(),
+            _ => {}
+        }
+    }
+}
+
+/// Members per server (`COORD_BENCH_MEMBERS`): 1 (standalone) or an ensemble of 3 or 5.
+fn members() -> usize {
+    std::env::var("COORD_BENCH_MEMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n: &usize| [1, 3, 5].contains(n))
+        .unwrap_or(1)
+}
+
+/// An ensemble member's kill -9 under a serial writer on a surviving member: the
+/// longest time between two acknowledged setData (the last before the kill and the
+/// first after), at most `FAILOVER_WAIT`.
+async fn failover_gap(server: &mut Server) -> Result<Duration, String> {
+    const FAILOVER_WAIT: Duration = Duration::from_secs(60);
+    let (leader, follower) = server
+        .leader_and_follower()
+        .ok_or("no leader in the ensemble")?;
+    let client = connect(&follower).await?;
+    create_if_missing(&client, "/bench/failover").await?;
+    let value = vec![b'f'; VALUE_LEN];
+    let started = Instant::now();
+    let mut last_ack = None;
+    while started.elapsed() < Duration::from_secs(1) {
+        if within(client.set_data("/bench/failover", &value, None)).await {
+            last_ack = Some(Instant::now());
+        }
+    }
+    let before = last_ack.ok_or("no write acknowledged before the kill")?;
+    server.kill9_member(leader);
+    let killed = Instant::now();
+    while killed.elapsed() < FAILOVER_WAIT {
+        if within(client.set_data("/bench/failover", &value, None)).await {
+            return Ok(Instant::now() - before);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Err(format!(
+        "no write acknowledged within {FAILOVER_WAIT:?} of the kill"
+    ))
 }
 
 /// coordd on 127.0.0.1:<free port>, temp data dir; killed and removed on drop.
@@ -324,18 +415,15 @@ fn cpu_ticks(pid: &str) -> u64 {
 
 /// Measures CPU of the server and of this process around `phase`.
 async fn with_cpu<F: std::future::Future<Output = Measured>>(
-    server_pid: u32,
+    server_pids: &[u32],
     phase: F,
 ) -> Measured {
     const TICKS_PER_SEC: f64 = 100.0; // USER_HZ on Linux
-    let (s0, c0, t0) = (
-        cpu_ticks(&server_pid.to_string()),
-        cpu_ticks("self"),
-        Instant::now(),
-    );
+    let server_ticks = || -> u64 { server_pids.iter().map(|p| cpu_ticks(&p.to_string())).sum() };
+    let (s0, c0, t0) = (server_ticks(), cpu_ticks("self"), Instant::now());
     let mut m = phase.await;
     let (s1, c1, secs) = (
-        cpu_ticks(&server_pid.to_string()),
+        server_ticks(),
         cpu_ticks("self"),
         t0.elapsed().as_secs_f64(),
     );
@@ -365,6 +453,8 @@ struct ServerResult {
     rss_same_data_kib: Option<u64>,
     rss_kib: Option<u64>,
     hwm_kib: Option<u64>,
+    /// Ensembles: the write gap after kill -9 of the leader.
+    failover_gap: Option<Duration>,
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -520,14 +610,23 @@ async fn bench_server(
     client_counts: &[usize],
     phase: Duration,
 ) -> Result<ServerResult, String> {
-    let addr = server.addr();
-    let pid = server.pid();
-    let rss_idle_kib = proc_status_kib(pid, "VmRSS");
+    let addrs = server.addrs();
+    let pids = server.pids();
+    // Per member (the mean over an ensemble's members).
+    let rss = |key: &str| -> Option<u64> {
+        let v: Option<Vec<u64>> = pids.iter().map(|p| proc_status_kib(*p, key)).collect();
+        v.map(|v| v.iter().sum::<u64>() / v.len().max(1) as u64)
+    };
+    let rss_idle_kib = rss("VmRSS");
     let max_clients = client_counts.iter().copied().max().unwrap_or(1);
-    eprintln!("[{label}] {addr} pid {pid}: connecting {max_clients} sessions");
+    eprintln!(
+        "[{label}] {} pids {pids:?}: connecting {max_clients} sessions",
+        addrs.join(",")
+    );
     let mut sessions = Vec::with_capacity(max_clients);
-    for _ in 0..max_clients {
-        let s = connect(&addr)
+    for i in 0..max_clients {
+        // Spread over an ensemble's members, as clients with a shuffled list would be.
+        let s = connect(&addrs[i % addrs.len()])
             .await
             .map_err(|e| format!("session {} of {max_clients}: {e}", sessions.len() + 1))?;
         sessions.push(Arc::new(s));
@@ -551,7 +650,7 @@ async fn bench_server(
 
     // Equal data first, so memory is compared on the same tree.
     load_same_data(&sessions).await?;
-    let rss_same_data_kib = proc_status_kib(pid, "VmRSS");
+    let rss_same_data_kib = rss("VmRSS");
     eprintln!(
         "[{label}] {} znodes of {VALUE_LEN} B loaded: VmRSS {}",
         memory_nodes(),
@@ -567,7 +666,7 @@ async fn bench_server(
             create_if_missing(admin, &format!("{root}/c{i}/n0")).await?;
         }
         for op in [Op::Create, Op::Set, Op::Get] {
-            let m = with_cpu(pid, run_phase(&sessions[..n], &root, op, phase)).await;
+            let m = with_cpu(&pids, run_phase(&sessions[..n], &root, op, phase)).await;
             eprintln!(
                 "[{label}] {:>8} x{:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  errors {}  cpu server {:.0}% load {:.0}%",
                 op.name(),
@@ -598,8 +697,8 @@ async fn bench_server(
     );
     rows.push(m);
 
-    let rss_kib = proc_status_kib(pid, "VmRSS");
-    let hwm_kib = proc_status_kib(pid, "VmHWM");
+    let rss_kib = rss("VmRSS");
+    let hwm_kib = rss("VmHWM");
     drop(sessions);
     Ok(ServerResult {
         label: label.to_owned(),
@@ -608,6 +707,7 @@ async fn bench_server(
         rss_same_data_kib,
         rss_kib,
         hwm_kib,
+        failover_gap: None,
     })
 }
 
@@ -786,6 +886,20 @@ fn report(rounds: &[(ServerResult, ServerResult)], phase: Duration) -> Vec<Strin
         mib(base.hwm_kib),
         kib_ratio(cand.hwm_kib, base.hwm_kib)
     );
+    if let (Some(cg), Some(bg)) = (cand.failover_gap, base.failover_gap) {
+        println!();
+        println!("| leader kill -9 | {c} | {b} | {c}/{b} |");
+        println!("|---|---:|---:|---:|");
+        let r = cg.as_secs_f64() / bg.as_secs_f64();
+        println!(
+            "| write gap (last ack before the kill to the first after, writer on a follower) | {:.0} ms | {:.0} ms | {r:.2}x |",
+            cg.as_secs_f64() * 1000.0,
+            bg.as_secs_f64() * 1000.0
+        );
+        if r > 0.5 {
+            missed.push(format!("leader kill write gap {r:.2}x > 0.5x"));
+        }
+    }
     match (cand.rss_same_data_kib, base.rss_same_data_kib) {
         (Some(x), Some(y)) if x * 10 > y => {
             missed.push(format!("RSS with the same data: {x} KiB > 1/10 of {y} KiB"))
@@ -819,6 +933,8 @@ fn finish(result: Result<ServerResult, String>, server: Server) -> ServerResult 
                 Server::Coordd(c) => {
                     fs::read_to_string(c.dir.path().join("coordd.out")).unwrap_or_default()
                 }
+                Server::CoorddEnsemble(e) => e.members.iter().map(|m| m.log()).collect(),
+                Server::ZooKeeperEnsemble(_) => String::new(),
             };
             drop(server);
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -883,17 +999,60 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .filter(|&n| (1..=ROUNDS_MAX).contains(&n))
         .unwrap_or(ROUNDS_DEFAULT);
+    let n_members = members();
+    // An ensemble: bench, then the leader's kill -9 under a writer (the server is
+    // dropped after it).
+    let with_failover = |r: Result<ServerResult, String>, server: &mut Server| {
+        let mut r = r?;
+        if n_members > 1 {
+            let gap = rt.block_on(failover_gap(server))?;
+            eprintln!("[{}] leader kill -9: write gap {gap:?}", r.label);
+            r.failover_gap = Some(gap);
+        }
+        Ok(r)
+    };
     let run_base = || {
-        let zk = ZooKeeper::start().unwrap_or_else(|e| {
-            eprintln!("cannot start ZooKeeper: {e}");
-            std::process::exit(1);
-        });
-        let server = Server::ZooKeeper(zk);
+        let mut server = if n_members > 1 {
+            // Debian's zoo.cfg timing (tickTime 2000, initLimit 10, syncLimit 5), fsync
+            // on, the JVM's defaults: ZooKeeper as shipped.
+            let opts = EnsembleOptions {
+                tick_time_ms: 2000,
+                init_limit: 10,
+                sync_limit: 5,
+                min_session_timeout_ms: 4000,
+                max_session_timeout_ms: 40_000,
+                force_sync: true,
+                extra_cfg: Vec::new(),
+                jvm_flags: Vec::new(),
+            };
+            let mut e = ZooKeeperEnsemble::start_with(n_members, opts).unwrap_or_else(|e| {
+                eprintln!("cannot start a ZooKeeper ensemble: {e}");
+                std::process::exit(1);
+            });
+            if let Err(err) = e.wait_leader(Duration::from_secs(60)) {
+                eprintln!("the ZooKeeper ensemble elected no leader: {err}");
+                std::process::exit(1);
+            }
+            Server::ZooKeeperEnsemble(e)
+        } else {
+            Server::ZooKeeper(ZooKeeper::start().unwrap_or_else(|e| {
+                eprintln!("cannot start ZooKeeper: {e}");
+                std::process::exit(1);
+            }))
+        };
         let r = rt.block_on(bench_server("zookeeper", &server, &client_counts, phase));
+        let r = with_failover(r, &mut server);
         finish(r, server)
     };
     let run_cand = || {
-        let (label, server) = match candidate.as_str() {
+        let (label, mut server) = match candidate.as_str() {
+            "coordd" if n_members > 1 => {
+                std::env::set_var("COORDD_BIN", coordd_bin.as_deref().expect("resolved above"));
+                let e = CoorddEnsemble::start_with_tick(n_members, 2000);
+                let all: Vec<usize> = (0..n_members).collect();
+                e.wait_leader(&all, Duration::from_secs(60));
+                ("coordd", Server::CoorddEnsemble(e))
+            }
             "coordd" => match Coordd::start(coordd_bin.as_deref().expect("resolved above")) {
                 Ok(c) => ("coordd", Server::Coordd(c)),
                 Err(e) => {
@@ -914,6 +1073,7 @@ fn main() {
             }
         };
         let r = rt.block_on(bench_server(label, &server, &client_counts, phase));
+        let r = with_failover(r, &mut server);
         finish(r, server)
     };
     let mut rounds = Vec::with_capacity(rounds_n);

@@ -222,13 +222,18 @@ impl Coordd {
 }
 
 /// A coordd ensemble of real processes, member `i` (1-based) with its client and peer
-/// ports on 127.0.0.`i`, a 100 ms tick; killed and removed on drop.
+/// ports on 127.0.0.`i`, a 100 ms tick unless told; killed and removed on drop.
 pub struct CoorddEnsemble {
     pub members: Vec<Coordd>,
 }
 
 impl CoorddEnsemble {
     pub fn start(n: usize) -> CoorddEnsemble {
+        Self::start_with_tick(n, 100)
+    }
+
+    /// `tick_ms`: coordd's tickTime (sessions of 2-20 ticks).
+    pub fn start_with_tick(n: usize, tick_ms: u32) -> CoorddEnsemble {
         let ip = |i: usize| std::net::Ipv4Addr::new(127, 0, 0, i as u8);
         let free_on = |i: usize| {
             TcpListener::bind((ip(i), 0))
@@ -249,7 +254,7 @@ impl CoorddEnsemble {
             .map(|i| {
                 let args = vec![
                     "--tick-time-ms".to_string(),
-                    "100".to_string(),
+                    tick_ms.to_string(),
                     "--id".to_string(),
                     i.to_string(),
                     "--ensemble".to_string(),
