@@ -1546,6 +1546,13 @@ impl Core {
 
     fn delete_expired_nodes(&mut self) {
         const PATHS_PER_ENTRY_MAX: usize = 1000;
+        // In an ensemble only the leader removes them (one proposal, not one per member).
+        if let Log::Raft(r) = &self.log {
+            let leading = r.member.get().is_some_and(|m| m.role() == Role::Leader);
+            if !leading {
+                return;
+            }
+        }
         let paths = self.state.expired_paths(now_wall_ms(), PATHS_PER_ENTRY_MAX);
         if !paths.is_empty() {
             tracing::debug!(
