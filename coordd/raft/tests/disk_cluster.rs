@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use coordd_raft::{
-    Applier, ApplierError, Config, DiskLogConfig, DiskLogStore, EntryData, Initialized, LogEntry,
-    MemNetwork, Member, MemberId, ProposeError, Role,
+    Config, DiskLogConfig, DiskLogStore, Initialized, MemNetwork, Member, MemberId, ProposeError,
+    Role,
 };
 use coordd_storage::{Fault, FaultHook, FaultInjector, IoOp};
 use tempfile::TempDir;
@@ -22,83 +22,8 @@ use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The state: payload entries applied, with their index. Shared with the test.
-#[derive(Default, Debug)]
-struct AppState {
-    payloads: Vec<(u64, Bytes)>,
-    last_index: Option<u64>,
-    installs: u64,
-}
-
-#[derive(Clone, Default)]
-struct TestApplier(Arc<Mutex<AppState>>);
-
-impl TestApplier {
-    fn state(&self) -> std::sync::MutexGuard<'_, AppState> {
-        self.0.lock().unwrap()
-    }
-}
-
-fn encode(payloads: &[(u64, Bytes)]) -> Bytes {
-    let mut out = Vec::new();
-    for (i, p) in payloads {
-        out.extend_from_slice(&i.to_be_bytes());
-        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        out.extend_from_slice(p);
-    }
-    Bytes::from(out)
-}
-
-fn decode(mut b: &[u8]) -> Result<Vec<(u64, Bytes)>, ApplierError> {
-    let bad = || ApplierError("truncated image".into());
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let head = b.get(..12).ok_or_else(bad)?;
-        let i = u64::from_be_bytes(head[..8].try_into().map_err(|_| bad())?);
-        let n = u32::from_be_bytes(head[8..].try_into().map_err(|_| bad())?) as usize;
-        let p = b.get(12..12 + n).ok_or_else(bad)?;
-        out.push((i, Bytes::copy_from_slice(p)));
-        b = &b[12 + n..];
-    }
-    Ok(out)
-}
-
-impl Applier for TestApplier {
-    async fn apply(&mut self, entries: Vec<LogEntry>) -> Result<Vec<Bytes>, ApplierError> {
-        let mut s = self.state();
-        let mut out = Vec::new();
-        for e in entries {
-            // The contract: consecutive indexes, never one twice (also across a restart: the
-            // applier starts from the restored snapshot).
-            let expected = s.last_index.map_or(0, |i| i + 1);
-            if e.index != expected {
-                return Err(ApplierError(format!(
-                    "entry {} applied after {:?}",
-                    e.index, s.last_index
-                )));
-            }
-            s.last_index = Some(e.index);
-            if let EntryData::Payload(p) = e.data {
-                s.payloads.push((e.index, p));
-            }
-            out.push(Bytes::new());
-        }
-        Ok(out)
-    }
-
-    async fn snapshot_image(&mut self) -> Result<Bytes, ApplierError> {
-        Ok(encode(&self.state().payloads))
-    }
-
-    async fn install_image(&mut self, last_index: u64, image: Bytes) -> Result<(), ApplierError> {
-        let payloads = decode(&image)?;
-        let mut s = self.state();
-        s.payloads = payloads;
-        s.last_index = Some(last_index);
-        s.installs += 1;
-        Ok(())
-    }
-}
+mod common;
+use common::TestApplier;
 
 fn addr(id: MemberId) -> String {
     format!("mem-{id}")

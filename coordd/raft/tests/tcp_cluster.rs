@@ -6,15 +6,13 @@
 //! is shared and loaded). Every listener is shut down at the end of its test.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use coordd_raft::tcp::wire::{self, Channel, FrameReader, Hello, HelloReply};
 use coordd_raft::tcp::{ConnectError, HandshakeError};
 use coordd_raft::{
-    Applier, ApplierError, Config, EntryData, LogEntry, MemLogStore, Member, MemberId, PeerServer,
-    ProposeError, Role, TcpConfig, TcpTransport,
+    Config, MemLogStore, Member, MemberId, PeerServer, ProposeError, Role, TcpConfig, TcpTransport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,90 +20,8 @@ use tokio::time::Instant;
 
 /// Deadline of every wait (real time: generous, for a loaded machine).
 const WAIT: Duration = Duration::from_secs(20);
-
-#[derive(Default, Debug)]
-struct AppState {
-    payloads: Vec<(u64, Bytes)>,
-    last_index: Option<u64>,
-    installs: u64,
-}
-
-/// Applies payloads in order and checks the applier contract (consecutive indexes).
-#[derive(Clone, Default)]
-struct TestApplier(Arc<Mutex<AppState>>);
-
-impl TestApplier {
-    fn state(&self) -> std::sync::MutexGuard<'_, AppState> {
-        self.0.lock().unwrap()
-    }
-
-    fn payloads(&self) -> Vec<(u64, Bytes)> {
-        self.state().payloads.clone()
-    }
-}
-
-fn encode(payloads: &[(u64, Bytes)]) -> Bytes {
-    let mut out = Vec::new();
-    for (i, p) in payloads {
-        out.extend_from_slice(&i.to_be_bytes());
-        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        out.extend_from_slice(p);
-    }
-    Bytes::from(out)
-}
-
-fn decode(mut b: &[u8]) -> Result<Vec<(u64, Bytes)>, ApplierError> {
-    let bad = || ApplierError("truncated image".into());
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let i = u64::from_be_bytes(b.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-        let n = u32::from_be_bytes(
-            b.get(8..12)
-                .ok_or_else(bad)?
-                .try_into()
-                .map_err(|_| bad())?,
-        ) as usize;
-        let p = b.get(12..12 + n).ok_or_else(bad)?;
-        out.push((i, Bytes::copy_from_slice(p)));
-        b = &b[12 + n..];
-    }
-    Ok(out)
-}
-
-impl Applier for TestApplier {
-    async fn apply(&mut self, entries: Vec<LogEntry>) -> Result<Vec<Bytes>, ApplierError> {
-        let mut s = self.state();
-        let mut out = Vec::new();
-        for e in entries {
-            let expected = s.last_index.map_or(0, |i| i + 1);
-            if e.index != expected {
-                return Err(ApplierError(format!(
-                    "entry {} applied after {:?}",
-                    e.index, s.last_index
-                )));
-            }
-            s.last_index = Some(e.index);
-            if let EntryData::Payload(p) = e.data {
-                s.payloads.push((e.index, p));
-            }
-            out.push(Bytes::new());
-        }
-        Ok(out)
-    }
-
-    async fn snapshot_image(&mut self) -> Result<Bytes, ApplierError> {
-        Ok(encode(&self.state().payloads))
-    }
-
-    async fn install_image(&mut self, last_index: u64, image: Bytes) -> Result<(), ApplierError> {
-        let payloads = decode(&image)?;
-        let mut s = self.state();
-        s.payloads = payloads;
-        s.last_index = Some(last_index);
-        s.installs += 1;
-        Ok(())
-    }
-}
+mod common;
+use common::{encode, TestApplier};
 
 /// One member with its listener and transport.
 struct Node {
