@@ -45,23 +45,15 @@ fn main() -> std::process::ExitCode {
         }
     };
     runtime.block_on(async move {
-        if config.ensemble.is_some() {
-            return run_member(config).await;
-        }
-        let server = match Server::start(config).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("coordd: {e}");
-                return std::process::ExitCode::FAILURE;
+        let result = if config.ensemble.is_some() {
+            run_member(config).await
+        } else {
+            match Server::start(config).await {
+                Ok(server) => serve_until_signal(server).await,
+                Err(e) => Err(e.to_string()),
             }
         };
-        let token = server.shutdown_token();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            token.cancel();
-        });
-        match server.wait().await {
+        match result {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("coordd: {e}");
@@ -71,43 +63,33 @@ fn main() -> std::process::ExitCode {
     })
 }
 
-/// One member of an ensemble: the Raft log in the data directory, the peer port from
-/// the ensemble list.
-async fn run_member(config: Config) -> std::process::ExitCode {
-    let log_config = coordd_raft::DiskLogConfig {
-        fsync: config.fsync,
-        ..coordd_raft::DiskLogConfig::default()
-    };
-    let log = match coordd_raft::DiskLogStore::open(&config.data_dir, log_config) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("coordd: data directory {}: {e}", config.data_dir.display());
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let (server, member, peers) = match Server::start_ensemble(config, log).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("coordd: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+/// Serves until SIGTERM or Ctrl-C (then shuts down cleanly) or a fatal error.
+async fn serve_until_signal(server: Server) -> Result<(), String> {
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
         token.cancel();
     });
-    let result = server.wait().await;
+    server.wait().await
+}
+
+/// One member of an ensemble: the Raft log in the data directory, the peer port from
+/// the ensemble list. The peer listener and the Raft member stop after the server.
+async fn run_member(config: Config) -> Result<(), String> {
+    let log_config = coordd_raft::DiskLogConfig {
+        fsync: config.fsync,
+        ..coordd_raft::DiskLogConfig::default()
+    };
+    let log = coordd_raft::DiskLogStore::open(&config.data_dir, log_config)
+        .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+    let (server, member, peers) = Server::start_ensemble(config, log)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = serve_until_signal(server).await;
     let _ = peers.shutdown().await;
     let _ = member.shutdown().await;
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("coordd: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    result
 }
 
 async fn wait_for_signal() {

@@ -114,16 +114,7 @@ impl Server {
         }
         tracing::info!(replayed, last_zxid = state.last_zxid(), "recovered");
 
-        let listener = TcpListener::bind(config.client_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.client_addr,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.client_addr,
-            source,
-        })?;
+        let (listener, local_addr) = bind_client_port(&config).await?;
         let (writer, durable) = LogWriter::spawn(wal, LogWriterConfig::default());
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
@@ -168,16 +159,7 @@ impl Server {
             ttl_enabled: config.ttl_enabled,
             superuser_digest: config.superuser_digest.clone(),
         };
-        let listener = TcpListener::bind(config.client_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.client_addr,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.client_addr,
-            source,
-        })?;
+        let (listener, local_addr) = bind_client_port(&config).await?;
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE_MESSAGES_MAX);
@@ -304,6 +286,19 @@ impl Server {
         let _ = self.accept.await;
         res
     }
+}
+
+/// The client port, and the address it got (the port may have been 0).
+async fn bind_client_port(config: &Config) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        addr: config.client_addr,
+        source,
+    };
+    let listener = TcpListener::bind(config.client_addr)
+        .await
+        .map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local_addr))
 }
 
 /// Releases a connection's per-IP slot when dropped.
