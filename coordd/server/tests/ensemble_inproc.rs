@@ -285,3 +285,59 @@ async fn a_member_cut_off_from_the_quorum_closes_its_clients() {
     c.close().await.unwrap();
     e.stop().await;
 }
+
+/// A client that has seen a zxid this member has not applied yet is held until the
+/// member catches up, then accepted (not refused), so it never goes back in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_the_client_accepts_it_once_caught_up() {
+    use bytes::{Buf, BytesMut};
+    use coordd_proto::{frame::write_frame, ConnectRequest, ConnectResponse, Record};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let slow = (leader + 1) % 3;
+    // Everything to and from `slow` arrives 40 ms late, so it applies that much behind
+    // (more would outlast the leader's AppendEntries deadline, one heartbeat interval).
+    e._net.set_delay(slow as u64 + 1, Duration::from_millis(40));
+    let c = client(&e.addr(leader), 4000).await;
+    c.create("/seen", b"", &Acl::open_unsafe(), CreateMode::Persistent)
+        .await
+        .unwrap();
+    let zxid = c.exists("/seen", false).await.unwrap().unwrap().czxid;
+
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(e.addr(slow)).await.unwrap();
+    let mut out = BytesMut::new();
+    write_frame(&mut out, |o| {
+        ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: zxid,
+            timeout_ms: 4000,
+            session_id: 0,
+            passwd: vec![0; 16],
+            read_only: false,
+        }
+        .encode(o)
+    });
+    s.write_all(&out).await.unwrap();
+    let mut len = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut len))
+        .await
+        .expect("an answer in time")
+        .expect("accepted, not closed");
+    let mut body = vec![0u8; (&len[..]).get_u32() as usize];
+    s.read_exact(&mut body).await.unwrap();
+    let resp = ConnectResponse::from_bytes(&body).unwrap();
+    assert!(resp.timeout_ms > 0, "the session was refused");
+    println!("accepted after {:?}", started.elapsed());
+    // It caught up before accepting: a client of that member sees the node at once.
+    let other = client(&e.addr(slow), 4000).await;
+    assert!(other.exists("/seen", false).await.unwrap().is_some());
+    e._net.set_delay(slow as u64 + 1, Duration::ZERO);
+    drop(s);
+    for cl in [c, other] {
+        cl.close().await.unwrap();
+    }
+    e.stop().await;
+}

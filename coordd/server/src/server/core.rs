@@ -274,6 +274,9 @@ pub struct RaftLog {
     /// they move to the majority side.
     quorum_lost_close_ms: u64,
     quorum_lost_since: Option<Instant>,
+    /// Handshakes of clients that have seen a newer zxid than this member has applied,
+    /// waiting (until their deadline) for it to catch up.
+    behind: Vec<BehindClient>,
     /// Whether clients are served: false from a quorum loss older than
     /// `quorum_lost_close_ms` until the quorum is back.
     serving: bool,
@@ -303,10 +306,24 @@ impl RaftLog {
             state_config,
             quorum_lost_close_ms,
             quorum_lost_since: None,
+            behind: Vec::new(),
             serving: false,
         }
     }
 }
+
+/// A handshake parked until this member catches up with the client.
+struct BehindClient {
+    deadline: Instant,
+    conn: ConnHandle,
+    req: ConnectRequest,
+    established: oneshot::Sender<Option<SessionId>>,
+}
+
+/// How long a member lets a client that has seen a newer zxid wait for it to catch up
+/// before refusing it (the client then tries another member), at most: a third of the
+/// session timeout the client asked for, bounded by this.
+const CATCH_UP_WAIT_MS_MAX: u64 = 2_000;
 
 pub struct Core {
     config: Config,
@@ -533,6 +550,7 @@ impl Core {
             }
             CoreMsg::RaftApply { entries, reply } => {
                 let _ = reply.send(self.raft_apply(entries));
+                self.retry_behind_clients(false);
             }
             CoreMsg::RaftSnapshot { reply } => {
                 let _ = reply.send(Bytes::from(self.state.snapshot()));
@@ -689,6 +707,18 @@ impl Core {
             }
         }
         if req.last_zxid_seen > self.state.last_zxid() {
+            if let Log::Raft(r) = &mut self.log {
+                // A member behind the client: wait for it to apply up to what the client
+                // has seen (it is committed: the client saw it), then accept.
+                let wait_ms = (req.timeout_ms.max(0) as u64 / 3).min(CATCH_UP_WAIT_MS_MAX);
+                r.behind.push(BehindClient {
+                    deadline: Instant::now() + Duration::from_millis(wait_ms),
+                    conn,
+                    req,
+                    established,
+                });
+                return;
+            }
             // The client has seen a newer state than ours; ZooKeeper refuses it so that
             // it never goes back in time, and the client tries another server.
             tracing::info!(
@@ -1184,6 +1214,39 @@ impl Core {
         Ok(outputs)
     }
 
+    /// Ensemble mode: accepts the parked handshakes this member has caught up for;
+    /// refuses the ones past their deadline (`expire`) or whose connection is gone.
+    fn retry_behind_clients(&mut self, expire: bool) {
+        let Log::Raft(r) = &mut self.log else { return };
+        if r.behind.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let last_zxid = self.state.last_zxid();
+        let (ready, waiting): (Vec<BehindClient>, Vec<BehindClient>) = r
+            .behind
+            .drain(..)
+            .partition(|b| b.req.last_zxid_seen <= last_zxid || (expire && now >= b.deadline));
+        r.behind = waiting;
+        for b in ready {
+            let conn_id = b.conn.conn_id;
+            if !self.conns.contains_key(&conn_id) {
+                let _ = b.established.send(None);
+            } else if b.req.last_zxid_seen <= last_zxid {
+                self.on_connect(b.conn, b.req, b.established);
+            } else {
+                tracing::info!(
+                    conn_id,
+                    client_zxid = b.req.last_zxid_seen,
+                    our_zxid = last_zxid,
+                    "refusing a client that has seen a newer zxid than this member caught up to"
+                );
+                self.drop_conn(conn_id);
+                let _ = b.established.send(None);
+            }
+        }
+    }
+
     /// Ensemble mode: a sync's barrier is applied here: every write committed before
     /// it is too. Answered in order with the session's other replies.
     fn answer_sync(
@@ -1331,6 +1394,7 @@ impl Core {
     /// timeout when it becomes leader (it did not see their heartbeats before); the
     /// other members send the leader the sessions that showed life here.
     fn on_tick(&mut self) {
+        self.retry_behind_clients(true);
         let Log::Raft(r) = &mut self.log else {
             self.expire_sessions();
             return;
