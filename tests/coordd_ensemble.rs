@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordd_client::{Acl, Client, ClientConfig, CreateMode, Error};
-use support::coordd::CoorddEnsemble;
+use support::coordd::{four_letter, CoorddEnsemble};
 use tokio::time::Instant;
 
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,6 +76,15 @@ async fn children(c: &Client, path: &str) -> BTreeSet<u64> {
 async fn forms_by_itself_and_every_member_takes_writes() {
     let e = CoorddEnsemble::start(3);
     let leader = e.wait_leader(&[0, 1, 2], FORM_TIMEOUT);
+    // mntr reports the role and the Raft view as ZooKeeper's does its state.
+    let mntr = four_letter(e.members[leader].addr, "mntr").expect("mntr answers");
+    for line in [
+        "zk_server_state\tleader",
+        "zk_raft_quorum_ok\t1",
+        "zk_raft_voters\t3",
+    ] {
+        assert!(mntr.contains(line), "{line:?} not in mntr:\n{mntr}");
+    }
     let mut clients = Vec::new();
     for m in &e.members {
         clients.push(client(&m.connect_string(), 4000).await);

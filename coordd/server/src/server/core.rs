@@ -169,6 +169,8 @@ pub struct CoreStats {
     pub mode: String,
     /// Ensemble mode: the leader's member id, when known.
     pub leader: Option<u64>,
+    /// Ensemble mode: the Raft member's view (term, indexes, quorum).
+    pub raft: Option<coordd_raft::Status>,
 }
 
 /// One connection, as `stat` and `cons` list it.
@@ -597,9 +599,14 @@ impl Core {
                         None => ("starting".to_string(), None),
                     },
                 };
+                let raft = match &self.log {
+                    Log::Raft(r) => r.member.get().map(|m| m.status()),
+                    Log::Local(_) => None,
+                };
                 let _ = reply.send(CoreStats {
                     mode,
                     leader,
+                    raft,
                     log_batches: batches,
                     log_entries: entries,
                     log_append_us_total: us_total,

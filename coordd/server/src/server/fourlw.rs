@@ -165,6 +165,20 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
                 ),
                 ("zk_fsync_time_max_us", s.log_append_us_max.to_string()),
             ];
+            let mut rows = rows;
+            if let Some(r) = &s.raft {
+                let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+                rows.extend([
+                    ("zk_raft_term", r.term.to_string()),
+                    ("zk_raft_leader", opt(r.leader)),
+                    ("zk_raft_quorum_ok", u8::from(r.quorum_ok).to_string()),
+                    ("zk_raft_last_log_index", opt(r.last_log_index)),
+                    ("zk_raft_applied_index", opt(r.applied_index)),
+                    ("zk_raft_snapshot_index", opt(r.snapshot_index)),
+                    ("zk_raft_purged_index", opt(r.purged_index)),
+                    ("zk_raft_voters", r.membership.voters.len().to_string()),
+                ]);
+            }
             for (k, v) in rows {
                 let _ = writeln!(out, "{k}\t{v}");
             }
