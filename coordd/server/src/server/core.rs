@@ -29,7 +29,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::expiry::SessionDeadlines;
-use super::replicated::{AppMsg, Proposal, TxnBatch, BATCH_TXNS_MAX, FORWARD_TIMEOUT_MS};
+use super::replicated::{
+    decode_entry, AppMsg, Proposal, TxnBatch, BATCH_TXNS_MAX, FORWARD_TIMEOUT_MS,
+};
 use crate::config::Config;
 use crate::state::{
     Applied, Entry, Response, SessionId, StateConfig, StateMachine, StateStats, Txn, Zxid,
@@ -1156,9 +1158,13 @@ impl Core {
     fn raft_apply(&mut self, entries: Vec<LogEntry>) -> Result<Vec<Bytes>, String> {
         let mut outputs = Vec::with_capacity(entries.len());
         for e in entries {
-            if let EntryData::Payload(payload) = &e.data {
-                let batch = TxnBatch::decode(payload)
-                    .map_err(|err| format!("log entry {}: {err}", e.index))?;
+            let batches = match &e.data {
+                EntryData::Payload(payload) => {
+                    decode_entry(payload).map_err(|err| format!("log entry {}: {err}", e.index))?
+                }
+                _ => Vec::new(),
+            };
+            for batch in batches {
                 for (seq, txn) in batch.txns {
                     let created = match &txn {
                         Txn::CreateSession {

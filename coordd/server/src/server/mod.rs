@@ -205,9 +205,11 @@ impl Server {
             }
         };
         let _ = member_cell.set(member.clone());
-        member.set_app_handler(replicated::app_handler(member.clone(), core_tx.clone()));
+        let batcher = replicated::Batcher::spawn(member.clone(), shutdown.clone());
+        member.set_app_handler(replicated::app_handler(batcher.clone(), core_tx.clone()));
         tokio::spawn(replicated::run_proposer(
             member.clone(),
+            batcher,
             proposals_rx,
             core_tx.clone(),
             shutdown.clone(),

@@ -29,6 +29,15 @@ use crate::state::{Entry, SessionId, Txn};
 
 /// Version byte of the batch format; bump on any change.
 const BATCH_FORMAT_V1: u8 = 1;
+/// A Raft entry's payload: one batch (`BATCH_FORMAT_V1`, as it starts) or, with this
+/// first byte, several members' batches that the leader put into one entry.
+const ENTRY_FORMAT_MULTI: u8 = 2;
+/// Batches the leader puts into one entry at most, and their bytes at most (below
+/// coordd-raft's `payload_max_bytes`).
+pub const ENTRY_BATCHES_MAX: usize = 64;
+pub const ENTRY_BYTES_MAX: usize = 1 << 20;
+/// Batches waiting for the leader's batcher at most.
+pub const BATCHER_QUEUE_MAX: usize = 1024;
 /// Txns in one batch at most (the core cuts batches there).
 pub const BATCH_TXNS_MAX: usize = 1024;
 /// Application message kinds.
@@ -147,6 +156,111 @@ impl TxnBatch {
     }
 }
 
+/// One Raft entry's payload from batches (each a [`TxnBatch::encode`]).
+pub fn encode_entry<'a>(batches: impl ExactSizeIterator<Item = &'a Bytes>) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(ENTRY_FORMAT_MULTI);
+    out.put_u32(batches.len() as u32);
+    for b in batches {
+        out.put_u32(b.len() as u32);
+        out.put_slice(b);
+    }
+    out.freeze()
+}
+
+/// The batches of one Raft entry's payload, in order.
+pub fn decode_entry(payload: &[u8]) -> Result<Vec<TxnBatch>, BatchError> {
+    match payload.first() {
+        Some(&BATCH_FORMAT_V1) => Ok(vec![TxnBatch::decode(payload)?]),
+        Some(&ENTRY_FORMAT_MULTI) => {
+            let mut buf = &payload[1..];
+            if buf.remaining() < 4 {
+                return Err(BatchError::Truncated);
+            }
+            let n = buf.get_u32() as usize;
+            if n > ENTRY_BATCHES_MAX {
+                return Err(BatchError::TooMany(n as u32));
+            }
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                if buf.remaining() < 4 {
+                    return Err(BatchError::Truncated);
+                }
+                let len = buf.get_u32() as usize;
+                if buf.remaining() < len {
+                    return Err(BatchError::Truncated);
+                }
+                out.push(TxnBatch::decode(&buf[..len])?);
+                buf.advance(len);
+            }
+            if buf.has_remaining() {
+                return Err(BatchError::Truncated);
+            }
+            Ok(out)
+        }
+        Some(&other) => Err(BatchError::Version(other)),
+        None => Err(BatchError::Truncated),
+    }
+}
+
+type BatcherItem = (Bytes, oneshot::Sender<Result<(), ProposeError>>);
+
+/// The leader's batcher: batches of every member (its own and forwarded ones) that
+/// arrive while an entry is being committed go into the next entry together, so the
+/// leader's fsync (one per entry in openraft 0.9) is shared by all members' writes.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<BatcherItem>,
+}
+
+impl Batcher {
+    pub fn spawn(member: Member, shutdown: CancellationToken) -> Batcher {
+        let (tx, rx) = mpsc::channel(BATCHER_QUEUE_MAX);
+        tokio::spawn(run_batcher(member, rx, shutdown));
+        Batcher { tx }
+    }
+
+    /// Proposes `batch` in the next entry; Ok once it is committed. `NotLeader`: it was
+    /// not appended.
+    pub async fn propose(&self, batch: Bytes) -> Result<(), ProposeError> {
+        let (done, result) = oneshot::channel();
+        self.tx
+            .send((batch, done))
+            .await
+            .map_err(|_| ProposeError::Shutdown)?;
+        result.await.map_err(|_| ProposeError::Shutdown)?
+    }
+}
+
+async fn run_batcher(
+    member: Member,
+    mut rx: mpsc::Receiver<BatcherItem>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            item = rx.recv() => match item { Some(i) => i, None => return },
+        };
+        let mut bytes = first.0.len();
+        let mut items = vec![first];
+        while items.len() < ENTRY_BATCHES_MAX && bytes < ENTRY_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(item) => {
+                    bytes += item.0.len();
+                    items.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        let payload = encode_entry(items.iter().map(|(b, _)| b));
+        let result = member.propose(payload).await.map(|_| ());
+        for (_, done) in items {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
 /// A message from one member's server to another's (over the Raft transport).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AppMsg {
@@ -250,6 +364,7 @@ pub struct Proposal {
 /// with each ([`CoreMsg::Proposed`], with the txns of a batch that failed).
 pub async fn run_proposer(
     member: Member,
+    batcher: Batcher,
     mut proposals: mpsc::Receiver<Proposal>,
     core: mpsc::Sender<CoreMsg>,
     shutdown: CancellationToken,
@@ -259,7 +374,7 @@ pub async fn run_proposer(
             _ = shutdown.cancelled() => return,
             p = proposals.recv() => match p { Some(p) => p, None => return },
         };
-        let failed = match propose_one(&member, p.batch).await {
+        let failed = match propose_one(&member, &batcher, p.batch).await {
             Ok(()) => Vec::new(),
             Err(why) => {
                 tracing::info!(%why, txns = p.seqs.len(), "a batch of writes did not reach the log; its clients are disconnected");
@@ -272,10 +387,10 @@ pub async fn run_proposer(
     }
 }
 
-async fn propose_one(member: &Member, batch: Bytes) -> Result<(), String> {
+async fn propose_one(member: &Member, batcher: &Batcher, batch: Bytes) -> Result<(), String> {
     let forward_timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
     if member.role() == Role::Leader {
-        match member.propose(batch.clone()).await {
+        match batcher.propose(batch.clone()).await {
             Ok(_) => return Ok(()),
             // Nothing was appended: safe to send it to the leader instead.
             Err(ProposeError::NotLeader { .. }) => {}
@@ -302,15 +417,15 @@ async fn propose_one(member: &Member, batch: Bytes) -> Result<(), String> {
 
 /// The handler of application messages on every member: a forwarded batch is
 /// proposed (only a leader accepts), touches go to the core.
-pub fn app_handler(member: Member, core: mpsc::Sender<CoreMsg>) -> coordd_raft::AppHandler {
+pub fn app_handler(batcher: Batcher, core: mpsc::Sender<CoreMsg>) -> coordd_raft::AppHandler {
     std::sync::Arc::new(move |body: Bytes| {
-        let member = member.clone();
+        let batcher = batcher.clone();
         let core = core.clone();
         Box::pin(async move {
             match AppMsg::decode(body).map_err(|e| e.to_string())? {
                 AppMsg::Forward(batch) => {
                     TxnBatch::decode(&batch).map_err(|e| format!("bad forwarded batch: {e}"))?;
-                    member
+                    batcher
                         .propose(batch)
                         .await
                         .map(|_| Bytes::new())
@@ -373,6 +488,23 @@ mod tests {
     }
 
     #[test]
+    fn entries_hold_one_or_several_batches() {
+        let b = batch();
+        let one = b.encode();
+        assert_eq!(decode_entry(&one).unwrap(), vec![b.clone()]);
+        let mut other = b.clone();
+        other.member = 1;
+        other.syncs.clear();
+        let two = [one.clone(), other.encode()];
+        let entry = encode_entry(two.iter());
+        assert_eq!(decode_entry(&entry).unwrap(), vec![b, other]);
+        for cut in 0..entry.len() {
+            assert!(decode_entry(&entry[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode_entry(&[9]).is_err());
+    }
+
+    #[test]
     fn app_messages_round_trip() {
         for m in [
             AppMsg::Forward(batch().encode()),
@@ -390,6 +522,7 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes: Vec<u8>) {
             let _ = TxnBatch::decode(&bytes);
+            let _ = decode_entry(&bytes);
             let _ = AppMsg::decode(Bytes::from(bytes));
         }
     }
