@@ -205,9 +205,16 @@ pub fn decode_entry(payload: &[u8]) -> Result<Vec<TxnBatch>, BatchError> {
 
 type BatcherItem = (Bytes, oneshot::Sender<Result<(), ProposeError>>);
 
+/// Entries the leader's batcher has proposed and not seen committed, at most: two lets
+/// the leader append (and fsync) the next entry while the followers store the last.
+pub const BATCHER_IN_FLIGHT_MAX: usize = 2;
+
 /// The leader's batcher: batches of every member (its own and forwarded ones) that
-/// arrive while an entry is being committed go into the next entry together, so the
+/// arrive while entries are being committed go into the next entry together, so the
 /// leader's fsync (one per entry in openraft 0.9) is shared by all members' writes.
+///
+/// Invariant: two batches of one member are never in entries in flight at the same time
+/// (entries in flight may commit in either order; one member's must not).
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<BatcherItem>,
@@ -232,31 +239,71 @@ impl Batcher {
     }
 }
 
+/// The member a batch comes from (its bytes 1..9), without decoding the rest.
+fn batch_member(batch: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = batch.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
 async fn run_batcher(
     member: Member,
     mut rx: mpsc::Receiver<BatcherItem>,
     shutdown: CancellationToken,
 ) {
+    let mut waiting: std::collections::VecDeque<BatcherItem> = Default::default();
+    let mut busy: std::collections::HashSet<Option<u64>> = Default::default();
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => return,
-            item = rx.recv() => match item { Some(i) => i, None => return },
-        };
-        let mut bytes = first.0.len();
-        let mut items = vec![first];
-        while items.len() < ENTRY_BATCHES_MAX && bytes < ENTRY_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(item) => {
-                    bytes += item.0.len();
-                    items.push(item);
+            item = rx.recv(), if waiting.len() < BATCHER_QUEUE_MAX => match item {
+                Some(i) => waiting.push_back(i),
+                None => return,
+            },
+            done = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Some(Ok(members)) = done {
+                    for m in members {
+                        busy.remove(&m);
+                    }
                 }
+            }
+        }
+        while waiting.len() < BATCHER_QUEUE_MAX {
+            match rx.try_recv() {
+                Ok(i) => waiting.push_back(i),
                 Err(_) => break,
             }
         }
-        let payload = encode_entry(items.iter().map(|(b, _)| b));
-        let result = member.propose(payload).await.map(|_| ());
-        for (_, done) in items {
-            let _ = done.send(result.clone());
+        while in_flight.len() < BATCHER_IN_FLIGHT_MAX {
+            let mut items = Vec::new();
+            let mut members = Vec::new();
+            let mut bytes = 0;
+            let mut rest = std::collections::VecDeque::new();
+            while let Some(item) = waiting.pop_front() {
+                let m = batch_member(&item.0);
+                let full = items.len() >= ENTRY_BATCHES_MAX || bytes >= ENTRY_BYTES_MAX;
+                if full || busy.contains(&m) || members.contains(&m) {
+                    rest.push_back(item);
+                    continue;
+                }
+                bytes += item.0.len();
+                members.push(m);
+                items.push(item);
+            }
+            waiting = rest;
+            if items.is_empty() {
+                break;
+            }
+            busy.extend(members.iter().copied());
+            let member = member.clone();
+            in_flight.spawn(async move {
+                let payload = encode_entry(items.iter().map(|(b, _)| b));
+                let result = member.propose(payload).await.map(|_| ());
+                for (_, done) in items {
+                    let _ = done.send(result.clone());
+                }
+                members
+            });
         }
     }
 }
