@@ -485,6 +485,7 @@ async fn bootstrap_winner_that_loses_its_session_during_initdb_resumes() {
         via_proxies: true,
         session_timeout_ms: SESSION_TIMEOUT_MS,
         extra_toml: "synchronous = true\n".into(),
+        ..ClusterOpts::default()
     })
     .await;
     // Who won `initialize`? Cut it off the moment it did (initdb takes far longer).

@@ -535,10 +535,16 @@ async fn failover_with_a_coordd_leader_kill(
     }
     let errors = writer.errors_since(killed);
     let acks = writer.acks();
+    let resumes = c
+        .agent(&new)
+        .log()
+        .matches("resuming the promotion")
+        .count();
     eprintln!(
         "{when:?}: master {old} killed, coordd leader (member {}) killed {coordd_killed:?} \
-         later{}; member {} leads after {elected:?}; {new} healthy after {failover:?}, the \
-         router's writes resumed there after {resumed:?} (longest gap {:?}); errors {errors:?}",
+         later{}; member {} leads after {elected:?}; {new} healthy after {failover:?} \
+         (its promotion resumed {resumes} times), the router's writes resumed there after \
+         {resumed:?} (longest gap {:?}); errors {errors:?}",
         target + 1,
         seen.map(|(s, _)| format!(" with `leader` {s:?}"))
             .unwrap_or_default(),
