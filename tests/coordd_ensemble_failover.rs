@@ -64,6 +64,7 @@ fn others(all: &[&'static str], not: &str) -> Vec<&'static str> {
 /// A coordd ensemble, three agents in synchronous mode, the master and both standbys
 /// named in `sync`, and a router that sees them all. Returns the master's name.
 async fn start() -> (Cluster, Router, String) {
+    let started = Instant::now();
     let c = Cluster::start_opts(ClusterOpts {
         session_timeout_ms: SESSION_TIMEOUT_MS,
         extra_toml: "synchronous = true".into(),
@@ -71,7 +72,6 @@ async fn start() -> (Cluster, Router, String) {
         ..ClusterOpts::default()
     })
     .await;
-    let started = Instant::now();
     let master = c.wait_healthy(&ALL, None).await;
     c.wait_sync(&master, &others(&ALL, &master)).await;
     let router = start_router(&c.coordd.connect_string(), SESSION_TIMEOUT_MS).await;
