@@ -592,9 +592,9 @@ async fn coordd_leader_kill9_alone_keeps_the_master_and_every_session() {
         .collect();
     assert_eq!(owners_before.len(), 3, "{owners_before:?}");
     assert_eq!(owners_before[&master], leader_stat.ephemeral_owner);
-    for a in &c.agents {
-        assert_eq!(sessions_opened(a), 1, "{}: {}", a.node, tail(&a.log(), 20));
-    }
+    // Usually 1 each; a bootstrapping agent starts over with a new session when its
+    // connection drops (e.g. a member that closed its clients in a load spike).
+    let sessions_before: Vec<usize> = c.agents.iter().map(sessions_opened).collect();
     let writer = Writer::spawn(&router);
     writer.wait_more(20, &|| c.dump()).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -654,10 +654,10 @@ async fn coordd_leader_kill9_alone_keeps_the_master_and_every_session() {
         "an agent's session was replaced{}",
         c.dump()
     );
-    for a in &c.agents {
+    for (a, before) in c.agents.iter().zip(&sessions_before) {
         assert_eq!(
             sessions_opened(a),
-            1,
+            *before,
             "{} opened a new session: {}",
             a.node,
             tail(&a.log(), 30)
