@@ -333,7 +333,6 @@ impl Agent {
     }
 }
 
-/// One coordd session of the agent.
 /// A promotion under way in this session: `leader` won (state `promoting`), what the
 /// election saw (the `sync` record and the live replicas' records), not yet published
 /// as `primary`. See [`Session::finish_promotion`].
@@ -344,6 +343,7 @@ struct Promotion {
     peers: Vec<MemberRecord>,
 }
 
+/// One coordd session of the agent.
 struct Session<'a> {
     a: &'a Agent,
     client: Client,
