@@ -464,7 +464,7 @@ async fn a_diverged_replica_rewinds_and_follows() {
 
 /// `zk_global_sessions` from coordd's `mntr`.
 fn live_sessions(c: &Cluster) -> Option<u64> {
-    let mntr = support::coordd::four_letter(c.coordd.addr, "mntr")?;
+    let mntr = support::coordd::four_letter(c.coordd.standalone().addr, "mntr")?;
     mntr.lines()
         .find_map(|l| l.strip_prefix("zk_global_sessions\t"))
         .and_then(|v| v.trim().parse().ok())
@@ -485,6 +485,7 @@ async fn bootstrap_winner_that_loses_its_session_during_initdb_resumes() {
         via_proxies: true,
         session_timeout_ms: SESSION_TIMEOUT_MS,
         extra_toml: "synchronous = true\n".into(),
+        ..ClusterOpts::default()
     })
     .await;
     // Who won `initialize`? Cut it off the moment it did (initdb takes far longer).

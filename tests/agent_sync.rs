@@ -8,15 +8,15 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::agent::{
-    connect, now_ms, switchyard_bin, tail, Cluster, ClusterOpts, CLUSTER, DEADLINE,
+    assert_all_acked_on, connect, now_ms, switchyard_bin, tail, Cluster, ClusterOpts, CLUSTER,
+    DEADLINE,
 };
 use support::postgres;
-use switchyard_proxy::records::{self, SyncRecord};
+use switchyard_proxy::records;
 
 const SESSION_TIMEOUT_MS: u32 = 2_000;
 
@@ -28,58 +28,6 @@ async fn start_sync(n: usize) -> Cluster {
         ..ClusterOpts::default()
     })
     .await
-}
-
-async fn sync_record(c: &Cluster) -> Option<SyncRecord> {
-    let (data, _) = c.client.get_data(&c.ns.sync(), false).await.ok()?;
-    records::decode(&data).ok()
-}
-
-/// Waits until `sync` names exactly `standbys` (written by `master`) and the master's
-/// WAL senders to them are all in the quorum.
-async fn wait_sync(c: &Cluster, master: &str, standbys: &[&str]) {
-    let want: BTreeSet<String> = standbys.iter().map(|s| s.to_string()).collect();
-    let start = Instant::now();
-    loop {
-        let last = match check_sync(c, master, &want).await {
-            Ok(()) => return,
-            Err(why) => why,
-        };
-        if start.elapsed() > DEADLINE {
-            panic!(
-                "synchronous standbys not {want:?} after {DEADLINE:?}: {last}\n{}",
-                c.dump()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn check_sync(c: &Cluster, master: &str, want: &BTreeSet<String>) -> Result<(), String> {
-    let rec = sync_record(c).await.ok_or("no `sync` record")?;
-    let have: BTreeSet<String> = rec.standbys.iter().cloned().collect();
-    if rec.leader.as_deref() != Some(master) || have != *want {
-        return Err(format!("`sync` is {rec:?}"));
-    }
-    let m = connect(c.agent(master).pg_port)
-        .await
-        .ok_or("master unreachable")?;
-    let rows = m
-        .query(
-            "SELECT application_name, sync_state FROM pg_stat_replication",
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let quorum: BTreeSet<String> = rows
-        .iter()
-        .filter(|r| r.get::<_, String>(1) == "quorum")
-        .map(|r| r.get::<_, String>(0))
-        .collect();
-    if quorum != *want {
-        return Err(format!("quorum standbys {quorum:?}"));
-    }
-    Ok(())
 }
 
 /// One acknowledged insert: the row's id, when the statement was sent and when its
@@ -131,28 +79,6 @@ async fn wait_acks(acks: &Arc<Mutex<Vec<Ack>>>, n: usize) {
     }
 }
 
-/// Every acknowledged id is on the PostgreSQL at `port`.
-async fn assert_all_acked_on(port: u16, acks: &[Ack], what: &str) {
-    let c = connect(port).await.expect("connect");
-    let ids: BTreeSet<i64> = c
-        .query("SELECT id FROM t", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<i64> = acks
-        .iter()
-        .map(|a| a.id)
-        .filter(|id| !ids.contains(id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged rows missing on {what}: {lost:?}",
-        lost.len()
-    );
-}
-
 fn others(all: &[&'static str], not: &str) -> Vec<&'static str> {
     all.iter().copied().filter(|n| *n != not).collect()
 }
@@ -169,7 +95,7 @@ async fn sync_mode_kill9_of_the_master_loses_no_acknowledged_commit() {
     }
     let mut c = start_sync(3).await;
     let old = c.wait_healthy(&ALL, None).await;
-    wait_sync(&c, &old, &others(&ALL, &old)).await;
+    c.wait_sync(&old, &others(&ALL, &old)).await;
 
     // `switchyard status` shows the mode and the synchronous standbys; an unknown
     // cluster is a clear error.
@@ -223,7 +149,7 @@ async fn sync_mode_kill9_of_the_master_loses_no_acknowledged_commit() {
         killed.elapsed(),
         acks.len()
     );
-    assert_all_acked_on(c.agent(&new).pg_port, &acks, &new).await;
+    assert_all_acked_on(c.agent(&new).pg_port, acks.iter().map(|a| a.id), &new).await;
 
     // The new master takes writes: its remaining replica is its synchronous standby.
     let other = others(&live, &new);
@@ -240,10 +166,10 @@ async fn sync_mode_kill9_of_the_master_loses_no_acknowledged_commit() {
     assert_eq!(master, new);
     let mut standbys = other.clone();
     standbys.push(&old);
-    wait_sync(&c, &new, &standbys).await;
+    c.wait_sync(&new, &standbys).await;
     let log = c.agent(&old).log();
     assert!(log.contains("pg_rewind"), "{}", tail(&log, 40));
-    assert_all_acked_on(c.agent(&old).pg_port, &acks, &old).await;
+    assert_all_acked_on(c.agent(&old).pg_port, acks.iter().map(|a| a.id), &old).await;
 }
 
 /// SIGSTOP of the master's agent and its whole PostgreSQL for twice the session
@@ -259,7 +185,7 @@ async fn sync_mode_paused_master_takes_no_write_after_the_promotion() {
     }
     let c = start_sync(3).await;
     let old = c.wait_healthy(&ALL, None).await;
-    wait_sync(&c, &old, &others(&ALL, &old)).await;
+    c.wait_sync(&old, &others(&ALL, &old)).await;
     let old_port = c.agent(&old).pg_port;
     connect(old_port)
         .await
@@ -383,7 +309,7 @@ async fn sync_mode_paused_master_takes_no_write_after_the_promotion() {
          acknowledged after the election",
         acks.len()
     );
-    assert_all_acked_on(c.agent(&new).pg_port, &acks, &new).await;
+    assert_all_acked_on(c.agent(&new).pg_port, acks.iter().map(|a| a.id), &new).await;
     let log = c.agent(&old).log();
     assert!(
         log.contains("fenc") || log.contains("lease"),
@@ -414,7 +340,7 @@ async fn synchronous_mode_turned_on_at_run_time() {
         .set_data(&c.ns.config(), &records::encode(&cfg), None)
         .await
         .unwrap();
-    wait_sync(&c, &master, &others(&ALL, &master)).await;
+    c.wait_sync(&master, &others(&ALL, &master)).await;
     connect(c.agent(&master).pg_port)
         .await
         .unwrap()

@@ -28,14 +28,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordd_client::{Acl, Client, ClientConfig, CreateMode, SessionState};
-use support::agent::{check_health, connect, now_ms, switchyard_bin, tail, Agent};
+use support::agent::{
+    assert_all_acked_on, check_health, connect, now_ms, sessions_opened, spawn_primary_monitor,
+    switchyard_bin, tail, wait_sync, Agent,
+};
 use support::postgres::{self, PgDir};
+use support::router::{start_router, wait_three, wait_topology, where_ran};
 use support::zookeeper::{ZkMode, ZooKeeper, ZooKeeperEnsemble};
 use switchyard_proxy::namespace::Namespace;
-use switchyard_proxy::pg;
-use switchyard_proxy::records::{self, LeaderRecord, MemberRecord, SyncRecord};
-use switchyard_proxy::router::{Error, PooledClient, Router};
-use switchyard_proxy::topology::{Balance, Topology};
+use switchyard_proxy::records::{self, LeaderRecord, MemberRecord};
 use tokio::time::{timeout, Instant};
 
 const CLUSTER: &str = "main";
@@ -230,66 +231,24 @@ impl ZkCluster {
         .await
     }
 
-    async fn sync_record(&self) -> Option<SyncRecord> {
-        let (data, _) = self.client.get_data(&self.ns.sync(), false).await.ok()?;
-        records::decode(&data).ok()
-    }
-
     /// Waits until `sync` names exactly `standbys` (written by `master`) and the
     /// master's WAL senders to them are all in the quorum.
     async fn wait_sync(&self, master: &str, standbys: &[&str]) {
-        let want: BTreeSet<String> = standbys.iter().map(|s| s.to_string()).collect();
-        let start = Instant::now();
-        loop {
-            let last = match self.check_sync(master, &want).await {
-                Ok(()) => return,
-                Err(why) => why,
-            };
-            if start.elapsed() > DEADLINE {
-                panic!(
-                    "synchronous standbys not {want:?} after {DEADLINE:?}: {last}\n{}",
-                    self.dump()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn check_sync(&self, master: &str, want: &BTreeSet<String>) -> Result<(), String> {
-        let rec = self.sync_record().await.ok_or("no `sync` record")?;
-        let have: BTreeSet<String> = rec.standbys.iter().cloned().collect();
-        if rec.leader.as_deref() != Some(master) || have != *want {
-            return Err(format!("`sync` is {rec:?}"));
-        }
-        let m = connect(self.agent(master).pg_port)
-            .await
-            .ok_or("master unreachable")?;
-        let rows = m
-            .query(
-                "SELECT application_name, sync_state FROM pg_stat_replication",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let quorum: BTreeSet<String> = rows
-            .iter()
-            .filter(|r| r.get::<_, String>(1) == "quorum")
-            .map(|r| r.get::<_, String>(0))
-            .collect();
-        if quorum != *want {
-            return Err(format!("quorum standbys {quorum:?}"));
-        }
-        Ok(())
+        wait_sync(
+            &self.client,
+            &self.ns,
+            master,
+            self.agent(master).pg_port,
+            standbys,
+            DEADLINE,
+            &|| self.dump(),
+        )
+        .await
     }
 }
 
 fn others(all: &[&'static str], not: &str) -> Vec<&'static str> {
     all.iter().copied().filter(|n| *n != not).collect()
-}
-
-/// How many sessions an agent opened so far (one log line per session).
-fn sessions_opened(a: &Agent) -> usize {
-    a.log().matches("connected to coordd").count()
 }
 
 // ---- writer -------------------------------------------------------------------------
@@ -347,29 +306,6 @@ async fn wait_acks(acks: &Arc<Mutex<Vec<Ack>>>, from: usize, n: usize, c: &ZkClu
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Every acknowledged id is on the PostgreSQL at `port`.
-async fn assert_all_acked_on(port: u16, acks: &[Ack], what: &str) {
-    let c = connect(port).await.expect("connect");
-    let ids: BTreeSet<i64> = c
-        .query("SELECT id FROM t", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<i64> = acks
-        .iter()
-        .map(|a| a.id)
-        .filter(|id| !ids.contains(id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged rows missing on {what}: {lost:?}",
-        lost.len(),
-        acks.len()
-    );
 }
 
 // ---- tests --------------------------------------------------------------------------
@@ -504,7 +440,7 @@ async fn zk_ensemble_sync_mode_kill9_of_the_master() {
         "failover {old} -> {new} on ZooKeeper after {failover:?}; {} acknowledged rows",
         acks.len()
     );
-    assert_all_acked_on(c.agent(&new).pg_port, &acks, &new).await;
+    assert_all_acked_on(c.agent(&new).pg_port, acks.iter().map(|a| a.id), &new).await;
 
     // The new master takes writes (its remaining replica acknowledges them).
     connect(c.agent(&new).pg_port)
@@ -525,124 +461,7 @@ async fn zk_ensemble_sync_mode_kill9_of_the_master() {
     eprintln!("{old} rejoined in {:?}", restarted.elapsed());
     let log = c.agent(&old).log();
     assert!(log.contains("pg_rewind"), "{}", tail(&log, 40));
-    assert_all_acked_on(c.agent(&old).pg_port, &acks, &old).await;
-}
-
-async fn start_router(coord: &str, session_timeout_ms: u32) -> Router {
-    timeout(
-        DEADLINE,
-        Router::builder()
-            .coord(coord)
-            .cluster(CLUSTER)
-            .session_timeout_ms(session_timeout_ms)
-            .write_wait_ms(30_000)
-            .read_balance(Balance::RoundRobin)
-            // Lag as the records show it is a moment's worth of WAL here.
-            .max_lag_bytes(1 << 30)
-            .pool_max_size(4)
-            .pg_connect_timeout_ms(3_000)
-            .pg_user(postgres::SUPERUSER)
-            .pg_dbname("postgres")
-            .connect(),
-    )
-    .await
-    .expect("router connects in time")
-    .expect("router connects")
-}
-
-/// Waits up to `deadline` until the router's topology satisfies `cond`, woken by its
-/// publish notifications.
-async fn wait_topology(
-    router: &Router,
-    what: &str,
-    deadline: Duration,
-    cond: impl Fn(&Topology) -> bool,
-) {
-    let mut rx = router.subscribe();
-    let r = timeout(deadline, async {
-        loop {
-            if cond(&router.topology()) {
-                return;
-            }
-            rx.changed().await.expect("router alive");
-        }
-    })
-    .await;
-    if r.is_err() {
-        panic!(
-            "timed out after {deadline:?} waiting for {what}: {:?}",
-            router.topology()
-        );
-    }
-}
-
-async fn in_recovery(c: &PooledClient) -> Result<bool, Error> {
-    Ok(c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0))
-}
-
-/// Runs `sql` through `Router::query`; returns (in recovery, server port) from its
-/// single row's first two columns.
-async fn where_ran(router: &Router, sql: &str) -> (bool, u16) {
-    let rows = router
-        .query(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    (
-        rows[0].get(0),
-        u16::try_from(rows[0].get::<_, i32>(1)).unwrap(),
-    )
-}
-
-/// Waits (per the router) for a master and two readable replicas that answer with the
-/// role their records claim; returns (master, {replica node: port}).
-async fn wait_three(c: &ZkCluster, router: &Router) -> (String, BTreeMap<String, u16>) {
-    let start = Instant::now();
-    loop {
-        let left = BOOTSTRAP_DEADLINE.saturating_sub(start.elapsed());
-        let mut rx = router.subscribe();
-        let ready = timeout(left, async {
-            loop {
-                let t = router.topology();
-                if t.writable_endpoint().is_some() && t.readable_endpoints(1 << 30).count() == 2 {
-                    return;
-                }
-                rx.changed().await.expect("router alive");
-            }
-        })
-        .await;
-        assert!(
-            ready.is_ok(),
-            "no master and two running replicas: {:?}{}",
-            router.topology(),
-            c.dump()
-        );
-        let t = router.topology();
-        let master = t.writable_endpoint().unwrap().node.clone();
-        let replicas: BTreeMap<String, u16> = t
-            .readable_endpoints(1 << 30)
-            .map(|e| (e.node.clone(), e.port))
-            .collect();
-        let mut ok = match router.write().await {
-            Ok(w) => !in_recovery(&w).await.unwrap_or(true),
-            Err(_) => false,
-        };
-        for _ in 0..2 {
-            ok &= match router.read().await {
-                Ok(r) => in_recovery(&r).await.unwrap_or(false),
-                Err(_) => false,
-            };
-        }
-        if ok {
-            return (master, replicas);
-        }
-        assert!(
-            start.elapsed() < BOOTSTRAP_DEADLINE,
-            "cluster not ready: {t:?}{}",
-            c.dump()
-        );
-        // The next member records (every publish interval) are the next chance.
-        let _ = timeout(Duration::from_secs(2), rx.changed()).await;
-    }
+    assert_all_acked_on(c.agent(&old).pg_port, acks.iter().map(|a| a.id), &old).await;
 }
 
 /// The router against the ensemble: persistent recursive watch (ZooKeeper 3.8 has
@@ -661,7 +480,7 @@ async fn router_on_zk_ensemble_reads_replicas_and_follows_a_master_failover() {
         !router.uses_one_shot_watches(),
         "ZooKeeper 3.8 implements addWatch"
     );
-    let (old, replicas) = wait_three(&c, &router).await;
+    let (old, replicas) = wait_three(&router, BOOTSTRAP_DEADLINE, &|| c.dump()).await;
     let old_port = router.topology().writable_endpoint().unwrap().port;
     let old_epoch = router.topology().epoch().unwrap();
 
@@ -776,40 +595,6 @@ async fn router_on_zk_ensemble_reads_replicas_and_follows_a_master_failover() {
         assert_eq!(port, survivor);
     }
     drop(router);
-}
-
-/// Samples every node's PostgreSQL (`pg_is_in_recovery()`) until told to stop;
-/// returns the number of samples and the worst one: the most nodes that took writes
-/// at once, with their names.
-fn spawn_primary_monitor(
-    ports: Vec<(String, u16)>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
-    tokio::spawn(async move {
-        let mut clients: Vec<Option<pg::Client>> = ports.iter().map(|_| None).collect();
-        let mut samples = 0;
-        let mut worst: Vec<String> = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            let mut primaries = Vec::new();
-            for (i, (node, port)) in ports.iter().enumerate() {
-                if !matches!(&clients[i], Some(c) if !c.is_closed()) {
-                    clients[i] = connect(*port).await;
-                }
-                if let Some(c) = &clients[i] {
-                    if let Ok(false) = pg::in_recovery(c).await {
-                        primaries.push(node.clone());
-                    }
-                }
-            }
-            samples += 1;
-            if primaries.len() > worst.len() {
-                worst = primaries;
-            }
-            // Sampling pace.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        (samples, worst)
-    })
 }
 
 /// kill -9 of the ZooKeeper leader member while three agents run and a writer commits

@@ -3,19 +3,22 @@
 //! SIGKILL, then the PgDir stops whatever postmaster runs on its data directory.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coordd_client::{Client, ClientConfig};
+use coordd_proto::records::Stat;
 use switchyard_proxy::namespace::Namespace;
 use switchyard_proxy::pg::{self, Conninfo};
-use switchyard_proxy::records::{self, LeaderRecord, LeaderState, MemberRecord, Role};
+use switchyard_proxy::records::{self, LeaderRecord, LeaderState, MemberRecord, Role, SyncRecord};
 
-use super::coordd::Coordd;
+use super::coordd::{Coordd, CoorddEnsemble};
 use super::postgres::{self, PgDir};
 use super::proxy::Proxy;
 
@@ -337,11 +340,15 @@ pub async fn connect(port: u16) -> Option<pg::Client> {
 #[derive(Clone, Debug)]
 pub struct ClusterOpts {
     pub nodes: usize,
-    /// Agent i reaches coordd through its own TCP proxy (`proxies[i]`), to cut it off.
+    /// Agent i reaches coordd through its own TCP proxy (`proxies[i]`), to cut it off
+    /// (standalone coordd only).
     pub via_proxies: bool,
     pub session_timeout_ms: u32,
     /// Extra top-level agent.toml keys, e.g. `synchronous = true`.
     pub extra_toml: String,
+    /// Run on a 3-member coordd ensemble ([`CoorddEnsemble`]) instead of one standalone
+    /// coordd; the agents and the test client get every member.
+    pub ensemble: bool,
 }
 
 impl Default for ClusterOpts {
@@ -351,16 +358,95 @@ impl Default for ClusterOpts {
             via_proxies: false,
             session_timeout_ms: 2_000,
             extra_toml: String::new(),
+            ensemble: false,
         }
     }
 }
 
-/// One coordd and `n` agents `n1..`, each with its own PostgreSQL.
+/// The coordination service under a [`Cluster`].
+pub enum Coord {
+    Standalone(Coordd),
+    Ensemble(CoorddEnsemble),
+}
+
+/// Members of the ensemble [`Cluster`] runs on with `ensemble: true`.
+pub const ENSEMBLE_MEMBERS: usize = 3;
+/// Bound on an ensemble's (re-)election of a leader.
+pub const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+impl Coord {
+    fn start(opts: &ClusterOpts) -> Coord {
+        if !opts.ensemble {
+            return Coord::Standalone(Coordd::start_with(&["--tick-time-ms", "100"]));
+        }
+        assert!(!opts.via_proxies, "proxies front a standalone coordd only");
+        // The 100 ms tick would cap session timeouts at 2 s (20 ticks); an ensemble's
+        // clients need more (README: session timeouts on ensembles).
+        let max = (opts.session_timeout_ms.max(10_000)).to_string();
+        let e = tokio::task::block_in_place(|| {
+            let e = CoorddEnsemble::start_with(
+                ENSEMBLE_MEMBERS,
+                &["--max-session-timeout-ms", max.as_str()],
+            );
+            let all: Vec<usize> = (0..ENSEMBLE_MEMBERS).collect();
+            e.wait_leader(&all, ELECTION_DEADLINE);
+            e
+        });
+        Coord::Ensemble(e)
+    }
+
+    /// Every server, as `ClientConfig::new` takes them.
+    pub fn servers(&self) -> Vec<String> {
+        match self {
+            Coord::Standalone(c) => vec![c.connect_string()],
+            Coord::Ensemble(e) => e.servers(),
+        }
+    }
+
+    /// `host:port,...` as `--coord` and the router take it.
+    pub fn connect_string(&self) -> String {
+        self.servers().join(",")
+    }
+
+    /// The standalone coordd; panics on an ensemble.
+    pub fn standalone(&self) -> &Coordd {
+        match self {
+            Coord::Standalone(c) => c,
+            Coord::Ensemble(_) => panic!("the cluster runs on a coordd ensemble"),
+        }
+    }
+
+    /// The ensemble; panics on a standalone coordd.
+    pub fn ensemble(&self) -> &CoorddEnsemble {
+        match self {
+            Coord::Ensemble(e) => e,
+            Coord::Standalone(_) => panic!("the cluster runs on a standalone coordd"),
+        }
+    }
+
+    pub fn ensemble_mut(&mut self) -> &mut CoorddEnsemble {
+        match self {
+            Coord::Ensemble(e) => e,
+            Coord::Standalone(_) => panic!("the cluster runs on a standalone coordd"),
+        }
+    }
+
+    /// The last `n` lines of every coordd's log.
+    pub fn log_tails(&self, n: usize) -> String {
+        match self {
+            Coord::Standalone(c) => format!("\ncoordd log tail:\n{}", tail(&c.log(), n)),
+            Coord::Ensemble(e) => e.log_tails(n),
+        }
+    }
+}
+
+/// One coordd (or a coordd ensemble) and `n` agents `n1..`, each with its own
+/// PostgreSQL.
 pub struct Cluster {
     // Agents first: dropped (killed, their PostgreSQL stopped) before coordd.
     pub agents: Vec<Agent>,
     pub proxies: Vec<Proxy>,
-    pub coordd: Coordd,
+    pub coordd: Coord,
     pub client: Client,
     pub ns: Namespace,
     pub opts: ClusterOpts,
@@ -369,11 +455,11 @@ pub struct Cluster {
 impl Cluster {
     pub async fn start_opts(opts: ClusterOpts) -> Cluster {
         let _ = switchyard_bin(); // build before the clock starts
-        let coordd = Coordd::start_with(&["--tick-time-ms", "100"]);
+        let coordd = Coord::start(&opts);
         let mut proxies = Vec::new();
         if opts.via_proxies {
             for _ in 0..opts.nodes {
-                proxies.push(Proxy::start(coordd.addr).await);
+                proxies.push(Proxy::start(coordd.standalone().addr).await);
             }
         }
         let agents = (1..=opts.nodes)
@@ -392,7 +478,7 @@ impl Cluster {
                 )
             })
             .collect();
-        let (client, _events) = Client::connect(ClientConfig::new([coordd.connect_string()]))
+        let (client, _events) = Client::connect(ClientConfig::new(coordd.servers()))
             .await
             .expect("test client");
         Cluster {
@@ -416,27 +502,58 @@ impl Cluster {
                 tail(&a.pg_log(), 30)
             ));
         }
+        s.push_str(&self.coordd.log_tails(20));
         s
     }
 
+    /// The `leader` record and its czxid (the epoch).
     pub async fn leader(&self) -> Option<(LeaderRecord, i64)> {
+        self.leader_stat().await.map(|(l, stat)| (l, stat.czxid))
+    }
+
+    /// The `leader` record and its stat (czxid = epoch, ephemeralOwner = session).
+    pub async fn leader_stat(&self) -> Option<(LeaderRecord, Stat)> {
         let (data, stat) = self.client.get_data(&self.ns.leader(), false).await.ok()?;
-        Some((records::decode(&data).ok()?, stat.czxid))
+        Some((records::decode(&data).ok()?, stat))
     }
 
     pub async fn members(&self) -> Vec<MemberRecord> {
+        self.member_owners()
+            .await
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect()
+    }
+
+    /// Every decodable member record with its znode's ephemeral owner (session id).
+    pub async fn member_owners(&self) -> Vec<(MemberRecord, i64)> {
         let mut out = Vec::new();
         let Ok(children) = self.client.get_children(&self.ns.members(), false).await else {
             return out;
         };
         for c in children {
-            if let Ok((data, _)) = self.client.get_data(&self.ns.member(&c), false).await {
+            if let Ok((data, stat)) = self.client.get_data(&self.ns.member(&c), false).await {
                 if let Ok(m) = records::decode::<MemberRecord>(&data) {
-                    out.push(m);
+                    out.push((m, stat.ephemeral_owner));
                 }
             }
         }
         out
+    }
+
+    /// Waits until `sync` names exactly `standbys` (written by `master`) and the
+    /// master's WAL senders to them are all in the quorum.
+    pub async fn wait_sync(&self, master: &str, standbys: &[&str]) {
+        wait_sync(
+            &self.client,
+            &self.ns,
+            master,
+            self.agent(master).pg_port,
+            standbys,
+            DEADLINE,
+            &|| self.dump(),
+        )
+        .await
     }
 
     pub fn agent(&self, node: &str) -> &Agent {
@@ -453,6 +570,13 @@ impl Cluster {
             .expect("no such agent")
     }
 
+    /// kill -9 of a node's agent and its PostgreSQL.
+    pub fn kill(&mut self, node: &str) {
+        let a = self.agent_mut(node);
+        a.kill9();
+        a.kill9_postgres();
+    }
+
     /// Waits until `live` agents form one cluster: a leader in state primary
     /// (optionally not `not`) whose PostgreSQL is not in recovery and streams to every
     /// other live node, which is in recovery; a member record for each. Returns the
@@ -466,9 +590,8 @@ impl Cluster {
             };
             if start.elapsed() > DEADLINE {
                 panic!(
-                    "cluster not healthy after {DEADLINE:?}: {last}\n{}\ncoordd log tail:\n{}",
-                    self.dump(),
-                    tail(&self.coordd.log(), 20)
+                    "cluster not healthy after {DEADLINE:?}: {last}\n{}",
+                    self.dump()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -555,4 +678,133 @@ pub async fn check_health(
         }
     }
     Ok(leader.node)
+}
+
+/// Waits up to `deadline` until `sync` names exactly `standbys` (written by `master`)
+/// and the master's (on `master_port`) WAL senders to them are all in the quorum;
+/// panics with `dump()` otherwise. Shared by the coordd `Cluster` and the
+/// ZooKeeper-ensemble tests.
+pub async fn wait_sync(
+    client: &Client,
+    ns: &Namespace,
+    master: &str,
+    master_port: u16,
+    standbys: &[&str],
+    deadline: Duration,
+    dump: &dyn Fn() -> String,
+) {
+    let want: BTreeSet<String> = standbys.iter().map(|s| s.to_string()).collect();
+    let start = Instant::now();
+    loop {
+        let last = match check_sync(client, ns, master, master_port, &want).await {
+            Ok(()) => return,
+            Err(why) => why,
+        };
+        if start.elapsed() > deadline {
+            panic!(
+                "synchronous standbys not {want:?} after {deadline:?}: {last}\n{}",
+                dump()
+            );
+        }
+        // Poll interval of a condition wait (records change every publish interval).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn check_sync(
+    client: &Client,
+    ns: &Namespace,
+    master: &str,
+    master_port: u16,
+    want: &BTreeSet<String>,
+) -> Result<(), String> {
+    let (data, _) = client
+        .get_data(&ns.sync(), false)
+        .await
+        .map_err(|e| format!("no `sync` record: {e}"))?;
+    let rec: SyncRecord = records::decode(&data).map_err(|e| format!("`sync`: {e}"))?;
+    let have: BTreeSet<String> = rec.standbys.iter().cloned().collect();
+    if rec.leader.as_deref() != Some(master) || have != *want {
+        return Err(format!("`sync` is {rec:?}"));
+    }
+    let m = connect(master_port).await.ok_or("master unreachable")?;
+    let rows = m
+        .query(
+            "SELECT application_name, sync_state FROM pg_stat_replication",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let quorum: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(1) == "quorum")
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    if quorum != *want {
+        return Err(format!("quorum standbys {quorum:?}"));
+    }
+    Ok(())
+}
+
+/// Every id in `acked` is in table `t` (column `id`) on the PostgreSQL at `port`.
+pub async fn assert_all_acked_on(port: u16, acked: impl IntoIterator<Item = i64>, what: &str) {
+    let c = connect(port).await.expect("connect");
+    let ids: BTreeSet<i64> = c
+        .query("SELECT id FROM t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let acked: Vec<i64> = acked.into_iter().collect();
+    let lost: Vec<i64> = acked
+        .iter()
+        .copied()
+        .filter(|id| !ids.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged rows missing on {what}: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+}
+
+/// How many sessions an agent opened so far (one log line per session).
+pub fn sessions_opened(a: &Agent) -> usize {
+    a.log().matches("connected to coordd").count()
+}
+
+/// Samples every node's PostgreSQL (`pg_is_in_recovery()`) until told to stop;
+/// returns the number of samples and the worst one: the most nodes that took writes
+/// at once, with their names.
+pub fn spawn_primary_monitor(
+    ports: Vec<(String, u16)>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut clients: Vec<Option<pg::Client>> = ports.iter().map(|_| None).collect();
+        let mut samples = 0;
+        let mut worst: Vec<String> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let mut primaries = Vec::new();
+            for (i, (node, port)) in ports.iter().enumerate() {
+                if !matches!(&clients[i], Some(c) if !c.is_closed()) {
+                    clients[i] = connect(*port).await;
+                }
+                if let Some(c) = &clients[i] {
+                    if let Ok(false) = pg::in_recovery(c).await {
+                        primaries.push(node.clone());
+                    }
+                }
+            }
+            samples += 1;
+            if primaries.len() > worst.len() {
+                worst = primaries;
+            }
+            // Sampling pace.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (samples, worst)
+    })
 }

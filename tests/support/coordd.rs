@@ -229,11 +229,21 @@ pub struct CoorddEnsemble {
 
 impl CoorddEnsemble {
     pub fn start(n: usize) -> CoorddEnsemble {
-        Self::start_with_tick(n, 100)
+        CoorddEnsemble::start_with(n, &[])
     }
 
     /// `tick_ms`: coordd's tickTime (sessions of 2-20 ticks).
     pub fn start_with_tick(n: usize, tick_ms: u32) -> CoorddEnsemble {
+        CoorddEnsemble::spawn(n, tick_ms, &[])
+    }
+
+    /// Like [`CoorddEnsemble::start`], with `extra` flags for every member (e.g.
+    /// `--max-session-timeout-ms`; the 100 ms tick caps session timeouts at 2 s).
+    pub fn start_with(n: usize, extra: &[&str]) -> CoorddEnsemble {
+        CoorddEnsemble::spawn(n, 100, extra)
+    }
+
+    fn spawn(n: usize, tick_ms: u32, extra: &[&str]) -> CoorddEnsemble {
         let ip = |i: usize| std::net::Ipv4Addr::new(127, 0, 0, i as u8);
         let free_on = |i: usize| {
             TcpListener::bind((ip(i), 0))
@@ -252,7 +262,7 @@ impl CoorddEnsemble {
         // quorum, but the others must exist for the ensemble to form.
         let members = (1..=n)
             .map(|i| {
-                let args = vec![
+                let mut args = vec![
                     "--tick-time-ms".to_string(),
                     tick_ms.to_string(),
                     "--id".to_string(),
@@ -260,6 +270,7 @@ impl CoorddEnsemble {
                     "--ensemble".to_string(),
                     list.clone(),
                 ];
+                args.extend(extra.iter().map(|s| s.to_string()));
                 Coordd::start_at(
                     tempfile::tempdir().expect("temp dir"),
                     clients[i - 1],
@@ -270,13 +281,14 @@ impl CoorddEnsemble {
         CoorddEnsemble { members }
     }
 
+    /// Every member's client address.
+    pub fn servers(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.connect_string()).collect()
+    }
+
     /// Every member's client address, comma separated.
     pub fn connect_string(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| m.connect_string())
-            .collect::<Vec<_>>()
-            .join(",")
+        self.servers().join(",")
     }
 
     /// The `Mode:` line of `srvr` of member `i` (0-based), if it answers.
@@ -285,6 +297,27 @@ impl CoorddEnsemble {
         out.lines()
             .find_map(|l| l.strip_prefix("Mode: "))
             .map(str::to_string)
+    }
+
+    /// The index of the member that reports itself leader now, if one does.
+    pub fn leader_now(&self) -> Option<usize> {
+        (0..self.members.len()).find(|&i| self.mode(i).as_deref() == Some("leader"))
+    }
+
+    /// The last `n` lines of every member's `coordd.log`.
+    pub fn log_tails(&self, n: usize) -> String {
+        let mut s = String::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let log = m.log();
+            let lines: Vec<&str> = log.lines().collect();
+            s.push_str(&format!(
+                "\n===== coordd member {} ({}) log (tail) =====\n{}\n",
+                i + 1,
+                m.addr,
+                lines[lines.len().saturating_sub(n)..].join("\n")
+            ));
+        }
+        s
     }
 
     /// The index of the member that reports itself leader, once exactly one among

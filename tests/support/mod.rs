@@ -4,4 +4,5 @@ pub mod coordd;
 pub mod postgres;
 pub mod proxy;
 pub mod raw;
+pub mod router;
 pub mod zookeeper;

@@ -333,6 +333,16 @@ impl Agent {
     }
 }
 
+/// A promotion under way in this session: `leader` won (state `promoting`), what the
+/// election saw (the `sync` record and the live replicas' records), not yet published
+/// as `primary`. See [`Session::finish_promotion`].
+#[derive(Clone)]
+struct Promotion {
+    stat: Stat,
+    sync: Option<SyncRecord>,
+    peers: Vec<MemberRecord>,
+}
+
 /// One coordd session of the agent.
 struct Session<'a> {
     a: &'a Agent,
@@ -342,6 +352,8 @@ struct Session<'a> {
     config: ClusterConfig,
     /// Some while this session holds `leader` (its czxid).
     epoch: Option<Epoch>,
+    /// Some from winning `leader` until `leader` is published as `primary`.
+    promotion: Option<Promotion>,
     watchdog: Option<JoinHandle<()>>,
     fenced: watch::Receiver<bool>,
     fenced_tx: watch::Sender<bool>,
@@ -372,6 +384,7 @@ impl<'a> Session<'a> {
             shutdown: a.shutdown.clone(),
             config: ClusterConfig::default(),
             epoch: None,
+            promotion: None,
             watchdog: None,
             fenced,
             fenced_tx,
@@ -429,7 +442,7 @@ impl<'a> Session<'a> {
                     if ev.path == self.s().ns.leader() {
                         let r = self.reconcile().await;
                         transient(r)?;
-                    } else if ev.path == self.s().ns.switchover() && self.epoch.is_some() {
+                    } else if ev.path == self.s().ns.switchover() && self.is_master() {
                         let r = self.check_switchover().await;
                         transient(r)?;
                     }
@@ -465,7 +478,7 @@ impl<'a> Session<'a> {
                     }
                     let r = self.reconcile().await;
                     transient(r)?;
-                    if self.epoch.is_some() {
+                    if self.is_master() {
                         let r = self.manage_sync().await;
                         transient(r)?;
                         let r = self.check_switchover().await;
@@ -983,6 +996,10 @@ impl<'a> Session<'a> {
                     let _ = self.a.pg.stop(StopMode::Immediate).await;
                     return Err(AgentError::SessionEnded(format!("leadership {l:?}")));
                 }
+                if self.promotion.is_some() {
+                    info!("resuming the promotion");
+                    self.finish_promotion().await?;
+                }
                 return Ok(());
             }
             match leader {
@@ -999,6 +1016,16 @@ impl<'a> Session<'a> {
                         return Ok(());
                     }
                     continue;
+                }
+                Some((l, st)) if l.node == me && st.ephemeral_owner == self.client.session_id() => {
+                    // Created in this session, but its reply was lost (connection loss
+                    // or timeout): we do not hold it as ours (no epoch, no watchdog).
+                    // Nothing of the promotion ran yet: release it and start over.
+                    return Err(AgentError::SessionEnded(
+                        "`leader` was created in this session but its reply was lost: \
+                         releasing it"
+                            .into(),
+                    ));
                 }
                 Some((l, _)) if l.node == me => return Ok(()),
                 Some((l, _)) if l.state == LeaderState::Primary => {
@@ -1086,6 +1113,27 @@ impl<'a> Session<'a> {
             }
             Err(e) => return Err(e),
         };
+        self.promotion = Some(Promotion { stat, sync, peers });
+        self.finish_promotion().await?;
+        Ok(true)
+    }
+
+    /// Holds `leader` as the master: won and published as `primary`.
+    fn is_master(&self) -> bool {
+        self.epoch.is_some() && self.promotion.is_none()
+    }
+
+    /// The steps from winning `leader` to publishing it as `primary`: name the
+    /// synchronous standbys, `pg_promote`, publish. Each is idempotent (PostgreSQL is
+    /// promoted only while in recovery; `leader` is published only if it is not yet),
+    /// so when a coordd call fails part way with a connection loss or a timeout (the
+    /// session may well survive it, e.g. a coordd leader's death: the run loop goes on)
+    /// the next reconcile runs them again in the same session instead of leaving
+    /// `leader` held by a standby. Other errors end the session (fencing).
+    async fn finish_promotion(&mut self) -> Result<()> {
+        let Some(p) = self.promotion.clone() else {
+            return Ok(());
+        };
         let client = match pg::connect(&self.a.local_conninfo()).await {
             Ok(c) => c,
             Err(e) => {
@@ -1096,23 +1144,32 @@ impl<'a> Session<'a> {
             }
         };
         if self.config.synchronous {
-            self.prepare_sync_before_promotion(sync.as_ref(), &peers)
+            self.prepare_sync_before_promotion(p.sync.as_ref(), &p.peers)
                 .await?;
         }
-        info!("promoting PostgreSQL");
-        if !pg::promote(&client, PROMOTE_WAIT_S).await? {
-            let _ = self.a.pg.stop(StopMode::Immediate).await;
-            return Err(AgentError::SessionEnded(
-                "pg_promote did not finish in time".into(),
-            ));
+        if pg::in_recovery(&client).await? {
+            info!("promoting PostgreSQL");
+            if !pg::promote(&client, PROMOTE_WAIT_S).await? {
+                let _ = self.a.pg.stop(StopMode::Immediate).await;
+                return Err(AgentError::SessionEnded(
+                    "pg_promote did not finish in time".into(),
+                ));
+            }
         }
         self.following = None;
         // Our history is now the cluster's: nothing of ours to rewind.
         self.a.clear_rewind_marker()?;
-        self.publish_primary(stat).await?;
+        // A retry after a lost reply of the publish itself finds it done.
+        match self.read_leader().await? {
+            Some((l, st)) if st.czxid == p.stat.czxid && l.state == LeaderState::Primary => {
+                self.publish_member().await?;
+            }
+            _ => self.publish_primary(p.stat).await?,
+        }
+        self.promotion = None;
         let r = self.check_switchover().await;
         transient(r)?;
-        Ok(true)
+        Ok(())
     }
 
     // ---- planned switchover -----------------------------------------------------------
