@@ -86,6 +86,11 @@ pub struct Flags {
     /// DANGEROUS: do not fsync the log. An acknowledged write can be lost on a crash.
     #[arg(long)]
     pub no_fsync: bool,
+    /// Ensemble mode: serve every read linearizably (a barrier through the Raft log
+    /// before each read, batched with the writes), beyond ZooKeeper's guarantee that
+    /// reads may lag until `sync` [default: false].
+    #[arg(long)]
+    pub linearizable_reads: bool,
     /// This server's member id in the ensemble (ZooKeeper's myid; 1-255). Needs
     /// `--ensemble`.
     #[arg(long)]
@@ -122,6 +127,7 @@ pub struct FileConfig {
     pub no_fsync: Option<bool>,
     pub id: Option<u64>,
     pub ensemble: Option<String>,
+    pub linearizable_reads: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -147,6 +153,8 @@ pub struct Config {
     pub fsync: bool,
     /// Ensemble mode; None: standalone.
     pub ensemble: Option<EnsembleConfig>,
+    /// Ensemble mode: every read behind a barrier through the log.
+    pub linearizable_reads: bool,
 }
 
 /// This server's place in an ensemble.
@@ -352,6 +360,8 @@ impl Config {
                 .unwrap_or(INLINE_COMMIT_DEFAULT),
             fsync: !(flags.no_fsync || file.no_fsync.unwrap_or(false)),
             ensemble: None,
+            linearizable_reads: flags.linearizable_reads
+                || file.linearizable_reads.unwrap_or(false),
         };
         let mut config = config;
         let id = flags.id.or(file.id);

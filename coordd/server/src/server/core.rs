@@ -224,12 +224,13 @@ enum Origin {
         session_id: SessionId,
         established: oneshot::Sender<Option<SessionId>>,
     },
-    /// Ensemble mode: a `sync`, answered when its barrier is applied here.
+    /// Ensemble mode: a `sync`, answered when its barrier is applied here; `path` None:
+    /// a silent barrier in front of a read (`linearizable_reads`), not answered itself.
     Sync {
         session_id: SessionId,
         conn_id: u64,
         xid: i32,
-        path: String,
+        path: Option<String>,
         received: Instant,
     },
     /// The server's own expiry of a session.
@@ -355,6 +356,20 @@ pub struct Core {
 /// (`inline_commit`): a load of several writers is better served by the log writer
 /// thread, which batches their entries under one fsync while this thread goes on.
 const SERIAL_WRITES_MIN: u32 = 8;
+
+/// A request served from the tree alone (what `linearizable_reads` puts behind a
+/// barrier); not pings, auth, watch bookkeeping or sync.
+fn is_plain_read(request: &Request) -> bool {
+    !request.is_write()
+        && !matches!(
+            request,
+            Request::Ping
+                | Request::Auth(_)
+                | Request::SetWatches(_)
+                | Request::Sync(_)
+                | Request::CloseSession
+        )
+}
 
 fn role_name(role: Role) -> &'static str {
     match role {
@@ -828,6 +843,7 @@ impl Core {
             self.send_reply(conn_id, xid, z, ErrorCode::SessionExpired, None);
             return;
         }
+        let linearizable_reads = self.config.linearizable_reads;
         let work = match (work, &mut self.log) {
             (ReadWork::Serve(Request::Sync(p)), Log::Raft(r)) => {
                 let seq = r.next_seq;
@@ -839,7 +855,7 @@ impl Core {
                         session_id,
                         conn_id,
                         xid,
-                        path: p.path,
+                        path: Some(p.path),
                         received,
                     },
                 );
@@ -848,6 +864,34 @@ impl Core {
                     s.queue.push_back(Queued::Write(seq));
                 }
                 return;
+            }
+            (ReadWork::Serve(request), Log::Raft(r))
+                if linearizable_reads && is_plain_read(&request) =>
+            {
+                // Linearizable read: a silent barrier through the log first; the read
+                // waits behind it, so it sees every write committed before it began.
+                let seq = r.next_seq;
+                r.next_seq += 1;
+                r.pending_syncs.push(seq);
+                r.local.insert(
+                    seq,
+                    Origin::Sync {
+                        session_id,
+                        conn_id,
+                        xid,
+                        path: None,
+                        received,
+                    },
+                );
+                self.log_pending = true;
+                // The barrier counts as outstanding until applied (or failed).
+                self.metrics
+                    .outstanding_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    s.queue.push_back(Queued::Write(seq));
+                }
+                ReadWork::Serve(request)
             }
             (work, _) => work,
         };
@@ -1267,7 +1311,7 @@ impl Core {
         session_id: SessionId,
         origin_conn: u64,
         xid: i32,
-        path: String,
+        path: Option<String>,
         received: Instant,
         seq: u64,
     ) {
@@ -1279,8 +1323,8 @@ impl Core {
             );
             s.conn_id.filter(|c| *c == origin_conn)
         });
-        match conn_id {
-            Some(conn_id) => {
+        match (conn_id, path) {
+            (Some(conn_id), Some(path)) => {
                 let zxid = self.state.last_zxid();
                 self.send_reply(
                     conn_id,
@@ -1291,7 +1335,9 @@ impl Core {
                 );
                 self.metrics.record_latency(received);
             }
-            None => self.release_outstanding(Some(origin_conn)),
+            (None, Some(_)) => self.release_outstanding(Some(origin_conn)),
+            // A silent barrier took no permit of the connection.
+            (_, None) => self.release_outstanding(None),
         }
         self.drain_reads(session_id);
     }
