@@ -33,7 +33,8 @@
 //!
 //! `NEMESIS_SEED=<u64>` repeats the random choices of a run (printed at its start); timing
 //! still differs. On a failure the members' logs, the history (JSON) and the nemesis log
-//! are kept in the directory the failure message names.
+//! are kept in the directory the failure message names (`NEMESIS_KEEP=1`: also on
+//! success).
 
 mod support;
 
@@ -165,6 +166,8 @@ async fn connect(servers: &[String]) -> Result<Client, String> {
 
 #[derive(Default)]
 struct ClientReport {
+    /// Talks to one member only.
+    pinned: bool,
     /// Creates acknowledged (path).
     created: Vec<String>,
     sessions: usize,
@@ -276,7 +279,10 @@ async fn register_client(
     seed: u64,
 ) -> ClientReport {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut report = ClientReport::default();
+    let mut report = ClientReport {
+        pinned: servers.len() == 1,
+        ..Default::default()
+    };
     let mut client: Option<Client> = None;
     let mut seq = 0u64;
     while !*stop.borrow() {
@@ -831,12 +837,15 @@ async fn linearizable_under_kills_pauses_and_partitions() {
     // Stop the workload; the ephemeral owners vanish with their current sessions.
     stop_tx.send_replace(true);
     let mut created: BTreeSet<String> = BTreeSet::new();
-    let (mut sessions, mut expired) = (0, 0);
+    // (sessions, expired) of clients pinned to one member, and of the others.
+    let mut pinned = (0, 0);
+    let mut spread = (0, 0);
     while let Some(r) = registers.join_next().await {
         let r = r.expect("register client");
         created.extend(r.created);
-        sessions += r.sessions;
-        expired += r.expired;
+        let counts = if r.pinned { &mut pinned } else { &mut spread };
+        counts.0 += r.sessions;
+        counts.1 += r.expired;
     }
     let mut eph = EphemeralReport::default();
     while let Some(r) = owners.join_next().await {
@@ -968,7 +977,9 @@ async fn linearizable_under_kills_pauses_and_partitions() {
     }
     println!("  {}", summary(&history));
     println!(
-        "  register clients: {sessions} sessions, {expired} expired; ephemeral owners: {eph:?}"
+        "  register clients pinned to one member: {} sessions, {} expired; spread over all: \
+         {} sessions, {} expired; ephemeral owners: {eph:?}",
+        pinned.0, pinned.1, spread.0, spread.1
     );
     println!(
         "  {} acknowledged creates present on every member; vanished sessions' ephemerals \
@@ -985,6 +996,10 @@ async fn linearizable_under_kills_pauses_and_partitions() {
     }
     println!("  checker: {result} in {check_time:?}");
 
+    if std::env::var_os("NEMESIS_KEEP").is_some() {
+        let dir = keep_evidence(&e, &log, &history);
+        println!("  evidence kept in {}", dir.display());
+    }
     if !result.is_linearizable() {
         let dir = keep_evidence(&e, &log, &history);
         panic!(
