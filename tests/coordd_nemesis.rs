@@ -99,6 +99,8 @@ const PAUSE_MS: Range<u64> = 2_500..3_500;
 const PARTITION_MS: Range<u64> = 1_000..4_000;
 /// Quiet time between the recovery from one fault and the next fault.
 const QUIET_MS: Range<u64> = 300..1_500;
+/// State changes shown for a session that expired.
+const SESSION_CHANGES_SHOWN: usize = 8;
 /// Poll interval of the end-of-run waits.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -172,6 +174,25 @@ struct ClientReport {
     created: Vec<String>,
     sessions: usize,
     expired: usize,
+    /// Per expired session: its id and its client's state changes (time, state).
+    expiries: Vec<(i64, Vec<(u64, SessionState)>)>,
+}
+
+/// Records a client's session state changes until it ends (expired or closed).
+fn follow_states(c: &Client, rec: &Arc<Recorder>) -> Arc<Mutex<Vec<(u64, SessionState)>>> {
+    let changes = Arc::new(Mutex::new(vec![(rec.now_ns(), c.state())]));
+    let mut states = c.state_watch();
+    let (rec, out) = (rec.clone(), changes.clone());
+    tokio::spawn(async move {
+        while states.changed().await.is_ok() {
+            let s = *states.borrow_and_update();
+            out.lock().unwrap().push((rec.now_ns(), s));
+            if s.is_terminal() {
+                return;
+            }
+        }
+    });
+    changes
 }
 
 /// sync + getData of `key`, recorded as one read.
@@ -284,18 +305,22 @@ async fn register_client(
         ..Default::default()
     };
     let mut client: Option<Client> = None;
+    let mut states: Arc<Mutex<Vec<(u64, SessionState)>>> = Arc::default();
     let mut seq = 0u64;
     while !*stop.borrow() {
         let c = match &client {
             Some(c) if c.state() != SessionState::Expired => c.clone(),
-            Some(_) => {
+            Some(c) => {
                 report.expired += 1;
+                let changes = states.lock().unwrap().clone();
+                report.expiries.push((c.session_id(), changes));
                 client = None;
                 continue;
             }
             None => match connect(&servers).await {
                 Ok(c) => {
                     report.sessions += 1;
+                    states = follow_states(&c, &rec);
                     client = Some(c.clone());
                     c
                 }
@@ -840,12 +865,16 @@ async fn linearizable_under_kills_pauses_and_partitions() {
     // (sessions, expired) of clients pinned to one member, and of the others.
     let mut pinned = (0, 0);
     let mut spread = (0, 0);
+    let mut spread_expiries = Vec::new();
     while let Some(r) = registers.join_next().await {
         let r = r.expect("register client");
         created.extend(r.created);
         let counts = if r.pinned { &mut pinned } else { &mut spread };
         counts.0 += r.sessions;
         counts.1 += r.expired;
+        if !r.pinned {
+            spread_expiries.extend(r.expiries);
+        }
     }
     let mut eph = EphemeralReport::default();
     while let Some(r) = owners.join_next().await {
@@ -981,6 +1010,19 @@ async fn linearizable_under_kills_pauses_and_partitions() {
          {} sessions, {} expired; ephemeral owners: {eph:?}",
         pinned.0, pinned.1, spread.0, spread.1
     );
+    for (id, changes) in &spread_expiries {
+        let changes: Vec<String> = changes
+            .iter()
+            .rev()
+            .take(SESSION_CHANGES_SHOWN)
+            .rev()
+            .map(|(t, s)| format!("{} {s:?}", secs(*t)))
+            .collect();
+        println!(
+            "  session {id:#x} of a spread client expired; its last state changes: {}",
+            changes.join(", ")
+        );
+    }
     println!(
         "  {} acknowledged creates present on every member; vanished sessions' ephemerals \
          gone {gone_after:?} after the ensemble was healthy (bound {expiry_bound:?})",
