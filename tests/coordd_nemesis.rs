@@ -696,6 +696,11 @@ fn keep_evidence(e: &NemesisEnsemble, log: &NemesisLog, history: &History) -> Pa
     dir
 }
 
+/// The member that reports itself leader now, if one does. Blocking.
+fn current_leader(e: &NemesisEnsemble) -> Option<usize> {
+    (0..e.len()).find(|i| e.mode(*i).as_deref() == Some("leader"))
+}
+
 /// One client per member, talking to that member only.
 async fn member_clients(e: &NemesisEnsemble) -> Vec<Client> {
     let mut out = Vec::new();
@@ -889,24 +894,30 @@ async fn linearizable_under_kills_pauses_and_partitions() {
     log.note("workload stopped".into());
 
     // Healthy: one leader, the others following.
-    let e = tokio::task::spawn_blocking(move || {
-        e.wait_leader(RECOVERY_TIMEOUT);
-        e
+    let (e, mut leader) = tokio::task::spawn_blocking(move || {
+        let leader = e.wait_leader(RECOVERY_TIMEOUT);
+        (e, leader)
     })
     .await
     .expect("a leader after the run");
-    let healthy_at = Instant::now();
+    let mut healthy_at = Instant::now();
     log.note("ensemble healthy".into());
     let checkers = member_clients(&e).await;
 
     // (c) The ephemerals of vanished (and closed) sessions are gone from every member.
     let expiry_bound = Duration::from_millis(u64::from(SESSION_TIMEOUT_MS) + TICK_MS);
     let gone_after = loop {
-        let mut left = BTreeSet::new();
+        // All members at once: the time measured includes one round of polling.
+        let mut polls = JoinSet::new();
         for (i, c) in checkers.iter().enumerate() {
-            match children(c, "/e").await {
-                Ok(set) => left.extend(set),
-                Err(err) => {
+            let c = c.clone();
+            polls.spawn(async move { (i, children(&c, "/e").await) });
+        }
+        let mut left = BTreeSet::new();
+        while let Some(r) = polls.join_next().await {
+            match r.expect("poll task") {
+                (_, Ok(set)) => left.extend(set),
+                (i, Err(err)) => {
                     left.insert(format!("(member {} did not answer: {err})", i + 1));
                 }
             }
@@ -914,6 +925,19 @@ async fn linearizable_under_kills_pauses_and_partitions() {
         let t = healthy_at.elapsed();
         if left.is_empty() {
             break t;
+        }
+        // A new leader gives every session a whole timeout again: the clock restarts.
+        if let Some(now) = tokio::task::block_in_place(|| current_leader(&e)) {
+            if now != leader {
+                log.note(format!(
+                    "leader changed from member {} to member {} while sessions expire",
+                    leader + 1,
+                    now + 1
+                ));
+                leader = now;
+                healthy_at = Instant::now();
+                continue;
+            }
         }
         if t > expiry_bound {
             let dir = keep_evidence(&e, &log, &rec.history.lock().unwrap());
