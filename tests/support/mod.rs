@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod agent;
 pub mod coordd;
+pub mod nemesis;
 pub mod postgres;
 pub mod proxy;
 pub mod raw;

@@ -101,6 +101,11 @@ pub struct Flags {
     /// Without it coordd runs standalone.
     #[arg(long)]
     pub ensemble: Option<String>,
+    /// Where this member listens for its peers, `host:port` [default: its own address
+    /// in `--ensemble`]. For a member behind a forwarder (a NAT, or a fault-injecting
+    /// proxy in tests) that listens on the address the list gives.
+    #[arg(long)]
+    pub peer_listen_addr: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -128,6 +133,7 @@ pub struct FileConfig {
     pub id: Option<u64>,
     pub ensemble: Option<String>,
     pub linearizable_reads: Option<bool>,
+    pub peer_listen_addr: Option<String>,
 }
 
 /// The resolved configuration.
@@ -163,6 +169,9 @@ pub struct EnsembleConfig {
     pub id: u64,
     /// Member id -> peer address ("host:port"), this member included.
     pub members: BTreeMap<u64, String>,
+    /// Where this member's peer port listens ("host:port"); by default its own address
+    /// in `members`.
+    pub peer_listen_addr: String,
 }
 
 /// Most members of an ensemble (ZooKeeper runs 3 or 5; more only slows writes).
@@ -184,10 +193,7 @@ pub fn parse_ensemble(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> 
             return Err(bad(format!("member id {id} is not in 1..=255")));
         }
         let addr = addr.trim();
-        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !port_ok {
+        if !is_host_port(addr) {
             return Err(bad(format!(
                 "address {addr:?} of member {id} is not host:port"
             )));
@@ -206,6 +212,12 @@ pub fn parse_ensemble(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> 
         )));
     }
     Ok(members)
+}
+
+/// `host:port` with a non-empty host and a port in 1..=65535.
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -365,6 +377,12 @@ impl Config {
         };
         let mut config = config;
         let id = flags.id.or(file.id);
+        let peer_listen_addr = flags.peer_listen_addr.or(file.peer_listen_addr);
+        if peer_listen_addr.is_some() && id.is_none() {
+            return Err(ConfigError::Invalid(
+                "peer_listen_addr needs ensemble and id".into(),
+            ));
+        }
         match (id, flags.ensemble.or(file.ensemble)) {
             (None, None) => {}
             (Some(_), None) => {
@@ -395,7 +413,20 @@ impl Config {
                     )));
                 }
                 config.server_id = member_server_id;
-                config.ensemble = Some(EnsembleConfig { id, members });
+                let peer_listen_addr = match peer_listen_addr {
+                    Some(addr) if !is_host_port(&addr) => {
+                        return Err(ConfigError::Invalid(format!(
+                            "peer_listen_addr {addr:?} is not host:port"
+                        )));
+                    }
+                    Some(addr) => addr,
+                    None => members[&id].clone(),
+                };
+                config.ensemble = Some(EnsembleConfig {
+                    id,
+                    members,
+                    peer_listen_addr,
+                });
             }
         }
         if config.server_id == 0 {
@@ -434,7 +465,39 @@ mod tests {
         assert_eq!(e.id, 2);
         assert_eq!(e.members.len(), 3);
         assert_eq!(e.members[&3], "db3.example:2888");
+        assert_eq!(e.peer_listen_addr, "127.0.0.2:2888");
         assert_eq!(c.server_id, 2);
+
+        let flags = Flags {
+            id: Some(2),
+            ensemble: Some("1=127.0.0.1:2888,2=127.0.0.2:2888".into()),
+            peer_listen_addr: Some("0.0.0.0:3888".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(flags, FileConfig::default()).unwrap();
+        assert_eq!(c.ensemble.unwrap().peer_listen_addr, "0.0.0.0:3888");
+        let file: FileConfig = toml::from_str(
+            "id = 1\nensemble = \"1=127.0.0.1:2888\"\npeer_listen_addr = \"127.0.0.1:2999\"",
+        )
+        .unwrap();
+        let c = Config::resolve(Flags::default(), file).unwrap();
+        assert_eq!(c.ensemble.unwrap().peer_listen_addr, "127.0.0.1:2999");
+        for (id, ensemble, listen) in [
+            (Some(1), Some("1=a:1"), "a"),
+            (Some(1), Some("1=a:1"), "a:0"),
+            (None, None, "a:1"),
+        ] {
+            let flags = Flags {
+                id,
+                ensemble: ensemble.map(String::from),
+                peer_listen_addr: Some(listen.into()),
+                ..Default::default()
+            };
+            assert!(
+                Config::resolve(flags, FileConfig::default()).is_err(),
+                "peer_listen_addr {listen:?} should be refused"
+            );
+        }
 
         let file: FileConfig =
             toml::from_str("id = 1\nensemble = \"1=127.0.0.1:2888,2=127.0.0.1:2889\"").unwrap();

@@ -234,8 +234,9 @@ impl Server {
     }
 
     /// Starts this server as member `config.ensemble.id` of the ensemble in
-    /// `config.ensemble`, over TCP: the peer port of this member (its address in the
-    /// list) serves the other members; `log` is this member's Raft log. Returns the
+    /// `config.ensemble`, over TCP: the peer port of this member (its
+    /// `peer_listen_addr`, by default its address in the list) serves the other members;
+    /// `log` is this member's Raft log. Returns the
     /// server, its Raft member and the peer listener (stop both after the server).
     pub async fn start_ensemble<L: coordd_raft::LogStore>(
         config: Config,
@@ -244,7 +245,7 @@ impl Server {
         let Some(ensemble) = config.ensemble.clone() else {
             return Err(ServerError::Ensemble("no ensemble configured".into()));
         };
-        let peer_addr = ensemble.members[&ensemble.id].clone();
+        let peer_addr = ensemble.peer_listen_addr.clone();
         let raft = coordd_raft::Config::default();
         let tcp = coordd_raft::TcpConfig::new(&raft.cluster_name);
         tcp.validate_for(&raft)
