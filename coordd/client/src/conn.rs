@@ -326,7 +326,12 @@ impl SessionTask {
             let addr = self.servers.next_server().to_owned();
             let req = self.connect_request();
             debug!(server = %addr, last_zxid_seen = req.last_zxid_seen, "reconnecting");
-            let connect_timeout = Duration::from_millis(self.cfg.connect_timeout_ms as u64);
+            let attempt_ms = reconnect_attempt_timeout_ms(
+                self.cfg.connect_timeout_ms,
+                self.shared.timeout_ms.load(Ordering::Acquire),
+                self.servers.len(),
+            );
+            let connect_timeout = Duration::from_millis(attempt_ms);
             let attempt = timeout(
                 connect_timeout,
                 connect_once(&addr, &req, self.cfg.frame_bytes_max),
@@ -335,7 +340,7 @@ impl SessionTask {
                 r = attempt => match r {
                     Ok(Ok(hs)) => return Ok(hs),
                     Ok(Err(e)) => warn!(server = %addr, error = %e, "reconnect attempt failed"),
-                    Err(_) => warn!(server = %addr, timeout_ms = self.cfg.connect_timeout_ms, "reconnect attempt timed out"),
+                    Err(_) => warn!(server = %addr, timeout_ms = attempt_ms, "reconnect attempt timed out"),
                 },
                 _ = self.shared.close_now.notified() => return Err(Terminal::Closed),
             }
@@ -818,8 +823,42 @@ impl SessionTask {
     }
 }
 
+/// How long one reconnect attempt may take: `connect_timeout_ms`, but once a session
+/// exists at most its timeout divided by the number of servers (ZooKeeper's client
+/// does the same), so that a server that accepts TCP but never answers (stopped,
+/// overloaded) cannot make the session expire while other servers would take it. At
+/// least `RECONNECT_ATTEMPT_MS_MIN`.
+fn reconnect_attempt_timeout_ms(
+    connect_timeout_ms: u32,
+    session_timeout_ms: u32,
+    servers: usize,
+) -> u64 {
+    const RECONNECT_ATTEMPT_MS_MIN: u64 = 100;
+    let configured = u64::from(connect_timeout_ms);
+    if session_timeout_ms == 0 {
+        return configured;
+    }
+    let share = u64::from(session_timeout_ms) / servers.max(1) as u64;
+    configured
+        .min(share)
+        .max(RECONNECT_ATTEMPT_MS_MIN.min(configured))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reconnect_attempts_fit_the_session_timeout() {
+        // Before a session exists: the configured bound.
+        assert_eq!(reconnect_attempt_timeout_ms(3000, 0, 3), 3000);
+        // A 2 s session over 3 servers: a third of it each.
+        assert_eq!(reconnect_attempt_timeout_ms(3000, 2000, 3), 666);
+        // Never above the configured bound, never below the floor.
+        assert_eq!(reconnect_attempt_timeout_ms(500, 40_000, 1), 500);
+        assert_eq!(reconnect_attempt_timeout_ms(3000, 200, 9), 100);
+        assert_eq!(reconnect_attempt_timeout_ms(50, 200, 9), 50);
+    }
+
     use super::*;
 
     #[test]

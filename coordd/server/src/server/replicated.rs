@@ -455,11 +455,24 @@ async fn propose_one(member: &Member, batcher: &Batcher, batch: Bytes) -> Result
             .leader
             .ok_or("no leader to forward to")?,
     };
-    member
-        .call_app(leader, AppMsg::Forward(batch).encode(), forward_timeout)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("forwarding to leader {leader}: {e}"))
+    // A leader that hangs (stopped, cut off) answers nothing: give up as soon as the
+    // ensemble has another leader, not at the forward's timeout, so this member's
+    // next batches go to the new leader. The batch is then in doubt (its clients get
+    // ConnectionLoss); the old leader cannot commit it without a quorum anyway.
+    let forward = member.call_app(leader, AppMsg::Forward(batch).encode(), forward_timeout);
+    let replaced = member.wait_for(forward_timeout, move |s| {
+        s.leader.is_some_and(|l| l != leader)
+    });
+    tokio::pin!(replaced);
+    tokio::select! {
+        r = forward => r
+            .map(|_| ())
+            .map_err(|e| format!("forwarding to leader {leader}: {e}")),
+        Ok(status) = &mut replaced => Err(format!(
+            "leader {leader} replaced by {:?} while a batch was forwarded to it",
+            status.leader
+        )),
+    }
 }
 
 /// The handler of application messages on every member: a forwarded batch is
