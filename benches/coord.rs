@@ -886,15 +886,43 @@ fn report(rounds: &[(ServerResult, ServerResult)], phase: Duration) -> Vec<Strin
         mib(base.hwm_kib),
         kib_ratio(cand.hwm_kib, base.hwm_kib)
     );
-    if let (Some(cg), Some(bg)) = (cand.failover_gap, base.failover_gap) {
+    // The leader-kill write gap: one measurement per server and round; the median of
+    // each server's, and every round's.
+    let gaps = |pick: fn(&(ServerResult, ServerResult)) -> Option<Duration>| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(pick)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect()
+    };
+    let (cand_gaps, base_gaps) = (gaps(|r| r.1.failover_gap), gaps(|r| r.0.failover_gap));
+    if !cand_gaps.is_empty() && cand_gaps.len() == base_gaps.len() {
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        };
+        let (cm, bm) = (median(&cand_gaps), median(&base_gaps));
+        let r = cm / bm;
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!();
-        println!("| leader kill -9 | {c} | {b} | {c}/{b} |");
+        println!("| leader kill -9, writer on a follower | {c} | {b} | {c}/{b} |");
         println!("|---|---:|---:|---:|");
-        let r = cg.as_secs_f64() / bg.as_secs_f64();
+        println!("| write gap, median over rounds | {cm:.0} ms | {bm:.0} ms | {r:.2}x |");
         println!(
-            "| write gap (last ack before the kill to the first after, writer on a follower) | {:.0} ms | {:.0} ms | {r:.2}x |",
-            cg.as_secs_f64() * 1000.0,
-            bg.as_secs_f64() * 1000.0
+            "| write gap per round, ms | {} | {} | |",
+            list(&cand_gaps),
+            list(&base_gaps)
         );
         if r > 0.5 {
             missed.push(format!("leader kill write gap {r:.2}x > 0.5x"));
