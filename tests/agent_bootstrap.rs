@@ -536,3 +536,28 @@ async fn bootstrap_winner_that_loses_its_session_during_initdb_resumes() {
     let log = c.agent(&winner).log();
     assert!(log.contains("resuming the bootstrap"), "{}", tail(&log, 40));
 }
+
+/// The window before initdb: `initialize` names the node (its create committed) but
+/// the reply or the session was lost before initdb ran. No identity was recorded, so
+/// no `leader` was taken and nobody copied anything: the winner bootstraps from the
+/// start instead of stopping for an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_winner_whose_initdb_never_ran_bootstraps_from_the_start() {
+    if postgres::skip() {
+        return;
+    }
+    let c = Cluster::start_opts(ClusterOpts {
+        nodes: 2,
+        initialize_won_by: Some("n2"),
+        ..ClusterOpts::default()
+    })
+    .await;
+    let master = c.wait_healthy(&["n1", "n2"], None).await;
+    assert_eq!(master, "n2", "the node `initialize` names bootstraps");
+    let log = c.agent("n2").log();
+    assert!(log.contains("resuming the bootstrap"), "{}", tail(&log, 40));
+    assert!(
+        !c.agent("n1").log().contains("running initdb"),
+        "only the winner runs initdb"
+    );
+}

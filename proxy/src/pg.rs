@@ -838,14 +838,18 @@ impl PgServer {
 
     /// The data directory must be absent or empty before initdb / base backup.
     fn require_empty_data_dir(&self) -> Result<()> {
+        if self.data_dir_is_empty()? {
+            Ok(())
+        } else {
+            Err(PgError::NotEmpty(self.data_dir.clone()))
+        }
+    }
+
+    /// Whether the data directory is absent or holds no entry at all.
+    pub fn data_dir_is_empty(&self) -> Result<bool> {
         match std::fs::read_dir(&self.data_dir) {
-            Ok(mut it) => {
-                if it.next().is_some() {
-                    return Err(PgError::NotEmpty(self.data_dir.clone()));
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(mut it) => Ok(it.next().is_none()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
             Err(e) => Err(io_err(format!("read {}", self.data_dir.display()))(e)),
         }
     }

@@ -12,7 +12,8 @@ use std::sync::{Arc, OnceLock};
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use coordd_client::{Client, ClientConfig};
+use coordd_client::{Acl, Client, ClientConfig, CreateMode};
+use coordd_proto::perms;
 use coordd_proto::records::Stat;
 use switchyard_proxy::namespace::Namespace;
 use switchyard_proxy::pg::{self, Conninfo};
@@ -349,6 +350,10 @@ pub struct ClusterOpts {
     /// Run on a 3-member coordd ensemble ([`CoorddEnsemble`]) instead of one standalone
     /// coordd; the agents and the test client get every member.
     pub ensemble: bool,
+    /// Before any agent starts, `initialize` is created naming this node and no system
+    /// identifier: what coordd holds when the winner's create committed but its reply,
+    /// or its session, was lost before initdb ran.
+    pub initialize_won_by: Option<&'static str>,
 }
 
 impl Default for ClusterOpts {
@@ -359,6 +364,7 @@ impl Default for ClusterOpts {
             session_timeout_ms: 2_000,
             extra_toml: String::new(),
             ensemble: false,
+            initialize_won_by: None,
         }
     }
 }
@@ -462,6 +468,39 @@ impl Cluster {
                 proxies.push(Proxy::start(coordd.standalone().addr).await);
             }
         }
+        let (client, _events) = Client::connect(ClientConfig::new(coordd.servers()))
+            .await
+            .expect("test client");
+        let ns = Namespace::with_default_root(CLUSTER).expect("namespace");
+        if let Some(node) = opts.initialize_won_by {
+            let cluster = ns.cluster();
+            client
+                .ensure_path(&cluster[..cluster.rfind('/').unwrap()])
+                .await
+                .expect("cluster parent");
+            let acl = [Acl::new(
+                perms::READ | perms::WRITE | perms::CREATE,
+                "world",
+                "anyone",
+            )];
+            client
+                .create(cluster, &[], &acl, CreateMode::Persistent)
+                .await
+                .expect("cluster node");
+            let rec = records::InitializeRecord {
+                node: node.into(),
+                system_identifier: None,
+            };
+            client
+                .create(
+                    &ns.initialize(),
+                    &records::encode(&rec),
+                    &acl,
+                    CreateMode::Persistent,
+                )
+                .await
+                .expect("initialize");
+        }
         let agents = (1..=opts.nodes)
             .map(|i| {
                 let coord = match proxies.get(i - 1) {
@@ -478,15 +517,12 @@ impl Cluster {
                 )
             })
             .collect();
-        let (client, _events) = Client::connect(ClientConfig::new(coordd.servers()))
-            .await
-            .expect("test client");
         Cluster {
             agents,
             proxies,
             coordd,
             client,
-            ns: Namespace::with_default_root(CLUSTER).expect("namespace"),
+            ns,
             opts,
         }
     }

@@ -684,8 +684,21 @@ impl<'a> Session<'a> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            if init.as_ref().is_some_and(|(r, _)| r.node == me) {
-                // We won before but our data directory is empty (crash during initdb?).
+            if let Some((rec, _)) = init.as_ref().filter(|(r, _)| r.node == me) {
+                // We won `initialize` but never ran initdb: the session (or the reply to
+                // the create) was lost first. No identity recorded means no `leader`
+                // was ever taken on this data, so nobody can have copied it: run the
+                // bootstrap from the start. An identity recorded, or a directory with
+                // something in it, means data we did make is gone or half-made: that
+                // is for an operator to look at.
+                if rec.system_identifier.is_none() && self.a.pg.data_dir_is_empty()? {
+                    info!(
+                        step = ?BootstrapFrom::Initdb,
+                        "resuming the bootstrap this node won (initdb never ran)"
+                    );
+                    self.bootstrap_primary(BootstrapFrom::Initdb).await?;
+                    return Ok(true);
+                }
                 return Err(AgentError::Fatal(format!(
                     "`initialize` names this node but {} holds no cluster; remove the \
                      partial data directory and the `initialize` znode to bootstrap again",
