@@ -330,6 +330,19 @@ struct BehindClient {
 /// session timeout the client asked for, bounded by this.
 const CATCH_UP_WAIT_MS_MAX: u64 = 2_000;
 
+/// How long a member without a quorum holds a client's handshake before refusing it.
+/// After a leader dies the survivors have no quorum until they elected a new one (about
+/// 0.3-0.5 s with the default Raft timers): a client that reconnects then waits for the
+/// election instead of being refused into its reconnect backoff (which doubles, so a
+/// refusal can cost it more than the election did). A member cut off for longer refuses
+/// the client after this, and the client tries the next server.
+const NO_QUORUM_HANDSHAKE_WAIT_MS: u64 = 600;
+
+/// Ensemble mode: how often the core looks at the Raft member's view (quorum in sight
+/// or not). Independent of the tick time, which is 2 s by default: a member must stop
+/// serving promptly when cut off, and serve again as soon as a new leader is elected.
+const QUORUM_POLL_MS: u64 = 10;
+
 pub struct Core {
     config: Config,
     state: StateMachine,
@@ -489,6 +502,9 @@ impl Core {
             self.config.container_check_interval_ms,
         ));
         container_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut quorum_poll = tokio::time::interval(Duration::from_millis(QUORUM_POLL_MS));
+        quorum_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ensemble = matches!(self.log, Log::Raft(_));
         loop {
             if let Err(why) = self.commit_log() {
                 tracing::error!(%why, "write-ahead log failed; stopping: no write may be acknowledged after a failed fsync");
@@ -512,6 +528,7 @@ impl Core {
                     None => break,
                 },
                 _ = expiry_tick.tick() => self.on_tick(),
+                _ = quorum_poll.tick(), if ensemble => self.on_quorum_poll(),
                 _ = container_tick.tick() => self.delete_expired_nodes(),
             }
         }
@@ -720,13 +737,18 @@ impl Core {
     ) {
         let conn_id = conn.conn_id;
         self.conns.insert(conn_id, conn.clone());
-        if let Log::Raft(r) = &self.log {
+        if let Log::Raft(r) = &mut self.log {
             if !r.serving {
-                // Like a ZooKeeper follower that is not in sync with a leader: the
-                // client tries another server.
-                tracing::debug!(conn_id, "refusing a client: no quorum here");
-                self.drop_conn(conn_id);
-                let _ = established.send(None);
+                // Like a ZooKeeper follower that is not in sync with a leader, the
+                // member serves no one; the handshake waits (bounded) for the quorum,
+                // then is refused and the client tries another server.
+                tracing::debug!(conn_id, "no quorum here: the handshake waits for one");
+                r.behind.push(BehindClient {
+                    deadline: Instant::now() + Duration::from_millis(NO_QUORUM_HANDSHAKE_WAIT_MS),
+                    conn,
+                    req,
+                    established,
+                });
                 return;
             }
         }
@@ -1271,8 +1293,9 @@ impl Core {
         Ok(outputs)
     }
 
-    /// Ensemble mode: accepts the parked handshakes this member has caught up for;
-    /// refuses the ones past their deadline (`expire`) or whose connection is gone.
+    /// Ensemble mode: accepts the parked handshakes (see [`BehindClient`]) once this
+    /// member serves and has caught up with the client; refuses the ones past their
+    /// deadline (`expire`) or whose connection is gone.
     fn retry_behind_clients(&mut self, expire: bool) {
         let Log::Raft(r) = &mut self.log else { return };
         if r.behind.is_empty() {
@@ -1280,14 +1303,20 @@ impl Core {
         }
         let now = Instant::now();
         let last_zxid = self.state.last_zxid();
+        let serving = r.serving;
+        let ready_now = |b: &BehindClient| serving && b.req.last_zxid_seen <= last_zxid;
         let (ready, waiting): (Vec<BehindClient>, Vec<BehindClient>) = r
             .behind
             .drain(..)
-            .partition(|b| b.req.last_zxid_seen <= last_zxid || (expire && now >= b.deadline));
+            .partition(|b| ready_now(b) || (expire && now >= b.deadline));
         r.behind = waiting;
         for b in ready {
             let conn_id = b.conn.conn_id;
             if !self.conns.contains_key(&conn_id) {
+                let _ = b.established.send(None);
+            } else if !serving {
+                tracing::info!(conn_id, "refusing a client: no quorum here");
+                self.drop_conn(conn_id);
                 let _ = b.established.send(None);
             } else if b.req.last_zxid_seen <= last_zxid {
                 self.on_connect(b.conn, b.req, b.established);
@@ -1448,16 +1477,11 @@ impl Core {
         }
     }
 
-    /// Every expiry tick. Standalone: expire sessions. Ensemble: only the leader
-    /// expires, and only while a quorum hears it; it gives every session a whole
-    /// timeout when it becomes leader (it did not see their heartbeats before); the
-    /// other members send the leader the sessions that showed life here.
-    fn on_tick(&mut self) {
-        self.retry_behind_clients(true);
-        let Log::Raft(r) = &mut self.log else {
-            self.expire_sessions();
-            return;
-        };
+    /// Ensemble mode, every [`QUORUM_POLL_MS`]: serve clients while the Raft member
+    /// has a quorum in sight, close them all once it lost it for `quorum_lost_close_ms`,
+    /// and settle the parked handshakes.
+    fn on_quorum_poll(&mut self) {
+        let Log::Raft(r) = &mut self.log else { return };
         let Some(member) = r.member.get().cloned() else {
             return;
         };
@@ -1477,10 +1501,26 @@ impl Core {
                 );
                 r.serving = false;
                 self.close_all();
-                return;
             }
         }
-        let Log::Raft(r) = &mut self.log else { return };
+        self.retry_behind_clients(true);
+    }
+
+    /// Every expiry tick. Standalone: expire sessions. Ensemble: only the leader
+    /// expires, and only while a quorum hears it; it gives every session a whole
+    /// timeout when it becomes leader (it did not see their heartbeats before); the
+    /// other members send the leader the sessions that showed life here.
+    fn on_tick(&mut self) {
+        let Log::Raft(r) = &mut self.log else {
+            self.expire_sessions();
+            return;
+        };
+        let Some(member) = r.member.get().cloned() else {
+            return;
+        };
+        if !r.serving {
+            return;
+        }
         let leading = member.role() == Role::Leader;
         let became_leader = leading && !r.was_leader;
         r.was_leader = leading;
