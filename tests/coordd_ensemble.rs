@@ -184,6 +184,16 @@ async fn leader_kill9_loses_no_acknowledged_write_and_no_surviving_session() {
         unknown.len()
     );
 
+    // The survivors learned of the death from the refused peer port, not from the
+    // election timer (coordd_raft::Member::peer_link_lost).
+    assert!(
+        survivors.iter().any(|i| e.members[*i]
+            .log()
+            .contains("campaigning once the voters' lease ends")),
+        "no survivor noticed that the leader's process was gone:\n{}",
+        e.log_tails(30)
+    );
+
     let present = children(&writer, "/w").await;
     let lost: Vec<u64> = acked
         .iter()

@@ -191,6 +191,26 @@ struct Ack {
     at: Instant,
 }
 
+/// Whether nothing listens at `addr` any more: the connect is refused, or it lands in the
+/// backlog of a listener that is being closed (a process dying closes its connections
+/// and its listener one after the other, so a probe can slip in between) and is reset
+/// or closed at once. A live peer server holds a new connection open while it waits for
+/// the handshake, so `wait` passes: alive. A timeout of the connect: unknown, not gone.
+async fn peer_process_gone(addr: &str, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    match tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Err(_) => false,
+        Ok(Ok(mut stream)) => {
+            let mut byte = [0u8; 1];
+            matches!(
+                tokio::time::timeout(wait, stream.read(&mut byte)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            )
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Only plain assignments of Copy values happen under these locks.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -627,6 +647,71 @@ impl Member {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             membership: membership_view(membership),
+        }
+    }
+
+    /// The transport's inbound connection from member `from` closed (not by our own
+    /// shutdown). When `from` is this follower's leader and its peer address now refuses
+    /// connections, its process is gone (kill -9, crash, shutdown; a host that vanished
+    /// refuses nothing and is left to the election timer): campaign as soon as the other
+    /// voters' leader lease has run out, instead of after lease + election timeout.
+    ///
+    /// Safety does not depend on this (Raft elects safely whenever a campaign starts);
+    /// it only moves the campaign earlier. It never moves it before the voters' lease
+    /// (`election_timeout_max_ms` after the leader's last AppendEntries, plus a margin),
+    /// so a leader that only lost this one connection keeps its term: the probe finds it
+    /// alive, and even when it does not, the voters that still hear it reject the vote.
+    /// Survivors go in member-id order, `heartbeat_interval_ms` apart, so that two of them
+    /// do not split the vote.
+    pub fn peer_link_lost(&self, from: MemberId) {
+        let this = self.clone();
+        tokio::spawn(async move { this.campaign_if_leader_gone(from).await });
+    }
+
+    async fn campaign_if_leader_gone(&self, gone: MemberId) {
+        let Some(contact) = *lock(&self.inner.contact) else {
+            return;
+        };
+        let still_following = |member: &Member| {
+            let rx = member.inner.raft.metrics();
+            let m = rx.borrow();
+            m.state == ServerState::Follower
+                && m.current_leader == Some(gone)
+                && m.current_term == contact.term
+        };
+        if contact.leader != gone || gone == self.inner.id || !still_following(self) {
+            return;
+        }
+        let Some(addr) = self.inner.members.get(&gone) else {
+            return;
+        };
+        let heartbeat = Duration::from_millis(self.inner.config.heartbeat_interval_ms);
+        if !peer_process_gone(addr, heartbeat).await {
+            // Alive (or unknown): the election timer decides, as always.
+            return;
+        }
+        let rank = self
+            .inner
+            .members
+            .keys()
+            .filter(|id| **id != gone && **id < self.inner.id)
+            .count() as u32;
+        let lease = Duration::from_millis(self.inner.config.election_timeout_max_ms);
+        let at = contact.at + lease + heartbeat / 2 + heartbeat * rank;
+        tokio::time::sleep_until(at).await;
+        let contact_now = *lock(&self.inner.contact);
+        let unchanged = contact_now.is_some_and(|c| c.at == contact.at && c.term == contact.term);
+        if !unchanged || !still_following(self) {
+            return;
+        }
+        tracing::info!(
+            id = self.inner.id,
+            leader = gone,
+            %addr,
+            "the leader's process is gone (its peer address refuses connections): campaigning once the voters' lease ends"
+        );
+        if let Err(e) = self.inner.raft.trigger().elect().await {
+            tracing::debug!(id = self.inner.id, error = %e, "could not trigger an election");
         }
     }
 
