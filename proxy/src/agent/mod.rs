@@ -60,8 +60,8 @@
 //! locally but invisible to other sessions; a backend waiting for one does not answer
 //! its client when the postmaster dies.
 //!
-//! ACLs: `leader` is created with `auth` (the creator, authenticated with a digest
-//! identity of this process) ALL plus `world` READ. ZooKeeper checks DELETE on the
+//! ACLs: `leader` and each member record are created with `auth` (the creator,
+//! authenticated with a digest identity of this process) ALL plus `world` READ. ZooKeeper checks DELETE on the
 //! *parent*, so the cluster node is created with `world` READ|WRITE|CREATE and no
 //! DELETE: nobody (but a superuser) can delete `leader`, `initialize` or `config`;
 //! ephemerals still vanish with their session. A cluster node created earlier by

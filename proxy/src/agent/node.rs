@@ -1661,16 +1661,12 @@ impl<'a> Session<'a> {
             state: LeaderState::Promoting,
             since_ms: now_ms(),
         };
-        let acl = [
-            Acl::new(perms::ALL, "auth", ""),
-            Acl::new(perms::READ, "world", "anyone"),
-        ];
         let (_, stat) = self
             .client
             .create2(
                 &self.s().ns.leader(),
                 &records::encode(&rec),
-                &acl,
+                &owned_acl(),
                 CreateMode::Ephemeral,
             )
             .await?;
@@ -1835,7 +1831,7 @@ impl<'a> Session<'a> {
         loop {
             match self
                 .client
-                .create(&path, &data, &Acl::open_unsafe(), CreateMode::Ephemeral)
+                .create(&path, &data, &owned_acl(), CreateMode::Ephemeral)
                 .await
             {
                 Ok(_) => {
@@ -1870,6 +1866,17 @@ impl<'a> Session<'a> {
             }
         }
     }
+}
+
+/// The ACL of the znodes one agent owns (`leader`, its member record): everyone reads
+/// them (routers, other agents), only the creating process writes them (`auth`: its
+/// digest identity with a per-process secret). Deleting them is governed by the
+/// parent's ACL (ZooKeeper checks DELETE there), and ephemerals go with their session.
+fn owned_acl() -> [Acl; 2] {
+    [
+        Acl::new(perms::ALL, "auth", ""),
+        Acl::new(perms::READ, "world", "anyone"),
+    ]
 }
 
 impl Drop for Session<'_> {
