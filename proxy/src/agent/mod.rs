@@ -67,6 +67,7 @@
 //! ephemerals still vanish with their session. A cluster node created earlier by
 //! someone else keeps its ACL (logged as a warning when it grants DELETE).
 
+pub mod acl;
 pub mod config;
 pub mod node;
 pub mod status;
