@@ -194,6 +194,20 @@ async fn leader_kill9_loses_no_acknowledged_write_and_no_surviving_session() {
         e.log_tails(30)
     );
 
+    // mntr on the new leader: it saw two leaders take office (the first and itself),
+    // won once, and timed the commits of the writes since.
+    let new_leader = e.wait_leader(&survivors, FORM_TIMEOUT);
+    let mntr = four_letter(e.members[new_leader].addr, "mntr").unwrap_or_default();
+    let row = |key: &str| -> u64 {
+        mntr.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('\t')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in mntr:\n{mntr}"))
+    };
+    assert!(row("zk_raft_leader_changes") >= 2, "{mntr}");
+    assert!(row("zk_raft_leaderships") >= 1, "{mntr}");
+    assert!(row("zk_raft_commit_count") > 0, "{mntr}");
+    assert!(row("zk_raft_commit_latency_max_us") >= row("zk_raft_commit_latency_avg_us"));
+
     let present = children(&writer, "/w").await;
     let lost: Vec<u64> = acked
         .iter()

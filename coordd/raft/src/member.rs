@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -81,6 +81,52 @@ pub struct Status {
     pub purged_index: Option<u64>,
     /// The membership in effect (the last one appended, committed or not).
     pub membership: Membership,
+    /// Counters since this member started.
+    pub counters: Counters,
+}
+
+/// What a member counted since it started (for `mntr`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Leaders this member saw take office (a new term with a known leader), itself
+    /// included: elections that produced a leader.
+    pub leader_changes: u64,
+    /// Of those, the times this member became leader.
+    pub leaderships: u64,
+    /// Proposals committed through [`Member::propose`] on this member (as leader).
+    pub commits: u64,
+    /// Their total and largest time from the call to the commit, in microseconds.
+    pub commit_us_total: u64,
+    pub commit_us_max: u64,
+}
+
+/// [`Counters`], shared with the metrics watcher.
+#[derive(Default)]
+struct CounterCells {
+    leader_changes: AtomicU64,
+    leaderships: AtomicU64,
+    commits: AtomicU64,
+    commit_us_total: AtomicU64,
+    commit_us_max: AtomicU64,
+}
+
+impl CounterCells {
+    fn read(&self) -> Counters {
+        Counters {
+            leader_changes: self.leader_changes.load(Ordering::Relaxed),
+            leaderships: self.leaderships.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            commit_us_total: self.commit_us_total.load(Ordering::Relaxed),
+            commit_us_max: self.commit_us_max.load(Ordering::Relaxed),
+        }
+    }
+
+    fn commit_took(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_us_total.fetch_add(us, Ordering::Relaxed);
+        self.commit_us_max.fetch_max(us, Ordering::Relaxed);
+    }
 }
 
 /// [`Member::call_app`] failed.
@@ -250,6 +296,7 @@ struct Inner {
     ack: Arc<Mutex<Option<Ack>>>,
     watcher: JoinHandle<()>,
     shut_down: AtomicBool,
+    counters: Arc<CounterCells>,
 }
 
 impl Drop for Inner {
@@ -266,12 +313,29 @@ type Metrics = RaftMetrics<u64, BasicNode>;
 /// metric is computed when RaftCore flushes it and seen here a little later, which makes the
 /// instant late by that scheduling delay (microseconds, one runtime); `quorum_timeout_ms`
 /// leaves far more margin than that.
-async fn follow_quorum_acks(mut rx: watch::Receiver<Metrics>, ack: Arc<Mutex<Option<Ack>>>) {
+/// It also counts the leaders taking office (see [`Counters`]).
+async fn follow_quorum_acks(
+    id: MemberId,
+    mut rx: watch::Receiver<Metrics>,
+    ack: Arc<Mutex<Option<Ack>>>,
+    counters: Arc<CounterCells>,
+) {
+    let mut last_leader: Option<(u64, MemberId)> = None;
     loop {
         let seen = {
             // Copy out and release the metrics before taking our lock: RaftCore's next
             // report waits for readers.
             let m = rx.borrow_and_update();
+            if let Some(leader) = m.current_leader {
+                let now = (m.current_term, leader);
+                if last_leader != Some(now) {
+                    last_leader = Some(now);
+                    counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+                    if leader == id {
+                        counters.leaderships.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             match (m.state, m.millis_since_quorum_ack) {
                 (ServerState::Leader, Some(ms)) => Instant::now()
                     .checked_sub(Duration::from_millis(ms))
@@ -387,7 +451,13 @@ impl Member {
             .await
             .map_err(|e| StartError::Fatal(e.to_string()))?;
         let ack = Arc::new(Mutex::new(None));
-        let watcher = tokio::spawn(follow_quorum_acks(raft.metrics(), ack.clone()));
+        let counters = Arc::new(CounterCells::default());
+        let watcher = tokio::spawn(follow_quorum_acks(
+            id,
+            raft.metrics(),
+            ack.clone(),
+            counters.clone(),
+        ));
         let member = Member {
             inner: Arc::new(Inner {
                 id,
@@ -400,6 +470,7 @@ impl Member {
                 ack,
                 watcher,
                 shut_down: AtomicBool::new(false),
+                counters,
             }),
         };
         match member.initialize().await {
@@ -463,7 +534,12 @@ impl Member {
             });
         }
         let t = self.inner.config.propose_timeout();
-        match tokio::time::timeout(t, self.inner.raft.client_write(payload)).await {
+        let started = Instant::now();
+        let written = tokio::time::timeout(t, self.inner.raft.client_write(payload)).await;
+        if matches!(written, Ok(Ok(_))) {
+            self.inner.counters.commit_took(started.elapsed());
+        }
+        match written {
             // The future is dropped; if the entry was appended it stays in the log and commits
             // or is truncated later, and openraft's responder then finds nobody listening.
             Err(_) => {
@@ -647,6 +723,7 @@ impl Member {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             membership: membership_view(membership),
+            counters: self.inner.counters.read(),
         }
     }
 
