@@ -5,7 +5,8 @@
 //! - a frame's length is checked against `frame_bytes_max` before its body is read;
 //! - malformed bytes close the connection, they never panic or reach the core;
 //! - at most `outstanding_requests_max` requests of one connection wait in the core;
-//!   past that the reader stops reading (TCP backpressure) instead of queueing more.
+//!   past that the reader stops reading (TCP backpressure) instead of queueing more,
+//!   and logs it once per connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -167,6 +168,7 @@ async fn read_loop(
     ctx: &ConnCtx,
 ) {
     let peer = handle.peer;
+    let mut at_limit_logged = false;
     loop {
         // Everything already buffered first.
         loop {
@@ -214,6 +216,19 @@ async fn read_loop(
                 Err(_) => refuse(handle, session_id, header.xid, ErrorCode::Unimplemented),
             };
             // One permit per request in the core; waiting here is the backpressure.
+            if handle.permits.available_permits() == 0 {
+                ctx.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+                if !at_limit_logged {
+                    at_limit_logged = true;
+                    tracing::warn!(
+                        %peer,
+                        session_id = format!("0x{session_id:x}"),
+                        limit = ctx.config.outstanding_requests_max,
+                        "outstanding request limit hit (outstanding_requests_max): not reading \
+                         from this connection until replies go out (logged once per connection)"
+                    );
+                }
+            }
             let permit = tokio::select! {
                 p = handle.permits.acquire() => p,
                 _ = handle.kill.cancelled() => return,
