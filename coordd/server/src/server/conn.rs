@@ -222,7 +222,7 @@ async fn read_loop(
                     at_limit_logged = true;
                     tracing::warn!(
                         %peer,
-                        session_id = format!("0x{session_id:x}"),
+                        session_id = %format_args!("0x{session_id:x}"),
                         limit = ctx.config.outstanding_requests_max,
                         "outstanding request limit hit (outstanding_requests_max): not reading \
                          from this connection until replies go out (logged once per connection)"

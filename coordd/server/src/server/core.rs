@@ -1012,8 +1012,8 @@ impl Core {
         self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
         let peer = self.conns.get(&conn_id).map(|c| c.peer.to_string());
         tracing::warn!(
-            session_id = format!("0x{session_id:x}"),
-            peer = peer.as_deref().unwrap_or("-"),
+            session_id = %format_args!("0x{session_id:x}"),
+            peer = %peer.as_deref().unwrap_or("-"),
             op = ?request.op_code(),
             bytes,
             limit,
@@ -1129,8 +1129,8 @@ impl Core {
         self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
         let peer = self.conns.get(&conn_id).map(|c| c.peer.to_string());
         tracing::warn!(
-            session_id = format!("0x{session_id:x}"),
-            peer = peer.as_deref().unwrap_or("-"),
+            session_id = %format_args!("0x{session_id:x}"),
+            peer = %peer.as_deref().unwrap_or("-"),
             op = ?op,
             held,
             adding,
@@ -1874,7 +1874,7 @@ impl Core {
             tracing::warn!(
                 conn_id,
                 peer = %c.peer,
-                session_id = format!("0x{:x}", c.stats.session_id.load(Ordering::Relaxed)),
+                session_id = %format_args!("0x{:x}", c.stats.session_id.load(Ordering::Relaxed)),
                 queued_bytes = queued,
                 limit = self.config.outbound_bytes_max,
                 "client does not read its replies: disconnecting (outbound_bytes_max)"
