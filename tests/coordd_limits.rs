@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use coordd_proto::{
-    frame::write_frame, xid, Acl, AddWatchMode, AddWatchRequest, CreateRequest, ErrorCode,
-    MultiOp, MultiResult, OpCode, PathWatchRequest, Reader, Record, Request, SetDataRequest,
-    SetWatches2, StatResponse, WatcherEvent,
+    frame::write_frame, xid, Acl, AddWatchMode, AddWatchRequest, CreateRequest, ErrorCode, MultiOp,
+    MultiResult, OpCode, PathWatchRequest, Reader, Record, Request, SetDataRequest, SetWatches2,
+    StatResponse, WatcherEvent,
 };
 use support::coordd::{four_letter, wait_until, Coordd};
 use support::raw::{read_frame, RawConn};
@@ -65,8 +65,10 @@ fn err_of(c: &mut RawConn, req: &Request) -> i32 {
 /// does (the log is written by another process: wait for it).
 fn wait_log_line(server: &Coordd, needles: &[&str]) -> String {
     let mut found = String::new();
-    wait_until(&format!("a log line with {needles:?}"), WAIT, || {
-        match server
+    wait_until(
+        &format!("a log line with {needles:?}"),
+        WAIT,
+        || match server
             .log()
             .lines()
             .find(|l| needles.iter().all(|n| l.contains(n)))
@@ -76,8 +78,8 @@ fn wait_log_line(server: &Coordd, needles: &[&str]) -> String {
                 true
             }
             None => false,
-        }
-    });
+        },
+    );
     found
 }
 
@@ -97,8 +99,9 @@ fn mntr(addr: SocketAddr, key: &str) -> i64 {
 }
 
 /// A new session from `from`, once the server takes one (the slot of a closed
-/// connection is released by the server a moment after the client sees the close).
-fn session_when_a_slot_frees(from: IpAddr, addr: SocketAddr) -> RawConn {
+/// connection is released by the server a moment after the client sees the close; an
+/// ensemble member serves clients once it hears from a quorum).
+fn session_once_accepted(from: IpAddr, addr: SocketAddr) -> RawConn {
     let mut conn = None;
     wait_until("a connection slot to free up", WAIT, || {
         conn = RawConn::tcp_from(from, addr)
@@ -142,7 +145,7 @@ fn connections_max_refuses_the_next_connection_and_keeps_the_others() {
     assert_eq!(err_of(&mut b, &exists("/a", false)), 0);
     // A slot frees up when one goes.
     drop(b);
-    let mut c = session_when_a_slot_frees(IpAddr::V4(Ipv4Addr::LOCALHOST), server.addr);
+    let mut c = session_once_accepted(IpAddr::V4(Ipv4Addr::LOCALHOST), server.addr);
     assert_eq!(err_of(&mut c, &exists("/a", false)), 0);
 }
 
@@ -160,7 +163,10 @@ fn connections_per_ip_max_is_per_address() {
         "a third connection from 127.0.0.1 is closed"
     );
     let line = wait_log_line(&server, &["connections_per_ip_max reached", "limit=2"]);
-    assert!(line.contains("peer=127.0.0.1:"), "the peer is named: {line}");
+    assert!(
+        line.contains("peer=127.0.0.1:"),
+        "the peer is named: {line}"
+    );
 
     // Another address has slots of its own.
     let mut others: Vec<RawConn> = (0..2)
@@ -171,13 +177,16 @@ fn connections_per_ip_max_is_per_address() {
         closed_by_server(&mut refused2),
         "a third connection from 127.0.0.2 is closed too"
     );
-    wait_log_line(&server, &["connections_per_ip_max reached", "peer=127.0.0.2:"]);
+    wait_log_line(
+        &server,
+        &["connections_per_ip_max reached", "peer=127.0.0.2:"],
+    );
     for c in held.iter_mut().chain(others.iter_mut()) {
         assert_eq!(err_of(c, &exists("/", false)), 0, "held connections work");
     }
     // A slot of 127.0.0.1 frees up when one of its connections goes.
     held.pop();
-    let mut again = session_when_a_slot_frees(one, server.addr);
+    let mut again = session_once_accepted(one, server.addr);
     assert_eq!(err_of(&mut again, &exists("/", false)), 0);
 }
 
@@ -292,10 +301,7 @@ fn watches_per_session_max_refuses_the_read_that_would_pass_it() {
         .map(|f| WatcherEvent::from_bytes(&f.body).unwrap().path)
         .collect();
     assert_eq!(paths, ["/w0"], "a hears of /w0 and nothing of /w5");
-    assert_eq!(
-        reply.header.err, 0,
-        "the fired /w0 watch made room for /w6"
-    );
+    assert_eq!(reply.header.err, 0, "the fired /w0 watch made room for /w6");
     let last_zxid = reply.header.zxid;
 
     // A reconnect whose setWatches would pass the limit: the connection is closed (an
@@ -324,7 +330,10 @@ fn watches_per_session_max_refuses_the_read_that_would_pass_it() {
         read_frame(&mut a2.stream).is_none(),
         "a setWatches past the limit closes the connection"
     );
-    wait_log_line(&server, &["watches_per_session_max", "SetWatches2", "adding=2"]);
+    wait_log_line(
+        &server,
+        &["watches_per_session_max", "SetWatches2", "adding=2"],
+    );
     // The same watches alone fit (they are held already): served on the next reconnect.
     let fits = SetWatches2 {
         relative_zxid: last_zxid,
@@ -354,9 +363,16 @@ fn node_data_bytes_max_refuses_the_write_and_keeps_the_connection() {
     ]);
     let mut c = RawConn::new_session(server.addr, 2000);
     let quota = ErrorCode::QuotaExceeded.code();
-    assert_eq!(err_of(&mut c, &create("/d", vec![1; 1000])), 0, "at the limit");
+    assert_eq!(
+        err_of(&mut c, &create("/d", vec![1; 1000])),
+        0,
+        "at the limit"
+    );
     assert_eq!(err_of(&mut c, &create("/e", vec![1; 1001])), quota);
-    let line = wait_log_line(&server, &["node_data_bytes_max", "bytes=1001", "limit=1000"]);
+    let line = wait_log_line(
+        &server,
+        &["node_data_bytes_max", "bytes=1001", "limit=1000"],
+    );
     assert!(
         line.contains(&format!("session_id=0x{:x}", c.session_id)),
         "the session is named: {line}"
@@ -476,4 +492,174 @@ fn a_slow_reader_is_cut_off_at_outbound_bytes_max_and_memory_stays_bounded() {
     let (f, _) = writer.call(&get_data("/big", false));
     assert_eq!(f.header.err, 0);
     assert_eq!(four_letter(server.addr, "ruok").as_deref(), Some("imok"));
+}
+
+/// Both clients the project relies on get the limits as ordinary errors and keep their
+/// sessions: the independent `zookeeper-client` crate and ours (the router's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_see_quota_exceeded_and_keep_their_session() {
+    use zookeeper_client as zk;
+    let server = Coordd::start_with(&[
+        "--tick-time-ms",
+        "100",
+        "--watches-per-session-max",
+        "2",
+        "--node-data-bytes-max",
+        "100",
+    ]);
+    let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let zkc = tokio::time::timeout(
+        WAIT,
+        zk::Client::connector()
+            .session_timeout(Duration::from_millis(2000))
+            .connect(&server.connect_string()),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    assert_eq!(
+        zkc.create("/z", &[0; 101], &open).await.unwrap_err(),
+        zk::Error::QuotaExceeded
+    );
+    zkc.create("/z", &[0; 100], &open).await.unwrap();
+    assert_eq!(
+        zkc.set_data("/z", &[0; 101], None).await.unwrap_err(),
+        zk::Error::QuotaExceeded
+    );
+    for p in ["/z1", "/z2", "/z3"] {
+        zkc.create(p, b"", &open).await.unwrap();
+    }
+    // Held: this crate removes a watch from the server when its watcher is dropped.
+    let _w1 = zkc.get_and_watch_data("/z1").await.unwrap();
+    let _w2 = zkc.get_and_watch_data("/z2").await.unwrap();
+    assert_eq!(
+        zkc.get_and_watch_data("/z3").await.unwrap_err(),
+        zk::Error::QuotaExceeded
+    );
+    assert_eq!(zkc.get_data("/z3").await.unwrap().0, b"");
+
+    let cfg = coordd_client::ClientConfig::new([server.addr.to_string()])
+        .with_session_timeout_ms(2_000)
+        .with_request_timeout_ms(5_000);
+    let (ours, _events) = tokio::time::timeout(WAIT, coordd_client::Client::connect(cfg))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let quota = coordd_client::Error::Server(ErrorCode::QuotaExceeded);
+    let acl = Acl::open_unsafe();
+    let persistent = coordd_proto::CreateMode::Persistent;
+    assert_eq!(
+        ours.create("/o", &[0; 101], &acl, persistent)
+            .await
+            .unwrap_err()
+            .to_string(),
+        quota.to_string()
+    );
+    ours.get_data("/z1", true).await.unwrap();
+    ours.exists("/nothing", true).await.unwrap();
+    assert_eq!(
+        ours.get_data("/z2", true).await.unwrap_err().to_string(),
+        quota.to_string()
+    );
+    assert_eq!(
+        ours.add_watch("/z", AddWatchMode::Persistent)
+            .await
+            .unwrap_err()
+            .to_string(),
+        quota.to_string()
+    );
+    // Both sessions are alive and served.
+    ours.create("/o", &[0; 100], &acl, persistent)
+        .await
+        .unwrap();
+    assert!(zkc.check_stat("/o").await.unwrap().is_some());
+}
+
+/// In an ensemble, watches live on the member a session is connected to, so the
+/// watch limit is per member; the data limit is checked on the member the client is
+/// connected to, before anything reaches the Raft log.
+#[test]
+fn limits_hold_on_every_ensemble_member() {
+    let ensemble = support::coordd::CoorddEnsemble::start_with(
+        3,
+        &[
+            "--watches-per-session-max",
+            "2",
+            "--node-data-bytes-max",
+            "100",
+        ],
+    );
+    let leader = ensemble.wait_leader(&[0, 1, 2], WAIT);
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let quota = ErrorCode::QuotaExceeded.code();
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut c = session_once_accepted(lo, ensemble.members[follower].addr);
+    for p in ["/e1", "/e2", "/e3"] {
+        assert_eq!(err_of(&mut c, &create(p, b"x".to_vec())), 0);
+    }
+    assert_eq!(err_of(&mut c, &create("/big", vec![0; 101])), quota);
+    wait_log_line(
+        &ensemble.members[follower],
+        &["node_data_bytes_max", "bytes=101"],
+    );
+    assert_eq!(err_of(&mut c, &get_data("/e1", true)), 0);
+    assert_eq!(err_of(&mut c, &get_data("/e2", true)), 0);
+    let (f, _) = c.call(&get_data("/e3", true));
+    assert_eq!(f.header.err, quota);
+    let last_zxid = f.header.zxid;
+    wait_log_line(
+        &ensemble.members[follower],
+        &["watches_per_session_max", "limit=2"],
+    );
+
+    // The session moves to another member (once that one serves clients) and re-arms
+    // its two watches there.
+    drop(session_once_accepted(lo, ensemble.members[other].addr));
+    let (mut moved, resp) = RawConn::resume(
+        ensemble.members[other].addr,
+        c.session_id,
+        &c.passwd,
+        last_zxid,
+    );
+    assert_eq!(resp.session_id, c.session_id);
+    let w = SetWatches2 {
+        relative_zxid: last_zxid,
+        data_watches: vec!["/e1".into(), "/e2".into()],
+        ..Default::default()
+    };
+    let mut out = BytesMut::new();
+    write_frame(&mut out, |o| {
+        Request::SetWatches(w).encode_with_header(xid::SET_WATCHES, o)
+    });
+    moved.stream.write_all(&out).unwrap();
+    let f = moved.recv().expect("setWatches reply");
+    assert_eq!((f.header.xid, f.header.err), (xid::SET_WATCHES, 0));
+    assert_eq!(err_of(&mut moved, &get_data("/e3", true)), quota);
+    wait_log_line(
+        &ensemble.members[other],
+        &["watches_per_session_max", "limit=2"],
+    );
+    // Nothing of the refused create reached any member's tree.
+    for m in &ensemble.members {
+        let mut r = session_once_accepted(lo, m.addr);
+        assert_eq!(
+            err_of(
+                &mut r,
+                &Request::Sync(coordd_proto::PathRequest { path: "/".into() })
+            ),
+            0
+        );
+        assert_eq!(
+            err_of(&mut r, &exists("/big", false)),
+            ErrorCode::NoNode.code()
+        );
+    }
+    // The watches armed on the new member fire there.
+    let mut w2 = session_once_accepted(lo, ensemble.members[leader].addr);
+    assert_eq!(err_of(&mut w2, &set_data("/e2", b"y".to_vec())), 0);
+    let f = moved
+        .recv()
+        .expect("the /e2 watch fires on the member it moved to");
+    assert_eq!(WatcherEvent::from_bytes(&f.body).unwrap().path, "/e2");
 }

@@ -415,11 +415,12 @@ impl Config {
                 || file.linearizable_reads.unwrap_or(false),
         };
         let mut config = config;
-        config.node_data_bytes_max = match flags.node_data_bytes_max.or(file.node_data_bytes_max)
-        {
+        config.node_data_bytes_max = match flags.node_data_bytes_max.or(file.node_data_bytes_max) {
             None => NODE_DATA_BYTES_MAX_DEFAULT.min(config.frame_bytes_max),
             Some(0) => {
-                return Err(ConfigError::Invalid("node_data_bytes_max must be > 0".into()));
+                return Err(ConfigError::Invalid(
+                    "node_data_bytes_max must be > 0".into(),
+                ));
             }
             Some(n) if n > config.frame_bytes_max => {
                 return Err(ConfigError::Invalid(format!(
@@ -669,6 +670,9 @@ mod tests {
         let file: FileConfig =
             toml::from_str("watches_per_session_max = 7\nnode_data_bytes_max = 1000").unwrap();
         let c = Config::resolve(Flags::default(), file).unwrap();
-        assert_eq!((c.watches_per_session_max, c.node_data_bytes_max), (7, 1000));
+        assert_eq!(
+            (c.watches_per_session_max, c.node_data_bytes_max),
+            (7, 1000)
+        );
     }
 }

@@ -988,10 +988,9 @@ impl Core {
             _ => 0,
         };
         let (bytes, refusal) = match &request {
-            Request::Create { req, .. } if req.data.len() > limit => (
-                req.data.len(),
-                ReadWork::Refuse(ErrorCode::QuotaExceeded),
-            ),
+            Request::Create { req, .. } if req.data.len() > limit => {
+                (req.data.len(), ReadWork::Refuse(ErrorCode::QuotaExceeded))
+            }
             Request::SetData(r) if r.data.len() > limit => {
                 (r.data.len(), ReadWork::Refuse(ErrorCode::QuotaExceeded))
             }
@@ -1004,7 +1003,10 @@ impl Core {
                         ops.len(),
                         MultiResult::Error(ErrorCode::RuntimeInconsistency),
                     );
-                    (data_len(&ops[i]), ReadWork::Answer(Response::Multi(results)))
+                    (
+                        data_len(&ops[i]),
+                        ReadWork::Answer(Response::Multi(results)),
+                    )
                 }
             },
             _ => return Ok(request),

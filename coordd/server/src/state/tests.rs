@@ -1276,7 +1276,10 @@ fn watch_additions_are_predicted_exactly() {
     }
     assert_eq!(h.sm.session_watch_count(S2), 8);
     assert_eq!(h.sm.session_watch_count(S1), 0);
-    assert_eq!(h.sm.watches_added_by_read(0x999, &ip(), &Request::Exists(pw("/z", true))), 0);
+    assert_eq!(
+        h.sm.watches_added_by_read(0x999, &ip(), &Request::Exists(pw("/z", true))),
+        0
+    );
 
     // setWatches: watches that fire at once are not registered, nor counted.
     let seen = h.zxid;
