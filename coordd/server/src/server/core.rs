@@ -921,9 +921,9 @@ impl Core {
         };
         let work = match work {
             ReadWork::Serve(request) if request.is_write() => {
-                match self.refuse_oversized_data(session_id, conn_id, request) {
-                    Ok(request) => ReadWork::Serve(request),
-                    Err(refusal) => refusal,
+                match self.refuse_oversized_data(session_id, conn_id, &request) {
+                    None => ReadWork::Serve(request),
+                    Some(refusal) => refusal,
                 }
             }
             other => other,
@@ -979,15 +979,15 @@ impl Core {
         &self,
         session_id: SessionId,
         conn_id: u64,
-        request: Request,
-    ) -> Result<Request, ReadWork> {
+        request: &Request,
+    ) -> Option<ReadWork> {
         let limit = self.config.node_data_bytes_max;
         let data_len = |op: &MultiOp| match op {
             MultiOp::Create { req, .. } => req.data.len(),
             MultiOp::SetData(r) => r.data.len(),
             _ => 0,
         };
-        let (bytes, refusal) = match &request {
+        let (bytes, refusal) = match request {
             Request::Create { req, .. } if req.data.len() > limit => {
                 (req.data.len(), ReadWork::Refuse(ErrorCode::QuotaExceeded))
             }
@@ -995,7 +995,7 @@ impl Core {
                 (r.data.len(), ReadWork::Refuse(ErrorCode::QuotaExceeded))
             }
             Request::Multi(ops) => match ops.iter().position(|op| data_len(op) > limit) {
-                None => return Ok(request),
+                None => return None,
                 Some(i) => {
                     let mut results = vec![MultiResult::Error(ErrorCode::Ok); i];
                     results.push(MultiResult::Error(ErrorCode::QuotaExceeded));
@@ -1009,7 +1009,7 @@ impl Core {
                     )
                 }
             },
-            _ => return Ok(request),
+            _ => return None,
         };
         self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
         let peer = self.conns.get(&conn_id).map(|c| c.peer.to_string());
@@ -1021,7 +1021,7 @@ impl Core {
             limit,
             "node data limit hit (node_data_bytes_max): write refused"
         );
-        Err(refusal)
+        Some(refusal)
     }
 
     fn enqueue_read(
