@@ -1,6 +1,6 @@
 //! coordd's bounded resources (issue 7, item 4), each against a real coordd process at
-//! the byte level: connections in total and per IP, outstanding requests per
-//! connection, watches per session, node data size and slow readers. Each test hits its
+//! the byte level: connections in total and per IP, outstanding requests (count and
+//! bytes) per connection, watches per session, node data size and slow readers. Each test hits its
 //! limit, checks what the client sees, that the server logged the limit by name with
 //! its value, and that the server keeps serving everyone else.
 
@@ -205,22 +205,8 @@ fn outstanding_requests_max_stops_reading_and_loses_nothing() {
 
     // Pipeline WRITES fsynced writes without reading a reply. The server takes at most
     // LIMIT of them into its core at a time; the rest wait in the socket.
-    let sampler_addr = server.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut max = 0;
-            let mut samples = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(n) = try_mntr(sampler_addr, "zk_outstanding_requests") {
-                    max = max.max(n);
-                    samples += 1;
-                }
-            }
-            (max, samples)
-        })
-    };
+    let sampler = sample_outstanding(server.addr, stop.clone());
     let mut xids = Vec::with_capacity(WRITES);
     for i in 0..WRITES {
         xids.push(c.send(&set_data("/o", format!("{i}").into_bytes())));
@@ -250,6 +236,67 @@ fn outstanding_requests_max_stops_reading_and_loses_nothing() {
     let (f, _) = c.call(&exists("/o", false));
     let stat = StatResponse::from_bytes(&f.body).unwrap().stat;
     assert_eq!(stat.version as usize, WRITES);
+}
+
+/// Spawns a thread that samples `mntr`'s zk_outstanding_requests until `stop`; it
+/// returns the largest value seen and the number of samples.
+fn sample_outstanding(
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(i64, usize)> {
+    std::thread::spawn(move || {
+        let mut max = 0;
+        let mut samples = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(n) = try_mntr(addr, "zk_outstanding_requests") {
+                max = max.max(n);
+                samples += 1;
+            }
+        }
+        (max, samples)
+    })
+}
+
+#[test]
+fn outstanding_bytes_max_bounds_the_bytes_of_pipelined_requests() {
+    const BYTES_MAX: usize = 200_000;
+    const DATA: usize = 45_000; // four requests fit, a fifth would not
+    const WRITES: usize = 60;
+    let server = Coordd::start_with(&[
+        "--tick-time-ms",
+        "100",
+        "--outstanding-bytes-max",
+        &BYTES_MAX.to_string(),
+    ]);
+    let mut c = RawConn::new_session(server.addr, 2000);
+    assert_eq!(err_of(&mut c, &create("/b", Vec::new())), 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_outstanding(server.addr, stop.clone());
+    // 60 x 45 KB of fsynced writes, pipelined, no reply read until all are sent.
+    let xids: Vec<i32> = (0..WRITES)
+        .map(|i| c.send(&set_data("/b", vec![i as u8; DATA])))
+        .collect();
+    let line = wait_log_line(&server, &["outstanding_bytes_max", "limit=200000"]);
+    assert!(
+        line.contains(&format!("session_id=0x{:x}", c.session_id)),
+        "the session is named: {line}"
+    );
+    for (i, want) in xids.iter().enumerate() {
+        let f = c.recv().expect("reply");
+        assert_eq!((f.header.xid, f.header.err), (*want, 0), "reply {i}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (max, samples) = sampler.join().unwrap();
+    println!("outstanding requests of 45 KB: max {max} over {samples} mntr samples");
+    assert!(
+        max as usize <= BYTES_MAX / DATA,
+        "{max} requests of {DATA} bytes outstanding, over {BYTES_MAX} bytes"
+    );
+    // A request larger than the bound alone still goes through.
+    assert_eq!(err_of(&mut c, &set_data("/b", vec![9; 300_000])), 0);
+    let (f, _) = c.call(&exists("/b", false));
+    let stat = StatResponse::from_bytes(&f.body).unwrap().stat;
+    assert_eq!(stat.version as usize, WRITES + 1);
 }
 
 #[test]

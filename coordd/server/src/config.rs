@@ -53,6 +53,10 @@ pub struct Flags {
     /// from it [default: 1000].
     #[arg(long)]
     pub outstanding_requests_max: Option<usize>,
+    /// Bytes of requests a connection may have outstanding before coordd stops reading
+    /// from it (one request is always let through) [default: 16777216].
+    #[arg(long)]
+    pub outstanding_bytes_max: Option<usize>,
     /// Bytes queued to a client that does not read before it is disconnected
     /// [default: 16777216].
     #[arg(long)]
@@ -131,6 +135,7 @@ pub struct FileConfig {
     pub connections_max: Option<usize>,
     pub connections_per_ip_max: Option<usize>,
     pub outstanding_requests_max: Option<usize>,
+    pub outstanding_bytes_max: Option<usize>,
     pub outbound_bytes_max: Option<usize>,
     pub watches_per_session_max: Option<usize>,
     pub node_data_bytes_max: Option<usize>,
@@ -160,6 +165,10 @@ pub struct Config {
     pub connections_max: usize,
     pub connections_per_ip_max: usize,
     pub outstanding_requests_max: usize,
+    /// Invariant: the requests of one connection in the core hold at most this many
+    /// bytes of frames, or are a single request. Without it a connection could hold
+    /// `outstanding_requests_max` x `frame_bytes_max` (1 GiB by default) in the core.
+    pub outstanding_bytes_max: usize,
     pub outbound_bytes_max: usize,
     /// Invariant: a session holds at most this many watch registrations on this server
     /// (see [`WATCHES_PER_SESSION_MAX_DEFAULT`]).
@@ -369,6 +378,13 @@ impl Config {
                     .outstanding_requests_max
                     .or(file.outstanding_requests_max)
                     .unwrap_or(1000),
+            )?,
+            outstanding_bytes_max: positive(
+                "outstanding_bytes_max",
+                flags
+                    .outstanding_bytes_max
+                    .or(file.outstanding_bytes_max)
+                    .unwrap_or(16 * 1024 * 1024),
             )?,
             outbound_bytes_max: positive(
                 "outbound_bytes_max",
@@ -655,6 +671,7 @@ mod tests {
     fn resource_limits() {
         let c = Config::default();
         assert_eq!(c.watches_per_session_max, WATCHES_PER_SESSION_MAX_DEFAULT);
+        assert_eq!(c.outstanding_bytes_max, 16 * 1024 * 1024);
         assert_eq!(c.node_data_bytes_max, 1024 * 1024);
         assert_eq!(c.node_data_bytes_max, c.frame_bytes_max);
         // A smaller frame limit lowers the default data limit with it.
