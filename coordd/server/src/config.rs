@@ -62,8 +62,8 @@ pub struct Flags {
     #[arg(long)]
     pub outbound_bytes_max: Option<usize>,
     /// Most watch registrations one session may hold on this server; a read or addWatch
-    /// that would register more is refused with QuotaExceeded, a setWatches that would
-    /// closes the connection [default: 100000].
+    /// that would register more is refused with QuotaExceeded, and a setWatches that
+    /// would register more closes the connection [default: 100000].
     #[arg(long)]
     pub watches_per_session_max: Option<usize>,
     /// Largest data of one znode, in bytes: a create or setData (also inside a multi)
