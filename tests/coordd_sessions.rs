@@ -254,87 +254,10 @@ fn four_letter_words() {
 }
 
 #[test]
-fn per_ip_connection_cap() {
-    let server = Coordd::start_with(&["--tick-time-ms", "100", "--connections-per-ip-max", "3"]);
-    let held: Vec<_> = (0..3)
-        .map(|_| RawConn::new_session(server.addr, 2000))
-        .collect();
-    let mut s = RawConn::tcp(server.addr);
-    let mut buf = [0u8; 1];
-    assert_eq!(
-        s.read(&mut buf).unwrap_or(0),
-        0,
-        "the fourth connection is closed"
-    );
-    drop(held);
-    support::coordd::wait_until("a slot frees up", Duration::from_secs(5), || {
-        four_letter(server.addr, "ruok").as_deref() == Some("imok")
-    });
-    assert!(server.log().contains("connections_per_ip_max"));
-}
-
-#[test]
 fn sigterm_shuts_down_cleanly() {
     let mut server = Coordd::start();
     let status = server.terminate().expect("was running");
     assert!(status.success(), "exit status {status}");
-}
-
-#[test]
-fn a_client_that_does_not_read_is_cut_off() {
-    let server = Coordd::start_with(&["--tick-time-ms", "100", "--outbound-bytes-max", "65536"]);
-    let mut writer = RawConn::new_session(server.addr, 2000);
-    let (r, _) = writer.call(&Request::Create {
-        op: OpCode::Create,
-        req: CreateRequest {
-            path: "/big".into(),
-            data: vec![7; 60_000],
-            acl: Acl::open_unsafe(),
-            flags: 0,
-        },
-        ttl: 0,
-    });
-    assert_eq!(r.header.err, 0);
-
-    // Ask for ~30 MB of replies and read none of them: more than any socket buffers.
-    let mut slow = RawConn::new_session(server.addr, 2000);
-    let get = Request::GetData(PathWatchRequest {
-        path: "/big".into(),
-        watch: false,
-    });
-    for _ in 0..500 {
-        if slow.try_send(&get).is_err() {
-            break; // the server closed us while we were still sending
-        }
-    }
-    support::coordd::wait_until(
-        "the slow reader to be cut off",
-        Duration::from_secs(10),
-        || server.log().contains("outbound_bytes_max"),
-    );
-    // Its connection is gone: draining it ends in EOF, not 500 replies.
-    let mut replies = 0;
-    while slow.recv().is_some() {
-        replies += 1;
-    }
-    assert!(replies < 500, "got all {replies} replies");
-    let (r, _) = writer.call(&exists("/big", false));
-    assert_eq!(r.header.err, 0, "other clients are served");
-}
-
-#[test]
-fn total_connection_cap() {
-    let server = Coordd::start_with(&["--tick-time-ms", "100", "--connections-max", "2"]);
-    let _a = RawConn::new_session(server.addr, 2000);
-    let _b = RawConn::new_session(server.addr, 2000);
-    let mut s = RawConn::tcp(server.addr);
-    let mut buf = [0u8; 1];
-    assert_eq!(
-        s.read(&mut buf).unwrap_or(0),
-        0,
-        "the third connection is closed"
-    );
-    assert!(server.log().contains("connections_max reached"));
 }
 
 #[test]

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use coordd_proto::{
-    frame::write_frame, xid, ConnectRequest, ConnectResponse, ErrorCode, Id, Record, ReplyHeader,
-    Request, PROTOCOL_VERSION,
+    frame::write_frame, xid, ConnectRequest, ConnectResponse, ErrorCode, Id, MultiOp, MultiResult,
+    OpCode, Record, ReplyHeader, Request, PROTOCOL_VERSION,
 };
 use coordd_raft::{EntryData, LogEntry, Member, Role};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -203,6 +203,8 @@ enum ReadWork {
     Serve(Request),
     /// Answered with this error (unsupported ops), in order with the other replies.
     Refuse(ErrorCode),
+    /// Answered with this body and err 0 (a multi refused at the edge), in order.
+    Answer(Response),
 }
 
 struct LiveSession {
@@ -917,6 +919,15 @@ impl Core {
             }
             (work, _) => work,
         };
+        let work = match work {
+            ReadWork::Serve(request) if request.is_write() => {
+                match self.refuse_oversized_data(session_id, conn_id, &request) {
+                    None => ReadWork::Serve(request),
+                    Some(refusal) => refusal,
+                }
+            }
+            other => other,
+        };
         let request = match work {
             ReadWork::Serve(request) if request.is_write() => request,
             other => {
@@ -956,6 +967,61 @@ impl Core {
             let z = self.state.last_zxid();
             self.send_reply(conn_id, xid, z, ErrorCode::Throttled, None);
         }
+    }
+
+    /// A create or setData (alone or inside a multi) with more data than
+    /// `node_data_bytes_max` never reaches the log: it is answered with QuotaExceeded
+    /// (for a multi, in ZooKeeper's shape of a failed multi: the ops before the
+    /// refused one 0, it QuotaExceeded, the rest RuntimeInconsistency), in order with
+    /// the session's other replies. Checked where the client is connected, before the
+    /// log, so ensemble members never disagree about an entry.
+    fn refuse_oversized_data(
+        &self,
+        session_id: SessionId,
+        conn_id: u64,
+        request: &Request,
+    ) -> Option<ReadWork> {
+        let limit = self.config.node_data_bytes_max;
+        let data_len = |op: &MultiOp| match op {
+            MultiOp::Create { req, .. } => req.data.len(),
+            MultiOp::SetData(r) => r.data.len(),
+            _ => 0,
+        };
+        let (bytes, refusal) = match request {
+            Request::Create { req, .. } if req.data.len() > limit => {
+                (req.data.len(), ReadWork::Refuse(ErrorCode::QuotaExceeded))
+            }
+            Request::SetData(r) if r.data.len() > limit => {
+                (r.data.len(), ReadWork::Refuse(ErrorCode::QuotaExceeded))
+            }
+            Request::Multi(ops) => match ops.iter().position(|op| data_len(op) > limit) {
+                None => return None,
+                Some(i) => {
+                    let mut results = vec![MultiResult::Error(ErrorCode::Ok); i];
+                    results.push(MultiResult::Error(ErrorCode::QuotaExceeded));
+                    results.resize(
+                        ops.len(),
+                        MultiResult::Error(ErrorCode::RuntimeInconsistency),
+                    );
+                    (
+                        data_len(&ops[i]),
+                        ReadWork::Answer(Response::Multi(results)),
+                    )
+                }
+            },
+            _ => return None,
+        };
+        self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+        let peer = self.conns.get(&conn_id).map(|c| c.peer.to_string());
+        tracing::warn!(
+            session_id = %format_args!("0x{session_id:x}"),
+            peer = %peer.as_deref().unwrap_or("-"),
+            op = ?request.op_code(),
+            bytes,
+            limit,
+            "node data limit hit (node_data_bytes_max): write refused"
+        );
+        Some(refusal)
     }
 
     fn enqueue_read(
@@ -1000,12 +1066,25 @@ impl Core {
                 self.send_reply(conn_id, xid, zxid, err, None);
                 return;
             }
+            ReadWork::Answer(resp) => {
+                self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, Some(&resp));
+                return;
+            }
             ReadWork::Serve(r) => r,
         };
         match request {
             Request::Ping => self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, None),
             Request::Auth(auth) => self.on_auth(session_id, conn_id, xid, auth),
             Request::SetWatches(w) => {
+                let adding = self.state.watches_added_by_set_watches(session_id, &w);
+                if self.over_watch_limit(session_id, conn_id, adding, OpCode::SetWatches2) {
+                    // An error reply would be ignored by ZooKeeper's clients (and ours
+                    // only logs it): the client would believe in watches it does not
+                    // have. Closing makes it reconnect and try again, loudly.
+                    self.close_conn_after_queued(conn_id);
+                    self.release_outstanding(Some(conn_id));
+                    return;
+                }
                 let notes = self.state.set_watches(session_id, &w);
                 for n in notes {
                     self.push(conn_id, event_frame(&n.event));
@@ -1014,6 +1093,14 @@ impl Core {
             }
             other => {
                 let auth = self.sessions[&session_id].auth.clone();
+                let adding = self.state.watches_added_by_read(session_id, &auth, &other);
+                if self.over_watch_limit(session_id, conn_id, adding, other.op_code()) {
+                    // Refused whole, nothing registered: the client learns it has no
+                    // watch (it arms its own side only on success) instead of waiting
+                    // for an event that will never come.
+                    self.send_reply(conn_id, xid, zxid, ErrorCode::QuotaExceeded, None);
+                    return;
+                }
                 let result = self.state.read(session_id, &auth, &other);
                 match result {
                     Ok(resp) => self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, Some(&resp)),
@@ -1022,6 +1109,37 @@ impl Core {
             }
         }
         self.metrics.record_latency(received);
+    }
+
+    /// True (and logged) when `adding` more watch registrations would take
+    /// `session_id` past `watches_per_session_max`.
+    fn over_watch_limit(
+        &self,
+        session_id: SessionId,
+        conn_id: u64,
+        adding: usize,
+        op: OpCode,
+    ) -> bool {
+        if adding == 0 {
+            return false;
+        }
+        let held = self.state.session_watch_count(session_id);
+        let limit = self.config.watches_per_session_max;
+        if held.saturating_add(adding) <= limit {
+            return false;
+        }
+        self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+        let peer = self.conns.get(&conn_id).map(|c| c.peer.to_string());
+        tracing::warn!(
+            session_id = %format_args!("0x{session_id:x}"),
+            peer = %peer.as_deref().unwrap_or("-"),
+            op = ?op,
+            held,
+            adding,
+            limit,
+            "watch limit hit (watches_per_session_max): request refused, nothing registered"
+        );
+        true
     }
 
     fn on_auth(
@@ -1758,6 +1876,7 @@ impl Core {
             tracing::warn!(
                 conn_id,
                 peer = %c.peer,
+                session_id = %format_args!("0x{:x}", c.stats.session_id.load(Ordering::Relaxed)),
                 queued_bytes = queued,
                 limit = self.config.outbound_bytes_max,
                 "client does not read its replies: disconnecting (outbound_bytes_max)"
