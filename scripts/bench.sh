@@ -12,6 +12,8 @@
 # the benches use their defaults, see the top of each bench file):
 #   ROUTING_BENCH_ROUNDS=3 ROUTING_BENCH_SECS=1 ROUTING_BENCH_CLIENTS=1,8
 #   ROUTING_BENCH_WORKLOADS=select,tpcb
+#   (ROUTING_BENCH_PATHS=direct,direct-again,router,haproxy,pgbouncer adds a second direct
+#   path whose ratio to direct, the run's noise, gets a column in the summary)
 #   FAILOVER_BENCH_RUNS=2 FAILOVER_BENCH_TIMEOUTS_MS=2000 FAILOVER_BENCH_MODES=sync
 #
 # Output in $BENCH_RESULTS_DIR (default bench-results/ at the repository root, ignored by
@@ -78,14 +80,14 @@ if [[ ($only == all || $only == routing) && -s $ratios ]]; then
         }
         function r(v) { return v == "" ? "-" : sprintf("%.2fx", v) }
         END {
-            print "| workload | clients | direct p50 us | router / direct p50 | p99 | HAProxy / direct p50 | p99 | PgBouncer / direct p50 | p99 |"
-            print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+            print "| workload | clients | direct p50 us | router / direct p50 | p99 | HAProxy / direct p50 | p99 | PgBouncer / direct p50 | p99 | direct-again / direct p50 (noise) |"
+            print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             for (i = 1; i <= n; i++) {
                 c = order[i]
-                printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", c, us[c, "direct"],
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c, us[c, "direct"],
                     r(p50[c, "router"]), r(p99[c, "router"]),
                     r(p50[c, "haproxy"]), r(p99[c, "haproxy"]),
-                    r(p50[c, "pgbouncer"]), r(p99[c, "pgbouncer"])
+                    r(p50[c, "pgbouncer"]), r(p99[c, "pgbouncer"]), r(p50[c, "direct-again"])
             }
         }' "$ratios"
 fi

@@ -51,7 +51,7 @@ fn out_dir() -> (Option<tempfile::TempDir>, std::path::PathBuf) {
 }
 
 fn has_color(px: &[[u8; 3]], c: plotters::style::RGBColor) -> bool {
-    px.iter().any(|p| *p == [c.0, c.1, c.2])
+    px.contains(&[c.0, c.1, c.2])
 }
 
 /// Dark pixels in the top band, where the caption is: the font drew the title.
