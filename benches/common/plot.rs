@@ -128,9 +128,16 @@ pub fn cdf_csv(lines: &[CdfLine]) -> String {
     s
 }
 
-/// Rounded log-scale tick labels: 20, 50, 100, 1k, 2.5k, ...
+/// Rounded log-scale tick labels: 20, 50, 100, 1k, 2.5k, ..., 1M
 fn us_label(v: f64) -> String {
-    if v >= 1000.0 {
+    if v >= 1e6 {
+        let m = v / 1e6;
+        if (m - m.round()).abs() < 1e-6 {
+            format!("{m:.0}M")
+        } else {
+            format!("{m:.1}M")
+        }
+    } else if v >= 1000.0 {
         let k = v / 1000.0;
         if (k - k.round()).abs() < 1e-6 {
             format!("{k:.0}k")
