@@ -362,8 +362,8 @@ fn stop_kind(procs: &mut [Proc], kind: Kind, grace: Duration) -> usize {
     }
     let deadline = Instant::now() + grace;
     loop {
-        let all_done = running.iter_mut().all(|p| match &mut p.child {
-            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+        let all_done = running.iter().all(|p| match &p.child {
+            Some(c) => exited_unreaped(c.id()),
             None => true,
         });
         if all_done || Instant::now() >= deadline {
@@ -373,12 +373,29 @@ fn stop_kind(procs: &mut [Proc], kind: Kind, grace: Duration) -> usize {
     }
     for p in running.iter_mut() {
         if let Some(mut c) = p.child.take() {
+            // Not reaped yet, so its pid (the group's id) cannot have been reused.
             killpg(c.id(), libc::SIGKILL);
-            let _ = c.kill();
             let _ = c.wait();
         }
     }
     n
+}
+
+/// Whether our child `pid` has exited, without reaping it (waitid with WNOWAIT): its
+/// pid stays reserved, so signalling its process group afterwards is safe.
+fn exited_unreaped(pid: u32) -> bool {
+    // SAFETY: waitid writes into the zeroed siginfo we pass; WNOHANG never blocks.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let rc = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        // rc 0 with si_pid 0: still running. An error: not our child any more.
+        rc != 0 || info.si_pid() != 0
+    }
 }
 
 fn killpg(pgid: u32, sig: libc::c_int) {

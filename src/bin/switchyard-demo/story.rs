@@ -467,11 +467,16 @@ struct World {
     router: Mutex<Option<Arc<Router>>>,
 }
 
-/// A free port on `ip` (bound and released at once; the usual small race).
-fn free_port(ip: Ipv4Addr) -> Result<SocketAddr, String> {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port on {ip}: {e}"))
+/// Free ports: one on each of `ips`, all held until every one is picked (so no two
+/// are the same), then released (the usual small race with other programs remains).
+fn free_ports(ips: &[Ipv4Addr]) -> Result<Vec<SocketAddr>, String> {
+    let held = ips
+        .iter()
+        .map(|ip| TcpListener::bind((*ip, 0)).map_err(|e| format!("no free port on {ip}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    held.iter()
+        .map(|l| l.local_addr().map_err(|e| e.to_string()))
+        .collect()
 }
 
 fn os(s: impl Into<OsString>) -> OsString {
@@ -745,19 +750,19 @@ async fn run(
 
     // 1. The coordd ensemble: member i on 127.0.0.i.
     let t0 = Instant::now();
-    let clients: Vec<SocketAddr> = (0..NODES)
-        .map(|i| free_port(ip(i)))
-        .collect::<Result<_, _>>()?;
-    let peers: Vec<SocketAddr> = (0..NODES)
-        .map(|i| free_port(ip(i)))
-        .collect::<Result<_, _>>()?;
+    // Client ports, peer ports and PostgreSQL ports, each 127.0.0.i thrice.
+    let ips: Vec<Ipv4Addr> = (0..3 * NODES).map(|i| ip(i % NODES)).collect();
+    let ports = free_ports(&ips)?;
+    let clients: Vec<SocketAddr> = ports[..NODES].to_vec();
+    let peers: Vec<SocketAddr> = ports[NODES..2 * NODES].to_vec();
+    let pg_ports: Vec<u16> = ports[2 * NODES..].iter().map(|a| a.port()).collect();
     let ensemble = peers
         .iter()
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    for i in 0..NODES {
+    for (i, client) in clients.iter().enumerate() {
         let dir = reg.root().join(format!("coordd-{}", i + 1));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let args = vec![
@@ -767,7 +772,7 @@ async fn run(
             os("--ensemble"),
             os(ensemble.clone()),
             os("--client-addr"),
-            os(clients[i].to_string()),
+            os(client.to_string()),
             os("--data-dir"),
             os(dir.join("data")),
             // Sessions of 0.4-20 s: the agents' timeout is short for a quick failover.
@@ -816,10 +821,9 @@ async fn run(
     let ns = Namespace::new(switchyard_proxy::namespace::ROOT_DEFAULT, CLUSTER)
         .map_err(|e| e.to_string())?;
     let mut nodes = Vec::new();
-    for i in 0..NODES {
+    for (i, &port) in pg_ports.iter().enumerate() {
         let name = format!("pg{}", i + 1);
         let dir = reg.pg_dir(&name).map_err(|e| format!("{name} dir: {e}"))?;
-        let port = free_port(ip(i))?.port();
         let conf = dir.join("agent.toml");
         std::fs::write(&conf, AGENT_TOML).map_err(|e| format!("{}: {e}", conf.display()))?;
         let args = vec![
