@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use coordd_client::{Client, ClientConfig};
 use switchyard_proxy::agent::status::{self, ClusterStatus};
 use switchyard_proxy::namespace::Namespace;
-use switchyard_proxy::pg::{OsUser, PgBinaries};
+use switchyard_proxy::pg::{self, Conninfo, OsUser, PgBinaries};
 use switchyard_proxy::records::{LeaderState, MemberState, Role};
 use switchyard_proxy::router::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -570,20 +570,74 @@ async fn ticker(world: Arc<World>, client: Client) {
     loop {
         tick.tick().await;
         let st = read_status(&client, &world.ns).await;
+        let lags = match &st {
+            Some(st) => replication(st).await,
+            None => None,
+        };
         let mut modes = Vec::new();
         for a in &world.coordd_clients {
             modes.push(coordd_mode(*a).await);
         }
         let window = world.load.take_window();
         let router = world.router.lock().unwrap().clone();
-        let (body, row) = render(&world, st.as_ref(), &modes, &window, router.as_deref());
+        let (body, row) = render(
+            &world,
+            st.as_ref(),
+            lags.as_ref(),
+            &modes,
+            &window,
+            router.as_deref(),
+        );
         world.out.tick(&body, &row);
     }
 }
 
+/// Per standby (by application_name, which the agents set to the node name): replay
+/// lag in bytes and, when PostgreSQL measured it, in milliseconds, from the master's
+/// `pg_stat_replication` (None when there is no primary or it does not answer in 1 s).
+async fn replication(st: &ClusterStatus) -> Option<Lags> {
+    let (l, _) = st.leader.as_ref()?;
+    if l.state != LeaderState::Primary {
+        return None;
+    }
+    let info = Conninfo::new(l.host.clone(), l.port)
+        .application_name("switchyard-demo-monitor")
+        .connect_timeout_s(1);
+    tokio::time::timeout(Duration::from_secs(1), async {
+        let c = pg::connect(&info).await.ok()?;
+        let rows = c
+            .query(
+                "SELECT application_name, \
+                 pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8, \
+                 (extract(epoch FROM replay_lag) * 1000)::float8 \
+                 FROM pg_stat_replication",
+                &[],
+            )
+            .await
+            .ok()?;
+        let mut out = Lags::new();
+        for r in rows {
+            let name: String = r.get(0);
+            let bytes: Option<f64> = r.get(1);
+            let ms: Option<f64> = r.get(2);
+            if let Some(b) = bytes {
+                out.insert(name, (b.max(0.0) as u64, ms));
+            }
+        }
+        Some(out)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Node -> (replay lag bytes, replay lag ms).
+type Lags = BTreeMap<String, (u64, Option<f64>)>;
+
 fn render(
     world: &World,
     st: Option<&ClusterStatus>,
+    lags: Option<&Lags>,
     modes: &[Option<String>],
     window: &Counts,
     router: Option<&Router>,
@@ -604,8 +658,8 @@ fn render(
     let _ = writeln!(body, "coordd ensemble: {}\n", members.join("  |  "));
     let _ = writeln!(
         body,
-        "{:<5} {:<21} {:<8} {:<12} {:>8} {:>10} {:>9} {:>8}",
-        "node", "postgres", "role", "state", "timeline", "lag", "writes/s", "reads/s"
+        "{:<5} {:<21} {:<8} {:<12} {:>8} {:>16} {:>9} {:>8}",
+        "node", "postgres", "role", "state", "timeline", "replay lag", "writes/s", "reads/s"
     );
     let master = st.and_then(|s| s.leader.as_ref()).map(|(l, e)| (l, *e));
     let mut row = String::new();
@@ -627,10 +681,16 @@ fn render(
         let is_master = master.is_some_and(|(l, _)| l.node == n.name);
         let (role, state, tl, lag) = match rec {
             Some(m) => {
-                let lag = if m.role == Role::Replica {
-                    lag_text(st.and_then(|s| s.lag_bytes(m)))
-                } else {
+                let lag = if m.role != Role::Replica || is_master {
                     "-".to_owned()
+                } else if let Some((b, ms)) = lags.and_then(|l| l.get(&n.name)) {
+                    match ms {
+                        Some(ms) => format!("{} / {ms:.1} ms", lag_text(Some(*b))),
+                        None => lag_text(Some(*b)),
+                    }
+                } else {
+                    // Not streaming from the master now: the published records' view.
+                    format!("~{}", lag_text(st.and_then(|s| s.lag_bytes(m))))
                 };
                 let role = if is_master {
                     "master"
@@ -656,7 +716,7 @@ fn render(
         };
         let _ = writeln!(
             body,
-            "{:<5} {:<21} {:<8} {:<12} {:>8} {:>10} {:>9} {:>8}",
+            "{:<5} {:<21} {:<8} {:<12} {:>8} {:>16} {:>9} {:>8}",
             n.name,
             format!("{}:{}", n.host, n.port),
             role,
