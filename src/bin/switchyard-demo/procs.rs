@@ -330,6 +330,8 @@ fn start(args: &[OsString], log: &Path) -> std::io::Result<Child> {
     // and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // Linux only; elsewhere a killed demo leaves its children running.
+            #[cfg(target_os = "linux")]
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
