@@ -14,6 +14,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// One demo at a time: two at once on a 2-core machine only slow each other down (and
+/// a master that misses its heartbeats for a session timeout fences itself).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Cargo builds the binary for the integration tests of its own package.
 const DEMO: &str = env!("CARGO_BIN_EXE_switchyard-demo");
 /// Bound on a whole unattended run (the acceptance bound is 2 minutes).
@@ -211,6 +215,7 @@ fn unattended_run_tells_the_whole_story() {
     if postgres::skip() {
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let deadline = started + RUN_DEADLINE;
     let mut run = Run::start(&["demo", "--unattended"]);
@@ -286,6 +291,7 @@ fn sigint_mid_run_stops_everything_and_removes_the_temp_dir() {
     if postgres::skip() {
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let deadline = Instant::now() + RUN_DEADLINE;
     let mut run = Run::start(&["demo", "--unattended", "--steady-secs", "60"]);
     let dir = temp_dir_of(&run.wait_line("temp dir ", deadline));

@@ -238,6 +238,9 @@ impl Registry {
         if swept > 0 {
             report.push(format!("{swept} leftover processes killed"));
         }
+        if let Some(dest) = std::env::var_os("SWITCHYARD_DEMO_KEEP_LOGS") {
+            report.push(self.keep_logs(Path::new(&dest)));
+        }
         if let Some(root) = self.root.lock().unwrap().take() {
             match root.close() {
                 Ok(()) => report.push(format!("removed {}", self.root_path.display())),
@@ -255,6 +258,44 @@ impl Registry {
             }
         }
         report.join(", ")
+    }
+
+    /// Copies every log (the processes' and PostgreSQL's) into `dest` (debugging aid:
+    /// env `SWITCHYARD_DEMO_KEEP_LOGS=dir`).
+    fn keep_logs(&self, dest: &Path) -> String {
+        let mut logs: Vec<PathBuf> = Vec::new();
+        for dir in [self.root_path.clone()].into_iter().chain(
+            self.pg_data
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|d| d.parent().map(Path::to_path_buf)),
+        ) {
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                logs.extend(
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "log")),
+                );
+            }
+        }
+        let _ = std::fs::create_dir_all(dest);
+        let mut n = 0;
+        for p in logs {
+            let parent = p
+                .parent()
+                .and_then(|d| d.file_name())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let name = format!(
+                "{parent}-{}",
+                p.file_name().unwrap_or_default().to_string_lossy()
+            );
+            if std::fs::copy(&p, dest.join(name)).is_ok() {
+                n += 1;
+            }
+        }
+        format!("{n} logs copied to {}", dest.display())
     }
 
     /// Stops the postmaster running on `data_dir`, if any: `pg_ctl stop -m immediate`

@@ -41,6 +41,10 @@ pub struct DemoArgs {
     /// 15 live].
     #[arg(long)]
     pub steady_secs: Option<u64>,
+    /// How many times the master's node is killed (each round: steady load, kill,
+    /// failover, rejoin) [default: 1 unattended, until Ctrl-C live].
+    #[arg(long)]
+    pub failovers: Option<u32>,
     /// Seconds of load after the old master rejoined, before the summary (unattended).
     #[arg(long, default_value_t = 3)]
     pub tail_secs: u64,
@@ -389,6 +393,11 @@ impl Load {
         s.total.reads.get(node).copied().unwrap_or(0)
     }
 
+    fn writes_of(&self, node: &str) -> u64 {
+        let s = self.stats.lock().unwrap();
+        s.total.writes.get(node).copied().unwrap_or(0)
+    }
+
     /// The window's counts, starting a new window.
     fn take_window(&self) -> Counts {
         std::mem::take(&mut self.stats.lock().unwrap().window)
@@ -629,6 +638,15 @@ async fn replication(st: &ClusterStatus) -> Option<Lags> {
     .await
     .ok()
     .flatten()
+}
+
+/// The master in state primary (waits for one, bounded).
+async fn current_master(client: &Client, ns: &Namespace) -> Result<String, String> {
+    wait_for("a master in state primary", FAILOVER_DEADLINE, || async {
+        let (l, _) = read_status(client, ns).await?.leader?;
+        (l.state == LeaderState::Primary).then_some(l.node)
+    })
+    .await
 }
 
 /// Node -> (replay lag bytes, replay lag ms).
@@ -1054,114 +1072,169 @@ async fn run(
         replica_names.join(" and ")
     ));
 
-    // 4. Steady load, until reads reached both replicas.
-    tokio::time::sleep(steady).await;
-    wait_for("reads routed to both replicas", READS_DEADLINE, || {
-        let load = load.clone();
-        let names = replica_names.clone();
-        async move { names.iter().all(|n| load.reads_of(n) > 0).then_some(()) }
-    })
-    .await?;
-    let reads_line = format!(
-        "reads: routed to both replicas: {}; writes to the master: {}",
-        replica_names
+    // 4-6, once per round: steady load until reads reached both replicas, a kill of
+    //    the master's node, the failover, the node's return as a replica.
+    let rounds = args
+        .failovers
+        .unwrap_or(if args.unattended { 1 } else { u32::MAX });
+    let mut master = master;
+    let mut replica_names: Vec<String>;
+    let mut round = 1;
+    let mut unplanned = 0;
+    while round <= rounds {
+        // The master now: it may have changed by itself (a session lost under load).
+        let now = current_master(&client, &ns).await?;
+        if now != master {
+            out.event(&format!(
+                "note: {now} became master without our doing (was {master}): a master \
+                 that lost its coordd session for {} ms (a loaded machine?) fences itself",
+                args.session_timeout_ms
+            ));
+            master = now;
+        }
+        replica_names = world
+            .nodes
             .iter()
-            .map(|n| format!("{n}={}", load.reads_of(n)))
-            .collect::<Vec<_>>()
-            .join(" "),
-        counts_text(&load.stats.lock().unwrap().total.writes)
-    );
-    out.fact(reads_line);
+            .filter(|n| n.name != master)
+            .map(|n| n.name.clone())
+            .collect();
+        if round > 1 {
+            out.event(&format!(
+                "round {round}: {master} is master, {} replicas",
+                replica_names.join(" and ")
+            ));
+        }
+        // 4. Steady load, until reads reached both replicas.
+        let reads_at_start: BTreeMap<String, u64> = replica_names
+            .iter()
+            .map(|n| (n.clone(), load.reads_of(n)))
+            .collect();
+        let writes_at_start = load.writes_of(&master);
+        tokio::time::sleep(steady).await;
+        wait_for("reads routed to both replicas", READS_DEADLINE, || {
+            let ok = replica_names
+                .iter()
+                .all(|n| load.reads_of(n) > reads_at_start[n]);
+            std::future::ready(ok.then_some(()))
+        })
+        .await?;
+        let writes_now = load.writes_of(&master);
+        let reads_line = format!(
+            "reads: routed to both replicas: {}; writes to the master: {master}={}",
+            replica_names
+                .iter()
+                .map(|n| format!("{n}={}", load.reads_of(n) - reads_at_start[n]))
+                .collect::<Vec<_>>()
+                .join(" "),
+            writes_now - writes_at_start
+        );
+        out.fact(reads_line);
 
-    // 5. Kill the master's node: its agent and its PostgreSQL, kill -9, as if the
-    //    machine died. The `leader` znode goes when the session expires.
-    let mnode = world
-        .nodes
-        .iter()
-        .find(|n| n.name == master)
-        .ok_or("the master is no demo node")?;
-    let before = load.last_write.borrow().clone();
-    reg.kill9(&master);
-    let pid = reg.kill9_postgres(&mnode.data_dir());
-    let t_kill = Instant::now();
-    out.event(&format!(
-        "kill -9 of the master {master}: its agent and its PostgreSQL (postmaster {}) and children",
-        pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-    ));
-    let mut acks = load.last_write.subscribe();
-    let (t_ack, new_master) = wait_for(
-        "the first acknowledged write on a new master",
-        Duration::from_millis(u64::from(args.session_timeout_ms)) + FAILOVER_DEADLINE,
-        || {
-            let v = match acks.borrow_and_update().clone() {
-                Some((t, node)) if t > t_kill && node != master => Some((t, node)),
-                _ => None,
-            };
-            std::future::ready(v)
-        },
-    )
-    .await?;
-    let gap = t_ack - t_kill;
-    let paused = before
-        .as_ref()
-        .map(|(t, _)| format!("; the app's writes paused {:.2} s (last acknowledged write before the kill to the first after)", (t_ack - *t).as_secs_f64()))
-        .unwrap_or_default();
-    let new_epoch = read_status(&client, &ns)
-        .await
-        .and_then(|s| s.leader)
-        .map(|(_, e)| e.to_string())
-        .unwrap_or_else(|| "?".into());
-    let failover = format!(
-        "failover: {new_master} is the new master (epoch {new_epoch}); write gap {:.2} s from the kill to the first write acknowledged by {new_master} (session timeout {} ms){paused}",
-        gap.as_secs_f64(),
-        args.session_timeout_ms
-    );
-    out.fact(failover);
-
-    // 6. The old master's node comes back: its agent starts PostgreSQL as a standby
-    //    only, rewinds it (it was a primary) and follows the new master.
-    let reads_before = load.reads_of(&master);
-    let t_restart = Instant::now();
-    reg.restart(&master)
-        .map_err(|e| format!("restart the agent of {master}: {e}"))?;
-    out.event(&format!(
-        "restarted the agent of {master} on its data directory as the crash left it"
-    ));
-    let timeline = wait_for(
-        &format!("{master} rejoining as a replica and serving reads"),
-        REJOIN_DEADLINE,
-        || {
-            let client = client.clone();
-            let ns = ns.clone();
-            let load = load.clone();
-            let (master, new_master) = (master.clone(), new_master.clone());
-            async move {
-                let st = read_status(&client, &ns).await?;
-                let leader_tl = st
-                    .members
-                    .iter()
-                    .find(|m| m.node == new_master && m.role == Role::Primary)?
-                    .timeline?;
-                let me = st.members.iter().find(|m| m.node == master)?;
-                let joined = me.role == Role::Replica
-                    && me.state == MemberState::Running
-                    && me.timeline == Some(leader_tl);
-                (joined && load.reads_of(&master) > reads_before).then_some(leader_tl)
+        // 5. Kill the master's node: its agent and its PostgreSQL, kill -9, as if the
+        //    machine died. The `leader` znode goes when the session expires.
+        let now = current_master(&client, &ns).await?;
+        if now != master {
+            // Not the story we tell: start the round again (a few times at most).
+            unplanned += 1;
+            if unplanned > 3 {
+                return Err(format!(
+                    "the master changed by itself {unplanned} times; the machine may be \
+                     too loaded for a {} ms session timeout (--session-timeout-ms)",
+                    args.session_timeout_ms
+                ));
             }
-        },
-    )
-    .await?;
-    let rewound = reg
-        .log_of(&master)
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .is_some_and(|log| log.contains("pg_rewind from the new master"));
-    let rejoined = format!(
-        "rejoined: {master} (the old master) follows {new_master} as a replica on timeline {timeline}{}, {:.1} s after its agent restarted; reads routed to it again: {}",
-        if rewound { ", after pg_rewind" } else { "" },
-        t_restart.elapsed().as_secs_f64(),
-        load.reads_of(&master) - reads_before
-    );
-    out.fact(rejoined);
+            continue;
+        }
+        let mnode = world
+            .nodes
+            .iter()
+            .find(|n| n.name == master)
+            .ok_or("the master is no demo node")?;
+        let before = load.last_write.borrow().clone();
+        reg.kill9(&master);
+        let pid = reg.kill9_postgres(&mnode.data_dir());
+        let t_kill = Instant::now();
+        out.event(&format!(
+            "kill -9 of the master {master}: its agent and its PostgreSQL (postmaster {}) and children",
+            pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+        ));
+        let mut acks = load.last_write.subscribe();
+        let (t_ack, new_master) = wait_for(
+            "the first acknowledged write on a new master",
+            Duration::from_millis(u64::from(args.session_timeout_ms)) + FAILOVER_DEADLINE,
+            || {
+                let v = match acks.borrow_and_update().clone() {
+                    Some((t, node)) if t > t_kill && node != master => Some((t, node)),
+                    _ => None,
+                };
+                std::future::ready(v)
+            },
+        )
+        .await?;
+        let gap = t_ack - t_kill;
+        let paused = before
+            .as_ref()
+            .map(|(t, _)| format!("; the app's writes paused {:.2} s (last acknowledged write before the kill to the first after)", (t_ack - *t).as_secs_f64()))
+            .unwrap_or_default();
+        let new_epoch = read_status(&client, &ns)
+            .await
+            .and_then(|s| s.leader)
+            .map(|(_, e)| e.to_string())
+            .unwrap_or_else(|| "?".into());
+        let failover = format!(
+            "failover: {new_master} is the new master (epoch {new_epoch}); write gap {:.2} s from the kill to the first write acknowledged by {new_master} (session timeout {} ms){paused}",
+            gap.as_secs_f64(),
+            args.session_timeout_ms
+        );
+        out.fact(failover);
+
+        // 6. The old master's node comes back: its agent starts PostgreSQL as a standby
+        //    only, rewinds it (it was a primary) and follows the new master.
+        let reads_before = load.reads_of(&master);
+        let t_restart = Instant::now();
+        reg.restart(&master)
+            .map_err(|e| format!("restart the agent of {master}: {e}"))?;
+        out.event(&format!(
+            "restarted the agent of {master} on its data directory as the crash left it"
+        ));
+        let timeline = wait_for(
+            &format!("{master} rejoining as a replica and serving reads"),
+            REJOIN_DEADLINE,
+            || {
+                let client = client.clone();
+                let ns = ns.clone();
+                let load = load.clone();
+                let (master, new_master) = (master.clone(), new_master.clone());
+                async move {
+                    let st = read_status(&client, &ns).await?;
+                    let leader_tl = st
+                        .members
+                        .iter()
+                        .find(|m| m.node == new_master && m.role == Role::Primary)?
+                        .timeline?;
+                    let me = st.members.iter().find(|m| m.node == master)?;
+                    let joined = me.role == Role::Replica
+                        && me.state == MemberState::Running
+                        && me.timeline == Some(leader_tl);
+                    (joined && load.reads_of(&master) > reads_before).then_some(leader_tl)
+                }
+            },
+        )
+        .await?;
+        let rewound = reg
+            .log_of(&master)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|log| log.contains("pg_rewind from the new master"));
+        let rejoined = format!(
+            "rejoined: {master} (the old master) follows {new_master} as a replica on timeline {timeline}{}, {:.1} s after its agent restarted; reads routed to it again: {}",
+            if rewound { ", after pg_rewind" } else { "" },
+            t_restart.elapsed().as_secs_f64(),
+            load.reads_of(&master) - reads_before
+        );
+        out.fact(rejoined);
+        master = new_master;
+        round += 1;
+    }
 
     // 7. The end: unattended, a few more seconds and the summary; live, run on.
     if args.unattended {
