@@ -49,8 +49,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 3)]
     pub tail_secs: u64,
     /// The agents' coordd session timeout: a dead master's `leader` znode goes after
-    /// this, which is most of the write gap.
-    #[arg(long, default_value_t = 3_000)]
+    /// this, which is most of the write gap. Shorter is a shorter gap, but a master
+    /// that misses its heartbeats for two thirds of it fences itself: 4.5 s survives a
+    /// coordd leader election on a loaded machine (README, "Agents and routers").
+    #[arg(long, default_value_t = 4_500)]
     pub session_timeout_ms: u32,
     /// Statements per second of each of the app's tasks (one writer, two readers).
     #[arg(long, default_value_t = 100)]
