@@ -112,6 +112,13 @@ pub fn main(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut signals = match rt.block_on(async { Signals::install() }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard-demo: signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let reg = match Registry::new(bins.bindir().to_path_buf(), pg_user) {
         Ok(r) => Arc::new(r),
         Err(e) => {
@@ -133,7 +140,7 @@ pub fn main(args: DemoArgs) -> ExitCode {
                 Ok(()) => Outcome::Done,
                 Err(e) => Outcome::Failed(e),
             },
-            sig = signals() => Outcome::Interrupted(sig),
+            sig = signals.recv() => Outcome::Interrupted(sig),
         }
     });
     out.stop_live();
@@ -169,20 +176,32 @@ enum Outcome {
     Interrupted(&'static str),
 }
 
-async fn signals() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        unreachable!()
-    };
-    tokio::select! {
-        _ = int.recv() => "interrupted (SIGINT)",
-        _ = term.recv() => "terminated (SIGTERM)",
-        _ = hup.recv() => "hung up (SIGHUP)",
+/// SIGINT, SIGTERM and SIGHUP, caught from the moment this returns (before anything
+/// is created) for the rest of the process: a second Ctrl-C does not cut the cleanup
+/// short.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Needs the runtime's context.
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "interrupted (SIGINT)",
+            _ = self.term.recv() => "terminated (SIGTERM)",
+            _ = self.hup.recv() => "hung up (SIGHUP)",
+        }
     }
 }
 
