@@ -4,8 +4,10 @@
 //! - [`storage`]: the write-ahead log with group commit, and snapshots (the `coordd-storage`
 //!   crate, re-exported here so that coordd-raft can use it without the server);
 //! - [`server`]: connections, the core task that orders everything, timers;
-//! - [`config`]: flags and the TOML file.
+//! - [`config`]: flags and the TOML file;
+//! - [`cli`]: the `coordd` command itself (`main_with_flags`), also run by the demo.
 
+pub mod cli;
 pub mod config;
 pub mod server;
 pub mod state;

@@ -66,7 +66,8 @@ async fn read_record<T: records::Record>(
     }
 }
 
-async fn read_with(client: &Client, ns: &Namespace) -> Result<ClusterStatus, StatusError> {
+/// Like [`read_status`] on a client the caller keeps (e.g. to poll the cluster).
+pub async fn read_with(client: &Client, ns: &Namespace) -> Result<ClusterStatus, StatusError> {
     if client.exists(ns.cluster(), false).await?.is_none() {
         return Err(StatusError::NoCluster {
             cluster: ns.cluster_name().to_owned(),
