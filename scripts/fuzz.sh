@@ -57,12 +57,13 @@ flags+=" -Cllvm-args=-sanitizer-coverage-trace-compares"
 flags+=" -Cllvm-args=-sanitizer-coverage-stack-depth"
 flags+=" --cfg fuzzing -Cdebug-assertions"
 
-# Which toolchain takes the coverage pass: a one-line program, well under a second.
+# Which toolchain takes the coverage pass: a one-line program compiled to an object file
+# (not linked: the instrumentation's hooks come from libFuzzer), well under a second.
 probe_dir=$(mktemp -d)
 trap 'rm -rf "$probe_dir"' EXIT
 echo 'fn main() {}' >"$probe_dir/p.rs"
 # shellcheck disable=SC2086 # $flags is a list of flags
-probe() { rustc "$@" $flags --crate-name p -o "$probe_dir/p" "$probe_dir/p.rs" >"$probe_dir/err" 2>&1; }
+probe() { rustc "$@" $flags --crate-name p --emit=obj -o "$probe_dir/p.o" "$probe_dir/p.rs" >"$probe_dir/err" 2>&1; }
 toolchain=()
 if probe; then
     :
@@ -102,6 +103,8 @@ for i in "${!targets[@]}"; do
     rc=0
     wait "${pids[$i]}" || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t.log" | tail -n 1)
+    # No final stats after a crash: the last progress line's count instead.
+    [[ -n "$execs" ]] || execs=$(grep -oE '^#[0-9]+' "$work/$t.log" | tail -n 1 | tr -d '#')
     corpus=$(find "$work/$t" -type f | wc -l)
     if ((rc == 0)); then
         printf '    %-16s ok      %12s executions, %s new corpus entries\n' "$t" "${execs:-?}" "$corpus"
