@@ -22,8 +22,12 @@
 #   - Release profile with dependencies at opt-level 1 (fuzz/Cargo.toml) and the agent
 #     records compiled from their source files rather than through the proxy crate, to
 #     keep the from-scratch build of a CI run short.
-# The targets go to $CARGO_TARGET_DIR/fuzz (or target/fuzz), apart from the workspace's
-# own builds, because their RUSTFLAGS differ.
+#   - The workspace's target directory ($CARGO_TARGET_DIR, else target/) with an explicit
+#     --target: the instrumented code goes to target/<triple>/release, which the workspace's
+#     own builds never use, while proc macros and build scripts (host code, which RUSTFLAGS
+#     do not reach under --target) are shared with the workspace's release build that
+#     scripts/test.sh made just before; fuzz/Cargo.lock pins the same versions as
+#     Cargo.lock, so they are the same units.
 #
 # Skips (exit 0, saying why) when there is no cargo, no C++ compiler, or no rustc that
 # takes the coverage flags. A build error or a finding is a failure.
@@ -74,7 +78,7 @@ else
 fi
 
 triple=$(rustc "${toolchain[@]}" -vV | sed -n 's/^host: //p')
-target_dir=${CARGO_TARGET_DIR:-$ROOT/target}/fuzz
+target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
 bin_dir=$target_dir/$triple/release
 work=$ROOT/fuzz/work
 

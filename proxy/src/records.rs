@@ -834,7 +834,9 @@ mod tests {
     /// fuzz_seeds`).
     #[test]
     fn fuzz_seeds() {
-        let seeds: Vec<(&str, Vec<u8>, fn(&[u8]) -> bool)> = vec![
+        // (file name, bytes, whether they decode as the record they stand for)
+        type Seed = (&'static str, Vec<u8>, fn(&[u8]) -> bool);
+        let seeds: Vec<Seed> = vec![
             ("leader", encode(&leader()), |b| decode::<LeaderRecord>(b).is_ok()),
             (
                 "leader-promoting",
