@@ -22,12 +22,14 @@
 #   - Release profile with dependencies at opt-level 1 (fuzz/Cargo.toml) and the agent
 #     records compiled from their source files rather than through the proxy crate, to
 #     keep the from-scratch build of a CI run short.
-#   - The workspace's target directory ($CARGO_TARGET_DIR, else target/) with an explicit
-#     --target: the instrumented code goes to target/<triple>/release, which the workspace's
-#     own builds never use, while proc macros and build scripts (host code, which RUSTFLAGS
-#     do not reach under --target) are shared with the workspace's release build that
-#     scripts/test.sh made just before; fuzz/Cargo.lock pins the same versions as
-#     Cargo.lock, so they are the same units.
+#   - A target directory of its own that outlives the clone: $FUZZ_TARGET_DIR, else
+#     ${XDG_CACHE_HOME:-~/.cache}/switchyard/fuzz-target. The instrumented build of the
+#     dependencies (openraft, tokio, serde, libFuzzer's C++...) costs about 5 CPU-minutes
+#     from scratch (measured on this 2-core machine, ~2.5-3 min of wall time idle); CI
+#     clones afresh on a machine that is usually the previous session's, so kept there
+#     they are reused and only the workspace's own crates rebuild. The workspace's target/
+#     would not do: CI's is new every run, and host units (proc macros) are not shared
+#     with its builds anyway (the two workspaces unify features differently).
 #
 # Skips (exit 0, saying why) when there is no cargo, no C++ compiler, or no rustc that
 # takes the coverage flags. A build error or a finding is a failure.
@@ -78,11 +80,11 @@ else
 fi
 
 triple=$(rustc "${toolchain[@]}" -vV | sed -n 's/^host: //p')
-target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+target_dir=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/fuzz-target}
 bin_dir=$target_dir/$triple/release
 work=$ROOT/fuzz/work
 
-log "building ${targets[*]} ($(rustc "${toolchain[@]}" --version), $triple)"
+log "building ${targets[*]} ($(rustc "${toolchain[@]}" --version), $triple, in $target_dir)"
 build_start=$SECONDS
 RUSTFLAGS="$flags" CARGO_TARGET_DIR="$target_dir" cargo "${toolchain[@]}" build \
     --manifest-path fuzz/Cargo.toml --release --target "$triple" --bins
