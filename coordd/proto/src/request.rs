@@ -520,4 +520,320 @@ mod tests {
         MultiResult::encode_all(&rs, &mut b);
         assert_eq!(MultiResult::decode_all(&mut Reader::new(&b)).unwrap(), rs);
     }
+
+    /// The seed corpus of the `client_protocol` fuzz target (fuzz/corpus/client_protocol):
+    /// byte streams as a client sends them, a ConnectRequest frame then request frames, made
+    /// by the real encoders and covering every op code the server decodes (plus SetWatches
+    /// v1, reconfig and an unknown op code, which it answers without decoding). Checked here
+    /// to decode as the server's connection reader does; written when `FUZZ_SEEDS_DIR` is set
+    /// (`FUZZ_SEEDS_DIR=$PWD/fuzz/corpus cargo test fuzz_seeds`).
+    #[test]
+    fn fuzz_seeds() {
+        use crate::frame::{split_frame, write_frame};
+        use crate::{perms, xid, Acl, ConnectRequest, RequestHeader};
+
+        let connect = |session_id: i64, read_only: bool| ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: if session_id == 0 { 0 } else { 0x1_0000_0042 },
+            timeout_ms: 6000,
+            session_id,
+            passwd: if session_id == 0 {
+                vec![0; 16]
+            } else {
+                vec![7; 16]
+            },
+            read_only,
+        };
+        let stream =
+            |c: ConnectRequest, reqs: Vec<(i32, Request)>, raw: Vec<(i32, i32, BytesMut)>| {
+                let mut out = BytesMut::new();
+                write_frame(&mut out, |o| c.encode(o));
+                for (xid, r) in reqs {
+                    write_frame(&mut out, |o| r.encode_with_header(xid, o));
+                }
+                for (xid, op, body) in raw {
+                    write_frame(&mut out, |o| {
+                        RequestHeader { xid, op }.encode(o);
+                        o.extend_from_slice(&body);
+                    });
+                }
+                out.to_vec()
+            };
+        let pw = |p: &str, watch| PathWatchRequest {
+            path: p.into(),
+            watch,
+        };
+        let path = |p: &str| PathRequest { path: p.into() };
+        let create = |op, p: &str, flags, ttl| Request::Create {
+            op,
+            req: CreateRequest {
+                path: p.into(),
+                data: b"data".to_vec(),
+                acl: Acl::open_unsafe(),
+                flags,
+            },
+            ttl,
+        };
+        let digest_acl = vec![
+            Acl::new(perms::ALL, "digest", "app:D/InIHSb7yEEbrWz8b9l71RjZJU="),
+            Acl::new(perms::READ, "world", "anyone"),
+        ];
+        let old_set_watches = SetWatches {
+            relative_zxid: 0x42,
+            data_watches: vec!["/a".into()],
+            exist_watches: vec!["/b".into()],
+            child_watches: vec!["/".into()],
+        }
+        .to_bytes();
+
+        let seeds: Vec<(&str, Vec<u8>)> = vec![
+            ("connect-new", stream(connect(0, false), vec![], vec![])),
+            (
+                "connect-resume-read-only",
+                stream(connect(0x0100_0000_0000_0001, true), vec![], vec![]),
+            ),
+            (
+                "session-basic",
+                stream(
+                    connect(0, false),
+                    vec![
+                        (1, create(OpCode::Create, "/a", 0, 0)),
+                        (2, Request::GetData(pw("/a", true))),
+                        (
+                            3,
+                            Request::SetData(SetDataRequest {
+                                path: "/a".into(),
+                                data: vec![1, 2, 3],
+                                version: 0,
+                            }),
+                        ),
+                        (xid::PING, Request::Ping),
+                        (
+                            4,
+                            Request::Delete(DeleteRequest {
+                                path: "/a".into(),
+                                version: -1,
+                            }),
+                        ),
+                        (5, Request::CloseSession),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                "creates",
+                stream(
+                    connect(0, false),
+                    vec![
+                        (1, create(OpCode::Create2, "/seq-", 3, 0)),
+                        (2, create(OpCode::CreateContainer, "/c", 4, 0)),
+                        (3, create(OpCode::CreateTtl, "/t", 5, 60_000)),
+                        (
+                            4,
+                            Request::Create {
+                                op: OpCode::Create,
+                                req: CreateRequest {
+                                    path: "/acl".into(),
+                                    data: vec![],
+                                    acl: digest_acl.clone(),
+                                    flags: 1,
+                                },
+                                ttl: 0,
+                            },
+                        ),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                "reads",
+                stream(
+                    connect(0, false),
+                    vec![
+                        (1, Request::Exists(pw("/a", true))),
+                        (2, Request::GetChildren(pw("/", false))),
+                        (3, Request::GetChildren2(pw("/a", true))),
+                        (4, Request::GetAcl(path("/a"))),
+                        (5, Request::GetAllChildrenNumber(path("/"))),
+                        (6, Request::GetEphemerals(path("/"))),
+                        (7, Request::Sync(path("/a"))),
+                        (8, Request::WhoAmI),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                "acl-auth",
+                stream(
+                    connect(0, false),
+                    vec![
+                        (
+                            xid::AUTH,
+                            Request::Auth(AuthPacket {
+                                auth_type: 0,
+                                scheme: "digest".into(),
+                                auth: b"app:secret".to_vec(),
+                            }),
+                        ),
+                        (
+                            1,
+                            Request::SetAcl(SetAclRequest {
+                                path: "/a".into(),
+                                acl: digest_acl,
+                                version: 0,
+                            }),
+                        ),
+                        (
+                            2,
+                            Request::Check(CheckVersionRequest {
+                                path: "/a".into(),
+                                version: 1,
+                            }),
+                        ),
+                        (3, Request::DeleteContainer(path("/c"))),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                "multi",
+                stream(
+                    connect(0, false),
+                    vec![
+                        (
+                            1,
+                            Request::Multi(vec![
+                                MultiOp::Check(CheckVersionRequest {
+                                    path: "/a".into(),
+                                    version: 0,
+                                }),
+                                MultiOp::Create {
+                                    op: OpCode::Create2,
+                                    req: CreateRequest {
+                                        path: "/a/b".into(),
+                                        data: vec![9],
+                                        acl: Acl::open_unsafe(),
+                                        flags: 2,
+                                    },
+                                    ttl: 0,
+                                },
+                                MultiOp::Create {
+                                    op: OpCode::CreateTtl,
+                                    req: CreateRequest {
+                                        path: "/a/t".into(),
+                                        data: vec![],
+                                        acl: Acl::open_unsafe(),
+                                        flags: 6,
+                                    },
+                                    ttl: 1000,
+                                },
+                                MultiOp::SetData(SetDataRequest {
+                                    path: "/a".into(),
+                                    data: vec![],
+                                    version: -1,
+                                }),
+                                MultiOp::Delete(DeleteRequest {
+                                    path: "/a/x".into(),
+                                    version: -1,
+                                }),
+                            ]),
+                        ),
+                        (
+                            2,
+                            Request::MultiRead(vec![
+                                ReadOp::GetData(pw("/a", false)),
+                                ReadOp::GetChildren(pw("/a", false)),
+                            ]),
+                        ),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                "watches",
+                stream(
+                    connect(0x0100_0000_0000_0002, false),
+                    vec![
+                        (
+                            xid::SET_WATCHES,
+                            Request::SetWatches(SetWatches2 {
+                                relative_zxid: 0x1_0000_0042,
+                                data_watches: vec!["/a".into()],
+                                exist_watches: vec!["/gone".into()],
+                                child_watches: vec!["/".into()],
+                                persistent_watches: vec!["/p".into()],
+                                persistent_recursive_watches: vec!["/clusters".into()],
+                            }),
+                        ),
+                        (
+                            1,
+                            Request::AddWatch(AddWatchRequest {
+                                path: "/clusters".into(),
+                                mode: 1,
+                            }),
+                        ),
+                        (
+                            2,
+                            Request::CheckWatches(WatchTypeRequest {
+                                path: "/a".into(),
+                                watcher_type: 2,
+                            }),
+                        ),
+                        (
+                            3,
+                            Request::RemoveWatches(WatchTypeRequest {
+                                path: "/a".into(),
+                                watcher_type: 1,
+                            }),
+                        ),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                "set-watches-v1-reconfig-unknown-op",
+                stream(
+                    connect(0, false),
+                    vec![],
+                    vec![
+                        (xid::SET_WATCHES, OpCode::SetWatches.code(), old_set_watches),
+                        (1, OpCode::Reconfig.code(), BytesMut::new()),
+                        (2, 999, BytesMut::from(&b"????"[..])),
+                        (3, OpCode::Sasl.code(), BytesMut::new()),
+                        (4, OpCode::Ping.code(), BytesMut::new()),
+                    ],
+                ),
+            ),
+        ];
+
+        for (name, bytes) in &seeds {
+            // As coordd/server/src/server/conn.rs reads a connection.
+            let mut buf = BytesMut::from(&bytes[..]);
+            let first = split_frame(&mut buf, 1 << 20).unwrap().unwrap();
+            ConnectRequest::from_bytes(&first).unwrap();
+            while let Some(frame) = split_frame(&mut buf, 1 << 20).unwrap() {
+                let mut r = Reader::new(&frame);
+                let h = RequestHeader::decode(&mut r).unwrap();
+                match OpCode::try_from(h.op) {
+                    Ok(OpCode::Reconfig) | Err(_) => {}
+                    Ok(op) => match Request::decode(op, &mut r) {
+                        Ok(_) => {}
+                        Err(DecodeError::UnknownValue {
+                            what: "supported op code",
+                            ..
+                        }) => {}
+                        Err(e) => panic!("{name}: {op:?}: {e}"),
+                    },
+                }
+            }
+            assert!(buf.is_empty(), "{name}");
+        }
+        if let Some(dir) = std::env::var_os("FUZZ_SEEDS_DIR") {
+            let dir = std::path::Path::new(&dir).join("client_protocol");
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, bytes) in &seeds {
+                std::fs::write(dir.join(name), bytes).unwrap();
+            }
+        }
+    }
 }

@@ -172,8 +172,11 @@ pub fn check_reply(body: &[u8], target: MemberId) -> Result<(), HandshakeError> 
 
 /// A frame after the handshake. Request ids are chosen by the caller, unique per connection;
 /// responses carry the id of their request and may come in any order.
+///
+/// Public only so that the fuzz target (`fuzz/fuzz_targets/peer_protocol.rs`) decodes frames
+/// exactly as the listener and the caller do; nothing outside this crate builds one.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Message {
+pub enum Message {
     Request {
         id: u64,
         request: PeerRequest,
@@ -672,6 +675,209 @@ mod tests {
             let mut buf = BytesMut::from(&f[..]);
             if let Ok(Some(body)) = split_frame(&mut buf, FRAME_BYTES_MAX_DEFAULT) {
                 let _ = decode::<Message>(&body);
+            }
+        }
+    }
+
+    /// The seed corpus of the `peer_protocol` fuzz target (fuzz/corpus/peer_protocol): byte
+    /// streams as a peer sends them, a handshake frame then messages, made by the real
+    /// encoders. Checked here to read back through `FrameReader` and decode; written when
+    /// `FUZZ_SEEDS_DIR` is set (`FUZZ_SEEDS_DIR=$PWD/fuzz/corpus cargo test fuzz_seeds`).
+    #[test]
+    fn fuzz_seeds() {
+        use openraft::raft::{SnapshotResponse, VoteResponse};
+        use openraft::StoredMembership;
+
+        let max = FRAME_BYTES_MAX_DEFAULT;
+        let frame = |m: &Message| encode_frame(m, max).unwrap().to_vec();
+        let hello = |channel| encode_frame(&Hello::new("coordd", 1, 2, channel), 4096).unwrap();
+        let request = |id, body| {
+            frame(&Message::Request {
+                id,
+                request: PeerRequest(body),
+            })
+        };
+        let response = |id, body| {
+            frame(&Message::Response {
+                id,
+                response: PeerResponse(body),
+            })
+        };
+        let stream = |first: Bytes, rest: Vec<Vec<u8>>| {
+            let mut s = first.to_vec();
+            for f in rest {
+                s.extend_from_slice(&f);
+            }
+            s
+        };
+        let vote = Vote::new_committed(2, 1);
+        let heartbeat = RequestBody::AppendEntries(AppendEntriesRequest {
+            vote,
+            prev_log_id: Some(log_id(2, 100_000)),
+            entries: vec![],
+            leader_commit: Some(log_id(2, 100_000)),
+        });
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(2, 10)),
+            last_membership: StoredMembership::new(Some(log_id(0, 0)), {
+                let nodes: BTreeMap<u64, BasicNode> = (1..=3)
+                    .map(|i| (i, BasicNode::new(format!("127.0.0.{i}:2888"))))
+                    .collect();
+                Membership::new(vec![nodes.keys().copied().collect()], nodes)
+            }),
+            snapshot_id: "2-1-10-7".into(),
+        };
+        let seeds: Vec<(&str, Vec<u8>)> = vec![
+            ("hello-rpc", hello(Channel::Rpc).to_vec()),
+            (
+                "rpc-append-entries",
+                stream(
+                    hello(Channel::Rpc),
+                    vec![
+                        frame(&Message::Request {
+                            id: 1,
+                            request: append_entries(),
+                        }),
+                        request(2, heartbeat.clone()),
+                    ],
+                ),
+            ),
+            (
+                "rpc-vote-app",
+                stream(
+                    hello(Channel::Rpc),
+                    vec![
+                        request(
+                            3,
+                            RequestBody::Vote(VoteRequest::new(
+                                Vote::new(3, 2),
+                                Some(log_id(2, 2)),
+                            )),
+                        ),
+                        request(4, RequestBody::App(Bytes::from_static(b"forwarded write"))),
+                    ],
+                ),
+            ),
+            (
+                "rpc-whole-snapshot",
+                stream(
+                    hello(Channel::Rpc),
+                    vec![request(
+                        5,
+                        RequestBody::Snapshot {
+                            vote,
+                            meta: meta.clone(),
+                            image: Bytes::from_static(b"an image"),
+                        },
+                    )],
+                ),
+            ),
+            (
+                "snapshot-stream",
+                stream(
+                    hello(Channel::Snapshot),
+                    vec![
+                        frame(&Message::SnapshotBegin {
+                            id: 1,
+                            vote,
+                            meta,
+                            total_bytes: 6,
+                        }),
+                        frame(&Message::SnapshotChunk {
+                            id: 1,
+                            data: Bytes::from_static(b"abc"),
+                        }),
+                        frame(&Message::SnapshotChunk {
+                            id: 1,
+                            data: Bytes::from_static(b"def"),
+                        }),
+                        frame(&Message::SnapshotEnd { id: 1 }),
+                    ],
+                ),
+            ),
+            (
+                "reply-accepted-responses",
+                stream(
+                    encode_frame(
+                        &HelloReply::Accepted {
+                            protocol_version: PROTOCOL_VERSION,
+                            member_id: 1,
+                        },
+                        4096,
+                    )
+                    .unwrap(),
+                    vec![
+                        response(
+                            1,
+                            ResponseBody::AppendEntries(AppendEntriesResponse::Success),
+                        ),
+                        response(
+                            2,
+                            ResponseBody::AppendEntries(AppendEntriesResponse::PartialSuccess(
+                                Some(log_id(2, 5)),
+                            )),
+                        ),
+                        response(
+                            3,
+                            ResponseBody::AppendEntries(AppendEntriesResponse::Conflict),
+                        ),
+                        response(
+                            4,
+                            ResponseBody::AppendEntries(AppendEntriesResponse::HigherVote(
+                                Vote::new(4, 3),
+                            )),
+                        ),
+                        response(
+                            5,
+                            ResponseBody::Vote(VoteResponse::new(vote, Some(log_id(2, 2)), true)),
+                        ),
+                        response(6, ResponseBody::Snapshot(SnapshotResponse::new(vote))),
+                        response(7, ResponseBody::Refused("stopping".into())),
+                        response(8, ResponseBody::App(Bytes::from_static(b"reply"))),
+                    ],
+                ),
+            ),
+            (
+                "reply-refused",
+                encode_frame(
+                    &HelloReply::Refused(HandshakeError::ClusterName {
+                        expected: "coordd".into(),
+                        got: "other".into(),
+                    }),
+                    4096,
+                )
+                .unwrap()
+                .to_vec(),
+            ),
+        ];
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (name, bytes) in &seeds {
+            rt.block_on(async {
+                let mut src: &[u8] = bytes;
+                let mut reader = FrameReader::new();
+                let first = reader
+                    .next(&mut src, HANDSHAKE_FRAME_BYTES_MAX)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(
+                    check_hello(&first, "coordd", 2).is_ok()
+                        || decode::<HelloReply>(&first).is_ok(),
+                    "{name}"
+                );
+                while let Some(body) = reader.next(&mut src, max).await.unwrap() {
+                    decode::<Message>(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+                }
+            });
+        }
+        if let Some(dir) = std::env::var_os("FUZZ_SEEDS_DIR") {
+            let dir = std::path::Path::new(&dir).join("peer_protocol");
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, bytes) in &seeds {
+                std::fs::write(dir.join(name), bytes).unwrap();
             }
         }
     }
