@@ -7,6 +7,7 @@
 #
 #   bash scripts/fuzz.sh [seconds]          # default 60 (what CI runs, from scripts/test.sh)
 #   nice -n 19 bash scripts/fuzz.sh 600     # a longer run by hand
+#   FUZZ_BUILD_ONLY=1 bash scripts/fuzz.sh  # build the targets, run nothing
 #
 # How the fuzzers are built, and why this way:
 #   - Plain `cargo build` of the fuzz/ crate (cargo-fuzz's layout, so `cargo fuzz run
@@ -89,6 +90,9 @@ build_start=$SECONDS
 RUSTFLAGS="$flags" CARGO_TARGET_DIR="$target_dir" cargo "${toolchain[@]}" build \
     --manifest-path fuzz/Cargo.toml --release --target "$triple" --bins
 log "built in $((SECONDS - build_start)) s"
+if [[ "${FUZZ_BUILD_ONLY:-0}" == 1 ]]; then
+    exit 0 # scripts/test.sh builds them early, beside the tests, and runs them later
+fi
 
 mkdir -p "$work"
 touch "$work/.started" # artifacts newer than this are this run's findings

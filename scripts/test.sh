@@ -136,6 +136,18 @@ for f in tests/*.rs; do
     fi
 done
 stream_dir=$(mktemp -d)
+# The fuzz targets' build (minutes from scratch, see scripts/fuzz.sh) runs beside the
+# tests, at a lower priority, where the PostgreSQL stream mostly waits; section 6 runs
+# them once it is done.
+fuzz_build_pid=
+if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
+    (
+        rc=0
+        FUZZ_BUILD_ONLY=1 nice -n 10 bash scripts/fuzz.sh >"$stream_dir/fuzz-build.log" 2>&1 || rc=$?
+        echo $rc >"$stream_dir/fuzz-build.rc"
+    ) &
+    fuzz_build_pid=$!
+fi
 (
     rc=0
     cargo test -p switchyard --no-fail-fast "${pg_tests[@]}" >"$stream_dir/pg.log" 2>&1 || rc=$?
@@ -160,6 +172,15 @@ log "stream: end-to-end tests with PostgreSQL"
 cat "$stream_dir/pg.log"
 pg_rc=$(cat "$stream_dir/pg.rc")
 other_rc=$(cat "$stream_dir/other.rc")
+if [[ -n "$fuzz_build_pid" ]]; then
+    wait "$fuzz_build_pid" || true
+    log "fuzz targets built beside the tests"
+    cat "$stream_dir/fuzz-build.log"
+    if [[ $(cat "$stream_dir/fuzz-build.rc") != 0 ]]; then
+        echo "error: the fuzz targets did not build" >&2
+        other_rc=1
+    fi
+fi
 rm -rf "$stream_dir"
 if [[ "$pg_rc" != 0 || "$other_rc" != 0 ]]; then
     echo "error: tests failed (PostgreSQL stream exit $pg_rc, other stream exit $other_rc)" >&2
