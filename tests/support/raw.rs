@@ -60,6 +60,38 @@ impl RawConn {
         )
     }
 
+    /// A new session, or None when the server closes the connection instead (an
+    /// ensemble member that does not serve clients yet) or refuses the session.
+    pub fn try_new_session(addr: SocketAddr, timeout_ms: i32) -> Option<RawConn> {
+        let mut s = Self::tcp(addr);
+        let req = ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: 0,
+            timeout_ms,
+            session_id: 0,
+            passwd: vec![0; 16],
+            read_only: false,
+        };
+        let mut out = BytesMut::new();
+        write_frame(&mut out, |o| req.encode(o));
+        s.write_all(&out).ok()?;
+        let resp = ConnectResponse::from_bytes(&read_frame(&mut s)?).ok()?;
+        (resp.timeout_ms > 0).then(|| RawConn {
+            stream: s,
+            session_id: resp.session_id,
+            passwd: resp.passwd,
+            timeout_ms: resp.timeout_ms,
+            next_xid: 1,
+        })
+    }
+
+    /// Closes the session (and waits for the server to close the connection).
+    pub fn close_session(mut self) {
+        if self.try_send(&Request::CloseSession).is_ok() {
+            while self.recv().is_some() {}
+        }
+    }
+
     pub fn new_session(addr: SocketAddr, timeout_ms: i32) -> RawConn {
         let (stream, resp) = Self::connect(addr, timeout_ms, 0, &[0; 16], 0);
         assert!(resp.timeout_ms > 0, "session refused");

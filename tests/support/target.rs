@@ -108,9 +108,28 @@ fn start_ensemble(args: &[&str]) -> CoorddEnsemble {
         }
     }
     let e = CoorddEnsemble::start_with_tick_and(ENSEMBLE_MEMBERS, tick, &extra);
-    let all: Vec<usize> = (0..ENSEMBLE_MEMBERS).collect();
-    e.wait_leader(&all, FORM_TIMEOUT);
+    wait_serving(&e);
     e
+}
+
+/// Waits until the ensemble has one leader and every member takes client sessions (a
+/// member reports its role in `srvr` up to a tick before it serves clients).
+fn wait_serving(e: &CoorddEnsemble) {
+    let all: Vec<usize> = (0..e.members.len()).collect();
+    e.wait_leader(&all, FORM_TIMEOUT);
+    for m in &e.members {
+        super::coordd::wait_until(
+            &format!("{} to take client sessions", m.addr),
+            FORM_TIMEOUT,
+            || match super::raw::RawConn::try_new_session(m.addr, 2000) {
+                Some(c) => {
+                    c.close_session();
+                    true
+                }
+                None => false,
+            },
+        );
+    }
 }
 
 impl Topology {
@@ -258,13 +277,8 @@ impl Target {
     fn wait_ready(&self) {
         match &self.servers {
             Servers::Standalone(_) => {}
-            Servers::Shared(e) => {
-                e.wait_leader(&[0, 1, 2], FORM_TIMEOUT);
-            }
-            Servers::Own(e) => {
-                let all: Vec<usize> = (0..e.members.len()).collect();
-                e.wait_leader(&all, FORM_TIMEOUT);
-            }
+            Servers::Shared(e) => wait_serving(e),
+            Servers::Own(e) => wait_serving(e),
         }
     }
 
@@ -298,9 +312,7 @@ fn create_node(addr: SocketAddr, path: &str) {
         ttl: 0,
     });
     assert_eq!(r.header.err, 0, "create {path} on {addr}");
-    // Close the session so that it leaves nothing behind (the reply, then EOF).
-    let _ = c.try_send(&Request::CloseSession);
-    while c.recv().is_some() {}
+    c.close_session();
 }
 
 /// Whether the ensemble variants marked slow run (`COORDD_ENSEMBLE_SLOW=1`).
