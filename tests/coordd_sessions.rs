@@ -150,6 +150,24 @@ fn reconnect_keeps_session_ephemerals_and_watches(topo: Topology) {
     }
 }
 
+/// A client whose connection goes before it got any reply (so it has seen no zxid)
+/// resumes its brand-new session on another member at once: that member may not have
+/// applied the session's creation yet, and must not call it expired (it validates the
+/// session behind a barrier through the log, as a ZooKeeper follower asks its leader).
+fn a_new_session_resumes_on_another_server_at_once(topo: Topology) {
+    let t = topo.start("a_new_session_resumes_at_once", TICK);
+    for round in 0..20 {
+        let c = RawConn::new_session(t.addr(round), 2000);
+        let (sid, pw) = (c.session_id, c.passwd.clone());
+        drop(c);
+        let (mut c, resp) = RawConn::resume(t.addr(round + 1), sid, &pw, 0);
+        assert!(resp.timeout_ms > 0, "round {round}: the new session was refused");
+        assert_eq!(resp.session_id, sid);
+        let (r, _) = c.call(&exists("/", false));
+        assert_eq!(r.header.err, 0);
+    }
+}
+
 fn set_watches_reports_changes_missed_while_disconnected(topo: Topology) {
     let t = topo.start("set_watches_reports_changes_missed", TICK);
     let gone = t.p("/gone");
@@ -503,6 +521,7 @@ fn writes_survive_kill_9_across_snapshots_and_log_compaction(topo: Topology) {
 
 both_topologies!(sync silent_session_expires_and_its_ephemeral_goes_within_a_tick);
 both_topologies!(sync reconnect_keeps_session_ephemerals_and_watches);
+both_topologies!(sync a_new_session_resumes_on_another_server_at_once);
 both_topologies!(sync set_watches_reports_changes_missed_while_disconnected);
 both_topologies!(sync a_client_ahead_of_the_server_is_refused);
 both_topologies!(sync oversized_and_malformed_frames_close_the_connection_and_nothing_else);

@@ -33,7 +33,10 @@ impl RawConn {
         s
     }
 
-    /// Handshake for a new session (`session_id` 0) or a resumed one.
+    /// Handshake for a new session (`session_id` 0) or a resumed one. A server that
+    /// closes the connection without a response (an ensemble member that does not serve
+    /// clients at the moment: no quorum in sight) is tried again, as ZooKeeper clients
+    /// do, for up to 10 s.
     pub fn connect(
         addr: SocketAddr,
         timeout_ms: i32,
@@ -41,6 +44,27 @@ impl RawConn {
         passwd: &[u8],
         last_zxid: i64,
     ) -> (TcpStream, ConnectResponse) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = Self::try_connect(addr, timeout_ms, session_id, passwd, last_zxid) {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} closed every connection without a connect response"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One handshake; None when the server closes the connection without a response.
+    pub fn try_connect(
+        addr: SocketAddr,
+        timeout_ms: i32,
+        session_id: i64,
+        passwd: &[u8],
+        last_zxid: i64,
+    ) -> Option<(TcpStream, ConnectResponse)> {
         let mut s = Self::tcp(addr);
         let req = ConnectRequest {
             protocol_version: 0,
@@ -52,32 +76,20 @@ impl RawConn {
         };
         let mut out = BytesMut::new();
         write_frame(&mut out, |o| req.encode(o));
-        s.write_all(&out).unwrap();
-        let body = read_frame(&mut s).expect("connect response");
-        (
+        s.write_all(&out).ok()?;
+        let body = read_frame(&mut s)?;
+        Some((
             s,
             ConnectResponse::from_bytes(&body).expect("decode connect response"),
-        )
+        ))
     }
 
     /// A new session, or None when the server closes the connection instead (an
     /// ensemble member that does not serve clients yet) or refuses the session.
     pub fn try_new_session(addr: SocketAddr, timeout_ms: i32) -> Option<RawConn> {
-        let mut s = Self::tcp(addr);
-        let req = ConnectRequest {
-            protocol_version: 0,
-            last_zxid_seen: 0,
-            timeout_ms,
-            session_id: 0,
-            passwd: vec![0; 16],
-            read_only: false,
-        };
-        let mut out = BytesMut::new();
-        write_frame(&mut out, |o| req.encode(o));
-        s.write_all(&out).ok()?;
-        let resp = ConnectResponse::from_bytes(&read_frame(&mut s)?).ok()?;
+        let (stream, resp) = Self::try_connect(addr, timeout_ms, 0, &[0; 16], 0)?;
         (resp.timeout_ms > 0).then(|| RawConn {
-            stream: s,
+            stream,
             session_id: resp.session_id,
             passwd: resp.passwd,
             timeout_ms: resp.timeout_ms,
