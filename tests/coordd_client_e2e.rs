@@ -171,7 +171,12 @@ fn check_op(path: &str, version: i32) -> MultiOp {
 
 // ---- operations -------------------------------------------------------------------
 
-const CONTAINERS: &[&str] = &["--tick-time-ms", "100", "--container-check-interval-ms", "50"];
+const CONTAINERS: &[&str] = &[
+    "--tick-time-ms",
+    "100",
+    "--container-check-interval-ms",
+    "50",
+];
 
 async fn create_modes_and_crud(topo: Topology) {
     let t = topo.start("create_modes_and_crud", CONTAINERS);
@@ -190,7 +195,10 @@ async fn create_modes_and_crud(topo: Topology) {
     assert!(st.ctime > 0 && st.ctime == st.mtime);
     assert!(c.last_zxid_seen() >= st.czxid);
     assert_eq!(
-        server_err(c.create(&t.p("/app"), b"", &open(), CreateMode::Persistent).await),
+        server_err(
+            c.create(&t.p("/app"), b"", &open(), CreateMode::Persistent)
+                .await
+        ),
         ErrorCode::NodeExists
     );
     assert_eq!(
@@ -220,7 +228,11 @@ async fn create_modes_and_crud(topo: Topology) {
         .unwrap();
     assert_eq!(e, t.p("/app/eph"));
     catch_up(&t, &other, &e).await;
-    let st = other.exists(&t.p("/app/eph"), false).await.unwrap().unwrap();
+    let st = other
+        .exists(&t.p("/app/eph"), false)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st.ephemeral_owner, c.session_id());
     assert_eq!(
         server_err(
@@ -232,11 +244,21 @@ async fn create_modes_and_crud(topo: Topology) {
 
     // Sequential names: the parent's counter, %010d.
     let s1 = c
-        .create(&t.p("/app/seq-"), b"", &open(), CreateMode::PersistentSequential)
+        .create(
+            &t.p("/app/seq-"),
+            b"",
+            &open(),
+            CreateMode::PersistentSequential,
+        )
         .await
         .unwrap();
     let s2 = c
-        .create(&t.p("/app/eseq-"), b"", &open(), CreateMode::EphemeralSequential)
+        .create(
+            &t.p("/app/eseq-"),
+            b"",
+            &open(),
+            CreateMode::EphemeralSequential,
+        )
         .await
         .unwrap();
     assert_eq!(s1, t.p("/app/seq-0000000001"), "eph was child 0");
@@ -252,7 +274,12 @@ async fn create_modes_and_crud(topo: Topology) {
         c.session_id()
     );
     let (p, st) = c
-        .create2(&t.p("/app/s2-"), b"", &open(), CreateMode::PersistentSequential)
+        .create2(
+            &t.p("/app/s2-"),
+            b"",
+            &open(),
+            CreateMode::PersistentSequential,
+        )
         .await
         .unwrap();
     assert_eq!(p, t.p("/app/s2-0000000003"));
@@ -307,7 +334,10 @@ async fn create_modes_and_crud(topo: Topology) {
         server_err(c.set_data(&t.p("/app"), b"v2", Some(0)).await),
         ErrorCode::BadVersion
     );
-    assert_eq!(c.set_data(&t.p("/app"), b"v2", None).await.unwrap().version, 2);
+    assert_eq!(
+        c.set_data(&t.p("/app"), b"v2", None).await.unwrap().version,
+        2
+    );
     assert_eq!(c.get_data(&t.p("/app"), false).await.unwrap().0, b"v2");
     assert_eq!(
         server_err(c.set_data(&t.p("/nope"), b"", None).await),
@@ -364,7 +394,10 @@ async fn create_modes_and_crud(topo: Topology) {
         .await
         .unwrap();
     assert_eq!(st.ephemeral_owner, 0, "clients see 0 for a container");
-    let (_, st) = c.create_container(&t.p("/box3"), b"", &open()).await.unwrap();
+    let (_, st) = c
+        .create_container(&t.p("/box3"), b"", &open())
+        .await
+        .unwrap();
     assert_eq!(st.ephemeral_owner, 0);
     c.create(&t.p("/box/item"), b"", &open(), CreateMode::Persistent)
         .await
@@ -450,9 +483,15 @@ async fn ttl_nodes_need_ttl_enabled(topo: Topology) {
         .unwrap();
     assert_eq!(p, t.p("/q/s-0000000000"));
     // A short TTL: the node goes once it has had no change and no child for that long.
-    c.create_ttl(&t.p("/short"), b"", &open(), CreateMode::PersistentWithTtl, 200)
-        .await
-        .unwrap();
+    c.create_ttl(
+        &t.p("/short"),
+        b"",
+        &open(),
+        CreateMode::PersistentWithTtl,
+        200,
+    )
+    .await
+    .unwrap();
     let short = t.p("/short");
     eventually("the TTL node to go", || {
         let (c, short) = (c.clone(), short.clone());
@@ -486,12 +525,7 @@ async fn multi_check_and_multi_read(topo: Topology) {
         .await
         .unwrap();
     assert_eq!(results.len(), 6);
-    assert_eq!(
-        results[0],
-        MultiResult::Create {
-            path: t.p("/m/a")
-        }
-    );
+    assert_eq!(results[0], MultiResult::Create { path: t.p("/m/a") });
     match &results[1] {
         MultiResult::Create2 { path, stat } => {
             assert_eq!(*path, t.p("/m/b"));
@@ -590,8 +624,14 @@ async fn multi_check_and_multi_read(topo: Topology) {
 
     // check on its own (sent as a one-op multi).
     c.check(&t.p("/m/a"), 0).await.unwrap();
-    assert_eq!(server_err(c.check(&t.p("/m/a"), 1).await), ErrorCode::BadVersion);
-    assert_eq!(server_err(c.check(&t.p("/m/zz"), 0).await), ErrorCode::NoNode);
+    assert_eq!(
+        server_err(c.check(&t.p("/m/a"), 1).await),
+        ErrorCode::BadVersion
+    );
+    assert_eq!(
+        server_err(c.check(&t.p("/m/zz"), 0).await),
+        ErrorCode::NoNode
+    );
 
     // multiRead: each op its own result.
     let reads = c
@@ -648,8 +688,12 @@ async fn watches_persistent_recursive_removal_and_sync(topo: Topology) {
     // One-shot data and child watches.
     w.get_data(&t.p("/p"), true).await.unwrap();
     w.get_children2(&t.p("/p"), true).await.unwrap();
-    w.check_watches(&t.p("/p"), WatcherType::Data).await.unwrap();
-    w.check_watches(&t.p("/p"), WatcherType::Children).await.unwrap();
+    w.check_watches(&t.p("/p"), WatcherType::Data)
+        .await
+        .unwrap();
+    w.check_watches(&t.p("/p"), WatcherType::Children)
+        .await
+        .unwrap();
     w.check_watches(&t.p("/p"), WatcherType::Any).await.unwrap();
     c.set_data(&t.p("/p"), b"1", None).await.unwrap();
     let e = next_watch_event(&mut ev).await;
@@ -676,7 +720,9 @@ async fn watches_persistent_recursive_removal_and_sync(topo: Topology) {
     assert_no_event(&mut ev);
 
     // A persistent watch: data and child changes of the node itself, every time.
-    w.add_watch(&t.p("/p"), AddWatchMode::Persistent).await.unwrap();
+    w.add_watch(&t.p("/p"), AddWatchMode::Persistent)
+        .await
+        .unwrap();
     w.check_watches(&t.p("/p"), WatcherType::Any).await.unwrap();
     for v in [b"3", b"4"] {
         c.set_data(&t.p("/p"), v, None).await.unwrap();
@@ -698,7 +744,9 @@ async fn watches_persistent_recursive_removal_and_sync(topo: Topology) {
     c.set_data(&t.p("/p/b"), b"x", None).await.unwrap();
     w.sync(&t.p("/")).await.unwrap();
     assert_no_event(&mut ev);
-    w.remove_watches(&t.p("/p"), WatcherType::Any).await.unwrap();
+    w.remove_watches(&t.p("/p"), WatcherType::Any)
+        .await
+        .unwrap();
     let e = next_watch_event(&mut ev).await;
     assert_eq!(
         (e.event_type, e.path.as_str()),
@@ -743,7 +791,9 @@ async fn watches_persistent_recursive_removal_and_sync(topo: Topology) {
         (EventType::NodeDataChanged, t.p("/p").as_str())
     );
     assert!(w.watches().persistent_recursive.contains(&t.p("/p")));
-    w.remove_watches(&t.p("/p"), WatcherType::Any).await.unwrap();
+    w.remove_watches(&t.p("/p"), WatcherType::Any)
+        .await
+        .unwrap();
     let e = next_watch_event(&mut ev).await;
     assert_eq!(e.event_type, EventType::PersistentWatchRemoved);
     assert!(w.watches().is_empty());
@@ -751,18 +801,24 @@ async fn watches_persistent_recursive_removal_and_sync(topo: Topology) {
     // Removing one-shot watches by kind.
     w.get_data(&t.p("/p"), true).await.unwrap();
     w.get_children(&t.p("/p"), true).await.unwrap();
-    w.remove_watches(&t.p("/p"), WatcherType::Data).await.unwrap();
+    w.remove_watches(&t.p("/p"), WatcherType::Data)
+        .await
+        .unwrap();
     let e = next_watch_event(&mut ev).await;
     assert_eq!(
         (e.event_type, e.path.as_str()),
         (EventType::DataWatchRemoved, t.p("/p").as_str())
     );
-    w.check_watches(&t.p("/p"), WatcherType::Children).await.unwrap();
+    w.check_watches(&t.p("/p"), WatcherType::Children)
+        .await
+        .unwrap();
     assert_eq!(
         server_err(w.check_watches(&t.p("/p"), WatcherType::Data).await),
         ErrorCode::NoWatcher
     );
-    w.remove_watches(&t.p("/p"), WatcherType::Any).await.unwrap();
+    w.remove_watches(&t.p("/p"), WatcherType::Any)
+        .await
+        .unwrap();
     let e = next_watch_event(&mut ev).await;
     assert_eq!(
         (e.event_type, e.path.as_str()),
@@ -805,7 +861,10 @@ async fn acl_ops_versions_and_no_auth(topo: Topology) {
         server_err(c.set_acl(&t.p("/w"), &open(), Some(0)).await),
         ErrorCode::BadVersion
     );
-    let st = c.set_acl(&t.p("/w"), &Acl::read_unsafe(), Some(1)).await.unwrap();
+    let st = c
+        .set_acl(&t.p("/w"), &Acl::read_unsafe(), Some(1))
+        .await
+        .unwrap();
     assert_eq!(st.aversion, 2);
     // Without ADMIN, the ACL check comes first (as in ZooKeeper).
     assert_eq!(
@@ -832,7 +891,10 @@ async fn acl_ops_versions_and_no_auth(topo: Topology) {
         ErrorCode::NoAuth,
         "create needs CREATE on the parent"
     );
-    assert_eq!(server_err(c.get_acl(&t.p("/nope")).await), ErrorCode::NoNode);
+    assert_eq!(
+        server_err(c.get_acl(&t.p("/nope")).await),
+        ErrorCode::NoNode
+    );
     assert_eq!(
         server_err(c.set_acl(&t.p("/nope"), &open(), None).await),
         ErrorCode::NoNode
@@ -855,7 +917,10 @@ async fn acl_ops_versions_and_no_auth(topo: Topology) {
         server_err(c.get_children(&t.p("/wo"), false).await),
         ErrorCode::NoAuth
     );
-    assert_eq!(c.set_data(&t.p("/wo"), b"ok", None).await.unwrap().version, 1);
+    assert_eq!(
+        c.set_data(&t.p("/wo"), b"ok", None).await.unwrap().version,
+        1
+    );
     let st = c.set_acl(&t.p("/wo"), &open(), Some(0)).await.unwrap();
     assert_eq!((st.aversion, st.version), (1, 1));
     assert_eq!(c.get_data(&t.p("/wo"), false).await.unwrap().0, b"ok");
@@ -978,7 +1043,10 @@ async fn digest_auth_and_who_am_i(topo: Topology) {
         acl,
         vec![Acl::new(perms::ALL, "digest", &digest_id("alice:secret"))]
     );
-    assert_eq!(alice.get_data(&t.p("/a"), false).await.unwrap().0, b"alice's");
+    assert_eq!(
+        alice.get_data(&t.p("/a"), false).await.unwrap().0,
+        b"alice's"
+    );
     alice.set_data(&t.p("/a"), b"still", None).await.unwrap();
     for (who, c) in [("bob", &bob), ("anon", &anon)] {
         catch_up(&t, c, &t.p("/a")).await;
@@ -998,7 +1066,10 @@ async fn digest_auth_and_who_am_i(topo: Topology) {
             "{who}"
         );
         assert_eq!(
-            server_err(c.create(&t.p("/a/k"), b"", &open(), CreateMode::Persistent).await),
+            server_err(
+                c.create(&t.p("/a/k"), b"", &open(), CreateMode::Persistent)
+                    .await
+            ),
             ErrorCode::NoAuth,
             "{who}"
         );
@@ -1030,7 +1101,10 @@ async fn digest_auth_and_who_am_i(topo: Topology) {
         ]
     );
     assert_eq!(alice.get_acl(&t.p("/b")).await.unwrap().0, for_bob);
-    assert_eq!(server_err(anon.get_acl(&t.p("/b")).await), ErrorCode::NoAuth);
+    assert_eq!(
+        server_err(anon.get_acl(&t.p("/b")).await),
+        ErrorCode::NoAuth
+    );
     // A wrong password is another identity.
     let (mallory, _me) = connect(&t).await;
     mallory.add_auth("digest", b"bob:wrong").await.unwrap();
@@ -1042,7 +1116,10 @@ async fn digest_auth_and_who_am_i(topo: Topology) {
     // Credentials given in the config are sent on connect.
     let (bob2, _b2e) = connect_with(config(t.next_addr()).with_auth("digest", b"bob:pw")).await;
     catch_up(&t, &bob2, &t.p("/b")).await;
-    assert_eq!(bob2.get_data(&t.p("/b"), false).await.unwrap().0, b"for bob");
+    assert_eq!(
+        bob2.get_data(&t.p("/b"), false).await.unwrap().0,
+        b"for bob"
+    );
     // The owner hands the node over.
     let st = alice
         .set_acl(
@@ -1103,7 +1180,10 @@ async fn ip_scheme_and_invalid_acls(topo: Topology) {
     .await
     .unwrap();
     catch_up(&t, &other, &t.p("/subnet")).await;
-    assert_eq!(other.get_data(&t.p("/subnet"), false).await.unwrap().0, b"s");
+    assert_eq!(
+        other.get_data(&t.p("/subnet"), false).await.unwrap().0,
+        b"s"
+    );
     assert_eq!(
         server_err(other.set_data(&t.p("/subnet"), b"x", None).await),
         ErrorCode::NoAuth
@@ -1164,7 +1244,10 @@ async fn ip_scheme_and_invalid_acls(topo: Topology) {
     ];
     for (what, acl) in &invalid {
         assert_eq!(
-            server_err(c.create(&t.p("/inv"), b"", acl, CreateMode::Persistent).await),
+            server_err(
+                c.create(&t.p("/inv"), b"", acl, CreateMode::Persistent)
+                    .await
+            ),
             ErrorCode::InvalidAcl,
             "create: {what}"
         );
@@ -1200,7 +1283,12 @@ async fn superuser_passes_every_check(topo: Topology) {
     let (owner, _oe) = connect(&t).await;
     owner.add_auth("digest", b"alice:secret").await.unwrap();
     owner
-        .create(&t.p("/locked"), b"l", &Acl::creator_all(), CreateMode::Persistent)
+        .create(
+            &t.p("/locked"),
+            b"l",
+            &Acl::creator_all(),
+            CreateMode::Persistent,
+        )
         .await
         .unwrap();
     owner
@@ -1308,7 +1396,11 @@ async fn frozen_client_expires_and_its_lease_runs_out_first(topo: Topology) {
         .await
         .unwrap();
     catch_up(&t, &observer, &t.p("/leader")).await;
-    let st = observer.exists(&t.p("/leader"), true).await.unwrap().unwrap();
+    let st = observer
+        .exists(&t.p("/leader"), true)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st.ephemeral_owner, c.session_id());
 
     // Connected and idle, the lease advances with the pings (every ~333 ms).
@@ -1376,7 +1468,8 @@ async fn frozen_client_expires_and_its_lease_runs_out_first(topo: Topology) {
         Err(Error::SessionExpired)
     ));
     assert!(matches!(
-        c.create(&t.p("/x"), b"", &open(), CreateMode::Persistent).await,
+        c.create(&t.p("/x"), b"", &open(), CreateMode::Persistent)
+            .await,
         Err(Error::SessionExpired)
     ));
     // The stream ends after the terminal event.
@@ -1386,23 +1479,33 @@ async fn frozen_client_expires_and_its_lease_runs_out_first(topo: Topology) {
 }
 
 async fn cut_connection_reconnects_with_session_ephemerals_and_watches(topo: Topology) {
-    let t = topo.start("cut_connection_reconnects_with_session_ephemerals_and_watches", TICK);
+    let t = topo.start(
+        "cut_connection_reconnects_with_session_ephemerals_and_watches",
+        TICK,
+    );
     let proxy = Proxy::start(t.next_addr()).await;
     let (c, mut events) = connect_with(config(proxy.addr)).await;
     let (other, _oe) = connect(&t).await;
     let session = c.session_id();
     let passwd = c.session_password();
     c.add_auth("digest", b"alice:secret").await.unwrap();
-    c.create(&t.p("/r"), b"0", &Acl::creator_all(), CreateMode::Persistent)
-        .await
-        .unwrap();
+    c.create(
+        &t.p("/r"),
+        b"0",
+        &Acl::creator_all(),
+        CreateMode::Persistent,
+    )
+    .await
+    .unwrap();
     c.create(&t.p("/eph"), b"", &open(), CreateMode::Ephemeral)
         .await
         .unwrap();
     c.get_data(&t.p("/r"), true).await.unwrap();
     c.get_children(&t.p("/r"), true).await.unwrap();
     assert_eq!(c.exists(&t.p("/r/new"), true).await.unwrap(), None);
-    c.add_watch(&t.p("/eph"), AddWatchMode::Persistent).await.unwrap();
+    c.add_watch(&t.p("/eph"), AddWatchMode::Persistent)
+        .await
+        .unwrap();
     let accepted = proxy.accepted();
 
     proxy.cut();
@@ -1416,7 +1519,10 @@ async fn cut_connection_reconnects_with_session_ephemerals_and_watches(topo: Top
     catch_up(&t, &other, &t.p("/eph")).await;
     let st = other.exists(&t.p("/eph"), false).await.unwrap().unwrap();
     assert_eq!(st.ephemeral_owner, session);
-    assert_eq!(c.get_ephemerals(&t.p("/")).await.unwrap(), vec![t.p("/eph")]);
+    assert_eq!(
+        c.get_ephemerals(&t.p("/")).await.unwrap(),
+        vec![t.p("/eph")]
+    );
     assert_eq!(c.get_data(&t.p("/r"), false).await.unwrap().0, b"0");
     assert!(c
         .who_am_i()
@@ -1426,9 +1532,15 @@ async fn cut_connection_reconnects_with_session_ephemerals_and_watches(topo: Top
         .any(|i| i.user == "alice"));
 
     // Every watch set before the cut was re-armed (SetWatches2) and fires.
-    c.check_watches(&t.p("/r"), WatcherType::Data).await.unwrap();
-    c.check_watches(&t.p("/r"), WatcherType::Children).await.unwrap();
-    c.check_watches(&t.p("/eph"), WatcherType::Any).await.unwrap();
+    c.check_watches(&t.p("/r"), WatcherType::Data)
+        .await
+        .unwrap();
+    c.check_watches(&t.p("/r"), WatcherType::Children)
+        .await
+        .unwrap();
+    c.check_watches(&t.p("/eph"), WatcherType::Any)
+        .await
+        .unwrap();
     c.set_data(&t.p("/r"), b"1", None).await.unwrap();
     let ev = next_watch_event(&mut events).await;
     assert_eq!(
@@ -1555,7 +1667,9 @@ async fn a_change_while_disconnected_is_reported_on_reconnect(topo: Topology) {
     assert_eq!(got, want);
     // The watch on the unchanged missing node stays armed.
     assert!(c.watches().exist.contains(&t.p("/same")));
-    c.check_watches(&t.p("/same"), WatcherType::Data).await.unwrap();
+    c.check_watches(&t.p("/same"), WatcherType::Data)
+        .await
+        .unwrap();
     other
         .create(&t.p("/same"), b"", &open(), CreateMode::Persistent)
         .await
@@ -1584,7 +1698,11 @@ async fn session_and_answered_writes_survive_kill_9(topo: Topology) {
         .await
         .unwrap();
     c.get_data(&t.p("/durable"), true).await.unwrap();
-    other.exists(&t.p("/durable/eph"), true).await.unwrap().unwrap();
+    other
+        .exists(&t.p("/durable/eph"), true)
+        .await
+        .unwrap()
+        .unwrap();
 
     // Writes in flight while coordd is killed: every answered one must survive.
     let mut calls = Vec::new();
@@ -1638,7 +1756,11 @@ async fn session_and_answered_writes_survive_kill_9(topo: Topology) {
             "answered write {p} lost"
         );
     }
-    let st = other.exists(&t.p("/durable/eph"), false).await.unwrap().unwrap();
+    let st = other
+        .exists(&t.p("/durable/eph"), false)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         st.ephemeral_owner, session,
         "the session survived the restart"
@@ -1664,7 +1786,15 @@ async fn session_and_answered_writes_survive_kill_9(topo: Topology) {
         .create2(&t.p("/after"), b"", &open(), CreateMode::Persistent)
         .await
         .unwrap();
-    assert!(st.czxid > other.get_data(&t.p("/durable"), false).await.unwrap().1.mzxid);
+    assert!(
+        st.czxid
+            > other
+                .get_data(&t.p("/durable"), false)
+                .await
+                .unwrap()
+                .1
+                .mzxid
+    );
 }
 
 /// Ensemble: all three members killed and restarted.
@@ -1688,7 +1818,12 @@ async fn a_session_nobody_reconnects_expires_after_a_restart(topo: Topology) {
     catch_up(&t, &observer, &t.p("/orphan")).await;
     // Recovered, the session got a full timeout: the ephemeral is still there at
     // first, then goes.
-    if observer.exists(&t.p("/orphan"), true).await.unwrap().is_some() {
+    if observer
+        .exists(&t.p("/orphan"), true)
+        .await
+        .unwrap()
+        .is_some()
+    {
         let ev = next_watch_event(&mut oev).await;
         assert_eq!(
             (ev.event_type, ev.path.as_str()),

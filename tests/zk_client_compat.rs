@@ -71,13 +71,19 @@ async fn crud_and_stat_fields(topo: Topology) {
         zk::Error::NoNode
     );
 
-    let set = client.set_data(&t.p("/a"), b"world!", Some(0)).await.unwrap();
+    let set = client
+        .set_data(&t.p("/a"), b"world!", Some(0))
+        .await
+        .unwrap();
     assert_eq!(set.version, 1);
     assert_eq!(set.data_length, 6);
     assert!(set.mzxid > stat.mzxid);
     assert_eq!(set.czxid, stat.czxid);
     assert_eq!(
-        client.set_data(&t.p("/a"), b"x", Some(0)).await.unwrap_err(),
+        client
+            .set_data(&t.p("/a"), b"x", Some(0))
+            .await
+            .unwrap_err(),
         zk::Error::BadVersion
     );
 
@@ -96,7 +102,10 @@ async fn crud_and_stat_fields(topo: Topology) {
     let st = client.check_stat(&t.p("/a")).await.unwrap().unwrap();
     assert_eq!(st.cversion, 3, "cversion counts creations and deletions");
     assert_eq!(st.num_children, 1);
-    assert_eq!(client.count_descendants_number(&t.p("/a")).await.unwrap(), 1);
+    assert_eq!(
+        client.count_descendants_number(&t.p("/a")).await.unwrap(),
+        1
+    );
 
     assert_eq!(
         client.delete(&t.p("/a/c"), Some(7)).await.unwrap_err(),
@@ -119,7 +128,15 @@ async fn sequential_names_follow_the_parents_creation_count(topo: Topology) {
     client.delete(&t.p("/q/plain"), None).await.unwrap();
     // cversion is now 2 (one creation, one deletion) but the suffix counts creations
     // only, as ZooKeeper's does: the next suffix is 1.
-    assert_eq!(client.check_stat(&t.p("/q")).await.unwrap().unwrap().cversion, 2);
+    assert_eq!(
+        client
+            .check_stat(&t.p("/q"))
+            .await
+            .unwrap()
+            .unwrap()
+            .cversion,
+        2
+    );
     let seq = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
     let (_, n) = client.create(&t.p("/q/item-"), b"", &seq).await.unwrap();
     assert_eq!(n.into_i64(), 1);
@@ -134,13 +151,22 @@ async fn ephemerals_go_with_their_session_and_watchers_see_it(topo: Topology) {
     let t = topo.start("ephemerals_go_with_their_session_and_watchers_see_it", TICK);
     let owner = connect(t.next_addr()).await;
     let observer = connect(t.next_addr()).await;
-    owner.create(&t.p("/lock"), b"me", &ephemeral()).await.unwrap();
+    owner
+        .create(&t.p("/lock"), b"me", &ephemeral())
+        .await
+        .unwrap();
     catch_up(&t, &observer, &t.p("/lock")).await;
     let st = observer.check_stat(&t.p("/lock")).await.unwrap().unwrap();
     assert_eq!(st.ephemeral_owner, owner.session_id().0);
-    assert_eq!(owner.list_ephemerals(&t.p("/")).await.unwrap(), vec![t.p("/lock")]);
     assert_eq!(
-        owner.create(&t.p("/lock/child"), b"", &open()).await.unwrap_err(),
+        owner.list_ephemerals(&t.p("/")).await.unwrap(),
+        vec![t.p("/lock")]
+    );
+    assert_eq!(
+        owner
+            .create(&t.p("/lock/child"), b"", &open())
+            .await
+            .unwrap_err(),
         zk::Error::NoChildrenForEphemerals
     );
 
@@ -207,7 +233,10 @@ async fn watches_fire_once_with_zookeeper_event_types(topo: Topology) {
 }
 
 async fn a_watch_event_arrives_before_the_reply_that_shows_the_change(topo: Topology) {
-    let t = topo.start("a_watch_event_arrives_before_the_reply_that_shows_the_change", TICK);
+    let t = topo.start(
+        "a_watch_event_arrives_before_the_reply_that_shows_the_change",
+        TICK,
+    );
     let c = connect(t.next_addr()).await;
     c.create(&t.p("/order"), b"0", &open()).await.unwrap();
     let (_, _, watcher) = c.get_and_watch_data(&t.p("/order")).await.unwrap();
@@ -248,7 +277,9 @@ async fn multi_is_all_or_nothing(topo: Topology) {
     w.add_check_version(&t.p("/m/1"), 0).unwrap();
     let results = w.commit().await.unwrap();
     assert_eq!(results.len(), 3);
-    assert!(matches!(&results[0], zk::MultiWriteResult::Create { path, .. } if path == &t.p("/m/1")));
+    assert!(
+        matches!(&results[0], zk::MultiWriteResult::Create { path, .. } if path == &t.p("/m/1"))
+    );
     assert!(matches!(&results[1], zk::MultiWriteResult::SetData { stat } if stat.version == 1));
     assert_eq!(results[2], zk::MultiWriteResult::Check);
 
@@ -292,7 +323,10 @@ async fn digest_acl_refuses_others(topo: Topology) {
         zk::Error::NoAuth
     );
     assert_eq!(
-        stranger.set_data(&t.p("/guarded"), b"x", None).await.unwrap_err(),
+        stranger
+            .set_data(&t.p("/guarded"), b"x", None)
+            .await
+            .unwrap_err(),
         zk::Error::NoAuth
     );
     stranger
@@ -300,7 +334,10 @@ async fn digest_acl_refuses_others(topo: Topology) {
         .await
         .unwrap();
     assert_eq!(
-        stranger.set_data(&t.p("/guarded"), b"x", None).await.unwrap_err(),
+        stranger
+            .set_data(&t.p("/guarded"), b"x", None)
+            .await
+            .unwrap_err(),
         zk::Error::NoAuth
     );
     let users = stranger.list_auth_users().await.unwrap();
@@ -328,7 +365,12 @@ async fn digest_acl_refuses_others(topo: Topology) {
 async fn containers_are_removed_once_emptied(topo: Topology) {
     let t = topo.start(
         "containers_are_removed_once_emptied",
-        &["--tick-time-ms", "100", "--container-check-interval-ms", "50"],
+        &[
+            "--tick-time-ms",
+            "100",
+            "--container-check-interval-ms",
+            "50",
+        ],
     );
     let c = connect(t.next_addr()).await;
     let container = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());

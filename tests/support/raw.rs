@@ -163,6 +163,20 @@ impl RawConn {
         })
     }
 
+    /// Like [`RawConn::call`]; None when the connection closes first (ZooKeeper's
+    /// ConnectionLoss: the request may or may not have been applied).
+    pub fn try_call(&mut self, req: &Request) -> Option<(Frame, Vec<Frame>)> {
+        let xid = self.try_send(req).ok()?;
+        let mut events = Vec::new();
+        loop {
+            let f = self.recv()?;
+            if f.header.xid == xid {
+                return Some((f, events));
+            }
+            events.push(f);
+        }
+    }
+
     /// Sends a request and returns its reply, collecting watch events that come first.
     pub fn call(&mut self, req: &Request) -> (Frame, Vec<Frame>) {
         let xid = self.send(req);

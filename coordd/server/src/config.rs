@@ -57,7 +57,8 @@ pub struct Flags {
     /// [default: 16777216].
     #[arg(long)]
     pub outbound_bytes_max: Option<usize>,
-    /// Take a snapshot after this many log entries [default: 100000].
+    /// Take a snapshot after this many log entries [default: 100000]; an ensemble
+    /// member counts Raft entries (batches of writes), at most 5000.
     #[arg(long)]
     pub snapshot_every_entries: Option<u64>,
     /// How often empty containers and expired TTL nodes are removed [default: 60000].

@@ -111,7 +111,9 @@ async fn run_member(config: Config) -> Result<(), String> {
     let _ = peers.shutdown().await;
     let _ = member.shutdown().await;
     if member_failed.load(Ordering::SeqCst) {
-        return Err("the Raft member stopped on a fatal error (its log or state machine failed)".into());
+        return Err(
+            "the Raft member stopped on a fatal error (its log or state machine failed)".into(),
+        );
     }
     result
 }

@@ -424,7 +424,10 @@ mod tests {
     fn raft_snapshots_follow_snapshot_every_entries_up_to_the_raft_default() {
         let default = coordd_raft::Config::default();
         let r = raft_config(&config(None));
-        assert_eq!(r, default, "the default (100000) is capped at the Raft default");
+        assert_eq!(
+            r, default,
+            "the default (100000) is capped at the Raft default"
+        );
         let r = raft_config(&config(Some(25)));
         assert_eq!(
             (
@@ -445,7 +448,11 @@ mod tests {
                 r.max_in_snapshot_log_to_keep,
                 r.purge_batch_size
             ),
-            (2_000, default.max_in_snapshot_log_to_keep, default.purge_batch_size)
+            (
+                2_000,
+                default.max_in_snapshot_log_to_keep,
+                default.purge_batch_size
+            )
         );
     }
 }

@@ -508,10 +508,7 @@ pub fn app_handler(batcher: Batcher, core: mpsc::Sender<CoreMsg>) -> coordd_raft
 /// supervises it.
 pub async fn member_stopped(member: &Member) {
     loop {
-        match member
-            .wait_for(Duration::from_secs(3_600), |_| false)
-            .await
-        {
+        match member.wait_for(Duration::from_secs(3_600), |_| false).await {
             Err(coordd_raft::WaitError::Timeout { .. }) => continue,
             _ => return,
         }
