@@ -69,9 +69,13 @@ static AT_EXIT: Once = Once::new();
 
 extern "C" fn kill_shared_ensembles() {
     // Tests are over; take the ensembles out and drop them (kill -9, remove dirs).
-    if let Ok(mut shared) = SHARED.try_lock() {
-        drop(shared.take());
-    }
+    let mut shared = match SHARED.try_lock() {
+        Ok(g) => g,
+        // A case that panicked while starting one: the map is still sound.
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    drop(shared.take());
 }
 
 fn shared_ensemble(args: &[&str]) -> Arc<CoorddEnsemble> {
