@@ -29,6 +29,13 @@
 //! printed. Target: median gap <= session timeout + 1 s, zero loss (in synchronous
 //! mode; with asynchronous replication the last commits may be lost by design).
 //!
+//! Progress bars (stderr, when it is a terminal): runs done, and the current run's
+//! stage. Written to `bench-results/failover/` (see `common/plot.rs`): per run,
+//! `failover_timeline_<mode>_<timeout>ms_run<n>.png`, acknowledged writes per 10 ms
+//! from 1 s before the kill to the end of the run, by the old and the new master, with
+//! the kill, the router publishing the new master and the first write on it marked, and
+//! its counts as `.csv`; `summary.tsv`, the summary table (read by `scripts/bench.sh`).
+//!
 //! Environment:
 //!   FAILOVER_BENCH_RUNS         runs per session timeout (default 5)
 //!   FAILOVER_BENCH_TIMEOUTS_MS  session timeouts, comma separated (default 2000,6000)
@@ -36,10 +43,16 @@
 //!                               `synchronous = true`, DESIGN.md 4.6: no acknowledged
 //!                               commit may be lost) and/or `async` (default sync,async)
 //!   FAILOVER_BENCH_ENFORCE=1    exit 1 when a target is missed
+//!   BENCH_RESULTS_DIR           where the plots go (default bench-results/ at the root)
 //!   SWITCHYARD_BIN, COORDD_BIN, PG_BINDIR   as in the tests
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "common/plot.rs"]
+mod plot;
+#[path = "common/progress.rs"]
+mod progress;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +60,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coordd_client::{Client, ClientConfig};
+use indicatif::ProgressBar;
+use progress::Progress;
 use support::agent::{switchyard_bin, Agent};
 use support::coordd::Coordd;
 use support::postgres;
@@ -68,6 +83,8 @@ const RECOVERY_EXTRA: Duration = Duration::from_secs(30);
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Acknowledged writes before the kill: at least this long a steady writer.
 const STEADY: Duration = Duration::from_secs(1);
+/// The timeline plot's bucket.
+const BUCKET_MS: f64 = 10.0;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -352,11 +369,85 @@ struct RunResult {
     acked_by_old_after_kill: usize,
     lost: usize,
     errors: u64,
+    /// Acknowledged writes per BUCKET_MS around the kill, for the plot.
+    timeline: plot::Timeline,
 }
 
-async fn one_run(session_timeout_ms: u32, sync: bool) -> Result<RunResult, String> {
+/// `t` - `origin` in ms, negative when `t` is earlier.
+fn ms_since(t: Instant, origin: Instant) -> f64 {
+    if t >= origin {
+        t.duration_since(origin).as_secs_f64() * 1000.0
+    } else {
+        -(origin.duration_since(t).as_secs_f64() * 1000.0)
+    }
+}
+
+/// Acknowledged writes per BUCKET_MS from STEADY before the kill (or the first write)
+/// to the last write, by the old master and by the others, with markers.
+fn timeline(
+    acks: &[Ack],
+    old: &str,
+    new: &str,
+    killed: Instant,
+    published: Option<Instant>,
+    first_after: Instant,
+) -> plot::Timeline {
+    let (mut on_old, mut on_new) = (Vec::new(), Vec::new());
+    for a in acks {
+        let t = ms_since(a.at, killed);
+        if a.node == old {
+            on_old.push(t);
+        } else {
+            on_new.push(t);
+        }
+    }
+    let first = acks.first().map_or(0.0, |a| ms_since(a.at, killed));
+    let last = acks.last().map_or(0.0, |a| ms_since(a.at, killed));
+    let start = (first.max(-(STEADY.as_secs_f64() * 1000.0)) / BUCKET_MS).floor() * BUCKET_MS;
+    let end = (last / BUCKET_MS).floor() * BUCKET_MS + BUCKET_MS;
+    let mut markers = vec![plot::Marker {
+        label: "kill -9 of the master (agent + PostgreSQL), t = 0".into(),
+        at_ms: 0.0,
+    }];
+    if let Some(p) = published {
+        let at = ms_since(p, killed);
+        markers.push(plot::Marker {
+            label: format!("router publishes the new master, t = {at:.0} ms"),
+            at_ms: at,
+        });
+    }
+    let at = ms_since(first_after, killed);
+    markers.push(plot::Marker {
+        label: format!("first write acknowledged by the new master, t = {at:.0} ms"),
+        at_ms: at,
+    });
+    plot::Timeline {
+        start_ms: start,
+        bucket_ms: BUCKET_MS,
+        series: vec![
+            plot::TimelineSeries {
+                label: format!("acknowledged by the old master {old}"),
+                counts: plot::bucket(&on_old, start, end, BUCKET_MS),
+            },
+            plot::TimelineSeries {
+                label: format!("acknowledged by the new master {new}"),
+                counts: plot::bucket(&on_new, start, end, BUCKET_MS),
+            },
+        ],
+        markers,
+    }
+}
+
+async fn one_run(
+    session_timeout_ms: u32,
+    sync: bool,
+    stage: &ProgressBar,
+) -> Result<RunResult, String> {
+    stage.set_message("starting coordd and 3 agents");
     let mut cluster = Cluster::start(session_timeout_ms, sync).await?;
+    stage.set_message("waiting for a healthy cluster (initdb, 2 base backups)");
     let master = cluster.wait_healthy().await?;
+    stage.set_message(format!("master {master}: router, table, steady writes"));
 
     let router = tokio::time::timeout(
         Duration::from_secs(10),
@@ -436,6 +527,9 @@ async fn one_run(session_timeout_ms: u32, sync: bool) -> Result<RunResult, Strin
     }
     let killed_done = Instant::now();
 
+    stage.set_message(format!(
+        "killed {master}; waiting for a write on a new master (session timeout {session_timeout_ms} ms)"
+    ));
     // Wait for the first acknowledgement by another node.
     let deadline = killed + Duration::from_millis(session_timeout_ms.into()) + RECOVERY_EXTRA;
     let first_after = loop {
@@ -464,6 +558,7 @@ async fn one_run(session_timeout_ms: u32, sync: bool) -> Result<RunResult, Strin
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    stage.set_message("writing on the new master, then the loss check");
     // A little more writing on the new master, then stop.
     tokio::time::sleep(Duration::from_millis(300)).await;
     writer.stop.store(true, Ordering::Relaxed);
@@ -533,6 +628,7 @@ async fn one_run(session_timeout_ms: u32, sync: bool) -> Result<RunResult, Strin
     }
     drop(router);
     drop(cluster);
+    let timeline = timeline(&acks, &master, &new, killed, published, first_after);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     Ok(RunResult {
         old: master,
@@ -544,6 +640,7 @@ async fn one_run(session_timeout_ms: u32, sync: bool) -> Result<RunResult, Strin
         acked_by_old_after_kill,
         lost,
         errors: writer.errors.load(Ordering::Relaxed),
+        timeline,
     })
 }
 
@@ -572,6 +669,13 @@ fn main() {
         .map(|s| s.trim().to_owned())
         .filter(|s| s == "sync" || s == "async")
         .collect();
+    let out_dir = match plot::fresh_dir("failover", "failover_timeline_") {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("failover: {e}");
+            std::process::exit(1);
+        }
+    };
     let _ = switchyard_bin(); // build (or find) the agent before any clock starts
     eprintln!("load average before: {}", loadavg());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -587,19 +691,46 @@ fn main() {
     println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut summary = Vec::new();
     let mut failed = false;
+    let mut plots = Vec::new();
+    let progress = Progress::new();
+    let all = progress.bar((modes.len() * timeouts.len() * runs) as u64, "runs");
+    let stage = progress.spinner("this run");
     for (mode, &timeout) in modes
         .iter()
         .flat_map(|m| timeouts.iter().map(move |t| (m.as_str(), t)))
     {
         let mut results = Vec::new();
         for run in 1..=runs {
-            eprintln!(
+            all.set_message(format!(
+                "{mode}, session timeout {timeout} ms, run {run}/{runs}"
+            ));
+            progress.log(format!(
                 "{mode}, session timeout {timeout} ms, run {run}/{runs} (load average {})",
                 loadavg()
-            );
-            match rt.block_on(one_run(timeout, mode == "sync")) {
+            ));
+            let result = rt.block_on(one_run(timeout, mode == "sync", &stage));
+            all.inc(1);
+            match result {
                 Ok(r) => {
-                    println!(
+                    let file =
+                        out_dir.join(format!("failover_timeline_{mode}_{timeout}ms_run{run}.png"));
+                    let title = format!(
+                        "Failover ({mode}, session timeout {timeout} ms, run {run}): {} → {}, \
+                         write gap {:.0} ms",
+                        r.old, r.new, r.gap_ms
+                    );
+                    let drawn =
+                        plot::failover_timeline(&file, &title, &r.timeline).and_then(|()| {
+                            plot::write_file(&file.with_extension("csv"), &r.timeline.csv())
+                        });
+                    match drawn {
+                        Ok(()) => plots.push(file),
+                        Err(e) => {
+                            progress.log(format!("plot failed: {e}"));
+                            failed = true;
+                        }
+                    }
+                    progress.suspend(|| println!(
                         "| {mode} | {timeout} | {run} | {} -> {} | {:.0} | {} | {:.0} | {} | {} | {} | {} |",
                         r.old,
                         r.new,
@@ -611,23 +742,32 @@ fn main() {
                         r.acked_by_old_after_kill,
                         r.lost,
                         r.errors
-                    );
+                    ));
                     results.push(r);
                 }
                 Err(e) => {
-                    println!("| {mode} | {timeout} | {run} | FAILED | - | - | - | - | - | - | - |");
-                    eprintln!("run failed: {e}");
+                    progress.suspend(|| {
+                        println!(
+                            "| {mode} | {timeout} | {run} | FAILED | - | - | - | - | - | - | - |"
+                        )
+                    });
+                    progress.log(format!("run failed: {e}"));
                     failed = true;
                 }
             }
         }
         summary.push((mode, timeout, results));
     }
+    stage.finish_and_clear();
+    all.finish_with_message("done");
     rt.shutdown_timeout(Duration::from_secs(5));
 
     println!("\n| mode | session timeout ms | runs ok | gap median ms | gap min / max ms | kill -> published median ms | lost (total) | target: gap <= timeout + 1000 ms, 0 lost in sync mode |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
     let mut missed = failed;
+    let mut tsv = String::from(
+        "mode\ttimeout_ms\truns_ok\truns\tgap_median_ms\tgap_min_ms\tgap_max_ms\tpublished_median_ms\tlost\n",
+    );
     for (mode, timeout, rs) in &summary {
         let gaps: Vec<f64> = rs.iter().map(|r| r.gap_ms).collect();
         let gap = median(gaps.clone());
@@ -646,8 +786,19 @@ fn main() {
             rs.len(),
             if met { "met" } else { "MISSED" }
         );
+        tsv.push_str(&format!(
+            "{mode}\t{timeout}\t{}\t{runs}\t{gap:.0}\t{min:.0}\t{max:.0}\t{published:.0}\t{lost}\n",
+            rs.len()
+        ));
     }
     println!("\nload average at the end: {}", loadavg());
+    if let Err(e) = plot::write_file(&out_dir.join("summary.tsv"), &tsv) {
+        eprintln!("{e}");
+        missed = true;
+    }
+    for p in &plots {
+        println!("plot: {}", p.display());
+    }
     if missed && std::env::var("FAILOVER_BENCH_ENFORCE").as_deref() == Ok("1") {
         std::process::exit(1);
     }

@@ -31,6 +31,12 @@
 //! direct path of the same round. Target: router p50 <= 1.03x direct and below every
 //! proxy path. A path whose binary is missing is skipped with a message.
 //!
+//! Progress bars (stderr, when it is a terminal): all phases, and one bar per path with
+//! its last phase's p50 / p99. Written to `bench-results/routing_e2e/` (see
+//! `common/plot.rs`): per cell, `latency_cdf_<workload>_<n>c.png`, the latency CDF of
+//! every path over all rounds (each query one sample), and its points as `.csv`;
+//! `ratios.tsv`, the table's figures (read by `scripts/bench.sh`).
+//!
 //! Environment:
 //!   ROUTING_BENCH_ROUNDS    interleaved rounds (default 5)
 //!   ROUTING_BENCH_SECS      seconds per measured phase (default 2)
@@ -42,12 +48,19 @@
 //!   ROUTING_BENCH_FSYNC     `off` (default) or `on`
 //!   ROUTING_BENCH_ROUTER_POOL  the router's pool_max_size, filled before the first
 //!                           phase (default: the largest client count)
+//!   ROUTING_BENCH_WORKLOADS workloads, comma separated (default select,tpcb)
 //!   ROUTING_BENCH_ENFORCE=1 exit 1 when the router misses a target
+//!   BENCH_RESULTS_DIR       where the plots go (default bench-results/ at the root)
 //!   HAPROXY_BIN, PGBOUNCER_BIN  binaries (default: PATH, then /usr/sbin)
 //!   COORDD_BIN, PG_BINDIR   as in the tests
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "common/plot.rs"]
+mod plot;
+#[path = "common/progress.rs"]
+mod progress;
 
 use std::fs;
 use std::net::TcpStream;
@@ -59,6 +72,7 @@ use std::time::{Duration, Instant};
 
 use coordd_client::{Acl, Client, ClientConfig, CreateMode};
 use hdrhistogram::Histogram;
+use progress::Progress;
 use rand::Rng;
 use support::coordd::Coordd;
 use support::postgres::{self, PgOptions, Postgres};
@@ -325,6 +339,14 @@ impl Workload {
             Workload::Tpcb => "tpcb (read-write tx)",
         }
     }
+
+    /// The short name of ROUTING_BENCH_WORKLOADS and of the output files.
+    fn key(self) -> &'static str {
+        match self {
+            Workload::Select => "select",
+            Workload::Tpcb => "tpcb",
+        }
+    }
 }
 
 /// Where a client's queries go: its own connection (direct, haproxy, pgbouncer) or
@@ -533,6 +555,19 @@ async fn run_phase(conns: &[Conn], w: Workload, scale: &Arc<Scale>, dur: Duratio
     m
 }
 
+/// The CDF of a latency histogram (ns): (latency us, fraction of samples <= it), one
+/// point per recorded bucket.
+fn hist_cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    let total = h.len().max(1) as f64;
+    let mut seen = 0u64;
+    h.iter_recorded()
+        .map(|v| {
+            seen += v.count_since_last_iteration();
+            (v.value_iterated_to() as f64 / 1000.0, seen as f64 / total)
+        })
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -703,6 +738,17 @@ fn run() -> Result<(), String> {
     if !paths.contains(&PathKind::Direct) {
         paths.insert(0, PathKind::Direct); // the baseline of every ratio
     }
+    let mut workloads = Vec::new();
+    for w in env_list("ROUTING_BENCH_WORKLOADS", "select,tpcb") {
+        workloads.push(
+            [Workload::Select, Workload::Tpcb]
+                .into_iter()
+                .find(|k| k.key() == w)
+                .ok_or_else(|| format!("unknown workload {w:?} (select, tpcb)"))?,
+        );
+    }
+    let out_dir = plot::fresh_dir("routing_e2e", "latency_cdf_")?;
+    let progress = Progress::new();
     eprintln!("load average before set-up: {}", loadavg());
 
     // PostgreSQL (fsync as asked); room for every path's connections.
@@ -796,17 +842,24 @@ fn run() -> Result<(), String> {
             conns.push((p, cs));
         }
 
-        let cells: Vec<(Workload, usize)> = [Workload::Select, Workload::Tpcb]
-            .into_iter()
-            .flat_map(|w| clients.iter().map(move |&c| (w, c)))
+        let cells: Vec<(Workload, usize)> = workloads
+            .iter()
+            .flat_map(|&w| clients.iter().map(move |&c| (w, c)))
             .collect();
-        eprintln!(
+        progress.log(format!(
             "paths {:?}, {} cells, {rounds} rounds of {secs} s phases: ~{:.0} s",
             paths.iter().map(|p| p.name()).collect::<Vec<_>>(),
             cells.len(),
             (cells.len() * paths.len() * rounds) as f64 * secs
-        );
+        ));
+        // One bar for all phases, one per path (its last phase's latency).
+        let all = progress.bar((rounds * cells.len() * conns.len()) as u64, "all phases");
+        let path_bars: Vec<_> = conns
+            .iter()
+            .map(|(p, _)| progress.bar((rounds * cells.len()) as u64, p.name()))
+            .collect();
         // Warm-up: every path and workload once (caches, pools, plan caches).
+        all.set_message("warm-up");
         for &(w, _) in cells.iter().filter(|(_, c)| *c == max_clients) {
             for (_, cs) in &conns {
                 let _ = run_phase(cs, w, &scale, WARMUP).await;
@@ -818,15 +871,37 @@ fn run() -> Result<(), String> {
             .map(|_| conns.iter().map(|_| Vec::new()).collect())
             .collect();
         for round in 0..rounds {
-            eprintln!("round {}/{rounds} (load average {})", round + 1, loadavg());
+            progress.log(format!(
+                "round {}/{rounds} (load average {})",
+                round + 1,
+                loadavg()
+            ));
             for (ci, &(w, n)) in cells.iter().enumerate() {
                 for k in 0..conns.len() {
                     let pi = (k + round) % conns.len();
-                    let (_, cs) = &conns[pi];
+                    let (p, cs) = &conns[pi];
+                    all.set_message(format!(
+                        "round {}/{rounds}: {} x{n} via {}",
+                        round + 1,
+                        w.key(),
+                        p.name()
+                    ));
                     let m = run_phase(&cs[..n], w, &scale, phase).await;
+                    path_bars[pi].set_message(format!(
+                        "{} x{n}: p50 {:.1} µs, p99 {:.1} µs",
+                        w.key(),
+                        m.p50_us(),
+                        m.p99_us()
+                    ));
+                    path_bars[pi].inc(1);
+                    all.inc(1);
                     results[ci][pi].push(m);
                 }
             }
+        }
+        all.finish_with_message("done");
+        for b in &path_bars {
+            b.finish();
         }
         // What the router adds on the client: a checkout and return of a pooled
         // connection (no query), on one task, after the rounds.
@@ -863,6 +938,9 @@ fn run() -> Result<(), String> {
     println!("| workload | clients | path | p50 us | p99 us | per s | p50 / direct | p99 / direct | per s / direct | errors |");
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut missed = Vec::new();
+    let mut tsv = String::from(
+        "workload\tclients\tpath\tp50_us\tp99_us\tper_s\tp50_ratio\tp99_ratio\terrors\n",
+    );
     for (ci, &(w, n)) in cells.iter().enumerate() {
         let ratio = |pi: usize, f: &dyn Fn(&Measured) -> f64| {
             median(
@@ -876,16 +954,21 @@ fn run() -> Result<(), String> {
             let rs = &results[ci][pi];
             let errors: u64 = rs.iter().map(|m| m.errors).sum();
             p50_ratio[pi] = ratio(pi, &|m| m.p50_us());
+            let p50 = median(rs.iter().map(Measured::p50_us).collect());
+            let p99 = median(rs.iter().map(Measured::p99_us).collect());
+            let per_s = median(rs.iter().map(Measured::per_sec).collect());
+            let p99_ratio = ratio(pi, &|m| m.p99_us());
             println!(
-                "| {} | {n} | {name} | {:.1} | {:.1} | {:.0} | {:.3}x | {:.3}x | {:.3}x | {errors} |",
+                "| {} | {n} | {name} | {p50:.1} | {p99:.1} | {per_s:.0} | {:.3}x | {p99_ratio:.3}x | {:.3}x | {errors} |",
                 w.name(),
-                median(rs.iter().map(Measured::p50_us).collect()),
-                median(rs.iter().map(Measured::p99_us).collect()),
-                median(rs.iter().map(Measured::per_sec).collect()),
                 p50_ratio[pi],
-                ratio(pi, &|m| m.p99_us()),
                 ratio(pi, &|m| m.per_sec()),
             );
+            tsv.push_str(&format!(
+                "{}\t{n}\t{name}\t{p50:.1}\t{p99:.1}\t{per_s:.0}\t{:.4}\t{p99_ratio:.4}\t{errors}\n",
+                w.key(),
+                p50_ratio[pi],
+            ));
             if let Some(e) = rs.iter().find_map(|m| m.first_error.as_ref()) {
                 eprintln!("{} {n} clients {name}: first error: {e}", w.name());
             }
@@ -919,6 +1002,45 @@ fn run() -> Result<(), String> {
         );
     }
     println!("\nload average at the end: {}", loadavg());
+
+    // Plots: per cell, every path's latency CDF over all rounds pooled.
+    plot::write_file(&out_dir.join("ratios.tsv"), &tsv)?;
+    for (ci, &(w, n)) in cells.iter().enumerate() {
+        let lines: Vec<plot::CdfLine> = names
+            .iter()
+            .enumerate()
+            .map(|(pi, name)| {
+                let mut h = new_hist();
+                for m in &results[ci][pi] {
+                    let _ = h.add(&m.hist);
+                }
+                let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+                plot::CdfLine {
+                    name: (*name).to_owned(),
+                    label: format!(
+                        "{name}: p50 {:.0} µs, p99 {:.0} µs ({} queries)",
+                        us(0.5),
+                        us(0.99),
+                        h.len()
+                    ),
+                    points: hist_cdf(&h),
+                }
+            })
+            .collect();
+        let what = match w {
+            Workload::Select => "one-row SELECT",
+            Workload::Tpcb => "TPC-B-like read-write transaction",
+        };
+        let title = format!(
+            "{what}, {n} client{}: latency CDF per path ({rounds} rounds x {secs} s, fsync {fsync})",
+            if n == 1 { "" } else { "s" }
+        );
+        let file = out_dir.join(format!("latency_cdf_{}_{n}c.png", w.key()));
+        plot::latency_cdf(&file, &title, &lines)?;
+        plot::write_file(&file.with_extension("csv"), &plot::cdf_csv(&lines))?;
+        println!("plot: {}", file.display());
+    }
+
     if paths.contains(&PathKind::Router) {
         if missed.is_empty() {
             println!("router targets: met (p50 <= {ROUTER_TARGET}x direct and below every proxy path, every cell)");

@@ -117,8 +117,54 @@ log "COORDD_BIN=$COORDD_BIN"
 # ---------------------------------------------------------------------------
 # 4. Tests
 # ---------------------------------------------------------------------------
-log "cargo test --workspace"
-cargo test --workspace --no-fail-fast
+# Two streams at once, so that the suite fits its time budget on 2 cores: the
+# end-to-end tests with PostgreSQL (mostly waiting on initdb, replication and
+# timeouts; each file serializes its own clusters) and everything else (the workspace's
+# crates, and the root package's other end-to-end tests, mostly CPU). A test file is
+# in the PostgreSQL stream when it calls `postgres::skip()`. Each stream's output is
+# printed whole when it ends; the step fails if either fails.
+log "cargo test --workspace (built first, then two streams)"
+cargo test --workspace --no-fail-fast --no-run
+pg_tests=()
+other_tests=()
+for f in tests/*.rs; do
+    name=$(basename "$f" .rs)
+    if grep -q 'postgres::skip()' "$f"; then
+        pg_tests+=(--test "$name")
+    else
+        other_tests+=(--test "$name")
+    fi
+done
+stream_dir=$(mktemp -d)
+(
+    rc=0
+    cargo test -p switchyard --no-fail-fast "${pg_tests[@]}" >"$stream_dir/pg.log" 2>&1 || rc=$?
+    echo $rc >"$stream_dir/pg.rc"
+) &
+pg_pid=$!
+(
+    rc=0
+    {
+        cargo test --workspace --exclude switchyard --no-fail-fast || rc=1
+        cargo test -p switchyard --no-fail-fast --lib --bins --examples "${other_tests[@]}" || rc=1
+        cargo test -p switchyard --doc || rc=1
+    } >"$stream_dir/other.log" 2>&1
+    echo $rc >"$stream_dir/other.rc"
+) &
+other_pid=$!
+wait "$other_pid" || true
+log "stream: workspace crates and end-to-end tests without PostgreSQL"
+cat "$stream_dir/other.log"
+wait "$pg_pid" || true
+log "stream: end-to-end tests with PostgreSQL"
+cat "$stream_dir/pg.log"
+pg_rc=$(cat "$stream_dir/pg.rc")
+other_rc=$(cat "$stream_dir/other.rc")
+rm -rf "$stream_dir"
+if [[ "$pg_rc" != 0 || "$other_rc" != 0 ]]; then
+    echo "error: tests failed (PostgreSQL stream exit $pg_rc, other stream exit $other_rc)" >&2
+    exit 1
+fi
 
 # ---------------------------------------------------------------------------
 # 5. Lints

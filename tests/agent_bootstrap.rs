@@ -63,6 +63,32 @@ async fn three_agents_bootstrap_one_master_two_replicas() {
     assert_eq!(e.code(), Some(coordd_client::ErrorCode::NoAuth), "{e}");
     let e = c.client.delete(&c.ns.leader(), None).await.unwrap_err();
     assert_eq!(e.code(), Some(coordd_client::ErrorCode::NoAuth), "{e}");
+    // Nor can another authenticated client (an app server, a rogue agent) rewrite the
+    // leader or a member record (a router sends reads where member records say).
+    let (intruder, _) = coordd_client::Client::connect(
+        coordd_client::ClientConfig::new(c.coordd.servers())
+            .with_auth("digest", b"intruder:secret"),
+    )
+    .await
+    .unwrap();
+    let e = intruder
+        .set_data(&c.ns.leader(), &data, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(coordd_client::ErrorCode::NoAuth), "{e}");
+    let e = intruder.delete(&c.ns.leader(), None).await.unwrap_err();
+    assert_eq!(e.code(), Some(coordd_client::ErrorCode::NoAuth), "{e}");
+    let member = c.ns.member(&master);
+    let (acl, _) = c.client.get_acl(&member).await.unwrap();
+    assert!(
+        acl.iter()
+            .all(|a| a.scheme != "world" || a.perms == coordd_proto::perms::READ),
+        "{acl:?}"
+    );
+    let (mdata, _) = intruder.get_data(&member, false).await.unwrap();
+    let e = intruder.set_data(&member, &mdata, None).await.unwrap_err();
+    assert_eq!(e.code(), Some(coordd_client::ErrorCode::NoAuth), "{e}");
+    intruder.close().await.unwrap();
 
     // `switchyard status --json` agrees.
     let out = std::process::Command::new(switchyard_bin())

@@ -232,3 +232,86 @@ async fn switchover_under_a_writer(synchronous: bool) {
         }
     }
 }
+
+/// With `coord_auth` set, the cluster's shared znodes are the agents' (and the
+/// switchover command's, given the credentials): another client, an app server say,
+/// reads them but cannot rewrite the config, `initialize`, add children or delete a
+/// member record (issue 7 item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cluster_credentials_only_agents_and_the_switchover_command_write() {
+    if postgres::skip() {
+        return;
+    }
+    const AUTH: &str = "agents:s3cret";
+    let c = Cluster::start_opts(ClusterOpts {
+        nodes: 2,
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        extra_toml: format!("coord_auth = \"{AUTH}\""),
+        ..ClusterOpts::default()
+    })
+    .await;
+    let old = c.wait_healthy(&["n1", "n2"], None).await;
+    let to = if old == "n1" { "n2" } else { "n1" };
+
+    let (app, _) = coordd_client::Client::connect(
+        coordd_client::ClientConfig::new(c.coordd.servers()).with_auth("digest", b"app:pw"),
+    )
+    .await
+    .unwrap();
+    let no_auth = |r: Result<(), coordd_client::Error>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(
+            e.code(),
+            Some(coordd_client::ErrorCode::NoAuth),
+            "{what}: {e}"
+        );
+    };
+    for path in [c.ns.config(), c.ns.initialize()] {
+        let (data, _) = app.get_data(&path, false).await.unwrap();
+        no_auth(app.set_data(&path, &data, None).await.map(drop), &path);
+    }
+    no_auth(
+        app.create(
+            &format!("{}/junk", c.ns.cluster()),
+            b"",
+            &coordd_client::Acl::open_unsafe(),
+            coordd_client::CreateMode::Persistent,
+        )
+        .await
+        .map(drop),
+        "create under the cluster node",
+    );
+    no_auth(
+        app.delete(&c.ns.member(to), None).await,
+        "delete a member record",
+    );
+    app.close().await.unwrap();
+
+    // The switchover command needs the credentials too: refused without, done with.
+    let out = switchover_cmd(&c, &["--to", to]);
+    assert!(!out.status.success(), "switchover without the credentials");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NoAuth"), "{err}");
+    let out = std::process::Command::new(switchyard_bin())
+        .args([
+            "switchover",
+            "--cluster",
+            CLUSTER,
+            "--coord",
+            &c.coordd.connect_string(),
+            "--timeout-ms",
+            "30000",
+            "--to",
+            to,
+        ])
+        .env("SWITCHYARD_COORD_AUTH", AUTH)
+        .output()
+        .expect("run switchyard switchover");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.dump()
+    );
+    assert_eq!(c.wait_healthy(&["n1", "n2"], None).await, to);
+}

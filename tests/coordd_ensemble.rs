@@ -184,6 +184,30 @@ async fn leader_kill9_loses_no_acknowledged_write_and_no_surviving_session() {
         unknown.len()
     );
 
+    // The survivors learned of the death from the refused peer port, not from the
+    // election timer (coordd_raft::Member::peer_link_lost).
+    assert!(
+        survivors.iter().any(|i| e.members[*i]
+            .log()
+            .contains("campaigning once the voters' lease ends")),
+        "no survivor noticed that the leader's process was gone:\n{}",
+        e.log_tails(30)
+    );
+
+    // mntr on the new leader: it saw two leaders take office (the first and itself),
+    // won once, and timed the commits of the writes since.
+    let new_leader = e.wait_leader(&survivors, FORM_TIMEOUT);
+    let mntr = four_letter(e.members[new_leader].addr, "mntr").unwrap_or_default();
+    let row = |key: &str| -> u64 {
+        mntr.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('\t')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in mntr:\n{mntr}"))
+    };
+    assert!(row("zk_raft_leader_changes") >= 2, "{mntr}");
+    assert!(row("zk_raft_leaderships") >= 1, "{mntr}");
+    assert!(row("zk_raft_commit_count") > 0, "{mntr}");
+    assert!(row("zk_raft_commit_latency_max_us") >= row("zk_raft_commit_latency_avg_us"));
+
     let present = children(&writer, "/w").await;
     let lost: Vec<u64> = acked
         .iter()

@@ -317,28 +317,6 @@ fn four_letter_words(topo: Topology) {
     );
 }
 
-/// Ensemble: the cap of one member (each has its own).
-fn per_ip_connection_cap(topo: Topology) {
-    // Its own servers: no other connection may hold a slot.
-    let t = topo.start_own(&["--tick-time-ms", "100", "--connections-per-ip-max", "3"]);
-    let server = t.member_at(t.addr(0));
-    let held: Vec<_> = (0..3)
-        .map(|_| RawConn::new_session(server.addr, 2000))
-        .collect();
-    let mut s = RawConn::tcp(server.addr);
-    let mut buf = [0u8; 1];
-    assert_eq!(
-        s.read(&mut buf).unwrap_or(0),
-        0,
-        "the fourth connection is closed"
-    );
-    drop(held);
-    support::coordd::wait_until("a slot frees up", Duration::from_secs(5), || {
-        four_letter(server.addr, "ruok").as_deref() == Some("imok")
-    });
-    assert!(server.log().contains("connections_per_ip_max"));
-}
-
 /// Ensemble: SIGTERM to every member, one after the other.
 fn sigterm_shuts_down_cleanly(topo: Topology) {
     let mut t = topo.start_own(TICK);
@@ -346,70 +324,6 @@ fn sigterm_shuts_down_cleanly(topo: Topology) {
         let status = status.expect("was running");
         assert!(status.success(), "exit status {status}");
     }
-}
-
-fn a_client_that_does_not_read_is_cut_off(topo: Topology) {
-    let t = topo.start(
-        "a_client_that_does_not_read",
-        &["--tick-time-ms", "100", "--outbound-bytes-max", "65536"],
-    );
-    let big = t.p("/big");
-    let mut writer = RawConn::new_session(t.addr(0), 2000);
-    let (r, _) = writer.call(&Request::Create {
-        op: OpCode::Create,
-        req: CreateRequest {
-            path: big.clone(),
-            data: vec![7; 60_000],
-            acl: Acl::open_unsafe(),
-            flags: 0,
-        },
-        ttl: 0,
-    });
-    assert_eq!(r.header.err, 0);
-
-    // Ask for ~30 MB of replies and read none of them: more than any socket buffers.
-    let server = t.member_at(t.addr(1));
-    let mut slow = RawConn::new_session(server.addr, 2000);
-    catch_up(&t, &mut slow, &big);
-    let get = Request::GetData(PathWatchRequest {
-        path: big.clone(),
-        watch: false,
-    });
-    for _ in 0..500 {
-        if slow.try_send(&get).is_err() {
-            break; // the server closed us while we were still sending
-        }
-    }
-    support::coordd::wait_until(
-        "the slow reader to be cut off",
-        Duration::from_secs(10),
-        || server.log().contains("outbound_bytes_max"),
-    );
-    // Its connection is gone: draining it ends in EOF, not 500 replies.
-    let mut replies = 0;
-    while slow.recv().is_some() {
-        replies += 1;
-    }
-    assert!(replies < 500, "got all {replies} replies");
-    let (r, _) = writer.call(&exists(&big, false));
-    assert_eq!(r.header.err, 0, "other clients are served");
-}
-
-/// Ensemble: the cap of one member (each has its own).
-fn total_connection_cap(topo: Topology) {
-    // Its own servers: no other connection may hold a slot.
-    let t = topo.start_own(&["--tick-time-ms", "100", "--connections-max", "2"]);
-    let server = t.member_at(t.addr(0));
-    let _a = RawConn::new_session(server.addr, 2000);
-    let _b = RawConn::new_session(server.addr, 2000);
-    let mut s = RawConn::tcp(server.addr);
-    let mut buf = [0u8; 1];
-    assert_eq!(
-        s.read(&mut buf).unwrap_or(0),
-        0,
-        "the third connection is closed"
-    );
-    assert!(server.log().contains("connections_max reached"));
 }
 
 fn session_timeout_is_negotiated_between_2_and_20_ticks(topo: Topology) {
@@ -552,10 +466,7 @@ both_topologies!(sync a_client_ahead_of_the_server_is_refused);
 both_topologies!(sync oversized_and_malformed_frames_close_the_connection_and_nothing_else);
 both_topologies!(sync unsupported_ops_get_an_error_reply);
 both_topologies!(sync four_letter_words);
-both_topologies!(sync per_ip_connection_cap);
 both_topologies!(sync sigterm_shuts_down_cleanly);
-both_topologies!(sync a_client_that_does_not_read_is_cut_off);
-both_topologies!(sync total_connection_cap);
 both_topologies!(sync session_timeout_is_negotiated_between_2_and_20_ticks);
 both_topologies!(sync replies_to_an_old_connection_never_reach_the_new_one);
 both_topologies!(sync read_only_flag_is_accepted);

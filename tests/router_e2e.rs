@@ -32,6 +32,10 @@ use coordd_client::{Acl, Client, ClientConfig, CreateMode};
 use support::agent::{switchyard_bin, Agent};
 use support::coordd::Coordd;
 use support::postgres;
+use support::router::{
+    in_recovery, router_follows_a_master_kill, start_router, start_router_with, wait_three,
+    wait_topology, where_ran, DbCluster,
+};
 use switchyard_proxy::namespace::Namespace;
 use switchyard_proxy::records::{
     self, LeaderRecord, LeaderState, Lsn, MemberRecord, MemberState, Role,
@@ -89,13 +93,6 @@ impl Cluster {
         self.agents.iter_mut().find(|a| a.node == node).unwrap()
     }
 
-    /// kill -9 of a node's agent and its PostgreSQL.
-    fn kill(&mut self, node: &str) {
-        let a = self.agent_mut(node);
-        a.kill9();
-        a.kill9_postgres();
-    }
-
     async fn member_names(&self) -> Vec<String> {
         let mut v = self
             .zk
@@ -104,6 +101,15 @@ impl Cluster {
             .unwrap_or_default();
         v.sort();
         v
+    }
+}
+
+impl DbCluster for Cluster {
+    /// kill -9 of a node's agent and its PostgreSQL.
+    fn kill(&mut self, node: &str) {
+        let a = self.agent_mut(node);
+        a.kill9();
+        a.kill9_postgres();
     }
 
     fn dump(&self) -> String {
@@ -119,110 +125,6 @@ impl Cluster {
         }
         s
     }
-}
-
-async fn start_router(coord: &str, balance: Balance, write_wait_ms: u64) -> Router {
-    timeout(
-        DEADLINE,
-        Router::builder()
-            .coord(coord)
-            .cluster(CLUSTER)
-            .session_timeout_ms(SESSION_TIMEOUT_MS)
-            .write_wait_ms(write_wait_ms)
-            .read_balance(balance)
-            // Lag as the records show it is a moment's worth of WAL here; a tight
-            // bound would make a replica flicker in and out of the readable set.
-            .max_lag_bytes(1 << 30)
-            .pool_max_size(4)
-            .pg_connect_timeout_ms(3_000)
-            .pg_user(postgres::SUPERUSER)
-            .pg_dbname("postgres")
-            .connect(),
-    )
-    .await
-    .expect("router connects in time")
-    .expect("router connects")
-}
-
-/// Waits (under [`DEADLINE`]) until the router's topology satisfies `cond`, woken by
-/// its publish notifications.
-async fn wait_topology(router: &Router, what: &str, cond: impl Fn(&Topology) -> bool) {
-    if let Err(e) = wait_topology_for(router, what, DEADLINE, cond).await {
-        panic!("{e}");
-    }
-}
-
-/// Waits up to `deadline` until the router's topology satisfies `cond`.
-async fn wait_topology_for(
-    router: &Router,
-    what: &str,
-    deadline: Duration,
-    cond: impl Fn(&Topology) -> bool,
-) -> Result<(), String> {
-    let mut rx = router.subscribe();
-    let r = timeout(deadline, async {
-        loop {
-            if cond(&router.topology()) {
-                return;
-            }
-            rx.changed().await.expect("router alive");
-        }
-    })
-    .await;
-    r.map_err(|_| {
-        format!(
-            "timed out after {deadline:?} waiting for {what}: {:?}",
-            router.topology()
-        )
-    })
-}
-
-/// Waits for a master and two readable replicas (per the router), each answering;
-/// returns (master, [replica, replica]).
-async fn wait_three(c: &Cluster, router: &Router) -> (String, Vec<String>) {
-    let start = Instant::now();
-    loop {
-        let left = BOOTSTRAP_DEADLINE.saturating_sub(start.elapsed());
-        if let Err(e) = wait_topology_for(router, "a master and two running replicas", left, |t| {
-            t.writable_endpoint().is_some() && t.readable_endpoints(1 << 30).count() == 2
-        })
-        .await
-        {
-            panic!("{e}{}", c.dump());
-        }
-        let t = router.topology();
-        let master = t.writable_endpoint().unwrap().node.clone();
-        let replicas: Vec<String> = t
-            .readable_endpoints(1 << 30)
-            .map(|e| e.node.clone())
-            .collect();
-        // Every node answers, with the role the records claim.
-        let mut ok = match router.write().await {
-            Ok(w) => !in_recovery(&w).await.unwrap_or(true),
-            Err(_) => false,
-        };
-        for _ in 0..2 {
-            ok &= match router.read().await {
-                Ok(r) => in_recovery(&r).await.unwrap_or(false),
-                Err(_) => false,
-            };
-        }
-        if ok {
-            return (master, replicas);
-        }
-        assert!(
-            start.elapsed() < BOOTSTRAP_DEADLINE,
-            "cluster not ready: {t:?}{}",
-            c.dump()
-        );
-        // The next member records (every publish interval) are the next chance.
-        let mut rx = router.subscribe();
-        let _ = timeout(Duration::from_secs(2), rx.changed()).await;
-    }
-}
-
-async fn in_recovery(c: &PooledClient) -> Result<bool, Error> {
-    Ok(c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0))
 }
 
 async fn server_port(c: &PooledClient) -> u16 {
@@ -242,17 +144,6 @@ fn port_of(router: &Router, node: &str) -> u16 {
         .find(|e| e.node == node)
         .unwrap_or_else(|| panic!("{node} not in {t:?}"))
         .port
-}
-
-/// Runs `sql` through `Router::query`; returns (in recovery, server port) from its
-/// single row's first two columns.
-async fn where_ran(router: &Router, sql: &str) -> (bool, u16) {
-    let rows = router
-        .query(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let row = rows.first().unwrap_or_else(|| panic!("{sql}: no row"));
-    (row.get(0), u16::try_from(row.get::<_, i32>(1)).unwrap())
 }
 
 /// Publishes a snapshot in which `replica` is the master (same epoch), as a router
@@ -317,8 +208,10 @@ fn router_under_agents_routes_reads_writes_and_survives_a_replica_loss() {
     rt.block_on(async {
         let mut c = Cluster::start().await;
         let coord = c.coordd.connect_string();
-        let router = start_router(&coord, Balance::RoundRobin, 20_000).await;
-        let (master, replicas) = wait_three(&c, &router).await;
+        let router =
+            start_router_with(&coord, SESSION_TIMEOUT_MS, Balance::RoundRobin, 20_000).await;
+        let (master, replicas) = wait_three(&router, BOOTSTRAP_DEADLINE, &|| c.dump()).await;
+        let replicas: Vec<String> = replicas.into_keys().collect();
         let master_port = port_of(&router, &master);
         let replica_ports: Vec<u16> = replicas.iter().map(|r| port_of(&router, r)).collect();
         eprintln!("master {master}, replicas {replicas:?}");
@@ -339,8 +232,14 @@ fn router_under_agents_routes_reads_writes_and_survives_a_replica_loss() {
 
         // Least outstanding: while one replica holds a connection, the other gets
         // every read.
-        let lo = start_router(&coord, Balance::LeastOutstanding, 20_000).await;
-        wait_topology(&lo, "two readable replicas", |t| {
+        let lo = start_router_with(
+            &coord,
+            SESSION_TIMEOUT_MS,
+            Balance::LeastOutstanding,
+            20_000,
+        )
+        .await;
+        wait_topology(&lo, "two readable replicas", DEADLINE, |t| {
             t.readable_endpoints(1 << 30).count() == 2
         })
         .await;
@@ -408,13 +307,18 @@ fn router_under_agents_routes_reads_writes_and_survives_a_replica_loss() {
             .expect("CREATE FUNCTION");
         // The function must have replicated for the replica to get as far as 25006.
         let token = router.write().await.unwrap().causal_token().await.unwrap();
-        wait_topology(&router, "both replicas to replay the function", |t| {
-            t.replicas()
-                .iter()
-                .filter(|r| r.replay_lsn.is_some_and(|l| l >= token.0))
-                .count()
-                == 2
-        })
+        wait_topology(
+            &router,
+            "both replicas to replay the function",
+            DEADLINE,
+            |t| {
+                t.replicas()
+                    .iter()
+                    .filter(|r| r.replay_lsn.is_some_and(|l| l >= token.0))
+                    .count()
+                    == 2
+            },
+        )
         .await;
         let before = router.retry_counts();
         let rows = router.query("SELECT bump()", &[]).await.expect("bump()");
@@ -458,7 +362,7 @@ fn router_under_agents_routes_reads_writes_and_survives_a_replica_loss() {
                 .unwrap();
             tx.commit_with_token().await.unwrap()
         };
-        wait_topology(&router, "a replica to replay the token", |t| {
+        wait_topology(&router, "a replica to replay the token", DEADLINE, |t| {
             t.replicas()
                 .iter()
                 .any(|r| r.replay_lsn.is_some_and(|l| l >= token.0))
@@ -563,7 +467,7 @@ fn router_under_agents_routes_reads_writes_and_survives_a_replica_loss() {
             let _ = timeout(Duration::from_millis(200), rx.changed()).await;
         }
         let gone = Instant::now();
-        wait_topology(&router, "the dead replica to leave", |t| {
+        wait_topology(&router, "the dead replica to leave", DEADLINE, |t| {
             t.replicas().iter().all(|r| r.endpoint.node != victim)
         })
         .await;
@@ -606,92 +510,9 @@ fn router_under_agents_follows_a_master_failover() {
         .unwrap();
     rt.block_on(async {
         let mut c = Cluster::start().await;
-        let router = start_router(&c.coordd.connect_string(), Balance::RoundRobin, 30_000).await;
-        let (old, _) = wait_three(&c, &router).await;
-        let old_port = port_of(&router, &old);
-        let old_epoch = router.topology().epoch().unwrap();
-        router
-            .execute("CREATE TABLE t (id serial PRIMARY KEY, at_ms bigint)", &[])
-            .await
-            .unwrap();
-        let (_, port) = where_ran(
-            &router,
-            "INSERT INTO t (at_ms) VALUES (0) RETURNING pg_is_in_recovery(), inet_server_port()",
-        )
-        .await;
-        assert_eq!(port, old_port);
-        // Replication is asynchronous: let both replicas have the row before the kill,
-        // so that whoever wins has it.
-        let token = router.write().await.unwrap().causal_token().await.unwrap();
-        wait_topology(&router, "both replicas to replay the row", |t| {
-            t.replicas()
-                .iter()
-                .filter(|r| r.replay_lsn.is_some_and(|l| l >= token.0))
-                .count()
-                == 2
-        })
-        .await;
-
-        let killed = Instant::now();
-        c.kill(&old);
-        let mut failed = Vec::new();
-        let new_port = loop {
-            match router
-                .query(
-                    "INSERT INTO t (at_ms) VALUES (1) RETURNING pg_is_in_recovery(), \
-                     inet_server_port()",
-                    &[],
-                )
-                .await
-            {
-                Ok(rows) => {
-                    let rec: bool = rows[0].get(0);
-                    assert!(!rec);
-                    let port = u16::try_from(rows[0].get::<_, i32>(1)).unwrap();
-                    if port != old_port {
-                        break port;
-                    }
-                    // Landed on the old master before it died: fine, go on.
-                }
-                Err(e) => {
-                    assert!(e.is_retryable(), "{e:?}");
-                    failed.push(e.to_string());
-                }
-            }
-            assert!(
-                killed.elapsed() < DEADLINE,
-                "no write on a new master; failures: {failed:?}{}",
-                c.dump()
-            );
-        };
-        let took = killed.elapsed();
-        let t = router.topology();
-        let new = t.writable_endpoint().unwrap().node.clone();
-        assert_ne!(new, old);
-        assert_eq!(new_port, t.writable_endpoint().unwrap().port);
-        assert!(t.epoch().unwrap() > old_epoch);
-        eprintln!(
-            "master {old} killed: writes resumed on {new} after {took:?}; failed writes in \
-             between: {failed:?}"
-        );
-        assert!(
-            failed.len() <= 1,
-            "writes hammered the dead master: {failed:?}"
-        );
-        assert!(
-            router.pooled_endpoints().iter().all(|e| e.node != old),
-            "the old master's pool survived the leader change"
-        );
-        // The row written before the failover is on the new master (it was a replica).
-        let n: i64 = router
-            .write()
-            .await
-            .unwrap()
-            .query_one("SELECT count(*) FROM t WHERE at_ms = 0", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 1);
+        let router = start_router(&c.coordd.connect_string(), SESSION_TIMEOUT_MS).await;
+        let (old, _) = wait_three(&router, BOOTSTRAP_DEADLINE, &|| c.dump()).await;
+        router_follows_a_master_kill(&router, &old, &mut c, DEADLINE).await;
         drop(router);
         drop(c);
     });

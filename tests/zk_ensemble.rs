@@ -33,7 +33,9 @@ use support::agent::{
     switchyard_bin, tail, wait_sync, Agent,
 };
 use support::postgres::{self, PgDir};
-use support::router::{start_router, wait_three, wait_topology, where_ran};
+use support::router::{
+    router_follows_a_master_kill, start_router, wait_three, wait_topology, where_ran, DbCluster,
+};
 use support::zookeeper::{ZkMode, ZooKeeper, ZooKeeperEnsemble};
 use switchyard_proxy::namespace::Namespace;
 use switchyard_proxy::records::{self, LeaderRecord, MemberRecord};
@@ -153,28 +155,6 @@ impl ZkCluster {
         self.agents.iter_mut().find(|a| a.node == node).unwrap()
     }
 
-    /// kill -9 of a node's agent and its PostgreSQL.
-    fn kill(&mut self, node: &str) {
-        let a = self.agent_mut(node);
-        a.kill9();
-        a.kill9_postgres();
-    }
-
-    fn dump(&self) -> String {
-        let mut s = String::new();
-        for a in &self.agents {
-            s.push_str(&format!(
-                "\n===== agent {} log (tail) =====\n{}\n===== {} postgres log (tail) =====\n{}\n",
-                a.node,
-                tail(&a.log(), 60),
-                a.node,
-                tail(&a.pg_log(), 20)
-            ));
-        }
-        s.push_str(&self.zk.output_tails(15));
-        s
-    }
-
     /// The `leader` record and its stat (czxid = epoch, ephemeralOwner = session).
     async fn leader(&self) -> Option<(LeaderRecord, coordd_proto::records::Stat)> {
         let (data, stat) = self.client.get_data(&self.ns.leader(), false).await.ok()?;
@@ -244,6 +224,30 @@ impl ZkCluster {
             &|| self.dump(),
         )
         .await
+    }
+}
+
+impl DbCluster for ZkCluster {
+    /// kill -9 of a node's agent and its PostgreSQL.
+    fn kill(&mut self, node: &str) {
+        let a = self.agent_mut(node);
+        a.kill9();
+        a.kill9_postgres();
+    }
+
+    fn dump(&self) -> String {
+        let mut s = String::new();
+        for a in &self.agents {
+            s.push_str(&format!(
+                "\n===== agent {} log (tail) =====\n{}\n===== {} postgres log (tail) =====\n{}\n",
+                a.node,
+                tail(&a.log(), 60),
+                a.node,
+                tail(&a.pg_log(), 20)
+            ));
+        }
+        s.push_str(&self.zk.output_tails(15));
+        s
     }
 }
 
@@ -481,8 +485,6 @@ async fn router_on_zk_ensemble_reads_replicas_and_follows_a_master_failover() {
         "ZooKeeper 3.8 implements addWatch"
     );
     let (old, replicas) = wait_three(&router, BOOTSTRAP_DEADLINE, &|| c.dump()).await;
-    let old_port = router.topology().writable_endpoint().unwrap().port;
-    let old_epoch = router.topology().epoch().unwrap();
 
     // Reads: round robin over both replicas, never the master.
     let mut read_ports = BTreeSet::new();
@@ -494,90 +496,8 @@ async fn router_on_zk_ensemble_reads_replicas_and_follows_a_master_failover() {
     }
     let want: BTreeSet<u16> = replicas.values().copied().collect();
     assert_eq!(read_ports, want, "reads did not spread over both replicas");
-    // Writes: the master.
-    router
-        .execute("CREATE TABLE t (id serial PRIMARY KEY, at_ms bigint)", &[])
-        .await
-        .unwrap();
-    let (rec, port) = where_ran(
-        &router,
-        "INSERT INTO t (at_ms) VALUES (0) RETURNING pg_is_in_recovery(), inet_server_port()",
-    )
-    .await;
-    assert!(!rec);
-    assert_eq!(port, old_port);
-    // Replication is asynchronous: let both replicas have the row before the kill,
-    // so that whoever wins has it.
-    let token = router.write().await.unwrap().causal_token().await.unwrap();
-    wait_topology(&router, "both replicas to replay the row", DEADLINE, |t| {
-        t.replicas()
-            .iter()
-            .filter(|r| r.replay_lsn.is_some_and(|l| l >= token.0))
-            .count()
-            == 2
-    })
-    .await;
-
-    let killed = Instant::now();
-    c.kill(&old);
-    let mut failed = Vec::new();
-    let new_port = loop {
-        match router
-            .query(
-                "INSERT INTO t (at_ms) VALUES (1) RETURNING pg_is_in_recovery(), \
-                 inet_server_port()",
-                &[],
-            )
-            .await
-        {
-            Ok(rows) => {
-                let rec: bool = rows[0].get(0);
-                assert!(!rec);
-                let port = u16::try_from(rows[0].get::<_, i32>(1)).unwrap();
-                if port != old_port {
-                    break port;
-                }
-                // Landed on the old master before it died: fine, go on.
-            }
-            Err(e) => {
-                assert!(e.is_retryable(), "{e:?}");
-                failed.push(e.to_string());
-            }
-        }
-        assert!(
-            killed.elapsed() < DEADLINE,
-            "no write on a new master; failures: {failed:?}{}",
-            c.dump()
-        );
-    };
-    let took = killed.elapsed();
-    let t = router.topology();
-    let new = t.writable_endpoint().unwrap().node.clone();
-    assert_ne!(new, old);
-    assert_eq!(new_port, t.writable_endpoint().unwrap().port);
-    assert!(t.epoch().unwrap() > old_epoch);
-    eprintln!(
-        "master {old} killed: writes resumed on {new} through the router after {took:?}; \
-         failed writes in between: {failed:?}"
-    );
-    assert!(
-        failed.len() <= 1,
-        "writes hammered the dead master: {failed:?}"
-    );
-    assert!(
-        router.pooled_endpoints().iter().all(|e| e.node != old),
-        "the old master's pool survived the leader change"
-    );
-    // The row written before the failover is on the new master (it was a replica).
-    let n: i64 = router
-        .write()
-        .await
-        .unwrap()
-        .query_one("SELECT count(*) FROM t WHERE at_ms = 0", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1);
+    // Writes: the master, then its kill.
+    let new = router_follows_a_master_kill(&router, &old, &mut c, DEADLINE).await;
     // Reads now go to the remaining replica only.
     let survivor = replicas
         .iter()

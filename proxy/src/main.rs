@@ -56,6 +56,11 @@ enum Cmd {
         /// How long to wait for the outcome.
         #[arg(long, default_value_t = agent::switchover::SWITCHOVER_WAIT_MS_DEFAULT)]
         timeout_ms: u64,
+        /// The cluster's shared digest credentials (`user:password`, agent.toml's
+        /// `coord_auth`), when the agents use them. From the environment rather than
+        /// the command line, so that they do not show in `ps`.
+        #[arg(long, env = "SWITCHYARD_COORD_AUTH", hide_env_values = true)]
+        coord_auth: Option<String>,
     },
 }
 
@@ -147,7 +152,15 @@ fn main() -> ExitCode {
             from,
             to,
             timeout_ms,
+            coord_auth,
         } => {
+            if let Some(Err(e)) = coord_auth
+                .as_deref()
+                .map(agent::config::validate_coord_auth)
+            {
+                eprintln!("switchyard switchover: {e}");
+                return ExitCode::from(2);
+            }
             let (ns, coord) = match target("switchover", &root, &cluster, &coord) {
                 Ok(t) => t,
                 Err(code) => return code,
@@ -155,6 +168,7 @@ fn main() -> ExitCode {
             let wait = std::time::Duration::from_millis(timeout_ms);
             match rt.block_on(agent::switchover::switchover(
                 coord,
+                coord_auth.as_deref(),
                 &ns,
                 from.as_deref(),
                 &to,

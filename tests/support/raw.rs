@@ -33,6 +33,70 @@ impl RawConn {
         s
     }
 
+    /// A TCP connection to `addr` from the local address `from` (e.g. 127.0.0.2, to
+    /// show a per-IP limit is per IP), with the same settings as [`RawConn::tcp`].
+    pub fn tcp_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let s = rt.block_on(async {
+            let sock = match from {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            sock.bind(SocketAddr::new(from, 0))?;
+            let s = tokio::time::timeout(Duration::from_secs(5), sock.connect(addr))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            s.into_std()
+        })?;
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    /// A new session over an already connected stream.
+    pub fn new_session_over(s: TcpStream, timeout_ms: i32) -> RawConn {
+        Self::try_new_session_over(s, timeout_ms).expect("connect response")
+    }
+
+    /// A new session over an already connected stream; None if the server closed it.
+    pub fn try_new_session_over(mut s: TcpStream, timeout_ms: i32) -> Option<RawConn> {
+        let resp = Self::handshake(&mut s, timeout_ms, 0, &[0; 16], 0)?;
+        assert!(resp.timeout_ms > 0, "session refused");
+        Some(RawConn {
+            stream: s,
+            session_id: resp.session_id,
+            passwd: resp.passwd,
+            timeout_ms: resp.timeout_ms,
+            next_xid: 1,
+        })
+    }
+
+    /// Sends the connect request on `s` and reads the answer; None if the server closed.
+    pub fn handshake(
+        s: &mut TcpStream,
+        timeout_ms: i32,
+        session_id: i64,
+        passwd: &[u8],
+        last_zxid: i64,
+    ) -> Option<ConnectResponse> {
+        let req = ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: last_zxid,
+            timeout_ms,
+            session_id,
+            passwd: passwd.to_vec(),
+            read_only: false,
+        };
+        let mut out = BytesMut::new();
+        write_frame(&mut out, |o| req.encode(o));
+        s.write_all(&out).ok()?;
+        let body = read_frame(s)?;
+        Some(ConnectResponse::from_bytes(&body).expect("decode connect response"))
+    }
+
     /// Handshake for a new session (`session_id` 0) or a resumed one. A server that
     /// closes the connection without a response (an ensemble member that does not serve
     /// clients at the moment: no quorum in sight) is tried again, as ZooKeeper clients
@@ -66,22 +130,8 @@ impl RawConn {
         last_zxid: i64,
     ) -> Option<(TcpStream, ConnectResponse)> {
         let mut s = Self::tcp(addr);
-        let req = ConnectRequest {
-            protocol_version: 0,
-            last_zxid_seen: last_zxid,
-            timeout_ms,
-            session_id,
-            passwd: passwd.to_vec(),
-            read_only: false,
-        };
-        let mut out = BytesMut::new();
-        write_frame(&mut out, |o| req.encode(o));
-        s.write_all(&out).ok()?;
-        let body = read_frame(&mut s)?;
-        Some((
-            s,
-            ConnectResponse::from_bytes(&body).expect("decode connect response"),
-        ))
+        let resp = Self::handshake(&mut s, timeout_ms, session_id, passwd, last_zxid)?;
+        Some((s, resp))
     }
 
     /// A new session, or None when the server closes the connection instead (an

@@ -18,15 +18,26 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
 /// A router for [`CLUSTER`] on `coord` (`host:port,...`): round robin reads, writes
 /// that wait up to 30 s for the next master, small pools.
 pub async fn start_router(coord: &str, session_timeout_ms: u32) -> Router {
+    start_router_with(coord, session_timeout_ms, Balance::RoundRobin, 30_000).await
+}
+
+/// [`start_router`] with another read balance and bound on a write's wait for a master.
+pub async fn start_router_with(
+    coord: &str,
+    session_timeout_ms: u32,
+    balance: Balance,
+    write_wait_ms: u64,
+) -> Router {
     timeout(
         CONNECT_DEADLINE,
         Router::builder()
             .coord(coord)
             .cluster(CLUSTER)
             .session_timeout_ms(session_timeout_ms)
-            .write_wait_ms(30_000)
-            .read_balance(Balance::RoundRobin)
-            // Lag as the records show it is a moment's worth of WAL here.
+            .write_wait_ms(write_wait_ms)
+            .read_balance(balance)
+            // Lag as the records show it is a moment's worth of WAL here; a tight
+            // bound would make a replica flicker in and out of the readable set.
             .max_lag_bytes(1 << 30)
             .pool_max_size(4)
             .pg_connect_timeout_ms(3_000)
@@ -47,6 +58,18 @@ pub async fn wait_topology(
     deadline: Duration,
     cond: impl Fn(&Topology) -> bool,
 ) {
+    if let Err(e) = wait_topology_for(router, what, deadline, cond).await {
+        panic!("{e}");
+    }
+}
+
+/// [`wait_topology`] that reports the timeout instead of panicking.
+pub async fn wait_topology_for(
+    router: &Router,
+    what: &str,
+    deadline: Duration,
+    cond: impl Fn(&Topology) -> bool,
+) -> Result<(), String> {
     let mut rx = router.subscribe();
     let r = timeout(deadline, async {
         loop {
@@ -57,12 +80,12 @@ pub async fn wait_topology(
         }
     })
     .await;
-    if r.is_err() {
-        panic!(
+    r.map_err(|_| {
+        format!(
             "timed out after {deadline:?} waiting for {what}: {:?}",
             router.topology()
-        );
-    }
+        )
+    })
 }
 
 pub async fn in_recovery(c: &PooledClient) -> Result<bool, Error> {
@@ -76,10 +99,8 @@ pub async fn where_ran(router: &Router, sql: &str) -> (bool, u16) {
         .query(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    (
-        rows[0].get(0),
-        u16::try_from(rows[0].get::<_, i32>(1)).unwrap(),
-    )
+    let row = rows.first().unwrap_or_else(|| panic!("{sql}: no row"));
+    (row.get(0), u16::try_from(row.get::<_, i32>(1)).unwrap())
 }
 
 /// Waits up to `deadline` (per the router) for a master and two readable replicas that
@@ -137,4 +158,111 @@ pub async fn wait_three(
         // The next member records (every publish interval) are the next chance.
         let _ = timeout(Duration::from_secs(2), rx.changed()).await;
     }
+}
+
+/// A database cluster under agents, as the router scenarios drive it.
+pub trait DbCluster {
+    /// kill -9 of `node`'s agent and PostgreSQL.
+    fn kill(&mut self, node: &str);
+    /// Logs that explain a failure.
+    fn dump(&self) -> String;
+}
+
+/// The master failover as a router sees it, on any coordination service: a row
+/// written through the router reaches both replicas, `c` kills `old`, and
+/// the same router's writes resume on a new master, at most one write failing in
+/// between (a suspect master is not hammered); the old master's pool is closed and the
+/// row is on the new master. Returns the new master.
+pub async fn router_follows_a_master_kill(
+    router: &Router,
+    old: &str,
+    c: &mut dyn DbCluster,
+    deadline: Duration,
+) -> String {
+    let old_port = router.topology().writable_endpoint().unwrap().port;
+    let old_epoch = router.topology().epoch().unwrap();
+    router
+        .execute("CREATE TABLE t (id serial PRIMARY KEY, at_ms bigint)", &[])
+        .await
+        .unwrap();
+    let (rec, port) = where_ran(
+        router,
+        "INSERT INTO t (at_ms) VALUES (0) RETURNING pg_is_in_recovery(), inet_server_port()",
+    )
+    .await;
+    assert!(!rec);
+    assert_eq!(port, old_port);
+    // Replication is asynchronous: let both replicas have the row before the kill,
+    // so that whoever wins has it.
+    let token = router.write().await.unwrap().causal_token().await.unwrap();
+    wait_topology(router, "both replicas to replay the row", deadline, |t| {
+        t.replicas()
+            .iter()
+            .filter(|r| r.replay_lsn.is_some_and(|l| l >= token.0))
+            .count()
+            == 2
+    })
+    .await;
+
+    let killed = Instant::now();
+    c.kill(old);
+    let mut failed = Vec::new();
+    let new_port = loop {
+        match router
+            .query(
+                "INSERT INTO t (at_ms) VALUES (1) RETURNING pg_is_in_recovery(), \
+                 inet_server_port()",
+                &[],
+            )
+            .await
+        {
+            Ok(rows) => {
+                let rec: bool = rows[0].get(0);
+                assert!(!rec);
+                let port = u16::try_from(rows[0].get::<_, i32>(1)).unwrap();
+                if port != old_port {
+                    break port;
+                }
+                // Landed on the old master before it died: fine, go on.
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "{e:?}");
+                failed.push(e.to_string());
+            }
+        }
+        assert!(
+            killed.elapsed() < deadline,
+            "no write on a new master; failures: {failed:?}{}",
+            c.dump()
+        );
+    };
+    let took = killed.elapsed();
+    let t = router.topology();
+    let new = t.writable_endpoint().unwrap().node.clone();
+    assert_ne!(new, old);
+    assert_eq!(new_port, t.writable_endpoint().unwrap().port);
+    assert!(t.epoch().unwrap() > old_epoch);
+    eprintln!(
+        "master {old} killed: writes resumed on {new} through the router after {took:?}; \
+         failed writes in between: {failed:?}"
+    );
+    assert!(
+        failed.len() <= 1,
+        "writes hammered the dead master: {failed:?}"
+    );
+    assert!(
+        router.pooled_endpoints().iter().all(|e| e.node != old),
+        "the old master's pool survived the leader change"
+    );
+    // The row written before the failover is on the new master (it was a replica).
+    let n: i64 = router
+        .write()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM t WHERE at_ms = 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    new
 }

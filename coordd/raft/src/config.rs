@@ -9,6 +9,9 @@
 //!   (0..tick)` later: with 50/150/200 that is 300-475 ms, then one vote round and the new
 //!   leader's blank entry (one round trip and one fsync each) before it serves writes: about
 //!   0.35-0.5 s, the aim.
+//! - A leader whose process died (its peer port refuses connections) is replaced sooner:
+//!   `Member::peer_link_lost` campaigns once the voters' lease (`max` after the last
+//!   AppendEntries) ends, about 0.25 s after the kill.
 //! - Why not lower: AppendEntries has a hard timeout of `heartbeat_interval_ms` (openraft
 //!   replication/mod.rs:455), so one round trip plus the follower's fdatasync (p99 ~25 ms on the
 //!   shared 2-core machine) must fit in it or replication times out and commits stall; and a

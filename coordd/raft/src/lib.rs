@@ -29,8 +29,8 @@ pub use applier::{Applier, ApplierError, EntryData, LogEntry, Membership};
 pub use config::{Config, ConfigError};
 pub use log_store::{DiskLogConfig, DiskLogStore, LogStore, MemLogStore};
 pub use member::{
-    AppCallError, AppHandler, Committed, Initialized, Member, ProposeError, ReadIndexError, Role,
-    ShutdownError, StartError, Status, WaitError,
+    AppCallError, AppHandler, Committed, Counters, Initialized, Member, ProposeError,
+    ReadIndexError, Role, ShutdownError, StartError, Status, WaitError,
 };
 pub use network::tcp;
 pub use network::tcp::{PeerServer, TcpConfig, TcpTransport};

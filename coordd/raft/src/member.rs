@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -81,6 +81,52 @@ pub struct Status {
     pub purged_index: Option<u64>,
     /// The membership in effect (the last one appended, committed or not).
     pub membership: Membership,
+    /// Counters since this member started.
+    pub counters: Counters,
+}
+
+/// What a member counted since it started (for `mntr`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Leaders this member saw take office (a new term with a known leader), itself
+    /// included: elections that produced a leader.
+    pub leader_changes: u64,
+    /// Of those, the times this member became leader.
+    pub leaderships: u64,
+    /// Proposals committed through [`Member::propose`] on this member (as leader).
+    pub commits: u64,
+    /// Their total and largest time from the call to the commit, in microseconds.
+    pub commit_us_total: u64,
+    pub commit_us_max: u64,
+}
+
+/// [`Counters`], shared with the metrics watcher.
+#[derive(Default)]
+struct CounterCells {
+    leader_changes: AtomicU64,
+    leaderships: AtomicU64,
+    commits: AtomicU64,
+    commit_us_total: AtomicU64,
+    commit_us_max: AtomicU64,
+}
+
+impl CounterCells {
+    fn read(&self) -> Counters {
+        Counters {
+            leader_changes: self.leader_changes.load(Ordering::Relaxed),
+            leaderships: self.leaderships.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            commit_us_total: self.commit_us_total.load(Ordering::Relaxed),
+            commit_us_max: self.commit_us_max.load(Ordering::Relaxed),
+        }
+    }
+
+    fn commit_took(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_us_total.fetch_add(us, Ordering::Relaxed);
+        self.commit_us_max.fetch_max(us, Ordering::Relaxed);
+    }
 }
 
 /// [`Member::call_app`] failed.
@@ -191,6 +237,26 @@ struct Ack {
     at: Instant,
 }
 
+/// Whether nothing listens at `addr` any more: the connect is refused, or it lands in the
+/// backlog of a listener that is being closed (a process dying closes its connections
+/// and its listener one after the other, so a probe can slip in between) and is reset
+/// or closed at once. A live peer server holds a new connection open while it waits for
+/// the handshake, so `wait` passes: alive. A timeout of the connect: unknown, not gone.
+async fn peer_process_gone(addr: &str, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    match tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Err(_) => false,
+        Ok(Ok(mut stream)) => {
+            let mut byte = [0u8; 1];
+            matches!(
+                tokio::time::timeout(wait, stream.read(&mut byte)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            )
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Only plain assignments of Copy values happen under these locks.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -230,6 +296,7 @@ struct Inner {
     ack: Arc<Mutex<Option<Ack>>>,
     watcher: JoinHandle<()>,
     shut_down: AtomicBool,
+    counters: Arc<CounterCells>,
 }
 
 impl Drop for Inner {
@@ -246,12 +313,29 @@ type Metrics = RaftMetrics<u64, BasicNode>;
 /// metric is computed when RaftCore flushes it and seen here a little later, which makes the
 /// instant late by that scheduling delay (microseconds, one runtime); `quorum_timeout_ms`
 /// leaves far more margin than that.
-async fn follow_quorum_acks(mut rx: watch::Receiver<Metrics>, ack: Arc<Mutex<Option<Ack>>>) {
+/// It also counts the leaders taking office (see [`Counters`]).
+async fn follow_quorum_acks(
+    id: MemberId,
+    mut rx: watch::Receiver<Metrics>,
+    ack: Arc<Mutex<Option<Ack>>>,
+    counters: Arc<CounterCells>,
+) {
+    let mut last_leader: Option<(u64, MemberId)> = None;
     loop {
         let seen = {
             // Copy out and release the metrics before taking our lock: RaftCore's next
             // report waits for readers.
             let m = rx.borrow_and_update();
+            if let Some(leader) = m.current_leader {
+                let now = (m.current_term, leader);
+                if last_leader != Some(now) {
+                    last_leader = Some(now);
+                    counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+                    if leader == id {
+                        counters.leaderships.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             match (m.state, m.millis_since_quorum_ack) {
                 (ServerState::Leader, Some(ms)) => Instant::now()
                     .checked_sub(Duration::from_millis(ms))
@@ -367,7 +451,13 @@ impl Member {
             .await
             .map_err(|e| StartError::Fatal(e.to_string()))?;
         let ack = Arc::new(Mutex::new(None));
-        let watcher = tokio::spawn(follow_quorum_acks(raft.metrics(), ack.clone()));
+        let counters = Arc::new(CounterCells::default());
+        let watcher = tokio::spawn(follow_quorum_acks(
+            id,
+            raft.metrics(),
+            ack.clone(),
+            counters.clone(),
+        ));
         let member = Member {
             inner: Arc::new(Inner {
                 id,
@@ -380,6 +470,7 @@ impl Member {
                 ack,
                 watcher,
                 shut_down: AtomicBool::new(false),
+                counters,
             }),
         };
         match member.initialize().await {
@@ -443,7 +534,12 @@ impl Member {
             });
         }
         let t = self.inner.config.propose_timeout();
-        match tokio::time::timeout(t, self.inner.raft.client_write(payload)).await {
+        let started = Instant::now();
+        let written = tokio::time::timeout(t, self.inner.raft.client_write(payload)).await;
+        if matches!(written, Ok(Ok(_))) {
+            self.inner.counters.commit_took(started.elapsed());
+        }
+        match written {
             // The future is dropped; if the entry was appended it stays in the log and commits
             // or is truncated later, and openraft's responder then finds nobody listening.
             Err(_) => {
@@ -627,6 +723,72 @@ impl Member {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             membership: membership_view(membership),
+            counters: self.inner.counters.read(),
+        }
+    }
+
+    /// The transport's inbound connection from member `from` closed (not by our own
+    /// shutdown). When `from` is this follower's leader and its peer address now refuses
+    /// connections, its process is gone (kill -9, crash, shutdown; a host that vanished
+    /// refuses nothing and is left to the election timer): campaign as soon as the other
+    /// voters' leader lease has run out, instead of after lease + election timeout.
+    ///
+    /// Safety does not depend on this (Raft elects safely whenever a campaign starts);
+    /// it only moves the campaign earlier. It never moves it before the voters' lease
+    /// (`election_timeout_max_ms` after the leader's last AppendEntries, plus a margin),
+    /// so a leader that only lost this one connection keeps its term: the probe finds it
+    /// alive, and even when it does not, the voters that still hear it reject the vote.
+    /// Survivors go in member-id order, `heartbeat_interval_ms` apart, so that two of them
+    /// do not split the vote.
+    pub fn peer_link_lost(&self, from: MemberId) {
+        let this = self.clone();
+        tokio::spawn(async move { this.campaign_if_leader_gone(from).await });
+    }
+
+    async fn campaign_if_leader_gone(&self, gone: MemberId) {
+        let Some(contact) = *lock(&self.inner.contact) else {
+            return;
+        };
+        let still_following = |member: &Member| {
+            let rx = member.inner.raft.metrics();
+            let m = rx.borrow();
+            m.state == ServerState::Follower
+                && m.current_leader == Some(gone)
+                && m.current_term == contact.term
+        };
+        if contact.leader != gone || gone == self.inner.id || !still_following(self) {
+            return;
+        }
+        let Some(addr) = self.inner.members.get(&gone) else {
+            return;
+        };
+        let heartbeat = Duration::from_millis(self.inner.config.heartbeat_interval_ms);
+        if !peer_process_gone(addr, heartbeat).await {
+            // Alive (or unknown): the election timer decides, as always.
+            return;
+        }
+        let rank = self
+            .inner
+            .members
+            .keys()
+            .filter(|id| **id != gone && **id < self.inner.id)
+            .count() as u32;
+        let lease = Duration::from_millis(self.inner.config.election_timeout_max_ms);
+        let at = contact.at + lease + heartbeat / 2 + heartbeat * rank;
+        tokio::time::sleep_until(at).await;
+        let contact_now = *lock(&self.inner.contact);
+        let unchanged = contact_now.is_some_and(|c| c.at == contact.at && c.term == contact.term);
+        if !unchanged || !still_following(self) {
+            return;
+        }
+        tracing::info!(
+            id = self.inner.id,
+            leader = gone,
+            %addr,
+            "the leader's process is gone (its peer address refuses connections): campaigning once the voters' lease ends"
+        );
+        if let Err(e) = self.inner.raft.trigger().elect().await {
+            tracing::debug!(id = self.inner.id, error = %e, "could not trigger an election");
         }
     }
 

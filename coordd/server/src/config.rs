@@ -53,10 +53,24 @@ pub struct Flags {
     /// from it [default: 1000].
     #[arg(long)]
     pub outstanding_requests_max: Option<usize>,
+    /// Bytes of requests a connection may have outstanding before coordd stops reading
+    /// from it (one request is always let through) [default: 16777216].
+    #[arg(long)]
+    pub outstanding_bytes_max: Option<usize>,
     /// Bytes queued to a client that does not read before it is disconnected
     /// [default: 16777216].
     #[arg(long)]
     pub outbound_bytes_max: Option<usize>,
+    /// Most watch registrations one session may hold on this server; a read or addWatch
+    /// that would register more is refused with QuotaExceeded, and a setWatches that
+    /// would register more closes the connection [default: 100000].
+    #[arg(long)]
+    pub watches_per_session_max: Option<usize>,
+    /// Largest data of one znode, in bytes: a create or setData (also inside a multi)
+    /// with more is refused with QuotaExceeded; at most `frame_bytes_max`
+    /// [default: 1048576, or frame_bytes_max if smaller].
+    #[arg(long)]
+    pub node_data_bytes_max: Option<usize>,
     /// Take a snapshot after this many log entries [default: 100000]; an ensemble
     /// member counts Raft entries (batches of writes), at most 5000.
     #[arg(long)]
@@ -122,7 +136,10 @@ pub struct FileConfig {
     pub connections_max: Option<usize>,
     pub connections_per_ip_max: Option<usize>,
     pub outstanding_requests_max: Option<usize>,
+    pub outstanding_bytes_max: Option<usize>,
     pub outbound_bytes_max: Option<usize>,
+    pub watches_per_session_max: Option<usize>,
+    pub node_data_bytes_max: Option<usize>,
     pub snapshot_every_entries: Option<u64>,
     pub container_check_interval_ms: Option<u64>,
     pub ttl_enabled: Option<bool>,
@@ -149,7 +166,17 @@ pub struct Config {
     pub connections_max: usize,
     pub connections_per_ip_max: usize,
     pub outstanding_requests_max: usize,
+    /// Invariant: the requests of one connection in the core hold at most this many
+    /// bytes of frames, or are a single request. Without it a connection could hold
+    /// `outstanding_requests_max` x `frame_bytes_max` (1 GiB by default) in the core.
+    pub outstanding_bytes_max: usize,
     pub outbound_bytes_max: usize,
+    /// Invariant: a session holds at most this many watch registrations on this server
+    /// (see [`WATCHES_PER_SESSION_MAX_DEFAULT`]).
+    pub watches_per_session_max: usize,
+    /// Invariant: no create or setData with more data than this reaches the log;
+    /// `node_data_bytes_max <= frame_bytes_max`.
+    pub node_data_bytes_max: usize,
     pub snapshot_every_entries: u64,
     pub container_check_interval_ms: u64,
     pub ttl_enabled: bool,
@@ -238,6 +265,19 @@ pub enum ConfigError {
 }
 
 pub const CLIENT_ADDR_DEFAULT: &str = "127.0.0.1:2181";
+/// Default for `watches_per_session_max`. ZooKeeper has no such limit; one session's
+/// watches are server memory that nothing else bounds: ~360 bytes a registration with
+/// 42-byte paths (measured: 100 000 exist watches of one session grew coordd's RSS by
+/// 35 MB; the path is kept in the path table and in the session's set). The router
+/// holds one persistent recursive watch (two registrations) or a few dozen one-shot
+/// ones, an agent a handful; a Curator TreeCache/CuratorCache watches every node's
+/// data and children, two registrations a node, so 100 000 covers a cache of a
+/// 50 000-znode tree (the size the benchmarks use) while holding one session to about
+/// 35 MB.
+pub const WATCHES_PER_SESSION_MAX_DEFAULT: usize = 100_000;
+/// Default for `node_data_bytes_max`: ZooKeeper's jute.maxbuffer (1 MiB), the data a
+/// ZooKeeper client accepts in a reply by default.
+pub const NODE_DATA_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 pub const TICK_TIME_MS_DEFAULT: u32 = 2000;
 /// Default for `worker_threads`: one per CPU (tokio's default; measured on the 2-core
 /// benchmark machine: 2 workers served ~30% more reads/s at 64 sessions than 1).
@@ -340,6 +380,13 @@ impl Config {
                     .or(file.outstanding_requests_max)
                     .unwrap_or(1000),
             )?,
+            outstanding_bytes_max: positive(
+                "outstanding_bytes_max",
+                flags
+                    .outstanding_bytes_max
+                    .or(file.outstanding_bytes_max)
+                    .unwrap_or(16 * 1024 * 1024),
+            )?,
             outbound_bytes_max: positive(
                 "outbound_bytes_max",
                 flags
@@ -347,6 +394,15 @@ impl Config {
                     .or(file.outbound_bytes_max)
                     .unwrap_or(16 * 1024 * 1024),
             )?,
+            watches_per_session_max: positive(
+                "watches_per_session_max",
+                flags
+                    .watches_per_session_max
+                    .or(file.watches_per_session_max)
+                    .unwrap_or(WATCHES_PER_SESSION_MAX_DEFAULT),
+            )?,
+            // Checked against frame_bytes_max below.
+            node_data_bytes_max: 0,
             snapshot_every_entries: flags
                 .snapshot_every_entries
                 .or(file.snapshot_every_entries)
@@ -377,6 +433,21 @@ impl Config {
                 || file.linearizable_reads.unwrap_or(false),
         };
         let mut config = config;
+        config.node_data_bytes_max = match flags.node_data_bytes_max.or(file.node_data_bytes_max) {
+            None => NODE_DATA_BYTES_MAX_DEFAULT.min(config.frame_bytes_max),
+            Some(0) => {
+                return Err(ConfigError::Invalid(
+                    "node_data_bytes_max must be > 0".into(),
+                ));
+            }
+            Some(n) if n > config.frame_bytes_max => {
+                return Err(ConfigError::Invalid(format!(
+                    "node_data_bytes_max ({n}) > frame_bytes_max ({}): no frame could carry such data",
+                    config.frame_bytes_max
+                )));
+            }
+            Some(n) => n,
+        };
         let id = flags.id.or(file.id);
         let peer_listen_addr = flags.peer_listen_addr.or(file.peer_listen_addr);
         if peer_listen_addr.is_some() && id.is_none() {
@@ -578,5 +649,49 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::resolve(flags, FileConfig::default()).is_err());
+        for (watches, data, frame) in [
+            (Some(0), None, None),
+            (None, Some(0), None),
+            (None, Some(2_000_000), None),
+            (None, Some(5000), Some(4096)),
+        ] {
+            let flags = Flags {
+                watches_per_session_max: watches,
+                node_data_bytes_max: data,
+                frame_bytes_max: frame,
+                ..Default::default()
+            };
+            assert!(
+                Config::resolve(flags, FileConfig::default()).is_err(),
+                "{watches:?} {data:?} {frame:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn resource_limits() {
+        let c = Config::default();
+        assert_eq!(c.watches_per_session_max, WATCHES_PER_SESSION_MAX_DEFAULT);
+        assert_eq!(c.outstanding_bytes_max, 16 * 1024 * 1024);
+        assert_eq!(c.node_data_bytes_max, 1024 * 1024);
+        assert_eq!(c.node_data_bytes_max, c.frame_bytes_max);
+        // A smaller frame limit lowers the default data limit with it.
+        let flags = Flags {
+            frame_bytes_max: Some(4096),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(flags, FileConfig::default())
+                .unwrap()
+                .node_data_bytes_max,
+            4096
+        );
+        let file: FileConfig =
+            toml::from_str("watches_per_session_max = 7\nnode_data_bytes_max = 1000").unwrap();
+        let c = Config::resolve(Flags::default(), file).unwrap();
+        assert_eq!(
+            (c.watches_per_session_max, c.node_data_bytes_max),
+            (7, 1000)
+        );
     }
 }

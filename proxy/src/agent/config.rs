@@ -24,6 +24,7 @@ use crate::namespace::{self, Namespace};
 /// initdb_auth_local = "peer"
 /// initdb_no_sync = false          # tests only
 /// hba = ["host replication all 10.0.0.0/8 scram-sha-256"]  # appended to pg_hba.conf
+/// coord_auth = "agents:s3cret"    # digest user:password shared by this cluster's agents
 /// [conf]                          # appended to postgresql.conf after initdb
 /// max_connections = "200"
 /// ```
@@ -46,6 +47,20 @@ pub struct AgentFile {
     pub initdb_no_sync: bool,
     pub hba: Vec<String>,
     pub conf: BTreeMap<String, String>,
+    /// Digest credentials (`user:password`) shared by the cluster's agents (and given to
+    /// `switchyard switchover`). When set, the cluster's shared znodes (`config`,
+    /// `initialize`, `sync`, `switchover`, the cluster node and `members`) are writable
+    /// with them only and readable by everyone, so an app server (a router) can read but
+    /// not change them. Unset: they are writable by any client (a warning says so).
+    pub coord_auth: Option<String>,
+}
+
+/// Checks `user:password` digest credentials (the user may not be empty, nor contain ':').
+pub fn validate_coord_auth(auth: &str) -> Result<(), String> {
+    match auth.split_once(':') {
+        Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(()),
+        _ => Err("coord_auth must be user:password (both non-empty)".into()),
+    }
 }
 
 impl AgentFile {
@@ -107,6 +122,8 @@ pub struct Settings {
     pub initdb_no_sync: bool,
     pub hba: Vec<String>,
     pub conf: BTreeMap<String, String>,
+    /// See [`AgentFile::coord_auth`]; validated.
+    pub coord_auth: Option<String>,
 }
 
 pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 6_000;
@@ -167,6 +184,9 @@ impl Settings {
                 ));
             }
         }
+        if let Some(a) = &file.coord_auth {
+            validate_coord_auth(a)?;
+        }
         let unix_socket_directories = file.unix_socket_directories.clone().unwrap_or_else(|| {
             pg_data
                 .parent()
@@ -198,6 +218,7 @@ impl Settings {
                 .unwrap_or_else(|| "scram-sha-256".into()),
             initdb_auth_local: file.initdb_auth_local.unwrap_or_else(|| "peer".into()),
             initdb_no_sync: file.initdb_no_sync,
+            coord_auth: file.coord_auth,
             hba: file.hba,
             conf: file.conf,
         })

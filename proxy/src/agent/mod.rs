@@ -60,13 +60,14 @@
 //! locally but invisible to other sessions; a backend waiting for one does not answer
 //! its client when the postmaster dies.
 //!
-//! ACLs: `leader` is created with `auth` (the creator, authenticated with a digest
-//! identity of this process) ALL plus `world` READ. ZooKeeper checks DELETE on the
+//! ACLs: `leader` and each member record are created with `auth` (the creator,
+//! authenticated with a digest identity of this process) ALL plus `world` READ. ZooKeeper checks DELETE on the
 //! *parent*, so the cluster node is created with `world` READ|WRITE|CREATE and no
 //! DELETE: nobody (but a superuser) can delete `leader`, `initialize` or `config`;
 //! ephemerals still vanish with their session. A cluster node created earlier by
 //! someone else keeps its ACL (logged as a warning when it grants DELETE).
 
+pub mod acl;
 pub mod config;
 pub mod node;
 pub mod status;

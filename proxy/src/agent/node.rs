@@ -6,14 +6,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coordd_client::{Acl, Client, ClientConfig, CreateMode, ErrorCode, Events, MultiOp, Stat};
+use coordd_client::{Client, ClientConfig, CreateMode, ErrorCode, Events, MultiOp, Stat};
 use coordd_proto::perms;
 use coordd_proto::records::{CheckVersionRequest, SetDataRequest};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use super::Settings;
+use super::{acl, Settings};
 use crate::election::{self, Epoch, Leadership, LeaseState, StartAs};
 use crate::pg::{
     self, Conninfo, InitdbOptions, PgBinaries, PgError, PgServer, StopMode, SyncStandbys,
@@ -174,17 +174,23 @@ impl Agent {
         }
     }
 
+    /// This process's digest identity (`node:secret`): the `leader` and member record
+    /// it creates are writable with it only.
+    fn process_credentials(&self) -> String {
+        format!("{}:{}", self.s.node, self.secret)
+    }
+
     /// Connects with backoff until it works or we are told to stop.
     async fn connect(&mut self) -> Option<(Client, Events)> {
         let mut delay = Duration::from_millis(100);
         loop {
-            let cfg = ClientConfig::new(self.s.coord.clone())
+            let mut cfg = ClientConfig::new(self.s.coord.clone())
                 .with_session_timeout_ms(self.s.session_timeout_ms)
                 .with_request_timeout_ms(self.s.session_timeout_ms.max(2_000))
-                .with_auth(
-                    "digest",
-                    format!("{}:{}", self.s.node, self.secret).as_bytes(),
-                );
+                .with_auth("digest", self.process_credentials().as_bytes());
+            if let Some(auth) = &self.s.coord_auth {
+                cfg = cfg.with_auth("digest", auth.as_bytes());
+            }
             match Client::connect(cfg).await {
                 Ok(c) => return Some(c),
                 Err(e) => warn!(
@@ -410,7 +416,7 @@ impl<'a> Session<'a> {
             .create(
                 path,
                 value,
-                &[Acl::new(perms::READ | perms::WRITE, "world", "anyone")],
+                &acl::shared(self.s().coord_auth.as_deref(), perms::READ | perms::WRITE),
                 CreateMode::Persistent,
             )
             .await
@@ -502,11 +508,17 @@ impl<'a> Session<'a> {
         if !parent.is_empty() {
             self.client.ensure_path(parent).await?;
         }
-        let cluster_acl = [Acl::new(
+        let coord_auth = self.s().coord_auth.clone();
+        if coord_auth.is_none() {
+            warn!(
+                "coord_auth is not set: any client of coordd can rewrite this cluster's \
+                 config, initialize, sync and switchover records (set it in agent.toml)"
+            );
+        }
+        let cluster_acl = acl::shared(
+            coord_auth.as_deref(),
             perms::READ | perms::WRITE | perms::CREATE,
-            "world",
-            "anyone",
-        )];
+        );
         match self
             .client
             .create(&cluster, &[], &cluster_acl, CreateMode::Persistent)
@@ -533,7 +545,7 @@ impl<'a> Session<'a> {
             .create(
                 &ns.members(),
                 &[],
-                &Acl::open_unsafe(),
+                &acl::shared(coord_auth.as_deref(), perms::ALL),
                 CreateMode::Persistent,
             )
             .await
@@ -1661,16 +1673,12 @@ impl<'a> Session<'a> {
             state: LeaderState::Promoting,
             since_ms: now_ms(),
         };
-        let acl = [
-            Acl::new(perms::ALL, "auth", ""),
-            Acl::new(perms::READ, "world", "anyone"),
-        ];
         let (_, stat) = self
             .client
             .create2(
                 &self.s().ns.leader(),
                 &records::encode(&rec),
-                &acl,
+                &acl::owned(&self.a.process_credentials()),
                 CreateMode::Ephemeral,
             )
             .await?;
@@ -1835,7 +1843,12 @@ impl<'a> Session<'a> {
         loop {
             match self
                 .client
-                .create(&path, &data, &Acl::open_unsafe(), CreateMode::Ephemeral)
+                .create(
+                    &path,
+                    &data,
+                    &acl::owned(&self.a.process_credentials()),
+                    CreateMode::Ephemeral,
+                )
                 .await
             {
                 Ok(_) => {

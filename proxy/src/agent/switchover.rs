@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use coordd_client::{Acl, Client, ClientConfig, CreateMode, ErrorCode};
+use coordd_client::{Client, ClientConfig, CreateMode, ErrorCode};
 use coordd_proto::perms;
 
 use crate::election::Epoch;
@@ -55,16 +55,23 @@ pub struct SwitchoverDone {
 
 /// Runs the switchover from `from` (None: whoever is master) to `to`, waiting up to
 /// `wait` for the outcome.
+///
+/// `coord_auth`: the cluster's shared digest credentials (agent.toml's `coord_auth`),
+/// needed when the agents set them (the `switchover` record is writable with them only).
 pub async fn switchover(
     coord: Vec<String>,
+    coord_auth: Option<&str>,
     ns: &Namespace,
     from: Option<&str>,
     to: &str,
     wait: Duration,
 ) -> Result<SwitchoverDone, SwitchoverError> {
-    let (client, _events) =
-        Client::connect(ClientConfig::new(coord).with_session_timeout_ms(6_000)).await?;
-    let res = run(&client, ns, from, to, wait).await;
+    let mut cfg = ClientConfig::new(coord).with_session_timeout_ms(6_000);
+    if let Some(auth) = coord_auth {
+        cfg = cfg.with_auth("digest", auth.as_bytes());
+    }
+    let (client, _events) = Client::connect(cfg).await?;
+    let res = run(&client, ns, coord_auth, from, to, wait).await;
     let _ = client.close().await;
     res
 }
@@ -83,6 +90,7 @@ async fn read<T: records::Record>(
 async fn run(
     client: &Client,
     ns: &Namespace,
+    coord_auth: Option<&str>,
     from: Option<&str>,
     to: &str,
     wait: Duration,
@@ -142,7 +150,7 @@ async fn run(
     match client.set_data(&ns.switchover(), &data, None).await {
         Ok(_) => {}
         Err(e) if e.code() == Some(ErrorCode::NoNode) => {
-            let acl = [Acl::new(perms::READ | perms::WRITE, "world", "anyone")];
+            let acl = super::acl::shared(coord_auth, perms::READ | perms::WRITE);
             match client
                 .create(&ns.switchover(), &data, &acl, CreateMode::Persistent)
                 .await

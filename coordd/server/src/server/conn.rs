@@ -5,8 +5,12 @@
 //! - a frame's length is checked against `frame_bytes_max` before its body is read;
 //! - malformed bytes close the connection, they never panic or reach the core;
 //! - at most `outstanding_requests_max` requests of one connection wait in the core;
-//!   past that the reader stops reading (TCP backpressure) instead of queueing more.
+//!   past that the reader stops reading (TCP backpressure) instead of queueing more,
+//!   and logs it once per connection;
+//! - the requests of one connection in the core hold at most `outstanding_bytes_max`
+//!   bytes of frames, or are a single request (the same backpressure, its own log line).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -167,6 +171,15 @@ async fn read_loop(
     ctx: &ConnCtx,
 ) {
     let peer = handle.peer;
+    let mut at_limit_logged = false;
+    let mut at_bytes_limit_logged = false;
+    let requests_max = ctx.config.outstanding_requests_max;
+    let bytes_max = ctx.config.outstanding_bytes_max;
+    // Frame sizes of this connection's requests in the core, oldest first, and their
+    // sum. The core answers a session's requests in order and gives a permit back with
+    // each reply, so the requests it has answered are the oldest ones here.
+    let mut in_core: VecDeque<usize> = VecDeque::new();
+    let mut in_core_bytes = 0usize;
     loop {
         // Everything already buffered first.
         loop {
@@ -213,7 +226,56 @@ async fn read_loop(
                 },
                 Err(_) => refuse(handle, session_id, header.xid, ErrorCode::Unimplemented),
             };
+            // The byte bound: wait for replies while this request would take the
+            // connection's requests in the core past `outstanding_bytes_max` (a
+            // request alone always goes, so no frame waits forever).
+            let len = frame.len();
+            loop {
+                let outstanding = requests_max.saturating_sub(handle.permits.available_permits());
+                while in_core.len() > outstanding {
+                    in_core_bytes -= in_core.pop_front().unwrap_or(0);
+                }
+                if in_core.is_empty() || in_core_bytes + len <= bytes_max {
+                    break;
+                }
+                ctx.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+                if !at_bytes_limit_logged {
+                    at_bytes_limit_logged = true;
+                    tracing::warn!(
+                        %peer,
+                        session_id = %format_args!("0x{session_id:x}"),
+                        outstanding_bytes = in_core_bytes,
+                        request_bytes = len,
+                        limit = bytes_max,
+                        "outstanding byte limit hit (outstanding_bytes_max): not reading \
+                         from this connection until replies go out (logged once per connection)"
+                    );
+                }
+                // Until one more reply gives its permit back.
+                let available = handle.permits.available_permits() as u32;
+                let more = tokio::select! {
+                    p = handle.permits.acquire_many(available + 1) => p,
+                    _ = handle.kill.cancelled() => return,
+                };
+                match more {
+                    Ok(p) => drop(p),
+                    Err(_) => return,
+                }
+            }
             // One permit per request in the core; waiting here is the backpressure.
+            if handle.permits.available_permits() == 0 {
+                ctx.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+                if !at_limit_logged {
+                    at_limit_logged = true;
+                    tracing::warn!(
+                        %peer,
+                        session_id = %format_args!("0x{session_id:x}"),
+                        limit = ctx.config.outstanding_requests_max,
+                        "outstanding request limit hit (outstanding_requests_max): not reading \
+                         from this connection until replies go out (logged once per connection)"
+                    );
+                }
+            }
             let permit = tokio::select! {
                 p = handle.permits.acquire() => p,
                 _ = handle.kill.cancelled() => return,
@@ -222,6 +284,8 @@ async fn read_loop(
                 Ok(p) => p.forget(),
                 Err(_) => return,
             }
+            in_core.push_back(len);
+            in_core_bytes += len;
             if ctx.core.send(msg).await.is_err() {
                 return;
             }

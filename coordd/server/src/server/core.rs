@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use coordd_proto::{
-    frame::write_frame, xid, ConnectRequest, ConnectResponse, ErrorCode, Id, Record, ReplyHeader,
-    Request, PROTOCOL_VERSION,
+    frame::write_frame, xid, ConnectRequest, ConnectResponse, ErrorCode, Id, MultiOp, MultiResult,
+    OpCode, Record, ReplyHeader, Request, PROTOCOL_VERSION,
 };
 use coordd_raft::{EntryData, LogEntry, Member, Role};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -203,6 +203,8 @@ enum ReadWork {
     Serve(Request),
     /// Answered with this error (unsupported ops), in order with the other replies.
     Refuse(ErrorCode),
+    /// Answered with this body and err 0 (a multi refused at the edge), in order.
+    Answer(Response),
 }
 
 struct LiveSession {
@@ -333,6 +335,19 @@ struct BehindClient {
 /// before refusing it (the client then tries another member), at most: a third of the
 /// session timeout the client asked for, bounded by this.
 const CATCH_UP_WAIT_MS_MAX: u64 = 2_000;
+
+/// How long a member without a quorum holds a client's handshake before refusing it.
+/// After a leader dies the survivors have no quorum until they elected a new one (about
+/// 0.3-0.5 s with the default Raft timers): a client that reconnects then waits for the
+/// election instead of being refused into its reconnect backoff (which doubles, so a
+/// refusal can cost it more than the election did). A member cut off for longer refuses
+/// the client after this, and the client tries the next server.
+const NO_QUORUM_HANDSHAKE_WAIT_MS: u64 = 600;
+
+/// Ensemble mode: how often the core looks at the Raft member's view (quorum in sight
+/// or not). Independent of the tick time, which is 2 s by default: a member must stop
+/// serving promptly when cut off, and serve again as soon as a new leader is elected.
+const QUORUM_POLL_MS: u64 = 10;
 
 pub struct Core {
     config: Config,
@@ -493,6 +508,9 @@ impl Core {
             self.config.container_check_interval_ms,
         ));
         container_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut quorum_poll = tokio::time::interval(Duration::from_millis(QUORUM_POLL_MS));
+        quorum_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ensemble = matches!(self.log, Log::Raft(_));
         loop {
             if let Err(why) = self.commit_log() {
                 tracing::error!(%why, "write-ahead log failed; stopping: no write may be acknowledged after a failed fsync");
@@ -516,6 +534,7 @@ impl Core {
                     None => break,
                 },
                 _ = expiry_tick.tick() => self.on_tick(),
+                _ = quorum_poll.tick(), if ensemble => self.on_quorum_poll(),
                 _ = container_tick.tick() => self.delete_expired_nodes(),
             }
         }
@@ -727,13 +746,18 @@ impl Core {
     ) {
         let conn_id = conn.conn_id;
         self.conns.insert(conn_id, conn.clone());
-        if let Log::Raft(r) = &self.log {
+        if let Log::Raft(r) = &mut self.log {
             if !r.serving {
-                // Like a ZooKeeper follower that is not in sync with a leader: the
-                // client tries another server.
-                tracing::debug!(conn_id, "refusing a client: no quorum here");
-                self.drop_conn(conn_id);
-                let _ = established.send(None);
+                // Like a ZooKeeper follower that is not in sync with a leader, the
+                // member serves no one; the handshake waits (bounded) for the quorum,
+                // then is refused and the client tries another server.
+                tracing::debug!(conn_id, "no quorum here: the handshake waits for one");
+                r.behind.push(BehindClient {
+                    deadline: Instant::now() + Duration::from_millis(NO_QUORUM_HANDSHAKE_WAIT_MS),
+                    conn,
+                    req,
+                    established,
+                });
                 return;
             }
         }
@@ -922,6 +946,15 @@ impl Core {
             }
             (work, _) => work,
         };
+        let work = match work {
+            ReadWork::Serve(request) if request.is_write() => {
+                match self.refuse_oversized_data(session_id, conn_id, &request) {
+                    None => ReadWork::Serve(request),
+                    Some(refusal) => refusal,
+                }
+            }
+            other => other,
+        };
         let request = match work {
             ReadWork::Serve(request) if request.is_write() => request,
             other => {
@@ -961,6 +994,61 @@ impl Core {
             let z = self.state.last_zxid();
             self.send_reply(conn_id, xid, z, ErrorCode::Throttled, None);
         }
+    }
+
+    /// A create or setData (alone or inside a multi) with more data than
+    /// `node_data_bytes_max` never reaches the log: it is answered with QuotaExceeded
+    /// (for a multi, in ZooKeeper's shape of a failed multi: the ops before the
+    /// refused one 0, it QuotaExceeded, the rest RuntimeInconsistency), in order with
+    /// the session's other replies. Checked where the client is connected, before the
+    /// log, so ensemble members never disagree about an entry.
+    fn refuse_oversized_data(
+        &self,
+        session_id: SessionId,
+        conn_id: u64,
+        request: &Request,
+    ) -> Option<ReadWork> {
+        let limit = self.config.node_data_bytes_max;
+        let data_len = |op: &MultiOp| match op {
+            MultiOp::Create { req, .. } => req.data.len(),
+            MultiOp::SetData(r) => r.data.len(),
+            _ => 0,
+        };
+        let (bytes, refusal) = match request {
+            Request::Create { req, .. } if req.data.len() > limit => {
+                (req.data.len(), ReadWork::Refuse(ErrorCode::QuotaExceeded))
+            }
+            Request::SetData(r) if r.data.len() > limit => {
+                (r.data.len(), ReadWork::Refuse(ErrorCode::QuotaExceeded))
+            }
+            Request::Multi(ops) => match ops.iter().position(|op| data_len(op) > limit) {
+                None => return None,
+                Some(i) => {
+                    let mut results = vec![MultiResult::Error(ErrorCode::Ok); i];
+                    results.push(MultiResult::Error(ErrorCode::QuotaExceeded));
+                    results.resize(
+                        ops.len(),
+                        MultiResult::Error(ErrorCode::RuntimeInconsistency),
+                    );
+                    (
+                        data_len(&ops[i]),
+                        ReadWork::Answer(Response::Multi(results)),
+                    )
+                }
+            },
+            _ => return None,
+        };
+        self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+        let peer = self.conns.get(&conn_id).map(|c| c.peer.to_string());
+        tracing::warn!(
+            session_id = %format_args!("0x{session_id:x}"),
+            peer = %peer.as_deref().unwrap_or("-"),
+            op = ?request.op_code(),
+            bytes,
+            limit,
+            "node data limit hit (node_data_bytes_max): write refused"
+        );
+        Some(refusal)
     }
 
     fn enqueue_read(
@@ -1005,12 +1093,25 @@ impl Core {
                 self.send_reply(conn_id, xid, zxid, err, None);
                 return;
             }
+            ReadWork::Answer(resp) => {
+                self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, Some(&resp));
+                return;
+            }
             ReadWork::Serve(r) => r,
         };
         match request {
             Request::Ping => self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, None),
             Request::Auth(auth) => self.on_auth(session_id, conn_id, xid, auth),
             Request::SetWatches(w) => {
+                let adding = self.state.watches_added_by_set_watches(session_id, &w);
+                if self.over_watch_limit(session_id, conn_id, adding, OpCode::SetWatches2) {
+                    // An error reply would be ignored by ZooKeeper's clients (and ours
+                    // only logs it): the client would believe in watches it does not
+                    // have. Closing makes it reconnect and try again, loudly.
+                    self.close_conn_after_queued(conn_id);
+                    self.release_outstanding(Some(conn_id));
+                    return;
+                }
                 let notes = self.state.set_watches(session_id, &w);
                 for n in notes {
                     self.push(conn_id, event_frame(&n.event));
@@ -1019,6 +1120,14 @@ impl Core {
             }
             other => {
                 let auth = self.sessions[&session_id].auth.clone();
+                let adding = self.state.watches_added_by_read(session_id, &auth, &other);
+                if self.over_watch_limit(session_id, conn_id, adding, other.op_code()) {
+                    // Refused whole, nothing registered: the client learns it has no
+                    // watch (it arms its own side only on success) instead of waiting
+                    // for an event that will never come.
+                    self.send_reply(conn_id, xid, zxid, ErrorCode::QuotaExceeded, None);
+                    return;
+                }
                 let result = self.state.read(session_id, &auth, &other);
                 match result {
                     Ok(resp) => self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, Some(&resp)),
@@ -1027,6 +1136,37 @@ impl Core {
             }
         }
         self.metrics.record_latency(received);
+    }
+
+    /// True (and logged) when `adding` more watch registrations would take
+    /// `session_id` past `watches_per_session_max`.
+    fn over_watch_limit(
+        &self,
+        session_id: SessionId,
+        conn_id: u64,
+        adding: usize,
+        op: OpCode,
+    ) -> bool {
+        if adding == 0 {
+            return false;
+        }
+        let held = self.state.session_watch_count(session_id);
+        let limit = self.config.watches_per_session_max;
+        if held.saturating_add(adding) <= limit {
+            return false;
+        }
+        self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+        let peer = self.conns.get(&conn_id).map(|c| c.peer.to_string());
+        tracing::warn!(
+            session_id = %format_args!("0x{session_id:x}"),
+            peer = %peer.as_deref().unwrap_or("-"),
+            op = ?op,
+            held,
+            adding,
+            limit,
+            "watch limit hit (watches_per_session_max): request refused, nothing registered"
+        );
+        true
     }
 
     fn on_auth(
@@ -1306,8 +1446,9 @@ impl Core {
         Ok(outputs)
     }
 
-    /// Ensemble mode: accepts the parked handshakes this member has caught up for;
-    /// refuses the ones past their deadline (`expire`) or whose connection is gone.
+    /// Ensemble mode: accepts the parked handshakes (see [`BehindClient`]) once this
+    /// member serves and has caught up with the client; refuses the ones past their
+    /// deadline (`expire`) or whose connection is gone.
     fn retry_behind_clients(&mut self, expire: bool) {
         let Log::Raft(r) = &mut self.log else { return };
         if r.behind.is_empty() {
@@ -1315,14 +1456,20 @@ impl Core {
         }
         let now = Instant::now();
         let last_zxid = self.state.last_zxid();
+        let serving = r.serving;
+        let ready_now = |b: &BehindClient| serving && b.req.last_zxid_seen <= last_zxid;
         let (ready, waiting): (Vec<BehindClient>, Vec<BehindClient>) = r
             .behind
             .drain(..)
-            .partition(|b| b.req.last_zxid_seen <= last_zxid || (expire && now >= b.deadline));
+            .partition(|b| ready_now(b) || (expire && now >= b.deadline));
         r.behind = waiting;
         for b in ready {
             let conn_id = b.conn.conn_id;
             if !self.conns.contains_key(&conn_id) {
+                let _ = b.established.send(None);
+            } else if !serving {
+                tracing::info!(conn_id, "refusing a client: no quorum here");
+                self.drop_conn(conn_id);
                 let _ = b.established.send(None);
             } else if b.req.last_zxid_seen <= last_zxid {
                 self.on_connect(b.conn, b.req, b.established, false);
@@ -1488,16 +1635,11 @@ impl Core {
         }
     }
 
-    /// Every expiry tick. Standalone: expire sessions. Ensemble: only the leader
-    /// expires, and only while a quorum hears it; it gives every session a whole
-    /// timeout when it becomes leader (it did not see their heartbeats before); the
-    /// other members send the leader the sessions that showed life here.
-    fn on_tick(&mut self) {
-        self.retry_behind_clients(true);
-        let Log::Raft(r) = &mut self.log else {
-            self.expire_sessions();
-            return;
-        };
+    /// Ensemble mode, every [`QUORUM_POLL_MS`]: serve clients while the Raft member
+    /// has a quorum in sight, close them all once it lost it for `quorum_lost_close_ms`,
+    /// and settle the parked handshakes.
+    fn on_quorum_poll(&mut self) {
+        let Log::Raft(r) = &mut self.log else { return };
         let Some(member) = r.member.get().cloned() else {
             return;
         };
@@ -1517,10 +1659,26 @@ impl Core {
                 );
                 r.serving = false;
                 self.close_all();
-                return;
             }
         }
-        let Log::Raft(r) = &mut self.log else { return };
+        self.retry_behind_clients(true);
+    }
+
+    /// Every expiry tick. Standalone: expire sessions. Ensemble: only the leader
+    /// expires, and only while a quorum hears it; it gives every session a whole
+    /// timeout when it becomes leader (it did not see their heartbeats before); the
+    /// other members send the leader the sessions that showed life here.
+    fn on_tick(&mut self) {
+        let Log::Raft(r) = &mut self.log else {
+            self.expire_sessions();
+            return;
+        };
+        let Some(member) = r.member.get().cloned() else {
+            return;
+        };
+        if !r.serving {
+            return;
+        }
         let leading = member.role() == Role::Leader;
         let became_leader = leading && !r.was_leader;
         r.was_leader = leading;
@@ -1760,6 +1918,7 @@ impl Core {
             tracing::warn!(
                 conn_id,
                 peer = %c.peer,
+                session_id = %format_args!("0x{:x}", c.stats.session_id.load(Ordering::Relaxed)),
                 queued_bytes = queued,
                 limit = self.config.outbound_bytes_max,
                 "client does not read its replies: disconnecting (outbound_bytes_max)"

@@ -177,6 +177,24 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
                     ("zk_raft_snapshot_index", opt(r.snapshot_index)),
                     ("zk_raft_purged_index", opt(r.purged_index)),
                     ("zk_raft_voters", r.membership.voters.len().to_string()),
+                    // Elections that produced a leader, as this member saw them, and
+                    // the ones it won.
+                    (
+                        "zk_raft_leader_changes",
+                        r.counters.leader_changes.to_string(),
+                    ),
+                    ("zk_raft_leaderships", r.counters.leaderships.to_string()),
+                    // Raft commit latency of this member's proposals (as leader): from
+                    // the propose to the commit on a quorum.
+                    ("zk_raft_commit_count", r.counters.commits.to_string()),
+                    (
+                        "zk_raft_commit_latency_avg_us",
+                        (r.counters.commit_us_total / r.counters.commits.max(1)).to_string(),
+                    ),
+                    (
+                        "zk_raft_commit_latency_max_us",
+                        r.counters.commit_us_max.to_string(),
+                    ),
                 ]);
             }
             for (k, v) in rows {

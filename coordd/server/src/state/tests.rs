@@ -1214,6 +1214,95 @@ fn set_watches_registers_unchanged_nodes() {
     );
 }
 
+/// The core refuses a read or setWatches that would take a session past
+/// `watches_per_session_max` before running it, so the predictions must match what
+/// `read` and `set_watches` then register, exactly.
+#[test]
+fn watch_additions_are_predicted_exactly() {
+    let mut h = H::new();
+    h.created("/a", 0);
+    h.created("/a/b", 0);
+    let secret = vec![Acl {
+        perms: perms::ALL,
+        scheme: "digest".into(),
+        id: "someone:x".into(),
+    }];
+    h.w(create_req(OpCode::Create, "/secret", b"", secret, 0, 0))
+        .unwrap();
+    let add = |p: &str, mode: AddWatchMode| {
+        Request::AddWatch(AddWatchRequest {
+            path: p.into(),
+            mode: mode.code(),
+        })
+    };
+    let reads = vec![
+        (Request::GetData(pw("/a", false)), 0),
+        (Request::GetData(pw("/a", true)), 1),
+        (Request::GetData(pw("/a", true)), 0),
+        (Request::Exists(pw("/a", true)), 0),
+        (Request::Exists(pw("/missing", true)), 1),
+        (Request::Exists(pw("/bad\0", true)), 0),
+        (Request::GetData(pw("/missing2", true)), 0),
+        (Request::GetData(pw("/secret", true)), 0),
+        (Request::Exists(pw("/secret", true)), 1),
+        (Request::GetChildren(pw("/a", true)), 1),
+        (Request::GetChildren2(pw("/a", true)), 0),
+        (
+            Request::MultiRead(vec![
+                ReadOp::GetData(pw("/a/b", true)),
+                ReadOp::GetData(pw("/a/b", true)),
+                ReadOp::GetChildren(pw("/a/b", true)),
+                ReadOp::GetChildren(pw("/nope", true)),
+            ]),
+            2,
+        ),
+        (add("/a", AddWatchMode::Persistent), 0),
+        (add("/p", AddWatchMode::PersistentRecursive), 2),
+        (
+            Request::AddWatch(AddWatchRequest {
+                path: "/q".into(),
+                mode: 99,
+            }),
+            0,
+        ),
+        (Request::GetData(pw("/p", true)), 0),
+    ];
+    for (req, expected) in reads {
+        let before = h.sm.session_watch_count(S2);
+        let predicted = h.sm.watches_added_by_read(S2, &ip(), &req);
+        let _ = h.r(S2, req.clone());
+        let added = h.sm.session_watch_count(S2) - before;
+        assert_eq!((predicted, added), (expected, expected), "{req:?}");
+    }
+    assert_eq!(h.sm.session_watch_count(S2), 8);
+    assert_eq!(h.sm.session_watch_count(S1), 0);
+    assert_eq!(
+        h.sm.watches_added_by_read(0x999, &ip(), &Request::Exists(pw("/z", true))),
+        0
+    );
+
+    // setWatches: watches that fire at once are not registered, nor counted.
+    let seen = h.zxid;
+    h.set("/a", b"changed", -1).unwrap();
+    let w = SetWatches2 {
+        relative_zxid: seen,
+        data_watches: vec!["/a".into(), "/a/b".into(), "/gone".into(), "/x".into()],
+        exist_watches: vec!["/later".into(), "/a".into()],
+        child_watches: vec!["/a".into(), "/a/b".into()],
+        persistent_watches: vec!["/pp".into()],
+        persistent_recursive_watches: vec!["/rr".into(), "/a".into()],
+    };
+    for s in [S1, S2] {
+        let before = h.sm.session_watch_count(s);
+        let predicted = h.sm.watches_added_by_set_watches(s, &w);
+        h.sm.set_watches(s, &w);
+        h.sm.check_invariants();
+        let added = h.sm.session_watch_count(s) - before;
+        assert_eq!(predicted, added, "session {s:x}");
+    }
+    assert_eq!(h.sm.watches_added_by_set_watches(0x999, &w), 0);
+}
+
 // ---------------------------------------------------------------- ACLs
 
 #[test]

@@ -18,7 +18,7 @@
 //! those kinds; `data_size` is the sum of path and data lengths; ACL ids are live in
 //! `acls` with one reference per node.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use coordd_proto::{
@@ -1264,6 +1264,120 @@ impl StateMachine {
             }
         }
         out
+    }
+
+    /// How many watch registrations `session_id` holds (both tables; see
+    /// `Watches::session_count`).
+    pub fn session_watch_count(&self, session_id: SessionId) -> usize {
+        self.watches.session_count(session_id)
+    }
+
+    /// How many new watch registrations `read(session_id, auth, request)` would add if
+    /// run now: the (table, path) pairs it registers that the session does not hold
+    /// yet. It mirrors `read`'s rules (getData / getChildren register only on success;
+    /// exists also on a missing node; addWatch in both tables) so that a caller can
+    /// refuse the read before it registers anything. Changes nothing.
+    pub fn watches_added_by_read<'a>(
+        &self,
+        session_id: SessionId,
+        auth: &[Id],
+        request: &'a Request,
+    ) -> usize {
+        if self.check_session(session_id).is_err() {
+            return 0;
+        }
+        let readable = |path: &str| {
+            self.lookup(path)
+                .is_some_and(|n| self.require(n, perms::READ, auth).is_ok())
+        };
+        // (child table?, path) pairs the read would register.
+        let mut pairs: Vec<(bool, &str)> = Vec::new();
+        let mut path_watch = |child: bool, r: &'a PathWatchRequest| {
+            if r.watch && readable(&r.path) {
+                pairs.push((child, r.path.as_str()));
+            }
+        };
+        match request {
+            // exists registers on a missing node too, and checks no permission.
+            Request::Exists(r) if r.watch && !r.path.contains('\0') => {
+                pairs.push((false, r.path.as_str()))
+            }
+            Request::GetData(r) => path_watch(false, r),
+            Request::GetChildren(r) | Request::GetChildren2(r) => path_watch(true, r),
+            Request::MultiRead(ops) => {
+                for op in ops {
+                    match op {
+                        ReadOp::GetData(r) => path_watch(false, r),
+                        ReadOp::GetChildren(r) => path_watch(true, r),
+                    }
+                }
+            }
+            Request::AddWatch(r) if AddWatchMode::try_from(r.mode).is_ok() => {
+                pairs.push((false, r.path.as_str()));
+                pairs.push((true, r.path.as_str()));
+            }
+            _ => {}
+        }
+        self.count_new_watches(session_id, pairs)
+    }
+
+    /// How many of `pairs` (child table?, path) `session_id` does not hold yet, each
+    /// counted once.
+    fn count_new_watches<'a>(
+        &self,
+        session_id: SessionId,
+        pairs: impl IntoIterator<Item = (bool, &'a str)>,
+    ) -> usize {
+        let mut new: HashSet<(bool, &str)> = HashSet::new();
+        for (child, path) in pairs {
+            let table = if child {
+                &self.watches.child
+            } else {
+                &self.watches.data
+            };
+            if !table.has(path, session_id) {
+                new.insert((child, path));
+            }
+        }
+        new.len()
+    }
+
+    /// How many new watch registrations `set_watches(session_id, watches)` would add if
+    /// run now (watches that fire at once are not registered). Changes nothing.
+    pub fn watches_added_by_set_watches(
+        &self,
+        session_id: SessionId,
+        watches: &coordd_proto::SetWatches2,
+    ) -> usize {
+        if self.check_session(session_id).is_err() {
+            return 0;
+        }
+        let rel = watches.relative_zxid;
+        let mut pairs: Vec<(bool, &str)> = Vec::new();
+        for p in &watches.data_watches {
+            if self.lookup(p).is_some_and(|n| n.stat.mzxid <= rel) {
+                pairs.push((false, p));
+            }
+        }
+        for p in &watches.exist_watches {
+            if self.lookup(p).is_none() {
+                pairs.push((false, p));
+            }
+        }
+        for p in &watches.child_watches {
+            if self.lookup(p).is_some_and(|n| n.stat.pzxid <= rel) {
+                pairs.push((true, p));
+            }
+        }
+        for p in watches
+            .persistent_watches
+            .iter()
+            .chain(&watches.persistent_recursive_watches)
+        {
+            pairs.push((true, p));
+            pairs.push((false, p));
+        }
+        self.count_new_watches(session_id, pairs)
     }
 
     /// Sets the identities `session_id`'s current connection has (after addAuth, or on

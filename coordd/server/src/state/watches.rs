@@ -188,6 +188,18 @@ impl WatchManager {
         out
     }
 
+    /// Whether `session` has a watch on `path` in this table (of any mode).
+    pub fn has(&self, path: &str, session: SessionId) -> bool {
+        self.by_session
+            .get(&session)
+            .is_some_and(|paths| paths.contains(path))
+    }
+
+    /// Number of `session`'s registrations in this table.
+    pub fn session_size(&self, session: SessionId) -> usize {
+        self.by_session.get(&session).map_or(0, HashSet::len)
+    }
+
     /// Number of (path, session) registrations.
     pub fn size(&self) -> usize {
         self.by_session.values().map(HashSet::len).sum()
@@ -252,6 +264,13 @@ impl Watches {
 
     pub fn count(&self) -> usize {
         self.data.size() + self.child.size()
+    }
+
+    /// `session`'s registrations in both tables: what `watches_per_session_max` bounds.
+    /// A data or exist watch is one, a child watch one, an addWatch (persistent or
+    /// recursive) two, since it sits in both tables (as in `zk_watch_count`).
+    pub fn session_count(&self, session: SessionId) -> usize {
+        self.data.session_size(session) + self.child.session_size(session)
     }
 
     pub fn watched_paths(&self) -> usize {

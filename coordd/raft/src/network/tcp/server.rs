@@ -377,6 +377,9 @@ async fn serve_rpc(
     drop(handlers);
     drop(out);
     writer.abort();
+    if !*stop.borrow() {
+        shared.member.peer_link_lost(from);
+    }
 }
 
 async fn respond(shared: &Shared, out: &mpsc::Sender<Bytes>, id: u64, response: PeerResponse) {
