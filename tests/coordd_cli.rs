@@ -1,10 +1,14 @@
-//! The coordd command line: help, configuration files, clear errors on bad input.
+//! The coordd command line: help, configuration files, clear errors on bad input. The
+//! data-directory lock is checked on a standalone server and on every member of an
+//! ensemble (`tests/support/target.rs`); the rest is about the command line and the
+//! process, the same whatever the topology.
 
 mod support;
 
 use std::process::Command;
 
 use support::coordd::{coordd_bin, four_letter, free_port, wait_until};
+use support::target::Topology;
 
 /// Kills the process when the test ends, also when it panics.
 struct KillOnDrop(std::process::Child);
@@ -16,6 +20,7 @@ impl Drop for KillOnDrop {
     }
 }
 
+// Standalone only: the command line's parsing, no server runs.
 #[test]
 fn help_lists_the_options() {
     let out = Command::new(coordd_bin()).arg("--help").output().unwrap();
@@ -32,6 +37,7 @@ fn help_lists_the_options() {
     }
 }
 
+// Standalone only: the configuration is refused before any server runs.
 #[test]
 fn malformed_config_is_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,6 +81,7 @@ fn malformed_config_is_a_clear_error_not_a_panic() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
 
+// Standalone only: how a file and flags merge does not depend on the topology.
 #[test]
 fn config_file_is_used_and_flags_win() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,20 +116,26 @@ fn config_file_is_used_and_flags_win() {
     assert!(conf.contains(&format!("clientPort={flag_port}")), "{conf}");
 }
 
-#[test]
-fn a_second_server_on_the_same_data_dir_is_refused() {
-    let first = support::coordd::Coordd::start();
-    let out = Command::new(coordd_bin())
-        .arg("--client-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--data-dir")
-        .arg(first.data_dir())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.to_lowercase().contains("lock"), "{stderr}");
+/// Ensemble: a second process with a member's flags (`--id`, `--ensemble`) and data
+/// directory, for every member.
+fn a_second_server_on_the_same_data_dir_is_refused(topo: Topology) {
+    let t = topo.start_own(&["--tick-time-ms", "100"]);
+    for first in t.members() {
+        let out = Command::new(coordd_bin())
+            .arg("--client-addr")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(first.data_dir())
+            .args(&first.extra_args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.to_lowercase().contains("lock"), "{stderr}");
+    }
 }
+
+both_topologies!(sync a_second_server_on_the_same_data_dir_is_refused);
 
 /// Names of the process's threads, from /proc.
 fn thread_names(pid: u32) -> Vec<String> {
@@ -136,6 +149,8 @@ fn thread_names(pid: u32) -> Vec<String> {
     names
 }
 
+// Standalone only: a member's Raft log writes on tokio's blocking pool, whose threads
+// carry the workers' name, so counting threads by name cannot check a member.
 #[test]
 fn worker_threads_sets_the_serving_threads() {
     for (workers, tokio_workers_expected) in [(1usize, 0usize), (3, 3)] {

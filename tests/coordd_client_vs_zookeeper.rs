@@ -6,6 +6,11 @@
 //! the TTL case. A small TCP proxy between client and server lets the reconnect test cut
 //! connections, to check reconnects (SetWatches2 as the real server parses it) and
 //! expiry (the real server's timeout-0 connect response).
+//!
+//! Each case runs against one ZooKeeper (`name::standalone`) and against a 3-member
+//! ZooKeeper ensemble with the case's two clients on different members
+//! (`name::ensemble`; three JVMs, so with `COORDD_ENSEMBLE_SLOW=1` only). A client that
+//! reads what the other one wrote syncs first there, as ZooKeeper's followers may lag.
 
 mod support;
 
@@ -19,7 +24,8 @@ use coordd_client::{
 };
 use coordd_proto::records::*;
 use coordd_proto::OpCode;
-use support::zookeeper::{ZkOptions, ZooKeeper};
+use support::target::Topology;
+use support::zookeeper::{EnsembleOptions, ZkOptions, ZooKeeper, ZooKeeperEnsemble};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -30,17 +36,49 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// timeout, rounded up to ZooKeeper's expiry tick (tickTime 2 s), plus slack for load.
 const EXPIRY_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Starts a real ZooKeeper for `test`, or prints why not and returns `None` when it is
-/// not installed. A server that is installed but fails to start fails the test.
-async fn start_zookeeper(test: &str, opts: ZkOptions) -> Option<ZooKeeper> {
+/// A ZooKeeper server, or an ensemble of three.
+enum Zk {
+    Standalone(ZooKeeper),
+    Ensemble(ZooKeeperEnsemble),
+}
+
+impl Zk {
+    /// The address for client `i`: the server, or member `i % 3`.
+    fn addr(&self, i: usize) -> String {
+        match self {
+            Zk::Standalone(z) => z.addr(),
+            Zk::Ensemble(e) => e.members()[i % e.len()].addr(),
+        }
+    }
+
+    /// On an ensemble `c` syncs, so that it reads what another session wrote (a
+    /// follower serves reads from its own copy); standalone reads see it already.
+    async fn catch_up(&self, c: &Client, path: &str) {
+        if matches!(self, Zk::Ensemble(_)) {
+            c.sync(path).await.unwrap();
+        }
+    }
+}
+
+/// Starts a real ZooKeeper (or, `Topology::Ensemble`, an ensemble of three) for `test`,
+/// or prints why not and returns `None` when it is not installed. A server that is
+/// installed but fails to start fails the test.
+async fn start_zookeeper(test: &str, topo: Topology, opts: ZkOptions) -> Option<Zk> {
     if ZooKeeper::skip_if_unavailable(test) {
         return None;
     }
     // Start polls with blocking sleeps (under its own deadline): off the runtime thread.
-    let server = tokio::task::spawn_blocking(move || ZooKeeper::start_with(opts))
-        .await
-        .expect("ZooKeeper start task")
-        .unwrap_or_else(|e| panic!("{test}: starting ZooKeeper: {e}"));
+    let server = tokio::task::spawn_blocking(move || match topo {
+        Topology::Standalone => ZooKeeper::start_with(opts).map(Zk::Standalone),
+        Topology::Ensemble => {
+            let mut e = EnsembleOptions::default();
+            e.jvm_flags.extend(opts.jvm_flags);
+            ZooKeeperEnsemble::start_with(3, e).map(Zk::Ensemble)
+        }
+    })
+    .await
+    .expect("ZooKeeper start task")
+    .unwrap_or_else(|e| panic!("{test}: starting ZooKeeper: {e}"));
     Some(server)
 }
 
@@ -117,25 +155,24 @@ impl Proxy {
     }
 }
 
-#[tokio::test]
-async fn operations_against_real_zookeeper() {
+async fn operations_against_real_zookeeper(topo: Topology) {
     let Some(server) = start_zookeeper(
         "operations_against_real_zookeeper",
+        topo,
         ZkOptions::default().with_extended_types(),
     )
     .await
     else {
         return;
     };
-    let addr = server.addr();
-    let cfg = ClientConfig::new([addr.clone()]).with_session_timeout_ms(6_000);
-    let (zk, mut events) = Client::connect(cfg.clone()).await.unwrap();
+    let cfg = |i: usize| ClientConfig::new([server.addr(i)]).with_session_timeout_ms(6_000);
+    let (zk, mut events) = Client::connect(cfg(0)).await.unwrap();
     assert_eq!(
         next_event(&mut events).await.state,
         KeeperState::SyncConnected
     );
     assert!(zk.session_timeout_ms() >= 4_000);
-    let (other, _other_events) = Client::connect(cfg.clone()).await.unwrap();
+    let (other, _other_events) = Client::connect(cfg(1)).await.unwrap();
     let base = "/coordd-client-ops".to_owned();
     let open = Acl::open_unsafe();
 
@@ -327,12 +364,14 @@ async fn operations_against_real_zookeeper() {
         .unwrap();
     let (acl, _) = zk.get_acl(&private).await.unwrap();
     assert_eq!(acl[0].scheme, "digest");
+    server.catch_up(&other, &private).await;
     assert!(matches!(
         other.get_data(&private, false).await,
         Err(Error::Server(ErrorCode::NoAuth))
     ));
     let st = zk.set_acl(&private, &open, Some(0)).await.unwrap();
     assert_eq!(st.aversion, 1);
+    server.catch_up(&other, &private).await;
     other.get_data(&private, false).await.unwrap();
 
     // Persistent recursive watch, then removal.
@@ -375,27 +414,27 @@ async fn operations_against_real_zookeeper() {
             .state,
         KeeperState::Closed
     );
+    server.catch_up(&other, &eph).await;
     assert_eq!(other.exists(&eph, false).await.unwrap(), None);
     other.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn reconnect_and_expiry_against_real_zookeeper() {
+async fn reconnect_and_expiry_against_real_zookeeper(topo: Topology) {
     let Some(server) = start_zookeeper(
         "reconnect_and_expiry_against_real_zookeeper",
+        topo,
         ZkOptions::default(),
     )
     .await
     else {
         return;
     };
-    let addr = server.addr();
-    let proxy = Proxy::start(addr.clone()).await;
+    let proxy = Proxy::start(server.addr(0)).await;
     let cfg = ClientConfig::new([proxy.addr.clone()])
         .with_session_timeout_ms(4_000)
         .with_reconnect_backoff_ms(10, 200);
     let (zk, mut events) = Client::connect(cfg).await.unwrap();
-    let (other, mut other_events) = Client::connect(ClientConfig::new([addr.clone()]))
+    let (other, mut other_events) = Client::connect(ClientConfig::new([server.addr(1)]))
         .await
         .unwrap();
     let base = "/coordd-client-reconnect".to_owned();
@@ -432,6 +471,7 @@ async fn reconnect_and_expiry_against_real_zookeeper() {
     // Keep it away for longer than the session timeout: the server expires it and
     // answers the next connect with timeout 0. The ephemeral disappears when the server
     // expires the session; `other` watches for that.
+    server.catch_up(&other, &leader).await;
     assert!(other.exists(&leader, true).await.unwrap().is_some());
     proxy.blocked.store(true, Ordering::SeqCst);
     proxy.cut();
@@ -454,3 +494,6 @@ async fn reconnect_and_expiry_against_real_zookeeper() {
     ));
     other.close().await.unwrap();
 }
+
+both_topologies!(async operations_against_real_zookeeper slow);
+both_topologies!(async reconnect_and_expiry_against_real_zookeeper slow);

@@ -1,6 +1,7 @@
 //! zkCli compatibility: one script of Apache ZooKeeper's own command-line client, run
 //! against real ZooKeeper 3.8 and against coordd, outputs normalized and compared line by
-//! line.
+//! line: a standalone coordd, and a 3-member coordd ensemble, where the script runs once
+//! against each member in turn (`zkcli_output_matches_zookeeper::{standalone,ensemble}`).
 //!
 //! Needs Debian's `zookeeper` package (skips with a printed reason without it; CI installs
 //! it) and the coordd binary, found by tests/support/coordd.rs: env `COORDD_BIN`, else
@@ -11,7 +12,7 @@ mod support;
 
 use std::collections::HashMap;
 
-use support::coordd::Coordd;
+use support::target::Topology;
 use support::zookeeper::{zk_cli, ZkCliOutput, ZooKeeper};
 
 /// Every command here prints something deterministic (or an error) on real ZooKeeper.
@@ -84,6 +85,7 @@ fn normalize(out: &ZkCliOutput) -> Vec<String> {
         .collect()
 }
 
+// ZooKeeper alone (the oracle's own determinism): no coordd, so no ensemble variant.
 #[test]
 fn zk_cli_batch_mode_against_real_zookeeper() {
     if ZooKeeper::skip_if_unavailable("zk_cli_batch_mode_against_real_zookeeper") {
@@ -138,8 +140,7 @@ fn zk_cli_batch_mode_against_real_zookeeper() {
     );
 }
 
-#[test]
-fn zkcli_output_matches_zookeeper() {
+fn zkcli_output_matches_zookeeper(topo: Topology) {
     if ZooKeeper::skip_if_unavailable("zkcli_output_matches_zookeeper") {
         return;
     }
@@ -149,28 +150,34 @@ fn zkcli_output_matches_zookeeper() {
     expected.push(format!("exit status {:?}", zk_out.status.code()));
     drop(zk);
 
-    // ZooKeeper's tickTime, so both servers negotiate the same session timeouts.
-    let coordd = Coordd::start_with(&["--tick-time-ms", "2000"]);
-    let out = zk_cli(&coordd.connect_string(), SCRIPT).expect("zkCli against coordd");
-    let mut got = normalize(&out);
-    got.push(format!("exit status {:?}", out.status.code()));
+    // ZooKeeper's tickTime, so both servers negotiate the same session timeouts. The
+    // script leaves the tree as it found it, so it runs again on the next member.
+    let t = topo.start_own(&["--tick-time-ms", "2000"]);
+    for coordd in t.members() {
+        let out = zk_cli(&coordd.connect_string(), SCRIPT).expect("zkCli against coordd");
+        let mut got = normalize(&out);
+        got.push(format!("exit status {:?}", out.status.code()));
 
-    let mut report = String::new();
-    for i in 0..expected.len().max(got.len()) {
-        let (e, g) = (expected.get(i), got.get(i));
-        if e != g {
-            report.push_str(&format!(
-                "line {}:\n  zookeeper: {}\n  coordd:    {}\n",
-                i + 1,
-                e.map_or("<none>", String::as_str),
-                g.map_or("<none>", String::as_str)
-            ));
+        let mut report = String::new();
+        for i in 0..expected.len().max(got.len()) {
+            let (e, g) = (expected.get(i), got.get(i));
+            if e != g {
+                report.push_str(&format!(
+                    "line {}:\n  zookeeper: {}\n  coordd:    {}\n",
+                    i + 1,
+                    e.map_or("<none>", String::as_str),
+                    g.map_or("<none>", String::as_str)
+                ));
+            }
         }
+        assert!(
+            report.is_empty(),
+            "zkCli output differs (coordd {} vs ZooKeeper 3.8):\n{report}\n--- coordd raw output ---\n{}\n--- coordd logs ---\n{}",
+            coordd.addr,
+            out.raw,
+            t.logs()
+        );
     }
-    assert!(
-        report.is_empty(),
-        "zkCli output differs (coordd vs ZooKeeper 3.8):\n{report}\n--- coordd raw output ---\n{}\n--- coordd log ---\n{}",
-        out.raw,
-        coordd.log()
-    );
 }
+
+both_topologies!(sync zkcli_output_matches_zookeeper);

@@ -237,6 +237,11 @@ impl CoorddEnsemble {
         CoorddEnsemble::spawn(n, tick_ms, &[])
     }
 
+    /// `tick_ms` and `extra` flags for every member.
+    pub fn start_with_tick_and(n: usize, tick_ms: u32, extra: &[&str]) -> CoorddEnsemble {
+        CoorddEnsemble::spawn(n, tick_ms, extra)
+    }
+
     /// Like [`CoorddEnsemble::start`], with `extra` flags for every member (e.g.
     /// `--max-session-timeout-ms`; the 100 ms tick caps session timeouts at 2 s).
     pub fn start_with(n: usize, extra: &[&str]) -> CoorddEnsemble {
@@ -244,6 +249,20 @@ impl CoorddEnsemble {
     }
 
     fn spawn(n: usize, tick_ms: u32, extra: &[&str]) -> CoorddEnsemble {
+        let dirs = (0..n)
+            .map(|_| tempfile::tempdir().expect("temp dir"))
+            .collect();
+        CoorddEnsemble::start_in_dirs(dirs, tick_ms, extra)
+    }
+
+    /// One member per directory of `dirs` (its data directory `dir/data`: a test may
+    /// mount something there first), with `tick_ms` and `extra` flags for every member.
+    pub fn start_in_dirs(
+        dirs: Vec<tempfile::TempDir>,
+        tick_ms: u32,
+        extra: &[&str],
+    ) -> CoorddEnsemble {
+        let n = dirs.len();
         let ip = |i: usize| std::net::Ipv4Addr::new(127, 0, 0, i as u8);
         let free_on = |i: usize| {
             TcpListener::bind((ip(i), 0))
@@ -260,8 +279,11 @@ impl CoorddEnsemble {
             .join(",");
         // Spawn all before waiting for any: a member answers ruok before it has a
         // quorum, but the others must exist for the ensemble to form.
-        let members = (1..=n)
-            .map(|i| {
+        let members = dirs
+            .into_iter()
+            .enumerate()
+            .map(|(i0, dir)| {
+                let i = i0 + 1;
                 let mut args = vec![
                     "--tick-time-ms".to_string(),
                     tick_ms.to_string(),
@@ -271,11 +293,7 @@ impl CoorddEnsemble {
                     list.clone(),
                 ];
                 args.extend(extra.iter().map(|s| s.to_string()));
-                Coordd::start_at(
-                    tempfile::tempdir().expect("temp dir"),
-                    clients[i - 1],
-                    &args,
-                )
+                Coordd::start_at(dir, clients[i - 1], &args)
             })
             .collect();
         CoorddEnsemble { members }

@@ -6,4 +6,5 @@ pub mod postgres;
 pub mod proxy;
 pub mod raw;
 pub mod router;
+pub mod target;
 pub mod zookeeper;

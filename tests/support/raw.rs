@@ -97,7 +97,10 @@ impl RawConn {
         Some(ConnectResponse::from_bytes(&body).expect("decode connect response"))
     }
 
-    /// Handshake for a new session (`session_id` 0) or a resumed one.
+    /// Handshake for a new session (`session_id` 0) or a resumed one. A server that
+    /// closes the connection without a response (an ensemble member that does not serve
+    /// clients at the moment: no quorum in sight) is tried again, as ZooKeeper clients
+    /// do, for up to 10 s.
     pub fn connect(
         addr: SocketAddr,
         timeout_ms: i32,
@@ -105,23 +108,50 @@ impl RawConn {
         passwd: &[u8],
         last_zxid: i64,
     ) -> (TcpStream, ConnectResponse) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = Self::try_connect(addr, timeout_ms, session_id, passwd, last_zxid) {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} closed every connection without a connect response"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One handshake; None when the server closes the connection without a response.
+    pub fn try_connect(
+        addr: SocketAddr,
+        timeout_ms: i32,
+        session_id: i64,
+        passwd: &[u8],
+        last_zxid: i64,
+    ) -> Option<(TcpStream, ConnectResponse)> {
         let mut s = Self::tcp(addr);
-        let req = ConnectRequest {
-            protocol_version: 0,
-            last_zxid_seen: last_zxid,
-            timeout_ms,
-            session_id,
-            passwd: passwd.to_vec(),
-            read_only: false,
-        };
-        let mut out = BytesMut::new();
-        write_frame(&mut out, |o| req.encode(o));
-        s.write_all(&out).unwrap();
-        let body = read_frame(&mut s).expect("connect response");
-        (
-            s,
-            ConnectResponse::from_bytes(&body).expect("decode connect response"),
-        )
+        let resp = Self::handshake(&mut s, timeout_ms, session_id, passwd, last_zxid)?;
+        Some((s, resp))
+    }
+
+    /// A new session, or None when the server closes the connection instead (an
+    /// ensemble member that does not serve clients yet) or refuses the session.
+    pub fn try_new_session(addr: SocketAddr, timeout_ms: i32) -> Option<RawConn> {
+        let (stream, resp) = Self::try_connect(addr, timeout_ms, 0, &[0; 16], 0)?;
+        (resp.timeout_ms > 0).then(|| RawConn {
+            stream,
+            session_id: resp.session_id,
+            passwd: resp.passwd,
+            timeout_ms: resp.timeout_ms,
+            next_xid: 1,
+        })
+    }
+
+    /// Closes the session (and waits for the server to close the connection).
+    pub fn close_session(mut self) {
+        if self.try_send(&Request::CloseSession).is_ok() {
+            while self.recv().is_some() {}
+        }
     }
 
     pub fn new_session(addr: SocketAddr, timeout_ms: i32) -> RawConn {
@@ -181,6 +211,20 @@ impl RawConn {
             header,
             body: r.rest().to_vec(),
         })
+    }
+
+    /// Like [`RawConn::call`]; None when the connection closes first (ZooKeeper's
+    /// ConnectionLoss: the request may or may not have been applied).
+    pub fn try_call(&mut self, req: &Request) -> Option<(Frame, Vec<Frame>)> {
+        let xid = self.try_send(req).ok()?;
+        let mut events = Vec::new();
+        loop {
+            let f = self.recv()?;
+            if f.header.xid == xid {
+                return Some((f, events));
+            }
+            events.push(f);
+        }
     }
 
     /// Sends a request and returns its reply, collecting watch events that come first.

@@ -3,7 +3,10 @@
 //! as a child process of its own executable.
 
 use crate::config::{Config, Flags};
-use crate::server::Server;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::server::{replicated, Server};
 
 /// Runs coordd with these flags until SIGTERM / Ctrl-C or a fatal error: logging to
 /// stderr (`RUST_LOG`, default info), the runtime, then a standalone server or, with
@@ -89,9 +92,32 @@ async fn run_member(config: Config) -> Result<(), String> {
     let (server, member, peers) = Server::start_ensemble(config, log)
         .await
         .map_err(|e| e.to_string())?;
+    // A member whose Raft stopped on a fatal error (e.g. a full disk) stops the server,
+    // as a failed write-ahead log stops a standalone one: it must not live on refusing
+    // every client while answering ruok.
+    let member_failed = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn({
+        let (member, failed, token) = (
+            member.clone(),
+            member_failed.clone(),
+            server.shutdown_token(),
+        );
+        async move {
+            replicated::member_stopped(&member).await;
+            tracing::error!("the Raft member stopped on a fatal error (see above); stopping");
+            failed.store(true, Ordering::SeqCst);
+            token.cancel();
+        }
+    });
     let result = serve_until_signal(server).await;
+    watcher.abort();
     let _ = peers.shutdown().await;
     let _ = member.shutdown().await;
+    if member_failed.load(Ordering::SeqCst) {
+        return Err(
+            "the Raft member stopped on a fatal error (its log or state machine failed)".into(),
+        );
+    }
     result
 }
 

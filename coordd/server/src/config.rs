@@ -71,7 +71,8 @@ pub struct Flags {
     /// [default: 1048576, or frame_bytes_max if smaller].
     #[arg(long)]
     pub node_data_bytes_max: Option<usize>,
-    /// Take a snapshot after this many log entries [default: 100000].
+    /// Take a snapshot after this many log entries [default: 100000]; an ensemble
+    /// member counts Raft entries (batches of writes), at most 5000.
     #[arg(long)]
     pub snapshot_every_entries: Option<u64>,
     /// How often empty containers and expired TTL nodes are removed [default: 60000].

@@ -239,6 +239,10 @@ enum Origin {
     Expire {
         session_id: SessionId,
     },
+    /// Ensemble mode: a client resuming a session, validated once this silent barrier
+    /// is applied here (so is every txn committed before: the session's creation, or
+    /// its expiry), as a ZooKeeper follower asks its leader before it takes a session.
+    Resume(Box<BehindClient>),
     Server,
 }
 
@@ -553,7 +557,7 @@ impl Core {
                 conn,
                 req,
                 established,
-            } => self.on_connect(conn, req, established),
+            } => self.on_connect(conn, req, established, false),
             CoreMsg::Request {
                 conn_id,
                 session_id,
@@ -731,11 +735,14 @@ impl Core {
         }
     }
 
+    /// `resumable`: an ensemble member has applied a barrier proposed after the
+    /// handshake came in, so its view of the session is current.
     fn on_connect(
         &mut self,
         conn: ConnHandle,
         req: ConnectRequest,
         established: oneshot::Sender<Option<SessionId>>,
+        resumable: bool,
     ) {
         let conn_id = conn.conn_id;
         self.conns.insert(conn_id, conn.clone());
@@ -780,6 +787,26 @@ impl Core {
             return;
         }
         if req.session_id != 0 {
+            if let (Log::Raft(r), false) = (&mut self.log, resumable) {
+                // This member may not have applied the session's creation yet (the
+                // client made it elsewhere a moment ago), or its expiry (already
+                // observable elsewhere): validate once everything committed by now is
+                // applied here.
+                let seq = r.next_seq;
+                r.next_seq += 1;
+                r.pending_syncs.push(seq);
+                r.local.insert(
+                    seq,
+                    Origin::Resume(Box::new(BehindClient {
+                        deadline: Instant::now(),
+                        conn,
+                        req,
+                        established,
+                    })),
+                );
+                self.log_pending = true;
+                return;
+            }
             let known = self.state.session(req.session_id);
             let valid = match &known {
                 Some(s) => s.passwd == req.passwd && !self.closing.contains(&req.session_id),
@@ -1226,6 +1253,7 @@ impl Core {
                     Origin::Connect { .. }
                     | Origin::Sync { .. }
                     | Origin::Expire { .. }
+                    | Origin::Resume(_)
                     | Origin::Server => (0, 0),
                 };
                 self.next_zxid += 1;
@@ -1394,15 +1422,22 @@ impl Core {
                         Log::Raft(r) if batch.member == r.me => r.local.remove(&seq),
                         _ => None,
                     };
-                    if let Some(Origin::Sync {
-                        session_id,
-                        conn_id,
-                        xid,
-                        path,
-                        received,
-                    }) = origin
-                    {
-                        self.answer_sync(session_id, conn_id, xid, path, received, seq);
+                    match origin {
+                        Some(Origin::Sync {
+                            session_id,
+                            conn_id,
+                            xid,
+                            path,
+                            received,
+                        }) => self.answer_sync(session_id, conn_id, xid, path, received, seq),
+                        Some(Origin::Resume(b)) => {
+                            if self.conns.contains_key(&b.conn.conn_id) {
+                                self.on_connect(b.conn, b.req, b.established, true);
+                            } else {
+                                let _ = b.established.send(None);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1437,7 +1472,7 @@ impl Core {
                 self.drop_conn(conn_id);
                 let _ = b.established.send(None);
             } else if b.req.last_zxid_seen <= last_zxid {
-                self.on_connect(b.conn, b.req, b.established);
+                self.on_connect(b.conn, b.req, b.established, false);
             } else {
                 tracing::info!(
                     conn_id,
@@ -1583,6 +1618,11 @@ impl Core {
                 }) => {
                     let _ = established.send(None);
                     self.drop_conn(conn_id);
+                }
+                Some(Origin::Resume(b)) => {
+                    // Not validated: the client tries again (here or elsewhere).
+                    let _ = b.established.send(None);
+                    self.drop_conn(b.conn.conn_id);
                 }
                 Some(Origin::Expire { session_id }) => {
                     // Expire it again at a later tick.
@@ -1758,7 +1798,9 @@ impl Core {
                     }
                 }
             }
-            Origin::Sync { .. } => debug_assert!(false, "syncs are answered by answer_sync"),
+            Origin::Sync { .. } | Origin::Resume(_) => {
+                debug_assert!(false, "barriers are answered where they are applied")
+            }
             Origin::Expire { .. } | Origin::Server => {}
         }
         for closed in &applied.closed_sessions {

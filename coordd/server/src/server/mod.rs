@@ -246,7 +246,7 @@ impl Server {
             return Err(ServerError::Ensemble("no ensemble configured".into()));
         };
         let peer_addr = ensemble.peer_listen_addr.clone();
-        let raft = coordd_raft::Config::default();
+        let raft = raft_config(&config);
         let tcp = coordd_raft::TcpConfig::new(&raft.cluster_name);
         tcp.validate_for(&raft)
             .map_err(|e| ServerError::Ensemble(e.to_string()))?;
@@ -289,6 +289,22 @@ impl Server {
         let _ = self.accept.await;
         res
     }
+}
+
+/// The Raft settings of an ensemble member. `snapshot_every_entries` sets how often a
+/// member snapshots its Raft log (counted in Raft entries, each a batch of txns), capped
+/// at the Raft default: the entries above the newest snapshot are held in memory. A small
+/// value also keeps fewer entries behind the snapshot and purges in smaller steps, so
+/// that the log is compacted as often as asked (it used to be ignored in an ensemble).
+fn raft_config(config: &Config) -> coordd_raft::Config {
+    let mut raft = coordd_raft::Config::default();
+    let every = config
+        .snapshot_every_entries
+        .clamp(1, raft.snapshot_logs_since_last);
+    raft.snapshot_logs_since_last = every;
+    raft.max_in_snapshot_log_to_keep = raft.max_in_snapshot_log_to_keep.min(every);
+    raft.purge_batch_size = raft.purge_batch_size.min(every);
+    raft
 }
 
 /// The client port, and the address it got (the port may have been 0).
@@ -384,5 +400,59 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<conn::ConnCtx>, shutdown: C
             drop(slot);
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, Flags};
+
+    fn config(snapshot_every_entries: Option<u64>) -> Config {
+        let flags = Flags {
+            id: Some(1),
+            ensemble: Some("1=127.0.0.1:2888".into()),
+            snapshot_every_entries,
+            ..Default::default()
+        };
+        Config::resolve(flags, FileConfig::default()).unwrap()
+    }
+
+    /// An ensemble member used to ignore `snapshot_every_entries` (always the Raft
+    /// default), so a small value never compacted its log.
+    #[test]
+    fn raft_snapshots_follow_snapshot_every_entries_up_to_the_raft_default() {
+        let default = coordd_raft::Config::default();
+        let r = raft_config(&config(None));
+        assert_eq!(
+            r, default,
+            "the default (100000) is capped at the Raft default"
+        );
+        let r = raft_config(&config(Some(25)));
+        assert_eq!(
+            (
+                r.snapshot_logs_since_last,
+                r.max_in_snapshot_log_to_keep,
+                r.purge_batch_size
+            ),
+            (25, 25, 25)
+        );
+        r.validate().unwrap();
+        let r = raft_config(&config(Some(1)));
+        assert_eq!(r.snapshot_logs_since_last, 1);
+        r.validate().unwrap();
+        let r = raft_config(&config(Some(2_000)));
+        assert_eq!(
+            (
+                r.snapshot_logs_since_last,
+                r.max_in_snapshot_log_to_keep,
+                r.purge_batch_size
+            ),
+            (
+                2_000,
+                default.max_in_snapshot_log_to_keep,
+                default.purge_batch_size
+            )
+        );
     }
 }

@@ -502,6 +502,19 @@ pub fn app_handler(batcher: Batcher, core: mpsc::Sender<CoreMsg>) -> coordd_raft
     })
 }
 
+/// Resolves once `member` has stopped: its RaftCore ended on a fatal error (its log or
+/// state machine failed) or was shut down. A server whose member stopped must stop too:
+/// it could only refuse clients from then on, while looking alive (`ruok`) to whatever
+/// supervises it.
+pub async fn member_stopped(member: &Member) {
+    loop {
+        match member.wait_for(Duration::from_secs(3_600), |_| false).await {
+            Err(coordd_raft::WaitError::Timeout { .. }) => continue,
+            _ => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
