@@ -53,10 +53,13 @@ pub struct Config {
     /// its timeout, at least `min`), so that a cut-off member stops serving before anyone else
     /// can commit. Lower bound (liveness): every false alarm makes the server drop its clients,
     /// and under load acknowledgements can lag by a follower's fsync or a scheduling stall.
-    /// The default, 200 ms, tolerates 150 ms of silence beyond one heartbeat period and keeps
-    /// 150 ms of margin to the earliest new leader for the delays in observing it (openraft's
-    /// metrics are seen a task switch late) and in the server acting on it. (With 5 members a
-    /// follower can keep hearing a leader that lost its quorum; slice 6 must cover that.)
+    /// The default, 300 ms, tolerates 250 ms of silence beyond one heartbeat period (200 ms
+    /// stalls happen on a loaded 2-core machine, and every false alarm drops the member's
+    /// clients) and keeps 50 ms of margin to the earliest election by timeout (min + max).
+    /// The early campaign after a leader's death (`Member::peer_link_lost`) waits until
+    /// `max(election_timeout_max_ms, quorum_timeout_ms)` plus half a heartbeat after the
+    /// last AppendEntries, so it keeps the same order. (With 5 members a follower can keep
+    /// hearing a leader that lost its quorum; slice 6 must cover that.)
     pub quorum_timeout_ms: u64,
     /// Build a snapshot once this many entries were applied since the last one. One entry is a
     /// batch of txns, and a snapshot is an image of the whole tree, so not too often.
@@ -92,7 +95,7 @@ impl Default for Config {
             election_timeout_max_ms: 200,
             propose_timeout_ms: 2_000,
             read_index_timeout_ms: 1_000,
-            quorum_timeout_ms: 200,
+            quorum_timeout_ms: 300,
             snapshot_logs_since_last: 5_000,
             max_in_snapshot_log_to_keep: 1_000,
             purge_batch_size: 256,

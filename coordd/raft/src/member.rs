@@ -773,8 +773,12 @@ impl Member {
             .keys()
             .filter(|id| **id != gone && **id < self.inner.id)
             .count() as u32;
+        // Not before the voters' lease ends (they would refuse the vote), nor before a
+        // leader that is only cut off (its port refused by a partition, not dead) has
+        // stopped serving: `quorum_timeout_ms` after its last acknowledged heartbeat.
         let lease = Duration::from_millis(self.inner.config.election_timeout_max_ms);
-        let at = contact.at + lease + heartbeat / 2 + heartbeat * rank;
+        let wait = lease.max(self.inner.config.quorum_timeout());
+        let at = contact.at + wait + heartbeat / 2 + heartbeat * rank;
         tokio::time::sleep_until(at).await;
         let contact_now = *lock(&self.inner.contact);
         let unchanged = contact_now.is_some_and(|c| c.at == contact.at && c.term == contact.term);
