@@ -125,16 +125,19 @@ log "COORDD_BIN=$COORDD_BIN"
 # printed whole when it ends; the step fails if either fails.
 log "cargo test --workspace (built first, then two streams)"
 cargo test --workspace --no-fail-fast --no-run
+# Every cargo invocation below selects the whole workspace (targets narrowed with
+# --test/--lib/...), so that features unify exactly as in the build above and nothing
+# is compiled again inside the streams (`-p` or `--exclude` would rebuild).
 pg_tests=()
 other_tests=()
-for f in tests/*.rs; do
+while IFS= read -r f; do
     name=$(basename "$f" .rs)
     if grep -q 'postgres::skip()' "$f"; then
         pg_tests+=(--test "$name")
     else
         other_tests+=(--test "$name")
     fi
-done
+done < <(find . -path ./target -prune -o -path ./fuzz -prune -o -regex '.*/tests/[^/]*\.rs' -print | sort)
 stream_dir=$(mktemp -d)
 # The fuzz targets' build (minutes from scratch, see scripts/fuzz.sh) runs beside the
 # tests, at a lower priority, where the PostgreSQL stream mostly waits; section 6 runs
@@ -150,16 +153,15 @@ if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
 fi
 (
     rc=0
-    cargo test -p switchyard --no-fail-fast "${pg_tests[@]}" >"$stream_dir/pg.log" 2>&1 || rc=$?
+    cargo test --workspace --no-fail-fast "${pg_tests[@]}" >"$stream_dir/pg.log" 2>&1 || rc=$?
     echo $rc >"$stream_dir/pg.rc"
 ) &
 pg_pid=$!
 (
     rc=0
     {
-        cargo test --workspace --exclude switchyard --no-fail-fast || rc=1
-        cargo test -p switchyard --no-fail-fast --lib --bins --examples "${other_tests[@]}" || rc=1
-        cargo test -p switchyard --doc || rc=1
+        cargo test --workspace --no-fail-fast --lib --bins --examples "${other_tests[@]}" || rc=1
+        cargo test --workspace --doc || rc=1
     } >"$stream_dir/other.log" 2>&1
     echo $rc >"$stream_dir/other.rc"
 ) &
