@@ -19,7 +19,12 @@ use serde::Deserialize;
     about = "coordd: a ZooKeeper-compatible coordination server",
     long_about = "coordd speaks the Apache ZooKeeper client protocol, so zkCli, kazoo, Curator \
                   and the zookeeper-client crate work against it unchanged.\n\n\
-                  Standalone: coordd --client-addr 127.0.0.1:2181 --data-dir ./data"
+                  Standalone: coordd --client-addr 127.0.0.1:2181 --data-dir ./data\n\n\
+                  Ensemble member: coordd --id 1 --ensemble 1=10.0.0.1:2888,2=10.0.0.2:2888,3=10.0.0.3:2888 \
+                  --client-addr 10.0.0.1:2181 --data-dir ./data\n\n\
+                  Membership change: start a new member with --join (its --ensemble lists the current \
+                  members and itself), then `coordd reconfig --server <client addr> --add 4=host:peerport`; \
+                  `coordd reconfig --remove 4` removes one; `coordd reconfig --help` for more."
 )]
 pub struct Flags {
     /// TOML configuration file; flags given on the command line override its keys.
@@ -121,6 +126,12 @@ pub struct Flags {
     /// proxy in tests) that listens on the address the list gives.
     #[arg(long)]
     pub peer_listen_addr: Option<String>,
+    /// Join an ensemble that already runs (a new member): never initialize a cluster;
+    /// wait until the leader adds this member (`coordd reconfig --add`). `--ensemble`
+    /// then lists the current members and this one. Harmless on a member that has a log
+    /// (its log's membership is used), so it may stay on after the member was added.
+    #[arg(long)]
+    pub join: bool,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -152,6 +163,7 @@ pub struct FileConfig {
     pub ensemble: Option<String>,
     pub linearizable_reads: Option<bool>,
     pub peer_listen_addr: Option<String>,
+    pub join: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -200,6 +212,8 @@ pub struct EnsembleConfig {
     /// Where this member's peer port listens ("host:port"); by default its own address
     /// in `members`.
     pub peer_listen_addr: String,
+    /// Joining a running ensemble: never initialize a cluster (`--join`).
+    pub join: bool,
 }
 
 /// Most members of an ensemble (ZooKeeper runs 3 or 5; more only slows writes).
@@ -455,6 +469,10 @@ impl Config {
                 "peer_listen_addr needs ensemble and id".into(),
             ));
         }
+        let join = flags.join || file.join.unwrap_or(false);
+        if join && id.is_none() {
+            return Err(ConfigError::Invalid("join needs ensemble and id".into()));
+        }
         match (id, flags.ensemble.or(file.ensemble)) {
             (None, None) => {}
             (Some(_), None) => {
@@ -498,6 +516,7 @@ impl Config {
                     id,
                     members,
                     peer_listen_addr,
+                    join,
                 });
             }
         }
