@@ -35,7 +35,8 @@ pub enum Role {
     Follower,
     /// Campaigning for leadership.
     Candidate,
-    /// Receives the log but does not vote (not yet used: membership changes are slice 8).
+    /// Receives the log but does not vote: a member being added ([`Member::change_membership`]),
+    /// or one started with [`Member::start_joining`] that was not added yet.
     Learner,
     /// Shut down, or stopped by a fatal error.
     Shutdown,
