@@ -163,7 +163,10 @@ async fn reconfig_cli_until(args: Vec<String>, check: &str, want: &BTreeSet<u64>
             }
             _ => panic!("coordd reconfig {args:?} failed ({code}): {err}"),
         }
-        assert!(Instant::now() < deadline, "reconfig {args:?} never went through");
+        assert!(
+            Instant::now() < deadline,
+            "reconfig {args:?} never went through"
+        );
     }
 }
 
@@ -291,7 +294,11 @@ async fn grow_3_to_5_and_shrink_back_removing_the_leader_under_a_writer() {
         acked.len()
     );
     assert!(acked.len() > 20, "the writer made no progress");
-    assert!(gap < WRITE_GAP_MAX, "write gap {gap:?}\n{}", e.log_tails(40));
+    assert!(
+        gap < WRITE_GAP_MAX,
+        "write gap {gap:?}\n{}",
+        e.log_tails(40)
+    );
     let survivors = keep
         .iter()
         .map(|i| e.servers()[*i].clone())
@@ -394,19 +401,35 @@ async fn bad_reconfig_requests_get_zookeeper_error_codes_and_change_nothing() {
         (format!("2={p2}"), "", "", -1, ErrorCode::BadArguments),
         (String::new(), "7", "", -1, ErrorCode::BadArguments),
         ("4=nohostport".into(), "", "", -1, ErrorCode::BadArguments),
-        ("4=h:1:2:observer".into(), "", "", -1, ErrorCode::BadArguments),
+        (
+            "4=h:1:2:observer".into(),
+            "",
+            "",
+            -1,
+            ErrorCode::BadArguments,
+        ),
         ("4=h:1,4=h:2".into(), "", "", -1, ErrorCode::BadArguments),
         (String::new(), "1,2,3", "", -1, ErrorCode::BadArguments),
         (String::new(), "x", "", -1, ErrorCode::BadArguments),
         (String::new(), "", "", -1, ErrorCode::BadArguments),
         // Both forms at once; a new-member list that moves a member.
         ("4=h:1".into(), "", "1=h:1", -1, ErrorCode::BadArguments),
-        (String::new(), "", "1=elsewhere:1", -1, ErrorCode::BadArguments),
+        (
+            String::new(),
+            "",
+            "1=elsewhere:1",
+            -1,
+            ErrorCode::BadArguments,
+        ),
         // Based on another configuration version.
         (String::new(), "3", "", version + 1, ErrorCode::BadVersion),
     ] {
         for (who, client) in [("leader", &c), ("follower", &f)] {
-            assert_eq!(refused(client, &j, l, m, from).await, want, "{who}: {j:?} {l:?} {m:?}");
+            assert_eq!(
+                refused(client, &j, l, m, from).await,
+                want,
+                "{who}: {j:?} {l:?} {m:?}"
+            );
         }
     }
 
@@ -435,15 +458,24 @@ async fn bad_reconfig_requests_get_zookeeper_error_codes_and_change_nothing() {
     // Nothing changed: same configuration (the learner was removed again), same data,
     // and a good change still goes through.
     let (data, _) = f.get_data("/zookeeper/config", false).await.unwrap();
-    assert_eq!(config_ids(&String::from_utf8_lossy(&data)), BTreeSet::from([1, 2, 3]));
+    assert_eq!(
+        config_ids(&String::from_utf8_lossy(&data)),
+        BTreeSet::from([1, 2, 3])
+    );
     f.sync("/").await.unwrap();
     assert_eq!(f.get_data("/kept", false).await.unwrap().0, b"k");
     let (data, _) = f.reconfig("", "3", "", -1).await.expect("remove 3");
-    assert_eq!(config_ids(&String::from_utf8_lossy(&data)), BTreeSet::from([1, 2]));
+    assert_eq!(
+        config_ids(&String::from_utf8_lossy(&data)),
+        BTreeSet::from([1, 2])
+    );
 
     // Standalone coordd has no ensemble to change.
     let solo = Coordd::start();
     let s = client(&solo.connect_string(), 10_000).await;
-    assert_eq!(refused(&s, "2=h:1", "", "", -1).await, ErrorCode::ReconfigDisabled);
+    assert_eq!(
+        refused(&s, "2=h:1", "", "", -1).await,
+        ErrorCode::ReconfigDisabled
+    );
     assert!(four_letter(solo.addr, "ruok").is_some());
 }

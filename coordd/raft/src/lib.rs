@@ -36,11 +36,11 @@ pub use member::{
     ReadIndexError, Role, ShutdownError, StartError, Status, WaitError,
 };
 pub use network::tcp;
-pub use reconfig::{plan_change, MembershipChange, ReconfigError, VOTERS_MAX};
 pub use network::tcp::{PeerServer, TcpConfig, TcpTransport};
 pub use network::{
     MemNetwork, MemTransport, PeerRequest, PeerResponse, RequestKind, Transport, TransportError,
 };
+pub use reconfig::{plan_change, MembershipChange, ReconfigError, VOTERS_MAX};
 
 /// A member's id, as in the ensemble configuration (ZooKeeper's `myid`).
 pub type MemberId = u64;

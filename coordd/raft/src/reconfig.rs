@@ -83,7 +83,9 @@ pub fn plan_change(
     let mut seen = BTreeMap::new();
     for (id, addr) in &change.add {
         if let Some(other) = seen.insert(addr, id) {
-            return Err(format!("new members {other} and {id} share the address {addr}"));
+            return Err(format!(
+                "new members {other} and {id} share the address {addr}"
+            ));
         }
     }
     for id in &change.remove {
@@ -167,7 +169,8 @@ impl Member {
                 (*id, addr)
             })
             .collect();
-        let next = plan_change(&voters, &change, VOTERS_MAX).map_err(ReconfigError::BadArguments)?;
+        let next =
+            plan_change(&voters, &change, VOTERS_MAX).map_err(ReconfigError::BadArguments)?;
         let id = self.inner.id;
         tracing::info!(id, add = ?change.add, remove = ?change.remove, ?next, "membership change: start");
         let step = self.inner.config.membership_change_timeout();
@@ -178,8 +181,11 @@ impl Member {
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode::new(addr)))
                 .collect();
-            match tokio::time::timeout(step, raft.change_membership(ChangeMembers::AddNodes(nodes), true))
-                .await
+            match tokio::time::timeout(
+                step,
+                raft.change_membership(ChangeMembers::AddNodes(nodes), true),
+            )
+            .await
             {
                 Err(_) => {
                     return Err(ReconfigError::Timeout {
@@ -190,7 +196,10 @@ impl Member {
                 Ok(Ok(_)) => {}
             }
             tracing::info!(id, learners = ?change.add.keys().collect::<Vec<_>>(), "membership change: learners added; waiting for them to catch up");
-            if let Err(why) = self.wait_caught_up(change.add.keys().copied().collect()).await {
+            if let Err(why) = self
+                .wait_caught_up(change.add.keys().copied().collect())
+                .await
+            {
                 tracing::warn!(id, %why, "membership change: new members did not catch up; removing them again");
                 let ids: BTreeSet<u64> = change.add.keys().copied().collect();
                 match tokio::time::timeout(
@@ -200,7 +209,9 @@ impl Member {
                 .await
                 {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(id, error = %e, "could not remove the learners again"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(id, error = %e, "could not remove the learners again")
+                    }
                     Err(_) => tracing::warn!(id, "removing the learners again timed out"),
                 }
                 return Err(ReconfigError::NotCaughtUp(why));
@@ -210,7 +221,10 @@ impl Member {
         let both = step * 2;
         match tokio::time::timeout(both, raft.change_membership(next.clone(), false)).await {
             Err(_) => {
-                tracing::warn!(id, "membership change: not committed in time; outcome unknown");
+                tracing::warn!(
+                    id,
+                    "membership change: not committed in time; outcome unknown"
+                );
                 Err(ReconfigError::Timeout {
                     after_ms: as_millis(both),
                 })
@@ -288,12 +302,18 @@ mod tests {
             plan_change(&v, &change(&[4, 5], &[]), 9).unwrap(),
             [1, 2, 3, 4, 5].into()
         );
-        assert_eq!(plan_change(&v, &change(&[], &[3]), 9).unwrap(), [1, 2].into());
+        assert_eq!(
+            plan_change(&v, &change(&[], &[3]), 9).unwrap(),
+            [1, 2].into()
+        );
         assert_eq!(
             plan_change(&v, &change(&[4], &[1]), 9).unwrap(),
             [2, 3, 4].into()
         );
-        assert_eq!(plan_change(&voters(&[1]), &change(&[2], &[]), 9).unwrap(), [1, 2].into());
+        assert_eq!(
+            plan_change(&voters(&[1]), &change(&[2], &[]), 9).unwrap(),
+            [1, 2].into()
+        );
     }
 
     #[test]

@@ -218,9 +218,11 @@ pub struct ReconfigArgs {
 /// Runs `coordd reconfig` (args without the program name and `reconfig`).
 pub fn reconfig_main(args: ReconfigArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let from_config = match args.from_config.as_deref().map(|v| {
-        i64::from_str_radix(v.trim_start_matches("0x"), 16)
-    }) {
+    let from_config = match args
+        .from_config
+        .as_deref()
+        .map(|v| i64::from_str_radix(v.trim_start_matches("0x"), 16))
+    {
         None => -1,
         Some(Ok(v)) => v,
         Some(Err(_)) => {

@@ -1206,7 +1206,11 @@ impl Core {
 
     /// Lets the requests held behind a reconfig through, in order; those of a
     /// connection the session has left are dropped (their client saw ConnectionLoss).
-    fn release_held(&mut self, session_id: SessionId, held: VecDeque<(u64, i32, ReadWork, Instant)>) {
+    fn release_held(
+        &mut self,
+        session_id: SessionId,
+        held: VecDeque<(u64, i32, ReadWork, Instant)>,
+    ) {
         for (conn_id, xid, work, received) in held {
             let current = self.sessions.get(&session_id).and_then(|s| s.conn_id);
             if current == Some(conn_id) {

@@ -122,7 +122,8 @@ pub fn change_of(
     req: &ReconfigRequest,
     voters: &BTreeMap<u64, String>,
 ) -> Result<MembershipChange, String> {
-    let incremental = !req.joining_servers.trim().is_empty() || !req.leaving_servers.trim().is_empty();
+    let incremental =
+        !req.joining_servers.trim().is_empty() || !req.leaving_servers.trim().is_empty();
     if !req.new_members.trim().is_empty() {
         if incremental {
             return Err("give either joining/leaving servers or new members, not both".into());
@@ -220,7 +221,10 @@ pub async fn run_on_leader(
 ) -> ReconfigOutcome {
     let before = member.status();
     if before.role != Role::Leader {
-        return Err((ErrorCode::ConnectionLoss, "this member is not the leader".into()));
+        return Err((
+            ErrorCode::ConnectionLoss,
+            "this member is not the leader".into(),
+        ));
     }
     let version = config_version(&before);
     if req.cur_config_id != -1 && req.cur_config_id != version {
@@ -269,7 +273,11 @@ pub async fn run_on_leader(
 }
 
 /// Runs a reconfig from any member: on the leader itself, else forwarded to it.
-pub async fn run(member: Member, req: ReconfigRequest, removed: CancellationToken) -> ReconfigOutcome {
+pub async fn run(
+    member: Member,
+    req: ReconfigRequest,
+    removed: CancellationToken,
+) -> ReconfigOutcome {
     if member.role() == Role::Leader {
         return run_on_leader(&member, &req, &removed).await;
     }
@@ -319,7 +327,12 @@ pub fn encode_outcome(o: &ReconfigOutcome) -> Bytes {
 }
 
 pub fn decode_outcome(mut b: Bytes) -> ReconfigOutcome {
-    let bad = || (ErrorCode::ConnectionLoss, "malformed reconfig answer".to_string());
+    let bad = || {
+        (
+            ErrorCode::ConnectionLoss,
+            "malformed reconfig answer".to_string(),
+        )
+    };
     if b.remaining() < 4 {
         return Err(bad());
     }
@@ -343,7 +356,10 @@ mod tests {
             ("server.4=h:2888", (4, "h:2888")),
             ("server.4=h:2888:3888", (4, "h:2888")),
             ("server.4=h:2888:3888:participant", (4, "h:2888")),
-            ("server.4=10.0.0.4:2888:3888:participant;2181", (4, "10.0.0.4:2888")),
+            (
+                "server.4=10.0.0.4:2888:3888:participant;2181",
+                (4, "10.0.0.4:2888"),
+            ),
             ("server.5=h:1:2;0.0.0.0:2181", (5, "h:1")),
             (" server.255 = [::1]:7:8 ", (255, "[::1]:7")),
         ] {
@@ -378,8 +394,13 @@ mod tests {
             parse_server_list("4=a:1, server.5=b:2:3;2181").unwrap(),
             BTreeMap::from([(4, "a:1".to_string()), (5, "b:2".to_string())])
         );
-        assert!(parse_server_list("4=a:1,4=b:1").unwrap_err().contains("twice"));
-        assert_eq!(parse_id_list("4, server.5").unwrap(), BTreeSet::from([4, 5]));
+        assert!(parse_server_list("4=a:1,4=b:1")
+            .unwrap_err()
+            .contains("twice"));
+        assert_eq!(
+            parse_id_list("4, server.5").unwrap(),
+            BTreeSet::from([4, 5])
+        );
         assert!(parse_id_list("4,x").is_err());
         assert!(parse_id_list("4,4").is_err());
         assert_eq!(parse_id_list("").unwrap(), BTreeSet::new());

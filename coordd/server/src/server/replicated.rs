@@ -521,8 +521,9 @@ pub fn app_handler(
                     Ok(Bytes::new())
                 }
                 AppMsg::Reconfig(body) => {
-                    let req = <coordd_proto::ReconfigRequest as coordd_proto::Record>::from_bytes(&body)
-                        .map_err(|e| format!("bad forwarded reconfig: {e}"))?;
+                    let req =
+                        <coordd_proto::ReconfigRequest as coordd_proto::Record>::from_bytes(&body)
+                            .map_err(|e| format!("bad forwarded reconfig: {e}"))?;
                     let outcome = super::reconfig::run_on_leader(&member, &req, &removed).await;
                     Ok(super::reconfig::encode_outcome(&outcome))
                 }
