@@ -479,3 +479,51 @@ async fn bad_reconfig_requests_get_zookeeper_error_codes_and_change_nothing() {
     );
     assert!(four_letter(solo.addr, "ruok").is_some());
 }
+
+/// Apache ZooKeeper's own zkCli: `reconfig -add` in ZooKeeper's server syntax, `config`,
+/// `reconfig -remove`. Needs Debian's `zookeeper` package (skips with the reason without).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zkcli_reconfig_adds_and_removes_a_member() {
+    if let Err(why) = support::zookeeper::ZooKeeper::available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let mut e = CoorddEnsemble::start_with(3, EXTRA);
+    e.wait_leader(&[0, 1, 2], FORM_TIMEOUT);
+    let four = e.start_joining();
+    let peer = e.peers[four];
+    let add = format!(
+        "reconfig -add server.4={}:{}:{}:participant;{}",
+        peer.ip(),
+        peer.port(),
+        peer.port(),
+        e.members[four].addr
+    );
+    let server = e.servers()[0].clone();
+    let out = tokio::task::spawn_blocking(move || {
+        support::zookeeper::zk_cli(&server, &[add.as_str(), "config"])
+    })
+        .await
+        .unwrap()
+        .expect("zkCli");
+    assert!(
+        out.raw.contains(&format!("server.4={peer}:{}:participant", peer.port())),
+        "zkCli output:\n{}\n{}",
+        out.raw,
+        e.log_tails(20)
+    );
+    assert_eq!(
+        config_on(&e.servers()[3]).await,
+        BTreeSet::from([1, 2, 3, 4])
+    );
+    let server = e.servers()[1].clone();
+    let out = tokio::task::spawn_blocking(move || {
+        support::zookeeper::zk_cli(&server, &["reconfig -remove 4", "config"])
+    })
+    .await
+    .unwrap()
+    .expect("zkCli");
+    assert!(!out.raw.contains("server.4="), "zkCli output:\n{}", out.raw);
+    assert_eq!(config_on(&e.servers()[0]).await, BTreeSet::from([1, 2, 3]));
+    assert!(wait_exit(&mut e.members[four]).await.success());
+}
