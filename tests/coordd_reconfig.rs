@@ -503,11 +503,12 @@ async fn zkcli_reconfig_adds_and_removes_a_member() {
     let out = tokio::task::spawn_blocking(move || {
         support::zookeeper::zk_cli(&server, &[add.as_str(), "config"])
     })
-        .await
-        .unwrap()
-        .expect("zkCli");
+    .await
+    .unwrap()
+    .expect("zkCli");
     assert!(
-        out.raw.contains(&format!("server.4={peer}:{}:participant", peer.port())),
+        out.raw
+            .contains(&format!("server.4={peer}:{}:participant", peer.port())),
         "zkCli output:\n{}\n{}",
         out.raw,
         e.log_tails(20)
@@ -526,4 +527,41 @@ async fn zkcli_reconfig_adds_and_removes_a_member() {
     assert!(!out.raw.contains("server.4="), "zkCli output:\n{}", out.raw);
     assert_eq!(config_on(&e.servers()[0]).await, BTreeSet::from([1, 2, 3]));
     assert!(wait_exit(&mut e.members[four]).await.success());
+}
+
+/// `coordd reconfig --help`, a usage error, and `coordd --help` naming the way in.
+#[test]
+fn cli_help_and_usage() {
+    let run = |args: &[&str]| {
+        let out = Command::new(coordd_bin())
+            .args(args)
+            .output()
+            .expect("run coordd");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run(&["reconfig", "--help"]);
+    assert_eq!(code, Some(0), "{text}");
+    for word in [
+        "--server",
+        "--add",
+        "--remove",
+        "--members",
+        "--from-config",
+        "--join",
+    ] {
+        assert!(text.contains(word), "reconfig --help lacks {word}:\n{text}");
+    }
+    let (code, text) = run(&["reconfig", "--add", "4=h:1"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--server"), "{text}");
+    let (code, text) = run(&["--help"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("--join") && text.contains("coordd reconfig"),
+        "{text}"
+    );
 }

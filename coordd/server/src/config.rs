@@ -545,6 +545,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn join_flag() {
+        let flags = Flags {
+            id: Some(4),
+            ensemble: Some("1=a:1,2=b:1,3=c:1,4=d:1".into()),
+            join: true,
+            ..Default::default()
+        };
+        let c = Config::resolve(flags, FileConfig::default()).unwrap();
+        assert!(c.ensemble.unwrap().join);
+        let file: FileConfig =
+            toml::from_str("id = 4\nensemble = \"4=d:1,1=a:1\"\njoin = true").unwrap();
+        assert!(
+            Config::resolve(Flags::default(), file)
+                .unwrap()
+                .ensemble
+                .unwrap()
+                .join
+        );
+        let c = Config::resolve(
+            Flags {
+                id: Some(1),
+                ensemble: Some("1=a:1".into()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert!(!c.ensemble.unwrap().join);
+        // Standalone has nothing to join.
+        let e = Config::resolve(
+            Flags {
+                join: true,
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("join needs"), "{e}");
+    }
+
+    #[test]
     fn ensemble_flags() {
         let flags = Flags {
             id: Some(2),
