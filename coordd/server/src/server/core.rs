@@ -959,6 +959,14 @@ impl Core {
             return;
         }
         if let Some(p) = self.reconfigs.get_mut(&session_id) {
+            if xid == xid::PING && matches!(work, ReadWork::Serve(Request::Ping)) {
+                // Answered at once: clients match ping replies by their xid, outside the
+                // order of the others (ZooKeeper's and ours), and a reconfig can take
+                // longer than a client waits for a sign of life (2/3 of its timeout).
+                let z = self.state.last_zxid();
+                self.send_reply(conn_id, xid, z, ErrorCode::Ok, None);
+                return;
+            }
             p.held.push_back((conn_id, xid, work, received));
             return;
         }
@@ -1191,9 +1199,13 @@ impl Core {
                 self.metrics.record_latency(p.received);
             }
             (Some(conn_id), Some(Err((ErrorCode::ConnectionLoss, _)))) => {
-                // In doubt: as for a write in doubt, the client loses its connection.
+                // In doubt: as for a write in doubt, the client loses its connection
+                // (and what it sent after the reconfig is let go below).
                 self.release_outstanding(Some(conn_id));
                 self.drop_conn(conn_id);
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    s.conn_id = None;
+                }
             }
             (Some(conn_id), Some(Err((code, _)))) => {
                 self.send_reply(conn_id, p.xid, zxid, code, None);

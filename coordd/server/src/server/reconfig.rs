@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use super::replicated::{AppMsg, LEADER_WAIT_MS};
 
 /// How long a member waits for the leader to carry out a forwarded reconfig: the
-/// leader's catch-up wait (10 s) plus its two configuration entries (2 x 5 s) plus margin.
-pub const RECONFIG_FORWARD_TIMEOUT_MS: u64 = 25_000;
+/// leader's worst case with coordd-raft's defaults is 25 s (adding the learners 5 s, their
+/// catch-up 10 s, the joint and the new configuration 2 x 5 s), plus margin.
+pub const RECONFIG_FORWARD_TIMEOUT_MS: u64 = 30_000;
 /// How long the leader tries to tell a removed member that it was removed.
 pub const REMOVED_NOTICE_TIMEOUT_MS: u64 = 2_000;
 
