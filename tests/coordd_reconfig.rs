@@ -568,3 +568,39 @@ fn cli_help_and_usage() {
         "{text}"
     );
 }
+
+/// With a superuser configured only the superuser may change the membership (NoAuth
+/// otherwise, nothing changed); `coordd reconfig --auth` passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_superuser_reconfigs_when_one_is_configured() {
+    let digest = coordd_proto::auth::digest_id("super:secret");
+    let e = CoorddEnsemble::start_with(
+        3,
+        &[
+            "--max-session-timeout-ms",
+            "30000",
+            "--superuser-digest",
+            &digest,
+        ],
+    );
+    e.wait_leader(&[0, 1, 2], FORM_TIMEOUT);
+    let anyone = client(&e.connect_string(), 10_000).await;
+    assert_eq!(refused(&anyone, "", "3", "", -1).await, ErrorCode::NoAuth);
+    assert_eq!(config_on(&e.servers()[0]).await, BTreeSet::from([1, 2, 3]));
+    let want = BTreeSet::from([1, 2]);
+    let server = e.servers()[0].clone();
+    let ids = reconfig_cli_until(
+        vec![
+            "--server".into(),
+            server.clone(),
+            "--remove".into(),
+            "3".into(),
+            "--auth".into(),
+            "super:secret".into(),
+        ],
+        &server,
+        &want,
+    )
+    .await;
+    assert_eq!(ids, want);
+}
