@@ -268,6 +268,19 @@ async fn grow_3_to_5_and_shrink_back_removing_the_leader_under_a_writer() {
             e.members[i].log()
         );
     }
+    // A removed member does not come back with its old data.
+    let m = &e.members[other];
+    let out = Command::new(coordd_bin())
+        .arg("--client-addr")
+        .arg(m.addr.to_string())
+        .arg("--data-dir")
+        .arg(m.data_dir())
+        .args(&m.extra_args)
+        .output()
+        .expect("run coordd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a removed member started again");
+    assert!(stderr.contains("was removed from the ensemble"), "{stderr}");
     let new_leader = e.wait_leader(&keep, WAIT);
     assert!(keep.contains(&new_leader));
     for &i in &keep {

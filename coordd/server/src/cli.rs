@@ -80,6 +80,19 @@ async fn serve_until_signal(server: Server) -> Result<(), String> {
     server.wait().await
 }
 
+/// A file in the data directory of a member removed by a reconfig; such a member refuses
+/// to start again.
+pub const REMOVED_MARKER: &str = "REMOVED";
+
+fn write_removed_marker(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(REMOVED_MARKER);
+    let mut f = std::fs::File::create(&path)?;
+    f.write_all(b"removed from the ensemble by a reconfig\n")?;
+    f.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// How long a member removed by a reconfig keeps running before it exits, so that its
 /// last replies (the answer to the reconfig that removed it) reach their clients.
 pub const REMOVED_EXIT_GRACE_MS: u64 = 500;
@@ -87,6 +100,16 @@ pub const REMOVED_EXIT_GRACE_MS: u64 = 500;
 /// One member of an ensemble: the Raft log in the data directory, the peer port from
 /// the ensemble list. The peer listener and the Raft member stop after the server.
 async fn run_member(config: Config) -> Result<(), String> {
+    let removed_marker = config.data_dir.join(REMOVED_MARKER);
+    if removed_marker.exists() {
+        return Err(format!(
+            "this member was removed from the ensemble by a reconfig ({} exists): it must not \
+             take part again with this data; to add it back, empty the data directory, start it \
+             with --join and add it (coordd reconfig --add)",
+            removed_marker.display()
+        ));
+    }
+    let data_dir = config.data_dir.clone();
     let log_config = coordd_raft::DiskLogConfig {
         fsync: config.fsync,
         ..coordd_raft::DiskLogConfig::default()
@@ -141,6 +164,11 @@ async fn run_member(config: Config) -> Result<(), String> {
                 voters = ?member.status().membership.voters,
                 "this member was removed from the ensemble (reconfig): closing its clients and exiting"
             );
+            // Remembered, so that a restart (a supervisor) does not bring it back as a
+            // member that campaigns for a configuration that is gone.
+            if let Err(e) = write_removed_marker(&data_dir) {
+                tracing::warn!(error = %e, "could not write the removed marker in the data directory");
+            }
             tokio::time::sleep(std::time::Duration::from_millis(REMOVED_EXIT_GRACE_MS)).await;
             token.cancel();
         }
