@@ -158,6 +158,7 @@ impl Member {
             });
         }
         if status.membership.joint {
+            self.finish_joint().await;
             return Err(ReconfigError::InProgress);
         }
         let voters: BTreeMap<MemberId, String> = status
@@ -234,6 +235,41 @@ impl Member {
                 tracing::info!(id, voters = ?next, index = r.log_id.index, "membership change: committed");
                 Ok(self.status())
             }
+        }
+    }
+
+    /// A joint configuration left behind by a leader that changed the membership and lost
+    /// its leadership (or crashed) before the second step: openraft does not finish it by
+    /// itself, so this leader moves on to the joint's last configuration (bounded). The
+    /// change that asked for it is still refused (`InProgress`); the next one can go.
+    async fn finish_joint(&self) {
+        let goal: Option<BTreeSet<u64>> = {
+            let rx = self.inner.raft.metrics();
+            let m = rx.borrow();
+            m.membership_config
+                .membership()
+                .get_joint_config()
+                .last()
+                .cloned()
+        };
+        let Some(goal) = goal.filter(|g| !g.is_empty()) else {
+            return;
+        };
+        let step = self.inner.config.membership_change_timeout();
+        tracing::info!(
+            id = self.inner.id,
+            ?goal,
+            "a joint configuration is left in the log: finishing the change to its new voters"
+        );
+        match tokio::time::timeout(step, self.inner.raft.change_membership(goal, false)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::info!(id = self.inner.id, error = %e, "could not finish the joint configuration")
+            }
+            Err(_) => tracing::warn!(
+                id = self.inner.id,
+                "finishing the joint configuration timed out"
+            ),
         }
     }
 
