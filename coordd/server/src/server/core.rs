@@ -719,6 +719,10 @@ impl Core {
             .is_some_and(|s| !s.queue.is_empty())
     }
 
+    /// Life from a session's client on this member (its handshake or a packet): the
+    /// session's deadline starts again, and in an ensemble the leader hears of it at the
+    /// next tick. Only for a client here: what a member merely applies from the log is
+    /// no sign that its client lives.
     fn touch(&mut self, session_id: SessionId) {
         if self.closing.contains(&session_id) {
             return;
@@ -1402,6 +1406,11 @@ impl Core {
                         None => {
                             // Another member's session: known here too, so its client
                             // may move to this member, and the leader can expire it.
+                            // Its deadline starts here, but it showed no life here: no
+                            // touch goes to the leader (a member catching up after a
+                            // restart or a partition applies creations whose clients
+                            // may be long gone, and a touch would give each a whole
+                            // timeout again at the leader).
                             if let Some((id, timeout_ms)) = created {
                                 if self.state.session(id).is_some() {
                                     self.sessions.entry(id).or_insert(LiveSession {
@@ -1410,7 +1419,13 @@ impl Core {
                                         timeout_ms,
                                         queue: VecDeque::new(),
                                     });
-                                    self.touch(id);
+                                    if !self.closing.contains(&id) {
+                                        self.deadlines.touch(
+                                            id,
+                                            Instant::now(),
+                                            Duration::from_millis(timeout_ms.max(0) as u64),
+                                        );
+                                    }
                                 }
                             }
                             self.deliver(applied, Origin::Server, 0);
