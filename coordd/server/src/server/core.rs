@@ -294,6 +294,17 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
+    /// Queues a silent barrier through the log (a `sync`, a linearizable read's, a
+    /// session resume's); `origin` is acted on once it is applied here. The caller sets
+    /// `log_pending`. Returns the barrier's local sequence number.
+    fn push_barrier(&mut self, origin: Origin) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending_syncs.push(seq);
+        self.local.insert(seq, origin);
+        seq
+    }
+
     pub fn new(
         me: u64,
         member: Arc<std::sync::OnceLock<Member>>,
@@ -796,18 +807,12 @@ impl Core {
                 // client made it elsewhere a moment ago), or its expiry (already
                 // observable elsewhere): validate once everything committed by now is
                 // applied here.
-                let seq = r.next_seq;
-                r.next_seq += 1;
-                r.pending_syncs.push(seq);
-                r.local.insert(
-                    seq,
-                    Origin::Resume(Box::new(BehindClient {
-                        deadline: Instant::now(),
-                        conn,
-                        req,
-                        established,
-                    })),
-                );
+                r.push_barrier(Origin::Resume(Box::new(BehindClient {
+                    deadline: Instant::now(),
+                    conn,
+                    req,
+                    established,
+                })));
                 self.log_pending = true;
                 return;
             }
@@ -901,19 +906,13 @@ impl Core {
         let linearizable_reads = self.config.linearizable_reads;
         let work = match (work, &mut self.log) {
             (ReadWork::Serve(Request::Sync(p)), Log::Raft(r)) => {
-                let seq = r.next_seq;
-                r.next_seq += 1;
-                r.pending_syncs.push(seq);
-                r.local.insert(
-                    seq,
-                    Origin::Sync {
-                        session_id,
-                        conn_id,
-                        xid,
-                        path: Some(p.path),
-                        received,
-                    },
-                );
+                let seq = r.push_barrier(Origin::Sync {
+                    session_id,
+                    conn_id,
+                    xid,
+                    path: Some(p.path),
+                    received,
+                });
                 self.log_pending = true;
                 if let Some(s) = self.sessions.get_mut(&session_id) {
                     s.queue.push_back(Queued::Write(seq));
@@ -925,19 +924,13 @@ impl Core {
             {
                 // Linearizable read: a silent barrier through the log first; the read
                 // waits behind it, so it sees every write committed before it began.
-                let seq = r.next_seq;
-                r.next_seq += 1;
-                r.pending_syncs.push(seq);
-                r.local.insert(
-                    seq,
-                    Origin::Sync {
-                        session_id,
-                        conn_id,
-                        xid,
-                        path: None,
-                        received,
-                    },
-                );
+                let seq = r.push_barrier(Origin::Sync {
+                    session_id,
+                    conn_id,
+                    xid,
+                    path: None,
+                    received,
+                });
                 self.log_pending = true;
                 // The barrier counts as outstanding until applied (or failed).
                 self.metrics
