@@ -966,19 +966,23 @@ async fn linearizable_under_kills_pauses_and_partitions() {
         if rounds.len() > ROUNDS_SHOWN {
             rounds.remove(0);
         }
-        if now_leadership != leadership {
-            // No leader, or a new leadership: the clock restarts once one is seen.
+        if now_leadership.is_none() {
+            // No leader seen (an election, or a member that did not answer): no verdict.
+        } else if now_leadership != leadership {
+            // A new leadership (term): the clock restarts.
             if let Some((leader, term)) = now_leadership {
                 log.note(format!(
                     "new leadership while sessions expire: member {} in term {term}",
                     leader + 1
                 ));
-                clock = Instant::now();
-                leaderships_seen += 1;
-                leader_clean = None;
             }
+            clock = Instant::now();
+            leaderships_seen += 1;
+            leader_clean = None;
             leadership = now_leadership;
         } else if let Some((leader, _)) = leadership {
+            // The same leadership before and after the round: it held throughout (a
+            // member that loses office can only lead again in a later term).
             let since = started.saturating_duration_since(clock);
             match &seen[leader] {
                 Ok(left) if left.is_empty() => {
