@@ -20,8 +20,10 @@
 //! After the run, with everything healed and a leader elected, it checks:
 //! (a) the history, plus a final sync+read of every key on every member, is linearizable;
 //! (b) every acknowledged create is present on every member after a sync;
-//! (c) the ephemerals of every vanished client are gone from every member within the
-//!     session timeout plus one tick of the ensemble being healthy;
+//! (c) the ephemerals of every vanished client are gone: the leader has expired their
+//!     sessions within the session timeout plus one tick of the ensemble being healthy, or
+//!     of the start of a later leadership (a new Raft term, even when the same member wins
+//!     it: a new leader gives every session a whole timeout), and every member agrees;
 //! and prints, for every leader kill (and pause or cut-off of the leader), the longest
 //! window without a successful write around it.
 //!
@@ -103,6 +105,8 @@ const QUIET_MS: Range<u64> = 300..1_500;
 const SESSION_CHANGES_SHOWN: usize = 8;
 /// Poll interval of the end-of-run waits.
 const POLL: Duration = Duration::from_millis(20);
+/// Poll rounds of the expiry check shown when it fails.
+const ROUNDS_SHOWN: usize = 12;
 
 // ---- recording ----------------------------------------------------------------------
 
@@ -696,11 +700,6 @@ fn keep_evidence(e: &NemesisEnsemble, log: &NemesisLog, history: &History) -> Pa
     dir
 }
 
-/// The member that reports itself leader now, if one does. Blocking.
-fn current_leader(e: &NemesisEnsemble) -> Option<usize> {
-    (0..e.len()).find(|i| e.mode(*i).as_deref() == Some("leader"))
-}
-
 /// One client per member, talking to that member only.
 async fn member_clients(e: &NemesisEnsemble) -> Vec<Client> {
     let mut out = Vec::new();
@@ -894,57 +893,143 @@ async fn linearizable_under_kills_pauses_and_partitions() {
     log.note("workload stopped".into());
 
     // Healthy: one leader, the others following.
-    let (e, mut leader) = tokio::task::spawn_blocking(move || {
-        let leader = e.wait_leader(RECOVERY_TIMEOUT);
-        (e, leader)
+    let e = tokio::task::spawn_blocking(move || {
+        e.wait_leader(RECOVERY_TIMEOUT);
+        e
     })
     .await
     .expect("a leader after the run");
-    let mut healthy_at = Instant::now();
+    let healthy_at = Instant::now();
     log.note("ensemble healthy".into());
     let checkers = member_clients(&e).await;
 
-    // (c) The ephemerals of vanished (and closed) sessions are gone from every member.
+    // (c) The ephemerals of vanished (and closed) sessions are gone from every member,
+    // within the documented rule (DESIGN.md 6, ARCHITECTURE.md `server/replicated.rs`):
+    // only the leader expires sessions, a session timeout after the last packet it heard
+    // of from the session (its own clients' packets, the touches the others forward every
+    // tick/10), checked every tick/10; and every new leadership, another member or the
+    // same member elected again in a later term (a follower cut off campaigns, and once
+    // healed its higher term deposes the leader, which often wins again), gives every
+    // session a whole timeout from when it takes office. Every vanished client's last
+    // packet is older than `healthy_at` (the workload had stopped), so the leadership
+    // that holds from then on has expired them all by `healthy_at + expiry_bound`; a
+    // later leadership restarts the clock from when the test sees it (at most one poll
+    // round after it began: in the server's favour, never against it).
+    // What a poll proves: a sync + read on the leader that still shows a node proves the
+    // leader had not yet expired its session when the sync reached it (a close proposed
+    // before the sync is applied before the sync's barrier), so a round is judged by the
+    // instant it started; the close's commit and the poll's own round trip are not part
+    // of the bound. The followers apply the same log: a round started after the leader
+    // showed none must show none on every member.
     let expiry_bound = Duration::from_millis(u64::from(SESSION_TIMEOUT_MS) + TICK_MS);
+    let leadership_now = |e: &NemesisEnsemble| tokio::task::block_in_place(|| e.leadership());
+    let mut clock = healthy_at;
+    let mut leadership = leadership_now(&e);
+    if let Some((leader, term)) = leadership {
+        log.note(format!("leader member {} in term {term}", leader + 1));
+    }
+    let mut leaderships_seen = usize::from(leadership.is_some());
+    // When a round that showed the leader without any of them ended.
+    let mut leader_clean: Option<Instant> = None;
+    let overall = healthy_at + expiry_bound + RECOVERY_TIMEOUT;
+    // The last rounds, for a failure message.
+    let mut rounds: Vec<String> = Vec::new();
     let gone_after = loop {
-        // All members at once: the time measured includes one round of polling.
+        let started = Instant::now();
+        // All members at once.
         let mut polls = JoinSet::new();
         for (i, c) in checkers.iter().enumerate() {
             let c = c.clone();
             polls.spawn(async move { (i, children(&c, "/e").await) });
         }
-        let mut left = BTreeSet::new();
+        let mut seen: Vec<Result<BTreeSet<String>, String>> =
+            vec![Err("not polled".into()); checkers.len()];
         while let Some(r) = polls.join_next().await {
-            match r.expect("poll task") {
-                (_, Ok(set)) => left.extend(set),
-                (i, Err(err)) => {
-                    left.insert(format!("(member {} did not answer: {err})", i + 1));
-                }
-            }
+            let (i, res) = r.expect("poll task");
+            seen[i] = res;
         }
-        let t = healthy_at.elapsed();
-        if left.is_empty() {
-            break t;
+        let now_leadership = leadership_now(&e);
+        rounds.push(format!(
+            "round started {:?} after healthy, took {:?}: {}; leadership {:?}",
+            started - healthy_at,
+            started.elapsed(),
+            seen.iter()
+                .enumerate()
+                .map(|(i, s)| match s {
+                    Ok(l) => format!("member {} {l:?}", i + 1),
+                    Err(err) => format!("member {} error {err}", i + 1),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            now_leadership.map(|(l, t)| (l + 1, t)),
+        ));
+        if rounds.len() > ROUNDS_SHOWN {
+            rounds.remove(0);
         }
-        // A new leader gives every session a whole timeout again: the clock restarts.
-        if let Some(now) = tokio::task::block_in_place(|| current_leader(&e)) {
-            if now != leader {
+        if now_leadership.is_none() {
+            // No leader seen (an election, or a member that did not answer): no verdict.
+        } else if now_leadership != leadership {
+            // A new leadership (term): the clock restarts.
+            if let Some((leader, term)) = now_leadership {
                 log.note(format!(
-                    "leader changed from member {} to member {} while sessions expire",
-                    leader + 1,
-                    now + 1
+                    "new leadership while sessions expire: member {} in term {term}",
+                    leader + 1
                 ));
-                leader = now;
-                healthy_at = Instant::now();
-                continue;
+            }
+            clock = Instant::now();
+            leaderships_seen += 1;
+            leader_clean = None;
+            leadership = now_leadership;
+        } else if let Some((leader, _)) = leadership {
+            // The same leadership before and after the round: it held throughout (a
+            // member that loses office can only lead again in a later term).
+            let since = started.saturating_duration_since(clock);
+            match &seen[leader] {
+                Ok(left) if left.is_empty() => {
+                    if seen.iter().all(|s| matches!(s, Ok(l) if l.is_empty())) {
+                        break clock.elapsed();
+                    }
+                    let lagging = seen.iter().any(|s| matches!(s, Ok(l) if !l.is_empty()));
+                    match leader_clean {
+                        None => leader_clean = Some(Instant::now()),
+                        Some(at) if started > at && lagging => {
+                            let dir = keep_evidence(&e, &log, &rec.history.lock().unwrap());
+                            panic!(
+                                "the leader (member {}) showed no ephemeral of a vanished \
+                                 client, yet a later sync + read shows some: {seen:?}; \
+                                 evidence in {}; the last poll rounds:\n{}",
+                                leader + 1,
+                                dir.display(),
+                                rounds.join("\n")
+                            );
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Ok(left) if since > expiry_bound => {
+                    let dir = keep_evidence(&e, &log, &rec.history.lock().unwrap());
+                    panic!(
+                        "the leader (member {}) still had ephemerals of vanished clients \
+                         {since:?} after the ensemble was healthy or its leadership began \
+                         (bound {expiry_bound:?}): {left:?}; evidence in {}; the last poll \
+                         rounds:\n{}",
+                        leader + 1,
+                        dir.display(),
+                        rounds.join("\n")
+                    );
+                }
+                _ => {}
             }
         }
-        if t > expiry_bound {
+        if Instant::now() > overall {
             let dir = keep_evidence(&e, &log, &rec.history.lock().unwrap());
             panic!(
-                "ephemerals of vanished clients still there {t:?} after the ensemble was \
-                 healthy (bound {expiry_bound:?}): {left:?}; evidence in {}",
-                dir.display()
+                "ephemerals of vanished clients not gone from every member {:?} after the \
+                 ensemble was healthy (leadership now {leadership:?}): {seen:?}; evidence in {}; \
+                 the last poll rounds:\n{}",
+                healthy_at.elapsed(),
+                dir.display(),
+                rounds.join("\n")
             );
         }
         tokio::time::sleep(POLL).await;
@@ -1049,7 +1134,9 @@ async fn linearizable_under_kills_pauses_and_partitions() {
     }
     println!(
         "  {} acknowledged creates present on every member; vanished sessions' ephemerals \
-         gone {gone_after:?} after the ensemble was healthy (bound {expiry_bound:?})",
+         gone from every member {gone_after:?} after the ensemble was healthy or the last \
+         leadership began ({leaderships_seen} leadership(s) seen; bound {expiry_bound:?} on \
+         the leader's expiry, judged at the start of a poll round)",
         created.len()
     );
     println!(

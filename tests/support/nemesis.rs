@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
-use super::coordd::{Coordd, CoorddEnsemble};
+use super::coordd::{four_letter, Coordd, CoorddEnsemble};
 
 /// coordd-raft's handshake magic (`tcp::wire::MAGIC`): the first bytes of a `Hello`.
 const PEER_MAGIC: [u8; 4] = *b"CDRP";
@@ -451,6 +451,28 @@ impl NemesisEnsemble {
     /// The `Mode:` of member `i` (None if it does not answer). Blocking.
     pub fn mode(&self, i: usize) -> Option<String> {
         self.coordd.mode(i)
+    }
+
+    /// The current leadership as the members report it: the member whose `mntr` says
+    /// `leader`, and its Raft term (`zk_raft_term`). None while no member leads (or none
+    /// answers); if two claim it (an old leader that has not heard of the new one yet),
+    /// the one in the later term. A new term is a new leadership even when the same
+    /// member wins it again. Blocking.
+    pub fn leadership(&self) -> Option<(usize, u64)> {
+        (0..self.len())
+            .filter_map(|i| {
+                let out = four_letter(self.client_addr(i), "mntr")?;
+                let value = |key: &str| {
+                    out.lines()
+                        .find_map(|l| l.strip_prefix(key)?.strip_prefix('\t'))
+                        .map(str::trim)
+                };
+                if value("zk_server_state")? != "leader" {
+                    return None;
+                }
+                Some((i, value("zk_raft_term")?.parse::<u64>().ok()?))
+            })
+            .max_by_key(|(_, term)| *term)
     }
 
     /// Copies every member's `coordd.log` into `dir` as `member-<id>.log`.

@@ -1,7 +1,8 @@
 //! Three coordd servers in one process as an ensemble over coordd-raft's in-memory
 //! network (issue 5, first integration step): real client sockets, our client, writes
 //! from clients of any member, zxids equal on every member, watches across members,
-//! sessions of followers' clients kept alive through the leader. The multi-process
+//! sessions of followers' clients kept alive through the leader (and only by their
+//! clients' own life, not by a member catching up on the log). The multi-process
 //! ensemble over TCP is the next step (tests/ in the root package).
 
 use std::collections::BTreeMap;
@@ -27,6 +28,14 @@ impl Ensemble {
     }
 
     async fn start_with(adjust: impl Fn(&mut Flags)) -> Ensemble {
+        Ensemble::start_with_raft(adjust, |_| coordd_raft::Config::default()).await
+    }
+
+    /// `raft(id)`: member `id`'s Raft configuration.
+    async fn start_with_raft(
+        adjust: impl Fn(&mut Flags),
+        raft: impl Fn(u64) -> coordd_raft::Config,
+    ) -> Ensemble {
         let net = MemNetwork::new();
         let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("member-{id}"))).collect();
         let mut servers = Vec::new();
@@ -47,7 +56,7 @@ impl Ensemble {
                 EnsembleMember {
                     id,
                     members: peers.clone(),
-                    raft: coordd_raft::Config::default(),
+                    raft: raft(id),
                     log: MemLogStore::new(),
                     transport: net.transport(id),
                     join: false,
@@ -375,5 +384,100 @@ async fn linearizable_reads_see_every_acknowledged_write() {
     for c in [writer, reader] {
         c.close().await.unwrap();
     }
+    e.stop().await;
+}
+
+/// A TCP forwarder to `upstream`; aborting the returned task closes its listener and
+/// every connection through it at once (a client that vanishes: no closeSession can
+/// reach the server).
+async fn forwarder(upstream: String) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut down, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            conns.spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Only a client's own life on a member renews its session at the leader. A member that
+/// applies another member's session creation late (here: cut off, then catching up)
+/// must not pass that on as a touch, or the leader gives a session whose client is gone
+/// a whole timeout from the catch-up instead of from its last packet (the nemesis test
+/// saw vanished clients' ephemerals outlive the expiry bound that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_catching_up_does_not_renew_sessions_of_vanished_clients() {
+    const TIMEOUT_MS: u64 = 1000;
+    const CUT: Duration = Duration::from_millis(600);
+    // Member 3 does not campaign within the cut (its election timeout is seconds), so the
+    // heal deposes nobody: a new leadership would rightly give every session a whole
+    // timeout again and hide what this test looks at.
+    let e = Ensemble::start_with_raft(
+        |_| {},
+        |id| {
+            let mut c = coordd_raft::Config::default();
+            if id == 3 {
+                c.election_timeout_min_ms = 5_000;
+                c.election_timeout_max_ms = 6_000;
+            }
+            c
+        },
+    )
+    .await;
+    let leader = e.leader().await;
+    assert_ne!(leader, 2, "member 3 cannot win the first election");
+    let watcher = client(&e.addr(leader), 10_000).await;
+
+    // Member 3 misses the session's creation.
+    e._net.isolate(3);
+    let (via, forwarder) = forwarder(e.addr(leader)).await;
+    let vanishing = client(&via, TIMEOUT_MS as u32).await;
+    vanishing
+        .create("/v", b"", &Acl::open_unsafe(), CreateMode::Ephemeral)
+        .await
+        .unwrap();
+    // The client vanishes: its connection is cut, then it is dropped while disconnected.
+    let mut state = vanishing.state_watch();
+    forwarder.abort();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s != SessionState::Connected))
+        .await
+        .expect("the client saw its connection cut")
+        .unwrap();
+    let vanished = Instant::now();
+    drop(vanishing);
+
+    // The fault lasts CUT; then member 3 catches up and applies the creation.
+    tokio::time::sleep_until(vanished + CUT).await;
+    e._net.rejoin(3);
+
+    // The leader expires the session TIMEOUT_MS after the client's last packet, checked
+    // every tick/10 (10 ms), and the close commits: gone well before TIMEOUT_MS after the
+    // catch-up, which is at least CUT later.
+    let bound = Duration::from_millis(TIMEOUT_MS + 300);
+    while watcher.exists("/v", false).await.unwrap().is_some() {
+        assert!(
+            vanished.elapsed() < bound,
+            "the vanished client's ephemeral outlived its session timeout ({TIMEOUT_MS} ms) \
+             by more than 300 ms: a catching-up member renewed the session"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "ephemeral gone {:?} after its client vanished",
+        vanished.elapsed()
+    );
+    assert_eq!(
+        e.leader().await,
+        leader,
+        "the leader stayed (a new one would restart every session's timeout)"
+    );
+    watcher.close().await.unwrap();
     e.stop().await;
 }

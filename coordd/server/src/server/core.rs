@@ -317,6 +317,17 @@ struct PendingReconfig {
 }
 
 impl RaftLog {
+    /// Queues a silent barrier through the log (a `sync`, a linearizable read's, a
+    /// session resume's); `origin` is acted on once it is applied here. The caller sets
+    /// `log_pending`. Returns the barrier's local sequence number.
+    fn push_barrier(&mut self, origin: Origin) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending_syncs.push(seq);
+        self.local.insert(seq, origin);
+        seq
+    }
+
     pub fn new(
         me: u64,
         member: Arc<std::sync::OnceLock<Member>>,
@@ -770,6 +781,10 @@ impl Core {
             .is_some_and(|s| !s.queue.is_empty())
     }
 
+    /// Life from a session's client on this member (its handshake or a packet): the
+    /// session's deadline starts again, and in an ensemble the leader hears of it at the
+    /// next tick. Only for a client here: what a member merely applies from the log is
+    /// no sign that its client lives.
     fn touch(&mut self, session_id: SessionId) {
         if self.closing.contains(&session_id) {
             return;
@@ -843,18 +858,12 @@ impl Core {
                 // client made it elsewhere a moment ago), or its expiry (already
                 // observable elsewhere): validate once everything committed by now is
                 // applied here.
-                let seq = r.next_seq;
-                r.next_seq += 1;
-                r.pending_syncs.push(seq);
-                r.local.insert(
-                    seq,
-                    Origin::Resume(Box::new(BehindClient {
-                        deadline: Instant::now(),
-                        conn,
-                        req,
-                        established,
-                    })),
-                );
+                r.push_barrier(Origin::Resume(Box::new(BehindClient {
+                    deadline: Instant::now(),
+                    conn,
+                    req,
+                    established,
+                })));
                 self.log_pending = true;
                 return;
             }
@@ -982,19 +991,13 @@ impl Core {
         let linearizable_reads = self.config.linearizable_reads;
         let work = match (work, &mut self.log) {
             (ReadWork::Serve(Request::Sync(p)), Log::Raft(r)) => {
-                let seq = r.next_seq;
-                r.next_seq += 1;
-                r.pending_syncs.push(seq);
-                r.local.insert(
-                    seq,
-                    Origin::Sync {
-                        session_id,
-                        conn_id,
-                        xid,
-                        path: Some(p.path),
-                        received,
-                    },
-                );
+                let seq = r.push_barrier(Origin::Sync {
+                    session_id,
+                    conn_id,
+                    xid,
+                    path: Some(p.path),
+                    received,
+                });
                 self.log_pending = true;
                 if let Some(s) = self.sessions.get_mut(&session_id) {
                     s.queue.push_back(Queued::Write(seq));
@@ -1006,19 +1009,13 @@ impl Core {
             {
                 // Linearizable read: a silent barrier through the log first; the read
                 // waits behind it, so it sees every write committed before it began.
-                let seq = r.next_seq;
-                r.next_seq += 1;
-                r.pending_syncs.push(seq);
-                r.local.insert(
-                    seq,
-                    Origin::Sync {
-                        session_id,
-                        conn_id,
-                        xid,
-                        path: None,
-                        received,
-                    },
-                );
+                let seq = r.push_barrier(Origin::Sync {
+                    session_id,
+                    conn_id,
+                    xid,
+                    path: None,
+                    received,
+                });
                 self.log_pending = true;
                 // The barrier counts as outstanding until applied (or failed).
                 self.metrics
@@ -1653,6 +1650,11 @@ impl Core {
                         None => {
                             // Another member's session: known here too, so its client
                             // may move to this member, and the leader can expire it.
+                            // Its deadline starts here, but it showed no life here: no
+                            // touch goes to the leader (a member catching up after a
+                            // restart or a partition applies creations whose clients
+                            // may be long gone, and a touch would give each a whole
+                            // timeout again at the leader).
                             if let Some((id, timeout_ms)) = created {
                                 if self.state.session(id).is_some() {
                                     self.sessions.entry(id).or_insert(LiveSession {
@@ -1661,7 +1663,13 @@ impl Core {
                                         timeout_ms,
                                         queue: VecDeque::new(),
                                     });
-                                    self.touch(id);
+                                    if !self.closing.contains(&id) {
+                                        self.deadlines.touch(
+                                            id,
+                                            Instant::now(),
+                                            Duration::from_millis(timeout_ms.max(0) as u64),
+                                        );
+                                    }
                                 }
                             }
                             self.deliver(applied, Origin::Server, 0);
