@@ -128,9 +128,13 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder
-        .with_single_cert(certs, key_der)
-        .map_err(|e| file_err("key file", key, format!("does not fit {}: {e}", cert.display())))?;
+    let config = builder.with_single_cert(certs, key_der).map_err(|e| {
+        file_err(
+            "key file",
+            key,
+            format!("does not fit {}: {e}", cert.display()),
+        )
+    })?;
     Ok(Arc::new(config))
 }
 
@@ -151,7 +155,11 @@ pub fn client_config(
             let certs = load_certs(cert)?;
             let key_der = load_key(key)?;
             builder.with_client_auth_cert(certs, key_der).map_err(|e| {
-                file_err("key file", key, format!("does not fit {}: {e}", cert.display()))
+                file_err(
+                    "key file",
+                    key,
+                    format!("does not fit {}: {e}", cert.display()),
+                )
             })?
         }
     };

@@ -180,9 +180,11 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(handshake(mutual.clone(), client_config(&a.ca, None).unwrap())
-            .await
-            .is_err());
+        assert!(
+            handshake(mutual.clone(), client_config(&a.ca, None).unwrap())
+                .await
+                .is_err()
+        );
         assert!(handshake(
             mutual,
             client_config(&a.ca, Some((&b.client_cert, &b.client_key))).unwrap()
