@@ -91,6 +91,13 @@ impl TlsConfig {
         self
     }
 
+    /// Reads the files now, as `Client::connect` will: a missing or malformed file, or a
+    /// certificate without its key, is an `InvalidArgument` naming it. For a program that
+    /// wants to refuse a bad configuration at start rather than at its first connect.
+    pub fn check(&self) -> Result<(), Error> {
+        self.connector().map(drop)
+    }
+
     /// Reads the files and builds the connector.
     pub(crate) fn connector(&self) -> Result<crate::conn::Tls, Error> {
         let bad = |e: coordd_tls::TlsError| Error::InvalidArgument(format!("tls: {e}"));
