@@ -75,9 +75,11 @@ pub fn resolve_coord_tls(file: &AgentFile) -> Result<Option<coordd_client::TlsCo
             || file.coord_tls_key_file.is_some()
             || file.coord_tls_server_name.is_some()
         {
-            return Err("coord_tls_cert_file, coord_tls_key_file and coord_tls_server_name \
+            return Err(
+                "coord_tls_cert_file, coord_tls_key_file and coord_tls_server_name \
                         need coord_tls_ca_file"
-                .into());
+                    .into(),
+            );
         }
         return Ok(None);
     };
@@ -343,7 +345,10 @@ mod tests {
         assert!(e.contains("bogus_key"), "{e}");
         // TLS: half a configuration and unreadable files are refused at start.
         for (text, needle) in [
-            ("coord_tls_cert_file = \"c.pem\"\n", "need coord_tls_ca_file"),
+            (
+                "coord_tls_cert_file = \"c.pem\"\n",
+                "need coord_tls_ca_file",
+            ),
             (
                 "coord_tls_ca_file = \"/nonexistent/ca.pem\"\n",
                 "/nonexistent/ca.pem",
