@@ -143,6 +143,21 @@ async fn our_client_over_tls_on_a_standalone_coordd() {
     plain.close().await.unwrap();
     c.close().await.unwrap();
 
+    // A four-letter word over TLS.
+    let tcp = tokio::net::TcpStream::connect(secure).await.unwrap();
+    let connector = coordd_tls::TlsConnector::from(ca.rustls_client(Some(&ca)));
+    let mut t = connector
+        .connect(coordd_tls::server_name("127.0.0.1").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    t.write_all(b"ruok").await.unwrap();
+    t.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = timeout(WAIT, t.read_to_end(&mut answer))
+        .await
+        .expect("answered in time");
+    assert_eq!(answer, b"imok");
+
     // No client certificate: the server requires one.
     let no_cert = ClientConfig::new([secure.to_string()])
         .with_request_timeout_ms(1_000)
@@ -177,10 +192,6 @@ async fn our_client_over_tls_on_a_standalone_coordd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_client_crate_over_tls() {
     use zookeeper_client as zk;
-    // zookeeper-client builds its rustls config with the process's default provider;
-    // this test binary links two (ring through coordd-tls, aws-lc-rs through
-    // zookeeper-client), so one must be chosen. Another test may have done it.
-    let _ = coordd_tls::rustls::crypto::ring::default_provider().install_default();
     let ca = TestCa::new("tls test CA");
     let (_server, secure) = standalone_tls(&ca, true, &[]);
     let ca_pem = std::fs::read_to_string(&ca.files.ca).unwrap();

@@ -338,7 +338,7 @@ mod tests {
         assert_eq!(s.session_timeout_ms, 2000);
         std::fs::write(&p, "bogus_key = 1\n").unwrap();
         let e = Settings::resolve(AgentFlags {
-            config: Some(p),
+            config: Some(p.clone()),
             ..flags()
         })
         .unwrap_err();
