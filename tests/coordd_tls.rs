@@ -141,6 +141,11 @@ async fn our_client_over_tls_on_a_standalone_coordd() {
     .expect("plain connect");
     assert!(plain.exists("/tls/e", false).await.unwrap().is_some());
     plain.close().await.unwrap();
+    let conf = four_letter(server.addr, "conf").expect("conf");
+    assert!(
+        conf.contains(&format!("secureClientPort={}", secure.port())),
+        "{conf}"
+    );
     c.close().await.unwrap();
 
     // A four-letter word over TLS.
