@@ -38,8 +38,11 @@
 //! `ratios.tsv`, the table's figures (read by `scripts/bench.sh`).
 //!
 //! Environment:
-//!   ROUTING_BENCH_ROUNDS    interleaved rounds (default 5)
-//!   ROUTING_BENCH_SECS      seconds per measured phase (default 2)
+//!   ROUTING_BENCH_ROUNDS    interleaved rounds (default 40)
+//!   ROUTING_BENCH_SECS      seconds per measured phase (default 0.2: many short rounds
+//!                           pair the paths more tightly in time than few long ones;
+//!                           measured, the harness noise (direct-again) fell from
+//!                           about +-10% at 7 x 2 s to about +-4% at 40 x 0.2 s)
 //!   ROUTING_BENCH_CLIENTS   client counts, comma separated (default 1,8)
 //!   ROUTING_BENCH_PATHS     paths, comma separated (default direct,router,haproxy,pgbouncer;
 //!                           `direct-again`, a second direct path, checks the harness:
@@ -712,8 +715,8 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
-    let rounds: usize = env_or("ROUTING_BENCH_ROUNDS", 5).max(1);
-    let secs: f64 = env_or("ROUTING_BENCH_SECS", 2.0);
+    let rounds: usize = env_or("ROUTING_BENCH_ROUNDS", 40).max(1);
+    let secs: f64 = env_or("ROUTING_BENCH_SECS", 0.2);
     let phase = Duration::from_secs_f64(secs.max(0.1));
     let clients: Vec<usize> = env_list("ROUTING_BENCH_CLIENTS", "1,8")
         .iter()

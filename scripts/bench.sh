@@ -10,7 +10,7 @@
 #
 # Reduced size (each knob can be set to override it; BENCH_FULL=1 leaves them unset so
 # the benches use their defaults, see the top of each bench file):
-#   ROUTING_BENCH_ROUNDS=3 ROUTING_BENCH_SECS=1 ROUTING_BENCH_CLIENTS=1,8
+#   ROUTING_BENCH_ROUNDS=15 ROUTING_BENCH_SECS=0.2 ROUTING_BENCH_CLIENTS=1,8
 #   ROUTING_BENCH_WORKLOADS=select,tpcb
 #   (ROUTING_BENCH_PATHS=direct,direct-again,router,haproxy,pgbouncer adds a second direct
 #   path whose ratio to direct, the run's noise, gets a column in the summary)
@@ -33,8 +33,8 @@ mkdir -p "$BENCH_RESULTS_DIR"
 only=${BENCH_ONLY:-all}
 
 if [[ "${BENCH_FULL:-0}" != 1 ]]; then
-    export ROUTING_BENCH_ROUNDS=${ROUTING_BENCH_ROUNDS:-3}
-    export ROUTING_BENCH_SECS=${ROUTING_BENCH_SECS:-1}
+    export ROUTING_BENCH_ROUNDS=${ROUTING_BENCH_ROUNDS:-15}
+    export ROUTING_BENCH_SECS=${ROUTING_BENCH_SECS:-0.2}
     export ROUTING_BENCH_CLIENTS=${ROUTING_BENCH_CLIENTS:-1,8}
     export ROUTING_BENCH_WORKLOADS=${ROUTING_BENCH_WORKLOADS:-select,tpcb}
     export FAILOVER_BENCH_RUNS=${FAILOVER_BENCH_RUNS:-2}

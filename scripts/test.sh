@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
-log() { printf '==> %s\n' "$*"; }
+log() { printf '==> [%s +%ss] %s\n' "$(date +%T)" "$SECONDS" "$*"; }
 
 # ---------------------------------------------------------------------------
 # 1. System packages

@@ -225,6 +225,10 @@ impl Coordd {
 /// ports on 127.0.0.`i`, a 100 ms tick unless told; killed and removed on drop.
 pub struct CoorddEnsemble {
     pub members: Vec<Coordd>,
+    /// Member `i`'s (0-based) peer address, as in the `--ensemble` lists.
+    pub peers: Vec<SocketAddr>,
+    tick_ms: u32,
+    extra: Vec<String>,
 }
 
 impl CoorddEnsemble {
@@ -319,7 +323,59 @@ impl CoorddEnsemble {
                 Coordd::start_at(dir, clients[i - 1], &args)
             })
             .collect();
-        CoorddEnsemble { members }
+        CoorddEnsemble {
+            members,
+            peers,
+            tick_ms,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Members started elsewhere (their peer addresses unknown here: no
+    /// [`CoorddEnsemble::start_joining`]).
+    pub fn from_members(members: Vec<Coordd>) -> CoorddEnsemble {
+        CoorddEnsemble {
+            members,
+            peers: Vec::new(),
+            tick_ms: 100,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Starts one more member (id = members + 1, on 127.0.0.<id>) with `--join` and an
+    /// `--ensemble` list of every member started so far plus itself, as a new member of a
+    /// running ensemble is started before a reconfig adds it; the same tick and extra
+    /// flags as the others. Returns its index; its peer address is `peers[index]`.
+    pub fn start_joining(&mut self) -> usize {
+        let i = self.members.len() + 1;
+        let ip = std::net::Ipv4Addr::new(127, 0, 0, i as u8);
+        let free = || {
+            TcpListener::bind((ip, 0))
+                .and_then(|l| l.local_addr())
+                .expect("bind an ephemeral port")
+        };
+        let (client, peer) = (free(), free());
+        self.peers.push(peer);
+        let list = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec![
+            "--tick-time-ms".to_string(),
+            self.tick_ms.to_string(),
+            "--id".to_string(),
+            i.to_string(),
+            "--ensemble".to_string(),
+            list,
+            "--join".to_string(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        let dir = tempfile::tempdir().expect("temp dir");
+        self.members.push(Coordd::start_at(dir, client, &args));
+        i - 1
     }
 
     /// Every member's client address.

@@ -400,7 +400,7 @@ impl NemesisEnsemble {
         .await
         .expect("members started");
         NemesisEnsemble {
-            coordd: CoorddEnsemble { members },
+            coordd: CoorddEnsemble::from_members(members),
             mesh,
             stopped: vec![false; n],
         }

@@ -678,6 +678,32 @@ impl Client {
         Ok(MultiResult::decode_all(&mut Reader::new(&body))?)
     }
 
+    /// ZooKeeper's reconfig (op 16): `joining` server specs (`server.4=host:port...` or
+    /// `4=host:port`, comma-separated), `leaving` member ids (`4,5`), or the whole
+    /// `new_members` list; `from_config` -1 or the configuration version the change is
+    /// based on. Returns the new configuration (`/zookeeper/config`'s format) and a stat.
+    pub async fn reconfig(
+        &self,
+        joining: &str,
+        leaving: &str,
+        new_members: &str,
+        from_config: i64,
+    ) -> Result<(Vec<u8>, Stat)> {
+        let body = self
+            .call_ok(
+                Request::Reconfig(coordd_proto::ReconfigRequest {
+                    joining_servers: joining.to_owned(),
+                    leaving_servers: leaving.to_owned(),
+                    new_members: new_members.to_owned(),
+                    cur_config_id: from_config,
+                }),
+                None,
+            )
+            .await?;
+        let r = decode::<GetDataResponse>(&body)?;
+        Ok((r.data, r.stat))
+    }
+
     /// Makes the connected server catch up with the leader up to now.
     pub async fn sync(&self, path: &str) -> Result<()> {
         check_path(path, false)?;

@@ -340,3 +340,41 @@ mod tests {
         assert_eq!(SetWatches2::from_bytes(&s.to_bytes()).unwrap(), s);
     }
 }
+
+/// `ReconfigRequest` (op 16, ZooKeeper 3.5+'s dynamic reconfiguration): incremental
+/// (`joining_servers` and/or `leaving_servers`, comma-separated) or whole (`new_members`);
+/// `cur_config_id` -1 or the version the change is based on. A null string decodes as empty
+/// and an empty one is sent as null, as ZooKeeper's Java client does. The reply is a
+/// [`GetDataResponse`] with the new configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReconfigRequest {
+    pub joining_servers: String,
+    pub leaving_servers: String,
+    pub new_members: String,
+    pub cur_config_id: i64,
+}
+
+impl Record for ReconfigRequest {
+    fn encode(&self, out: &mut BytesMut) {
+        for s in [
+            &self.joining_servers,
+            &self.leaving_servers,
+            &self.new_members,
+        ] {
+            if s.is_empty() {
+                out.put_i32(-1);
+            } else {
+                out.put_jute_string(s);
+            }
+        }
+        out.put_i64(self.cur_config_id);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(ReconfigRequest {
+            joining_servers: r.read_string_opt()?.unwrap_or_default(),
+            leaving_servers: r.read_string_opt()?.unwrap_or_default(),
+            new_members: r.read_string_opt()?.unwrap_or_default(),
+            cur_config_id: r.read_i64()?,
+        })
+    }
+}

@@ -102,6 +102,8 @@ pub enum Request {
     RemoveWatches(WatchTypeRequest),
     CheckWatches(WatchTypeRequest),
     WhoAmI,
+    /// Dynamic reconfiguration (op 16): change the ensemble's members.
+    Reconfig(ReconfigRequest),
 }
 
 /// Longest multi we accept, in ops; a frame limit bounds it too, this bounds the work.
@@ -168,7 +170,8 @@ impl Request {
             O::RemoveWatches => Request::RemoveWatches(WatchTypeRequest::decode(r)?),
             O::CheckWatches => Request::CheckWatches(WatchTypeRequest::decode(r)?),
             O::WhoAmI => Request::WhoAmI,
-            O::Notification | O::Reconfig | O::Sasl | O::CreateSession | O::Error => {
+            O::Reconfig => Request::Reconfig(ReconfigRequest::decode(r)?),
+            O::Notification | O::Sasl | O::CreateSession | O::Error => {
                 return Err(DecodeError::UnknownValue {
                     what: "supported op code",
                     value: op.code(),
@@ -205,6 +208,7 @@ impl Request {
             R::RemoveWatches(_) => OpCode::RemoveWatches,
             R::CheckWatches(_) => OpCode::CheckWatches,
             R::WhoAmI => OpCode::WhoAmI,
+            R::Reconfig(_) => OpCode::Reconfig,
         }
     }
 
@@ -246,6 +250,7 @@ impl Request {
             R::SetData(r) => r.encode(out),
             R::SetAcl(r) => r.encode(out),
             R::Check(r) => r.encode(out),
+            R::Reconfig(r) => r.encode(out),
             R::Multi(ops) => {
                 for op in ops {
                     MultiHeader {

@@ -36,6 +36,10 @@ pub struct Membership {
     pub voters: Vec<u64>,
     /// Non-voting members, ascending.
     pub learners: Vec<u64>,
+    /// Every member's (voters' and learners') peer address, as the membership records it.
+    pub addrs: std::collections::BTreeMap<u64, String>,
+    /// A joint configuration: a change between two voter sets is under way.
+    pub joint: bool,
 }
 
 /// A failure of the applier. It is fatal to the member: a state machine that failed to apply a

@@ -84,6 +84,17 @@ pub struct Config {
     pub unreachable_backoff_ms: u64,
     /// Deadline of [`Member::shutdown`](crate::Member::shutdown).
     pub shutdown_timeout_ms: u64,
+    /// Membership change ([`Member::change_membership`](crate::Member::change_membership)):
+    /// how long the leader waits for new members to catch up as learners before it gives up
+    /// (and removes them again). A new member starts empty and receives a snapshot and the
+    /// log since it, so this covers a snapshot transfer.
+    pub learner_catch_up_timeout_ms: u64,
+    /// A learner counts as caught up once its log is at most this many entries behind the
+    /// leader's (under a steady write load it never matches exactly).
+    pub learner_catch_up_lag_max: u64,
+    /// Deadline of each membership log entry of a change (adding learners, then the joint
+    /// and the final configuration together).
+    pub membership_change_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -104,6 +115,9 @@ impl Default for Config {
             install_snapshot_timeout_ms: 10_000,
             unreachable_backoff_ms: 50,
             shutdown_timeout_ms: 5_000,
+            learner_catch_up_timeout_ms: 10_000,
+            learner_catch_up_lag_max: 64,
+            membership_change_timeout_ms: 5_000,
         }
     }
 }
@@ -156,6 +170,14 @@ impl Config {
                 self.install_snapshot_timeout_ms,
             ),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            (
+                "learner_catch_up_timeout_ms",
+                self.learner_catch_up_timeout_ms,
+            ),
+            (
+                "membership_change_timeout_ms",
+                self.membership_change_timeout_ms,
+            ),
         ] {
             if v == 0 {
                 return err(format!("{name} must be > 0"));
@@ -198,6 +220,14 @@ impl Config {
 
     pub(crate) fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub(crate) fn learner_catch_up_timeout(&self) -> Duration {
+        Duration::from_millis(self.learner_catch_up_timeout_ms)
+    }
+
+    pub(crate) fn membership_change_timeout(&self) -> Duration {
+        Duration::from_millis(self.membership_change_timeout_ms)
     }
 }
 

@@ -6,6 +6,8 @@
 //! - it runs one [`Member`] per process: [`Member::propose`] (always with a deadline),
 //!   [`Member::read_index`], [`Member::role`], [`Member::leader`], [`Member::quorum_ok`],
 //!   [`Member::applied_index`], [`Member::shutdown`];
+//! - membership: [`Member::start_joining`] (a new member that never initializes) and, on the
+//!   leader, [`Member::change_membership`] (learners, catch-up, joint consensus);
 //! - members talk through a [`Transport`] ([`MemNetwork`] in process; [`TcpTransport`] with
 //!   its listener [`PeerServer`] between processes, wire format in [`tcp::wire`]), whose
 //!   receiving side calls [`Member::handle_peer_request`];
@@ -19,6 +21,7 @@ mod config;
 mod log_store;
 mod member;
 mod network;
+mod reconfig;
 mod state_machine;
 mod types;
 
@@ -37,6 +40,7 @@ pub use network::tcp::{PeerServer, PeerTls, TcpConfig, TcpTransport};
 pub use network::{
     MemNetwork, MemTransport, PeerRequest, PeerResponse, RequestKind, Transport, TransportError,
 };
+pub use reconfig::{plan_change, MembershipChange, ReconfigError, VOTERS_MAX};
 
 /// A member's id, as in the ensemble configuration (ZooKeeper's `myid`).
 pub type MemberId = u64;

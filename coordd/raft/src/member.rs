@@ -35,7 +35,8 @@ pub enum Role {
     Follower,
     /// Campaigning for leadership.
     Candidate,
-    /// Receives the log but does not vote (not yet used: membership changes are slice 8).
+    /// Receives the log but does not vote: a member being added ([`Member::change_membership`]),
+    /// or one started with [`Member::start_joining`] that was not added yet.
     Learner,
     /// Shut down, or stopped by a fatal error.
     Shutdown,
@@ -81,6 +82,9 @@ pub struct Status {
     pub purged_index: Option<u64>,
     /// The membership in effect (the last one appended, committed or not).
     pub membership: Membership,
+    /// The log index of the entry that holds `membership` (None before there is one): the
+    /// configuration's version.
+    pub membership_index: Option<u64>,
     /// Counters since this member started.
     pub counters: Counters,
 }
@@ -265,7 +269,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One running member. Clones are handles to the same member.
 #[derive(Clone)]
 pub struct Member {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// Handles application messages ([`PeerRequest::app`]) sent to this member: the body in,
@@ -285,13 +289,16 @@ type AppCaller = Arc<
         + Sync,
 >;
 
-struct Inner {
-    id: MemberId,
-    raft: Raft,
+pub(crate) struct Inner {
+    pub(crate) id: MemberId,
+    pub(crate) raft: Raft,
     app_handler: Mutex<Option<AppHandler>>,
     app_caller: AppCaller,
-    config: Config,
+    pub(crate) config: Config,
+    /// The seed membership given at start (the log's membership wins once there is one).
     members: BTreeMap<MemberId, String>,
+    /// Held by the membership change in progress on this member (one at a time).
+    pub(crate) reconfig: tokio::sync::Mutex<()>,
     contact: Mutex<Option<Contact>>,
     ack: Arc<Mutex<Option<Ack>>>,
     watcher: JoinHandle<()>,
@@ -419,6 +426,34 @@ impl Member {
         applier: A,
         transport: T,
     ) -> Result<Member, StartError> {
+        Self::start_with(config, id, members, log, applier, transport, true).await
+    }
+
+    /// Starts member `id` to join an ensemble that already runs: like [`Member::start`] but it
+    /// never initializes a cluster. A new member waits (as a learner without a leader, serving
+    /// nothing) until the leader adds it ([`Member::change_membership`]); a member that has a
+    /// log uses the membership in it. `members` is only a seed (the current members and this
+    /// one).
+    pub async fn start_joining<L: LogStore, A: Applier, T: Transport>(
+        config: Config,
+        id: MemberId,
+        members: BTreeMap<MemberId, String>,
+        log: L,
+        applier: A,
+        transport: T,
+    ) -> Result<Member, StartError> {
+        Self::start_with(config, id, members, log, applier, transport, false).await
+    }
+
+    async fn start_with<L: LogStore, A: Applier, T: Transport>(
+        config: Config,
+        id: MemberId,
+        members: BTreeMap<MemberId, String>,
+        log: L,
+        applier: A,
+        transport: T,
+        initialize: bool,
+    ) -> Result<Member, StartError> {
         config.validate()?;
         let raft_config = Arc::new(config.to_openraft()?);
         if !members.contains_key(&id) {
@@ -471,8 +506,17 @@ impl Member {
                 watcher,
                 shut_down: AtomicBool::new(false),
                 counters,
+                reconfig: tokio::sync::Mutex::new(()),
             }),
         };
+        if !initialize {
+            tracing::info!(
+                id,
+                seed = ?member.inner.members,
+                "raft member started to join an existing ensemble: it does not initialize; it waits to be added (reconfig) or uses the membership in its log"
+            );
+            return Ok(member);
+        }
         match member.initialize().await {
             Ok(how) => {
                 tracing::info!(id, ?how, members = ?member.inner.members, "raft member started")
@@ -521,6 +565,33 @@ impl Member {
 
     pub fn id(&self) -> MemberId {
         self.inner.id
+    }
+
+    /// Member `id`'s peer address: from the membership in effect, else from the seed.
+    pub fn addr_of(&self, id: MemberId) -> Option<String> {
+        let from_log = {
+            let rx = self.inner.raft.metrics();
+            let m = rx.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        };
+        from_log.or_else(|| self.inner.members.get(&id).cloned())
+    }
+
+    /// The voters of the membership in effect (the seed's members before there is one).
+    fn voter_ids(&self) -> Vec<MemberId> {
+        let voters: Vec<MemberId> = {
+            let rx = self.inner.raft.metrics();
+            let m = rx.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        if voters.is_empty() {
+            self.inner.members.keys().copied().collect()
+        } else {
+            voters
+        }
     }
 
     /// Appends `payload` to the log (on the leader) and waits until it is committed and applied
@@ -723,6 +794,7 @@ impl Member {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             membership: membership_view(membership),
+            membership_index: m.membership_config.log_id().map(|l| l.index),
             counters: self.inner.counters.read(),
         }
     }
@@ -759,18 +831,17 @@ impl Member {
         if contact.leader != gone || gone == self.inner.id || !still_following(self) {
             return;
         }
-        let Some(addr) = self.inner.members.get(&gone) else {
+        let Some(addr) = self.addr_of(gone) else {
             return;
         };
         let heartbeat = Duration::from_millis(self.inner.config.heartbeat_interval_ms);
-        if !peer_process_gone(addr, heartbeat).await {
+        if !peer_process_gone(&addr, heartbeat).await {
             // Alive (or unknown): the election timer decides, as always.
             return;
         }
         let rank = self
-            .inner
-            .members
-            .keys()
+            .voter_ids()
+            .iter()
             .filter(|id| **id != gone && **id < self.inner.id)
             .count() as u32;
         // Not before the voters' lease ends (they would refuse the vote), nor before a
@@ -865,17 +936,29 @@ impl Member {
         *lock(&self.inner.app_handler) = Some(handler);
     }
 
-    /// Sends an application message to member `target` (at its address in the seed
-    /// membership) and waits at most `timeout` for the answer of its [`AppHandler`].
+    /// Sends an application message to member `target` (at its address in the membership,
+    /// else in the seed) and waits at most `timeout` for the answer of its [`AppHandler`].
     pub async fn call_app(
         &self,
         target: MemberId,
         body: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, AppCallError> {
-        let Some(addr) = self.inner.members.get(&target).cloned() else {
+        let Some(addr) = self.addr_of(target) else {
             return Err(AppCallError::UnknownMember(target));
         };
+        self.call_app_at(target, addr, body, timeout).await
+    }
+
+    /// [`Member::call_app`] to an explicit address (e.g. a member just removed from the
+    /// membership).
+    pub async fn call_app_at(
+        &self,
+        target: MemberId,
+        addr: String,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, AppCallError> {
         let call = (self.inner.app_caller)(target, addr, PeerRequest::app(body), timeout);
         match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(AppCallError::Transport(TransportError::Timeout)),

@@ -57,6 +57,8 @@ pub(crate) fn membership_view(m: &openraft::Membership<u64, openraft::BasicNode>
     Membership {
         voters,
         learners: m.learner_ids().collect(),
+        addrs: m.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+        joint: m.get_joint_config().len() > 1,
     }
 }
 

@@ -720,3 +720,104 @@ async fn application_messages_reach_the_target_members_handler() {
     c.net.heal();
     c.shutdown().await;
 }
+
+/// Membership change (issue 5, item 8): two members started with `start_joining` are
+/// added (learners, catch-up, joint consensus) and take part; bad changes are refused
+/// without effect; a member that never comes up is not added; removing the leader and
+/// another member leaves three that elect a leader among themselves and commit.
+#[tokio::test(start_paused = true)]
+async fn membership_grows_to_five_and_shrinks_removing_the_leader() {
+    use coordd_raft::{MembershipChange, ReconfigError};
+    let mut c = Cluster::start(Config::default()).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    for i in 0..20 {
+        c.m(leader).propose(payload(i)).await.unwrap();
+    }
+    let seed: BTreeMap<MemberId, String> = (1..=5).map(|id| (id, addr(id))).collect();
+    for id in [4, 5] {
+        let app = TestApplier::default();
+        let m = Member::start_joining(
+            c.config.clone(),
+            id,
+            seed.clone(),
+            MemLogStore::new(),
+            app.clone(),
+            c.net.transport(id),
+        )
+        .await
+        .unwrap();
+        c.net.register(&m);
+        assert_eq!(m.leader(), None);
+        assert!(!m.quorum_ok(), "a joining member serves nothing");
+        c.members.insert(id, m);
+        c.apps.insert(id, app);
+    }
+    let grow = MembershipChange {
+        add: [(4, addr(4)), (5, addr(5))].into(),
+        remove: Default::default(),
+    };
+    let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    assert!(matches!(
+        c.m(follower).change_membership(grow.clone()).await,
+        Err(ReconfigError::NotLeader { .. })
+    ));
+    let status = c.m(leader).change_membership(grow.clone()).await.unwrap();
+    assert_eq!(status.membership.voters, vec![1, 2, 3, 4, 5]);
+    assert!(!status.membership.joint);
+    assert_eq!(status.membership.addrs[&5], addr(5));
+    let committed = c.m(leader).propose(payload(100)).await.unwrap();
+    c.wait_converged(&[1, 2, 3, 4, 5], committed.index).await;
+    assert_eq!(c.apps[&5].payloads().len(), 21);
+    // Refused without effect: 4 again, an unknown member, everyone removed.
+    for bad in [
+        grow.clone(),
+        MembershipChange {
+            add: Default::default(),
+            remove: [9].into(),
+        },
+        MembershipChange {
+            add: Default::default(),
+            remove: [1, 2, 3, 4, 5].into(),
+        },
+    ] {
+        assert!(matches!(
+            c.m(leader).change_membership(bad).await,
+            Err(ReconfigError::BadArguments(_))
+        ));
+    }
+    // A member that is not running never catches up: not added, learner removed again.
+    let ghost = MembershipChange {
+        add: [(6, addr(6))].into(),
+        remove: Default::default(),
+    };
+    assert!(matches!(
+        c.m(leader).change_membership(ghost).await,
+        Err(ReconfigError::NotCaughtUp(_))
+    ));
+    let s = c
+        .m(leader)
+        .wait_for(WAIT, |s| s.membership.learners.is_empty())
+        .await
+        .unwrap();
+    assert_eq!(s.membership.voters, vec![1, 2, 3, 4, 5]);
+
+    // Shrink: the leader and one more leave.
+    let other = if leader == 5 { 4 } else { 5 };
+    let shrink = MembershipChange {
+        add: Default::default(),
+        remove: [leader, other].into(),
+    };
+    let status = c.m(leader).change_membership(shrink).await.unwrap();
+    let rest: Vec<MemberId> = (1..=5).filter(|i| *i != leader && *i != other).collect();
+    assert_eq!(status.membership.voters, rest);
+    let old = c.m(leader).clone();
+    eventually("the removed leader steps down", || {
+        old.role() != Role::Leader
+    })
+    .await;
+    let new_leader = c.wait_leader(&rest).await;
+    assert!(rest.contains(&new_leader));
+    let committed = c.m(new_leader).propose(payload(200)).await.unwrap();
+    c.wait_converged(&rest, committed.index).await;
+    c.shutdown().await;
+}

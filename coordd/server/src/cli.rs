@@ -134,9 +134,36 @@ async fn serve_until_signal(server: Server) -> Result<(), String> {
     server.wait().await
 }
 
+/// A file in the data directory of a member removed by a reconfig; such a member refuses
+/// to start again.
+pub const REMOVED_MARKER: &str = "REMOVED";
+
+fn write_removed_marker(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(REMOVED_MARKER);
+    let mut f = std::fs::File::create(&path)?;
+    f.write_all(b"removed from the ensemble by a reconfig\n")?;
+    f.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// How long a member removed by a reconfig keeps running before it exits, so that its
+/// last replies (the answer to the reconfig that removed it) reach their clients.
+pub const REMOVED_EXIT_GRACE_MS: u64 = 500;
+
 /// One member of an ensemble: the Raft log in the data directory, the peer port from
 /// the ensemble list. The peer listener and the Raft member stop after the server.
 async fn run_member(config: Config) -> Result<(), String> {
+    let removed_marker = config.data_dir.join(REMOVED_MARKER);
+    if removed_marker.exists() {
+        return Err(format!(
+            "this member was removed from the ensemble by a reconfig ({} exists): it must not \
+             take part again with this data; to add it back, empty the data directory, start it \
+             with --join and add it (coordd reconfig --add)",
+            removed_marker.display()
+        ));
+    }
+    let data_dir = config.data_dir.clone();
     let log_config = coordd_raft::DiskLogConfig {
         fsync: config.fsync,
         ..coordd_raft::DiskLogConfig::default()
@@ -163,8 +190,46 @@ async fn run_member(config: Config) -> Result<(), String> {
             token.cancel();
         }
     });
+    // A member removed by a reconfig stops (exit status 0): it is no longer part of the
+    // ensemble and must not take clients. It waits `REMOVED_EXIT_GRACE_MS` first so the
+    // reply to a reconfig that removed the leader itself leaves.
+    let status = member.status();
+    let me = status.id;
+    if status.membership_index.is_some()
+        && !status.membership.voters.contains(&me)
+        && !status.membership.learners.contains(&me)
+    {
+        tracing::warn!(
+            id = me,
+            voters = ?status.membership.voters,
+            "this member is not in the membership in its log: it serves nothing until a reconfig adds it (or it was removed)"
+        );
+    }
+    let removal = tokio::spawn({
+        let (member, removed, token) = (
+            member.clone(),
+            server.removed_token(),
+            server.shutdown_token(),
+        );
+        async move {
+            replicated::member_removed(&member, &removed).await;
+            tracing::warn!(
+                id = me,
+                voters = ?member.status().membership.voters,
+                "this member was removed from the ensemble (reconfig): closing its clients and exiting"
+            );
+            // Remembered, so that a restart (a supervisor) does not bring it back as a
+            // member that campaigns for a configuration that is gone.
+            if let Err(e) = write_removed_marker(&data_dir) {
+                tracing::warn!(error = %e, "could not write the removed marker in the data directory");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(REMOVED_EXIT_GRACE_MS)).await;
+            token.cancel();
+        }
+    });
     let result = serve_until_signal(server).await;
     watcher.abort();
+    removal.abort();
     let _ = peers.shutdown().await;
     let _ = member.shutdown().await;
     if member_failed.load(Ordering::SeqCst) {
@@ -188,4 +253,128 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// `coordd reconfig`: changes the members of a running ensemble through ZooKeeper's
+/// reconfig op (what zkCli's `reconfig` sends), or prints the configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "coordd reconfig",
+    about = "Change a running coordd ensemble's members (ZooKeeper's reconfig), or print its configuration",
+    long_about = "Grow: start each new member first with --join and an --ensemble list of the \
+                  current members plus itself, then\n  \
+                  coordd reconfig --server 10.0.0.1:2181 --add 4=10.0.0.4:2888,5=10.0.0.5:2888\n\
+                  Shrink: coordd reconfig --server 10.0.0.1:2181 --remove 4,5 (removed members \
+                  stop; removing the leader makes the others elect a new one).\n\
+                  Without --add/--remove/--members: print /zookeeper/config.\n\n\
+                  Exit status: 0 done; 1 refused or failed (the error names ZooKeeper's code: \
+                  BadArguments, NewConfigNoQuorum, ReconfigInProgress, BadVersion, NoAuth); \
+                  3 outcome unknown (connection lost: read the configuration again); 2 bad usage."
+)]
+pub struct ReconfigArgs {
+    /// Client address(es) of ensemble members, comma-separated (any member; followers
+    /// forward to the leader).
+    #[arg(long, required = true)]
+    pub server: String,
+    /// Members to add: `id=host:peerport` or ZooKeeper's `server.id=host:port:port:participant;client`,
+    /// comma-separated.
+    #[arg(long, default_value = "")]
+    pub add: String,
+    /// Member ids to remove, comma-separated.
+    #[arg(long, default_value = "")]
+    pub remove: String,
+    /// The whole new member list instead of --add/--remove (ZooKeeper's non-incremental form).
+    #[arg(long, default_value = "")]
+    pub members: String,
+    /// Only if the configuration is still at this version (hex, as in `version=`).
+    #[arg(long)]
+    pub from_config: Option<String>,
+    /// Digest credentials `user:password` (needed when coordd has a superuser configured).
+    #[arg(long)]
+    pub auth: Option<String>,
+    /// Give up after this many seconds [default: 60].
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+}
+
+/// Runs `coordd reconfig` (args without the program name and `reconfig`).
+pub fn reconfig_main(args: ReconfigArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let from_config = match args
+        .from_config
+        .as_deref()
+        .map(|v| i64::from_str_radix(v.trim_start_matches("0x"), 16))
+    {
+        None => -1,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => {
+            eprintln!("coordd reconfig: --from-config must be a hex version");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("coordd reconfig: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let servers: Vec<String> = args
+        .server
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
+    runtime.block_on(async move {
+        let mut cfg = coordd_client::ClientConfig::new(servers)
+            .with_session_timeout_ms(30_000)
+            .with_request_timeout_ms(
+                u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            );
+        if let Some(a) = &args.auth {
+            cfg.auth.push(("digest".into(), a.as_bytes().to_vec()));
+        }
+        let work = async {
+            let (client, _events) = coordd_client::Client::connect(cfg).await?;
+            let result = if args.add.is_empty() && args.remove.is_empty() && args.members.is_empty()
+            {
+                client.get_data("/zookeeper/config", false).await
+            } else {
+                client
+                    .reconfig(&args.add, &args.remove, &args.members, from_config)
+                    .await
+            };
+            let _ = client.close().await;
+            result
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Err(_) => {
+                eprintln!(
+                    "coordd reconfig: no answer within {} s; the outcome is unknown (read the configuration again)",
+                    timeout.as_secs()
+                );
+                ExitCode::from(3)
+            }
+            Ok(Ok((data, _stat))) => {
+                println!("{}", String::from_utf8_lossy(&data));
+                ExitCode::SUCCESS
+            }
+            Ok(Err(coordd_client::Error::ConnectionLoss)) => {
+                eprintln!("coordd reconfig: connection lost; the outcome is unknown (read the configuration again)");
+                ExitCode::from(3)
+            }
+            Ok(Err(coordd_client::Error::Server(code))) => {
+                eprintln!("coordd reconfig: refused: {code:?}");
+                ExitCode::FAILURE
+            }
+            Ok(Err(e)) => {
+                eprintln!("coordd reconfig: {e}");
+                ExitCode::from(3)
+            }
+        }
+    })
 }

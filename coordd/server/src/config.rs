@@ -19,7 +19,12 @@ use serde::Deserialize;
     about = "coordd: a ZooKeeper-compatible coordination server",
     long_about = "coordd speaks the Apache ZooKeeper client protocol, so zkCli, kazoo, Curator \
                   and the zookeeper-client crate work against it unchanged.\n\n\
-                  Standalone: coordd --client-addr 127.0.0.1:2181 --data-dir ./data"
+                  Standalone: coordd --client-addr 127.0.0.1:2181 --data-dir ./data\n\n\
+                  Ensemble member: coordd --id 1 --ensemble 1=10.0.0.1:2888,2=10.0.0.2:2888,3=10.0.0.3:2888 \
+                  --client-addr 10.0.0.1:2181 --data-dir ./data\n\n\
+                  Membership change: start a new member with --join (its --ensemble lists the current \
+                  members and itself), then `coordd reconfig --server <client addr> --add 4=host:peerport`; \
+                  `coordd reconfig --remove 4` removes one; `coordd reconfig --help` for more."
 )]
 pub struct Flags {
     /// TOML configuration file; flags given on the command line override its keys.
@@ -153,6 +158,12 @@ pub struct Flags {
     /// one of them, and the members' peer ports are checked against them.
     #[arg(long)]
     pub peer_tls_ca_file: Option<PathBuf>,
+    /// Join an ensemble that already runs (a new member): never initialize a cluster;
+    /// wait until the leader adds this member (`coordd reconfig --add`). `--ensemble`
+    /// then lists the current members and this one. Harmless on a member that has a log
+    /// (its log's membership is used), so it may stay on after the member was added.
+    #[arg(long)]
+    pub join: bool,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -192,6 +203,7 @@ pub struct FileConfig {
     pub peer_tls_cert_file: Option<PathBuf>,
     pub peer_tls_key_file: Option<PathBuf>,
     pub peer_tls_ca_file: Option<PathBuf>,
+    pub join: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -265,6 +277,8 @@ pub struct EnsembleConfig {
     /// Where this member's peer port listens ("host:port"); by default its own address
     /// in `members`.
     pub peer_listen_addr: String,
+    /// Joining a running ensemble: never initialize a cluster (`--join`).
+    pub join: bool,
 }
 
 /// Most members of an ensemble (ZooKeeper runs 3 or 5; more only slows writes).
@@ -617,6 +631,10 @@ impl Config {
                 "peer_listen_addr needs ensemble and id".into(),
             ));
         }
+        let join = flags.join || file.join.unwrap_or(false);
+        if join && id.is_none() {
+            return Err(ConfigError::Invalid("join needs ensemble and id".into()));
+        }
         match (id, flags.ensemble.or(file.ensemble)) {
             (None, None) => {}
             (Some(_), None) => {
@@ -660,6 +678,7 @@ impl Config {
                     id,
                     members,
                     peer_listen_addr,
+                    join,
                 });
             }
         }
@@ -795,6 +814,47 @@ mod tests {
                 .to_string();
             assert!(e.contains(needle), "{e:?} should contain {needle:?}");
         }
+    }
+
+    #[test]
+    fn join_flag() {
+        let flags = Flags {
+            id: Some(4),
+            ensemble: Some("1=a:1,2=b:1,3=c:1,4=d:1".into()),
+            join: true,
+            ..Default::default()
+        };
+        let c = Config::resolve(flags, FileConfig::default()).unwrap();
+        assert!(c.ensemble.unwrap().join);
+        let file: FileConfig =
+            toml::from_str("id = 4\nensemble = \"4=d:1,1=a:1\"\njoin = true").unwrap();
+        assert!(
+            Config::resolve(Flags::default(), file)
+                .unwrap()
+                .ensemble
+                .unwrap()
+                .join
+        );
+        let c = Config::resolve(
+            Flags {
+                id: Some(1),
+                ensemble: Some("1=a:1".into()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert!(!c.ensemble.unwrap().join);
+        // Standalone has nothing to join.
+        let e = Config::resolve(
+            Flags {
+                join: true,
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("join needs"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,7 @@ impl Ensemble {
                     raft: coordd_raft::Config::default(),
                     log: MemLogStore::new(),
                     transport: net.transport(id),
+                    join: false,
                 },
             )
             .await

@@ -219,9 +219,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             };
             let msg = match OpCode::try_from(header.op) {
-                Ok(OpCode::Reconfig) => {
-                    refuse(handle, session_id, header.xid, ErrorCode::ReconfigDisabled)
-                }
+                // Reconfig is decoded like any request; the core refuses it standalone.
                 Ok(op) => match Request::decode(op, &mut r) {
                     Ok(request) => CoreMsg::Request {
                         conn_id: handle.conn_id,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use coordd_proto::{
     frame::write_frame, xid, ConnectRequest, ConnectResponse, ErrorCode, Id, MultiOp, MultiResult,
-    OpCode, Record, ReplyHeader, Request, PROTOCOL_VERSION,
+    OpCode, Record, ReplyHeader, Request, Stat, PROTOCOL_VERSION,
 };
 use coordd_raft::{EntryData, LogEntry, Member, Role};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -151,6 +151,12 @@ pub enum CoreMsg {
     /// Ensemble mode: sessions that showed life on another member.
     Touched {
         session_ids: Vec<SessionId>,
+    },
+    /// Ensemble mode: a session's reconfig finished (see [`super::reconfig`]).
+    Reconfigured {
+        session_id: SessionId,
+        seq: u64,
+        outcome: super::reconfig::ReconfigOutcome,
     },
 }
 
@@ -291,6 +297,23 @@ pub struct RaftLog {
     /// Whether clients are served: false from a quorum loss older than
     /// `quorum_lost_close_ms` until the quorum is back.
     serving: bool,
+    /// The core's own queue (weak: the core must not keep itself alive), for the
+    /// results of reconfigs it started.
+    core_tx: Option<mpsc::WeakSender<CoreMsg>>,
+    /// Cancelled when this member is removed from the ensemble.
+    removed: tokio_util::sync::CancellationToken,
+}
+
+/// A session's reconfig in progress: its reply slot (a [`Queued::Write`] with `seq` in
+/// the session's queue, so earlier requests are answered first) and the session's
+/// later requests, held until it is answered so replies stay in request order.
+struct PendingReconfig {
+    seq: u64,
+    conn_id: u64,
+    xid: i32,
+    received: Instant,
+    outcome: Option<super::reconfig::ReconfigOutcome>,
+    held: VecDeque<(u64, i32, ReadWork, Instant)>,
 }
 
 impl RaftLog {
@@ -319,7 +342,20 @@ impl RaftLog {
             quorum_lost_since: None,
             behind: Vec::new(),
             serving: false,
+            core_tx: None,
+            removed: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Where reconfigs started by the core report back, and the member's removal token.
+    pub fn with_reconfig(
+        mut self,
+        core_tx: mpsc::WeakSender<CoreMsg>,
+        removed: tokio_util::sync::CancellationToken,
+    ) -> RaftLog {
+        self.core_tx = Some(core_tx);
+        self.removed = removed;
+        self
     }
 }
 
@@ -369,6 +405,8 @@ pub struct Core {
     serial_writer: (SessionId, u32),
     entries_since_snapshot: u64,
     metrics: Arc<Metrics>,
+    /// Ensemble mode: reconfigs in progress, by session.
+    reconfigs: HashMap<SessionId, PendingReconfig>,
 }
 
 /// Logged requests in a row from one session before its writes are committed inline
@@ -491,6 +529,7 @@ impl Core {
             serial_writer: (0, 0),
             entries_since_snapshot: 0,
             metrics,
+            reconfigs: HashMap::new(),
         }
     }
 
@@ -617,6 +656,18 @@ impl Core {
             CoreMsg::Touched { session_ids } => {
                 for id in session_ids {
                     self.touch(id);
+                }
+            }
+            CoreMsg::Reconfigured {
+                session_id,
+                seq,
+                outcome,
+            } => {
+                if let Some(p) = self.reconfigs.get_mut(&session_id) {
+                    if p.seq == seq {
+                        p.outcome = Some(outcome);
+                        self.finish_reconfig(session_id);
+                    }
                 }
             }
             CoreMsg::Stats { reply } => {
@@ -889,11 +940,45 @@ impl Core {
             .outstanding_requests
             .fetch_add(1, Ordering::Relaxed);
         self.touch(session_id);
+        self.route_request(conn_id, session_id, xid, work, received);
+    }
+
+    /// [`Core::on_request`] after the bookkeeping (also for requests held behind a
+    /// reconfig, which were counted when they arrived).
+    fn route_request(
+        &mut self,
+        conn_id: u64,
+        session_id: SessionId,
+        xid: i32,
+        work: ReadWork,
+        received: Instant,
+    ) {
         if !self.sessions.contains_key(&session_id) || self.closing.contains(&session_id) {
             let z = self.state.last_zxid();
             self.send_reply(conn_id, xid, z, ErrorCode::SessionExpired, None);
             return;
         }
+        if let Some(p) = self.reconfigs.get_mut(&session_id) {
+            if xid == xid::PING && matches!(work, ReadWork::Serve(Request::Ping)) {
+                // Answered at once: clients match ping replies by their xid, outside the
+                // order of the others (ZooKeeper's and ours), and a reconfig can take
+                // longer than a client waits for a sign of life (2/3 of its timeout).
+                let z = self.state.last_zxid();
+                self.send_reply(conn_id, xid, z, ErrorCode::Ok, None);
+                return;
+            }
+            p.held.push_back((conn_id, xid, work, received));
+            return;
+        }
+        let work = match work {
+            ReadWork::Serve(Request::Reconfig(req)) => {
+                match self.start_reconfig(session_id, conn_id, xid, req, received) {
+                    None => return,
+                    Some(refusal) => ReadWork::Refuse(refusal),
+                }
+            }
+            other => other,
+        };
         let linearizable_reads = self.config.linearizable_reads;
         let work = match (work, &mut self.log) {
             (ReadWork::Serve(Request::Sync(p)), Log::Raft(r)) => {
@@ -993,6 +1078,158 @@ impl Core {
         } else {
             let z = self.state.last_zxid();
             self.send_reply(conn_id, xid, z, ErrorCode::Throttled, None);
+        }
+    }
+
+    /// Starts a session's reconfig (ensemble mode): a reply slot in the session's queue,
+    /// the session's later requests held, the change run in a task that reports back
+    /// with [`CoreMsg::Reconfigured`]. Returns the error to answer instead: standalone
+    /// (ReconfigDisabled), or a session that is not the superuser when one is configured
+    /// (NoAuth).
+    fn start_reconfig(
+        &mut self,
+        session_id: SessionId,
+        conn_id: u64,
+        xid: i32,
+        req: coordd_proto::ReconfigRequest,
+        received: Instant,
+    ) -> Option<ErrorCode> {
+        let Log::Raft(r) = &mut self.log else {
+            return Some(ErrorCode::ReconfigDisabled);
+        };
+        let (Some(member), Some(core_tx)) = (r.member.get().cloned(), r.core_tx.clone()) else {
+            return Some(ErrorCode::ReconfigDisabled);
+        };
+        let superuser = self.config.superuser_digest.as_deref();
+        if superuser.is_some() {
+            let auth = &self.sessions[&session_id].auth;
+            if !crate::state::acl::is_superuser(auth, superuser) {
+                tracing::warn!(
+                    session_id = %format_args!("0x{session_id:x}"),
+                    "reconfig refused: only the superuser may change the membership"
+                );
+                return Some(ErrorCode::NoAuth);
+            }
+        }
+        let seq = r.next_seq;
+        r.next_seq += 1;
+        let removed = r.removed.clone();
+        if let Some(s) = self.sessions.get_mut(&session_id) {
+            s.queue.push_back(Queued::Write(seq));
+        }
+        self.reconfigs.insert(
+            session_id,
+            PendingReconfig {
+                seq,
+                conn_id,
+                xid,
+                received,
+                outcome: None,
+                held: VecDeque::new(),
+            },
+        );
+        tokio::spawn(async move {
+            let outcome = super::reconfig::run(member, req, removed).await;
+            if let Err((code, why)) = &outcome {
+                tracing::info!(?code, %why, "reconfig refused or failed");
+            }
+            if let Some(tx) = core_tx.upgrade() {
+                let _ = tx
+                    .send(CoreMsg::Reconfigured {
+                        session_id,
+                        seq,
+                        outcome,
+                    })
+                    .await;
+            }
+        });
+        None
+    }
+
+    /// Answers a session's finished reconfig once every earlier request of the session
+    /// is answered (its slot is at the front of the queue), then lets its held requests
+    /// through. If the session or its queue is gone (expired, or its connection dropped
+    /// for a failed write), its held requests are let go unanswered.
+    fn finish_reconfig(&mut self, session_id: SessionId) {
+        let Some(p) = self.reconfigs.get(&session_id) else {
+            return;
+        };
+        if p.outcome.is_none() {
+            return;
+        }
+        let seq = p.seq;
+        let front = self.sessions.get(&session_id).map(|s| s.queue.front());
+        let in_queue = self.sessions.get(&session_id).is_some_and(|s| {
+            s.queue
+                .iter()
+                .any(|q| matches!(q, Queued::Write(t) if *t == seq))
+        });
+        match front {
+            Some(Some(Queued::Write(t))) if *t == seq => {}
+            _ if in_queue => return, // earlier requests first
+            _ => {
+                // Cleared: its outstanding count went with the queue.
+                if let Some(p) = self.reconfigs.remove(&session_id) {
+                    self.release_held(session_id, p.held);
+                }
+                return;
+            }
+        }
+        let Some(p) = self.reconfigs.remove(&session_id) else {
+            return;
+        };
+        let current = self.sessions.get_mut(&session_id).and_then(|s| {
+            s.queue.pop_front();
+            s.conn_id
+        });
+        let zxid = self.state.last_zxid();
+        match (current.filter(|c| *c == p.conn_id), p.outcome) {
+            (Some(conn_id), Some(Ok(config))) => {
+                let stat = Stat {
+                    mzxid: zxid,
+                    mtime: now_wall_ms(),
+                    data_length: config.len() as i32,
+                    ..Stat::default()
+                };
+                let resp = Response::GetData {
+                    data: config.into_bytes(),
+                    stat,
+                };
+                self.send_reply(conn_id, p.xid, zxid, ErrorCode::Ok, Some(&resp));
+                self.metrics.record_latency(p.received);
+            }
+            (Some(conn_id), Some(Err((ErrorCode::ConnectionLoss, _)))) => {
+                // In doubt: as for a write in doubt, the client loses its connection
+                // (and what it sent after the reconfig is let go below).
+                self.release_outstanding(Some(conn_id));
+                self.drop_conn(conn_id);
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    s.conn_id = None;
+                }
+            }
+            (Some(conn_id), Some(Err((code, _)))) => {
+                self.send_reply(conn_id, p.xid, zxid, code, None);
+            }
+            _ => self.release_outstanding(Some(p.conn_id)),
+        }
+        self.release_held(session_id, p.held);
+        self.drain_reads(session_id);
+    }
+
+    /// Lets the requests held behind a reconfig through, in order; those of a
+    /// connection the session has left are dropped (their client saw ConnectionLoss).
+    fn release_held(
+        &mut self,
+        session_id: SessionId,
+        held: VecDeque<(u64, i32, ReadWork, Instant)>,
+    ) {
+        for (conn_id, xid, work, received) in held {
+            let current = self.sessions.get(&session_id).and_then(|s| s.conn_id);
+            if current == Some(conn_id) {
+                self.route_request(conn_id, session_id, xid, work, received);
+            } else {
+                self.release_outstanding(Some(conn_id));
+            }
         }
     }
 
@@ -1128,7 +1365,21 @@ impl Core {
                     self.send_reply(conn_id, xid, zxid, ErrorCode::QuotaExceeded, None);
                     return;
                 }
-                let result = self.state.read(session_id, &auth, &other);
+                let config_read =
+                    matches!(&other, Request::GetData(p) if p.path == "/zookeeper/config");
+                let mut result = self.state.read(session_id, &auth, &other);
+                if config_read {
+                    // Ensemble mode: the node holds the membership this member sees
+                    // (ZooKeeper's dynamic configuration), not what the tree stores.
+                    if let (Log::Raft(r), Ok(Response::GetData { data, stat })) =
+                        (&self.log, &mut result)
+                    {
+                        if let Some(m) = r.member.get() {
+                            *data = super::reconfig::current_config(m).into_bytes();
+                            stat.data_length = data.len() as i32;
+                        }
+                    }
+                }
                 match result {
                     Ok(resp) => self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, Some(&resp)),
                     Err(e) => self.send_reply(conn_id, xid, zxid, e, None),
@@ -1827,6 +2078,17 @@ impl Core {
                         unreachable!("front is a read")
                     };
                     self.serve_read(session_id, conn_id, xid, work, received);
+                }
+                Some(Queued::Write(t)) => {
+                    let t = *t;
+                    if self
+                        .reconfigs
+                        .get(&session_id)
+                        .is_some_and(|p| p.seq == t && p.outcome.is_some())
+                    {
+                        self.finish_reconfig(session_id);
+                    }
+                    return;
                 }
                 _ => return,
             }

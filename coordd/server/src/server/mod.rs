@@ -8,6 +8,7 @@ pub mod conn;
 pub mod core;
 pub mod expiry;
 pub mod fourlw;
+pub mod reconfig;
 pub mod replicated;
 
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +66,9 @@ pub struct EnsembleMember<L, T> {
     pub raft: coordd_raft::Config,
     pub log: L,
     pub transport: T,
+    /// Joining a running ensemble (`--join`): never initialize a cluster; wait to be
+    /// added by a reconfig, or use the membership in the log.
+    pub join: bool,
 }
 
 /// A running server.
@@ -73,6 +77,8 @@ pub struct Server {
     /// The TLS client port's address, when it is on.
     pub secure_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
+    /// Ensemble mode: cancelled when a reconfig removed this member.
+    removed: CancellationToken,
     core: JoinHandle<Result<(), String>>,
     accept: Vec<JoinHandle<()>>,
 }
@@ -139,6 +145,7 @@ impl Server {
             local_addr,
             secure_addr,
             shutdown,
+            removed: CancellationToken::new(),
             core,
             accept,
         })
@@ -174,6 +181,7 @@ impl Server {
         let (proposals_tx, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let (durable_tx, durable_rx) = mpsc::unbounded_channel();
         let member_cell = Arc::new(std::sync::OnceLock::new());
+        let removed = CancellationToken::new();
         let log = RaftLog::new(
             ensemble.id,
             member_cell.clone(),
@@ -181,7 +189,8 @@ impl Server {
             durable_tx,
             state_config.clone(),
             QUORUM_LOST_CLOSE_MS,
-        );
+        )
+        .with_reconfig(core_tx.downgrade(), removed.clone());
         let state = StateMachine::new(state_config);
         // The core runs before the member starts: the member may apply entries (and
         // waits for the core to take them) while it starts.
@@ -195,16 +204,28 @@ impl Server {
         let applier = replicated::CoreApplier {
             core: core_tx.clone(),
         };
-        let member = match coordd_raft::Member::start(
-            ensemble.raft,
-            ensemble.id,
-            ensemble.members,
-            ensemble.log,
-            applier,
-            ensemble.transport,
-        )
-        .await
-        {
+        let start = if ensemble.join {
+            coordd_raft::Member::start_joining(
+                ensemble.raft,
+                ensemble.id,
+                ensemble.members,
+                ensemble.log,
+                applier,
+                ensemble.transport,
+            )
+            .await
+        } else {
+            coordd_raft::Member::start(
+                ensemble.raft,
+                ensemble.id,
+                ensemble.members,
+                ensemble.log,
+                applier,
+                ensemble.transport,
+            )
+            .await
+        };
+        let member = match start {
             Ok(m) => m,
             Err(e) => {
                 shutdown.cancel();
@@ -214,7 +235,12 @@ impl Server {
         };
         let _ = member_cell.set(member.clone());
         let batcher = replicated::Batcher::spawn(member.clone(), shutdown.clone());
-        member.set_app_handler(replicated::app_handler(batcher.clone(), core_tx.clone()));
+        member.set_app_handler(replicated::app_handler(
+            batcher.clone(),
+            core_tx.clone(),
+            member.clone(),
+            removed.clone(),
+        ));
         tokio::spawn(replicated::run_proposer(
             member.clone(),
             batcher,
@@ -236,6 +262,7 @@ impl Server {
                 local_addr,
                 secure_addr,
                 shutdown,
+                removed,
                 core,
                 accept,
             },
@@ -287,6 +314,7 @@ impl Server {
                 raft,
                 log,
                 transport,
+                join: ensemble.join,
             },
         )
         .await?;
@@ -299,6 +327,12 @@ impl Server {
     /// A token that stops the server when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Ensemble mode: a token cancelled once a reconfig removed this member (told by
+    /// the leader, or it removed itself as leader). Never cancelled standalone.
+    pub fn removed_token(&self) -> CancellationToken {
+        self.removed.clone()
     }
 
     /// Waits until the server stops: after `shutdown_token().cancel()`, or on a fatal

@@ -43,6 +43,8 @@ pub const BATCH_TXNS_MAX: usize = 1024;
 /// Application message kinds.
 const APP_FORWARD: u8 = 1;
 const APP_TOUCH: u8 = 2;
+const APP_RECONFIG: u8 = 3;
+const APP_REMOVED: u8 = 4;
 /// How long a member waits for the leader to take a forwarded batch or a touch.
 pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
 /// How long the proposer waits for a leader to exist before failing a batch.
@@ -316,6 +318,11 @@ pub enum AppMsg {
     /// Sessions that showed life on the sender since its last touch (heartbeats of
     /// clients connected there); the leader, which expires sessions, renews them.
     Touch(Vec<SessionId>),
+    /// A client's reconfig (the jute bytes of its `ReconfigRequest`) for the leader to
+    /// carry out; answered with [`super::reconfig::encode_outcome`].
+    Reconfig(Bytes),
+    /// The leader removed the receiving member from the ensemble: it stops.
+    Removed,
 }
 
 impl AppMsg {
@@ -333,6 +340,11 @@ impl AppMsg {
                     out.put_i64(*id);
                 }
             }
+            AppMsg::Reconfig(b) => {
+                out.put_u8(APP_RECONFIG);
+                out.put_slice(b);
+            }
+            AppMsg::Removed => out.put_u8(APP_REMOVED),
         }
         out.freeze()
     }
@@ -353,6 +365,9 @@ impl AppMsg {
                 }
                 Ok(AppMsg::Touch((0..n).map(|_| b.get_i64()).collect()))
             }
+            APP_RECONFIG => Ok(AppMsg::Reconfig(b)),
+            APP_REMOVED if b.is_empty() => Ok(AppMsg::Removed),
+            APP_REMOVED => Err(BatchError::Truncated),
             other => Err(BatchError::AppKind(other)),
         }
     }
@@ -476,11 +491,19 @@ async fn propose_one(member: &Member, batcher: &Batcher, batch: Bytes) -> Result
 }
 
 /// The handler of application messages on every member: a forwarded batch is
-/// proposed (only a leader accepts), touches go to the core.
-pub fn app_handler(batcher: Batcher, core: mpsc::Sender<CoreMsg>) -> coordd_raft::AppHandler {
+/// proposed (only a leader accepts), touches go to the core, a forwarded reconfig is
+/// carried out (only by the leader), a removal notice cancels `removed`.
+pub fn app_handler(
+    batcher: Batcher,
+    core: mpsc::Sender<CoreMsg>,
+    member: Member,
+    removed: CancellationToken,
+) -> coordd_raft::AppHandler {
     std::sync::Arc::new(move |body: Bytes| {
         let batcher = batcher.clone();
         let core = core.clone();
+        let member = member.clone();
+        let removed = removed.clone();
         Box::pin(async move {
             match AppMsg::decode(body).map_err(|e| e.to_string())? {
                 AppMsg::Forward(batch) => {
@@ -497,9 +520,53 @@ pub fn app_handler(batcher: Batcher, core: mpsc::Sender<CoreMsg>) -> coordd_raft
                         .map_err(|_| "the core has stopped".to_string())?;
                     Ok(Bytes::new())
                 }
+                AppMsg::Reconfig(body) => {
+                    let req =
+                        <coordd_proto::ReconfigRequest as coordd_proto::Record>::from_bytes(&body)
+                            .map_err(|e| format!("bad forwarded reconfig: {e}"))?;
+                    let outcome = super::reconfig::run_on_leader(&member, &req, &removed).await;
+                    Ok(super::reconfig::encode_outcome(&outcome))
+                }
+                AppMsg::Removed => {
+                    tracing::warn!(
+                        id = member.id(),
+                        "the leader removed this member from the ensemble (reconfig)"
+                    );
+                    removed.cancel();
+                    Ok(Bytes::new())
+                }
             }
         })
     })
+}
+
+/// Resolves once this member was removed from the ensemble: `removed` is cancelled (the
+/// leader told it, or it removed itself as leader), or the membership in effect, no
+/// longer joint, leaves out this member after it had been a voter in this run. Never
+/// resolves once the member stopped (see [`member_stopped`]).
+pub async fn member_removed(member: &Member, removed: &CancellationToken) {
+    let seen_voter = std::sync::atomic::AtomicBool::new(false);
+    let gone = |s: &coordd_raft::Status| {
+        let m = &s.membership;
+        if m.voters.contains(&s.id) {
+            seen_voter.store(true, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        seen_voter.load(std::sync::atomic::Ordering::Relaxed)
+            && !m.joint
+            && s.membership_index.is_some()
+            && !m.learners.contains(&s.id)
+    };
+    loop {
+        tokio::select! {
+            _ = removed.cancelled() => return,
+            r = member.wait_for(Duration::from_secs(3_600), &gone) => match r {
+                Ok(_) => return,
+                Err(coordd_raft::WaitError::Timeout { .. }) => continue,
+                Err(coordd_raft::WaitError::Shutdown) => std::future::pending::<()>().await,
+            },
+        }
+    }
 }
 
 /// Resolves once `member` has stopped: its RaftCore ended on a fatal error (its log or
@@ -583,6 +650,9 @@ mod tests {
             AppMsg::Forward(batch().encode()),
             AppMsg::Touch(vec![1, -2, i64::MAX]),
             AppMsg::Touch(vec![]),
+            AppMsg::Reconfig(Bytes::from_static(b"\x00\x01")),
+            AppMsg::Reconfig(Bytes::new()),
+            AppMsg::Removed,
         ] {
             assert_eq!(AppMsg::decode(m.encode()).unwrap(), m);
         }
