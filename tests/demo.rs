@@ -296,8 +296,13 @@ fn sigint_mid_run_stops_everything_and_removes_the_temp_dir() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let deadline = Instant::now() + RUN_DEADLINE;
-    let mut run = Run::start(&["demo", "--unattended", "--steady-secs", "60"]);
+    // With `--tls` (issue 7): the members talk mutual TLS and the agents and the app's
+    // router reach coordd on its TLS ports, so "app started" also shows an election by
+    // agents over TLS and a router reading the topology over TLS (the unattended run
+    // above covers the plain path).
+    let mut run = Run::start(&["demo", "--unattended", "--steady-secs", "60", "--tls"]);
     let dir = temp_dir_of(&run.wait_line("temp dir ", deadline));
+    run.wait_line("TLS: a test CA in", deadline);
     // Everything runs once the app does: 3 coordd members, 3 agents, 3 PostgreSQL
     // servers with their backends (the app's and the WAL senders).
     run.wait_line("app started", deadline);

@@ -266,6 +266,28 @@ impl CoorddEnsemble {
         tick_ms: u32,
         extra: &[&str],
     ) -> CoorddEnsemble {
+        CoorddEnsemble::start_in_dirs_with(dirs, tick_ms, extra, |_| Vec::new())
+    }
+
+    /// [`CoorddEnsemble::start_with`] plus flags of each member's own: `member_args(i)`
+    /// for member `i` (1-based, on 127.0.0.`i`), e.g. its TLS client port or certificate.
+    pub fn start_with_member_args(
+        n: usize,
+        extra: &[&str],
+        member_args: impl Fn(usize) -> Vec<String>,
+    ) -> CoorddEnsemble {
+        let dirs = (0..n)
+            .map(|_| tempfile::tempdir().expect("temp dir"))
+            .collect();
+        CoorddEnsemble::start_in_dirs_with(dirs, 100, extra, member_args)
+    }
+
+    fn start_in_dirs_with(
+        dirs: Vec<tempfile::TempDir>,
+        tick_ms: u32,
+        extra: &[&str],
+        member_args: impl Fn(usize) -> Vec<String>,
+    ) -> CoorddEnsemble {
         let n = dirs.len();
         let ip = |i: usize| std::net::Ipv4Addr::new(127, 0, 0, i as u8);
         let free_on = |i: usize| {
@@ -297,6 +319,7 @@ impl CoorddEnsemble {
                     list.clone(),
                 ];
                 args.extend(extra.iter().map(|s| s.to_string()));
+                args.extend(member_args(i));
                 Coordd::start_at(dir, clients[i - 1], &args)
             })
             .collect();

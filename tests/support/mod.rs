@@ -7,4 +7,5 @@ pub mod proxy;
 pub mod raw;
 pub mod router;
 pub mod target;
+pub mod tls;
 pub mod zookeeper;

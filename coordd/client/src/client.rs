@@ -147,6 +147,7 @@ impl Client {
     /// `cfg.request_timeout_ms` has passed, then returns the last error.
     pub async fn connect(cfg: ClientConfig) -> Result<(Client, Events)> {
         cfg.validate()?;
+        let tls = cfg.tls.as_ref().map(|t| t.connector()).transpose()?;
         let cfg = Arc::new(cfg);
         let mut rng = rand::rngs::StdRng::from_entropy();
         let mut servers = ServerList::new(cfg.servers.clone(), &mut rng);
@@ -170,7 +171,7 @@ impl Client {
                 deadline.min(Instant::now() + Duration::from_millis(cfg.connect_timeout_ms as u64));
             let err = match timeout_at(
                 attempt_deadline,
-                connect_once(&addr, &req, cfg.frame_bytes_max),
+                connect_once(&addr, &req, cfg.frame_bytes_max, tls.as_ref()),
             )
             .await
             {
@@ -220,6 +221,7 @@ impl Client {
             xid: 0,
             outbox: Default::default(),
             handles_dropped: false,
+            tls,
         };
         tokio::spawn(task.run(hs));
         Ok((

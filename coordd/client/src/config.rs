@@ -1,5 +1,7 @@
 //! Client configuration.
 
+use std::path::PathBuf;
+
 use crate::Error;
 
 /// Default requested session timeout.
@@ -41,6 +43,83 @@ pub struct ClientConfig {
     /// Capacity of the events queue. When it is full the connection stops processing
     /// frames until the application takes an event (see the crate docs).
     pub events_queue_max: usize,
+    /// Connect over TLS (to coordd's `--secure-client-addr`, or ZooKeeper's
+    /// secureClientPort); None: plain TCP. Every server in `servers` is then reached
+    /// over TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS to the servers: PEM files, read when the client connects (a bad file fails
+/// `Client::connect` with `InvalidArgument` naming it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The CA certificates the servers' certificates must be signed by.
+    pub ca_file: PathBuf,
+    /// The client's certificate and key, for a server that requires one (coordd with
+    /// `--tls-ca-file`); both or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The name the server certificate must carry; by default the host of the address
+    /// connected to (an IP address is matched against the certificate's IP SANs).
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    /// Server authentication with this CA; no client certificate.
+    pub fn new(ca_file: impl Into<PathBuf>) -> Self {
+        TlsConfig {
+            ca_file: ca_file.into(),
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+        }
+    }
+
+    /// Presents this certificate and key to the server.
+    pub fn with_client_cert(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.cert_file = Some(cert_file.into());
+        self.key_file = Some(key_file.into());
+        self
+    }
+
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// Reads the files now, as `Client::connect` will: a missing or malformed file, or a
+    /// certificate without its key, is an `InvalidArgument` naming it. For a program that
+    /// wants to refuse a bad configuration at start rather than at its first connect.
+    pub fn check(&self) -> Result<(), Error> {
+        self.connector().map(drop)
+    }
+
+    /// Reads the files and builds the connector.
+    pub(crate) fn connector(&self) -> Result<crate::conn::Tls, Error> {
+        let bad = |e: coordd_tls::TlsError| Error::InvalidArgument(format!("tls: {e}"));
+        let identity = match (&self.cert_file, &self.key_file) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "tls: cert_file and key_file go together".into(),
+                ))
+            }
+        };
+        let config = coordd_tls::client_config(&self.ca_file, identity).map_err(bad)?;
+        let server_name = match &self.server_name {
+            None => None,
+            Some(n) => Some(coordd_tls::server_name(n).map_err(bad)?),
+        };
+        Ok(crate::conn::Tls {
+            connector: coordd_tls::TlsConnector::from(config),
+            server_name,
+        })
+    }
 }
 
 impl Default for ClientConfig {
@@ -56,6 +135,7 @@ impl Default for ClientConfig {
             auth: Vec::new(),
             read_only: false,
             events_queue_max: EVENTS_QUEUE_MAX_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -102,6 +182,12 @@ impl ClientConfig {
 
     pub fn with_events_queue_max(mut self, n: usize) -> Self {
         self.events_queue_max = n;
+        self
+    }
+
+    /// Connects over TLS.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 

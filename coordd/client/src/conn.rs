@@ -33,8 +33,7 @@ use coordd_proto::{
     Reader, Record, ReplyHeader, Request, RequestHeader, SetWatches, WatcherEvent,
 };
 use rand::rngs::StdRng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -134,9 +133,22 @@ fn patch_xid(frame: &mut BytesMut, xid: i32) {
     }
 }
 
-/// A completed TCP connect plus handshake.
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+pub(crate) type ClientStream = Box<dyn ClientIo>;
+
+/// What a TLS connection needs, built once from [`TlsConfig`](crate::TlsConfig).
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub connector: coordd_tls::TlsConnector,
+    /// None: the host of the address connected to.
+    pub server_name: Option<coordd_tls::rustls::pki_types::ServerName<'static>>,
+}
+
+/// A completed TCP connect (and TLS handshake) plus the session handshake.
 pub(crate) struct Handshake {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     /// Bytes read after the connect response (the server may already send more).
     pub rbuf: BytesMut,
     pub resp: ConnectResponse,
@@ -149,14 +161,33 @@ pub(crate) async fn connect_once(
     addr: &str,
     req: &ConnectRequest,
     frame_bytes_max: usize,
+    tls: Option<&Tls>,
 ) -> Result<Handshake> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let tcp = TcpStream::connect(addr).await?;
     // Requests are small and latency-bound; Nagle would hold pings and replies back.
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let mut stream: ClientStream = match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let name = match &tls.server_name {
+                Some(n) => n.clone(),
+                None => coordd_tls::server_name(coordd_tls::host_of(addr))
+                    .map_err(|e| Error::InvalidArgument(format!("tls: {e}")))?,
+            };
+            let s = tls.connector.connect(name, tcp).await.map_err(|e| {
+                Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake with {addr}: {e}"),
+                ))
+            })?;
+            Box::new(s)
+        }
+    };
     let mut out = BytesMut::new();
     write_frame(&mut out, |o| req.encode(o));
     let sent_at = Instant::now();
     stream.write_all(&out).await?;
+    stream.flush().await?;
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         match split_frame(&mut rbuf, frame_bytes_max) {
@@ -201,10 +232,13 @@ struct PendingAuth {
 }
 
 struct Conn {
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
+    read: ReadHalf<ClientStream>,
+    write: WriteHalf<ClientStream>,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Bytes were written since the last flush (TLS may hold the last record until a
+    /// flush; on TCP a flush is a no-op).
+    unflushed: bool,
     in_flight: VecDeque<InFlight<Pending>>,
     auths: VecDeque<PendingAuth>,
     ping_sent_at: Option<Instant>,
@@ -234,11 +268,21 @@ enum Flow {
     Closed,
 }
 
+/// Writes some of `wbuf`, or flushes once it is empty.
+async fn write_or_flush(w: &mut WriteHalf<ClientStream>, wbuf: &mut BytesMut) -> Step {
+    if wbuf.is_empty() {
+        Step::Flushed(w.flush().await)
+    } else {
+        Step::Wrote(w.write_buf(wbuf).await)
+    }
+}
+
 /// What woke the connection loop.
 enum Step {
     Continue,
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
+    Flushed(std::io::Result<()>),
     Command(Option<Command>),
     CloseNow,
     Timer,
@@ -256,6 +300,8 @@ pub(crate) struct SessionTask {
     /// Events waiting for room in the events queue.
     pub outbox: VecDeque<WatchedEvent>,
     pub handles_dropped: bool,
+    /// TLS to the servers (built from `cfg.tls` once, at connect).
+    pub tls: Option<Tls>,
 }
 
 fn state_event(state: KeeperState) -> WatchedEvent {
@@ -334,7 +380,7 @@ impl SessionTask {
             let connect_timeout = Duration::from_millis(attempt_ms);
             let attempt = timeout(
                 connect_timeout,
-                connect_once(&addr, &req, self.cfg.frame_bytes_max),
+                connect_once(&addr, &req, self.cfg.frame_bytes_max, self.tls.as_ref()),
             );
             tokio::select! {
                 r = attempt => match r {
@@ -370,7 +416,7 @@ impl SessionTask {
             "connected"
         );
         let now = Instant::now();
-        let (read, write) = hs.stream.into_split();
+        let (read, write) = tokio::io::split(hs.stream);
         // ZooKeeper's ClientCnxn: read timeout 2/3 of the session timeout, ping when
         // nothing was sent for half of that.
         let read_timeout = timeout * 2 / 3;
@@ -379,6 +425,7 @@ impl SessionTask {
             write,
             rbuf: hs.rbuf,
             wbuf: BytesMut::new(),
+            unflushed: false,
             in_flight: VecDeque::new(),
             auths: VecDeque::new(),
             ping_sent_at: None,
@@ -643,7 +690,7 @@ impl SessionTask {
                     }
                     Step::Continue
                 }
-                r = c.write.write_buf(&mut c.wbuf), if !c.wbuf.is_empty() => Step::Wrote(r),
+                step = write_or_flush(&mut c.write, &mut c.wbuf), if !c.wbuf.is_empty() || c.unflushed => step,
                 cmd = self.cmd_rx.recv(), if take_requests => Step::Command(cmd),
                 _ = self.shared.close_now.notified() => Step::CloseNow,
                 _ = sleep_until(wake) => Step::Timer,
@@ -659,10 +706,11 @@ impl SessionTask {
                 Step::Read(Err(e)) => {
                     return self.lose(c, format!("read: {e}"), || Error::ConnectionLoss)
                 }
-                Step::Wrote(Ok(_)) => {}
-                Step::Wrote(Err(e)) => {
+                Step::Wrote(Ok(_)) => c.unflushed = true,
+                Step::Wrote(Err(e)) | Step::Flushed(Err(e)) => {
                     return self.lose(c, format!("write: {e}"), || Error::ConnectionLoss)
                 }
+                Step::Flushed(Ok(())) => c.unflushed = false,
                 Step::Command(Some(cmd)) => self.take_command(c, cmd),
                 Step::Command(None) => self.close_for_dropped_handles(c),
                 Step::CloseNow => {

@@ -36,7 +36,7 @@ pub use member::{
     ReadIndexError, Role, ShutdownError, StartError, Status, WaitError,
 };
 pub use network::tcp;
-pub use network::tcp::{PeerServer, TcpConfig, TcpTransport};
+pub use network::tcp::{PeerServer, PeerTls, TcpConfig, TcpTransport};
 pub use network::{
     MemNetwork, MemTransport, PeerRequest, PeerResponse, RequestKind, Transport, TransportError,
 };

@@ -69,6 +69,60 @@ pub fn main_with_flags(flags: Flags) -> std::process::ExitCode {
     })
 }
 
+/// The subcommand that writes a test CA: `coordd tls-gen-test-ca --out DIR`.
+pub const GEN_TEST_CA_COMMAND: &str = "tls-gen-test-ca";
+
+/// `coordd tls-gen-test-ca`: a throw-away CA, a node certificate (client and peer ports;
+/// SANs localhost, ::1, 127.0.0.1-10) and a client certificate, as PEM files in `--out`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "coordd tls-gen-test-ca",
+    about = "Writes a throw-away test CA with a node and a client certificate (PEM) into a \
+             directory: ca.pem, ca-key.pem, node.pem, node-key.pem, client.pem, client-key.pem. \
+             For tests and trying TLS out only: the CA key is stored unencrypted beside them."
+)]
+pub struct GenTestCaFlags {
+    /// Directory to write into (created if missing; files in it are replaced).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Common name of the CA.
+    #[arg(long, default_value = "coordd test CA")]
+    pub ca_name: String,
+}
+
+/// Runs `coordd tls-gen-test-ca` with `args` (the first is the command's name). Exit code
+/// 2: bad arguments; 1: the files could not be written.
+pub fn gen_test_ca_main(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> std::process::ExitCode {
+    use clap::Parser;
+    let flags = match GenTestCaFlags::try_parse_from(args) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match coordd_tls::test_ca::write_test_ca(&flags.out, &flags.ca_name) {
+        Ok(files) => {
+            println!(
+                "wrote a test CA to {}:\n  CA           {}\n  node cert    {}\n  node key     {}\n  client cert  {}\n  client key   {}",
+                files.dir.display(),
+                files.ca.display(),
+                files.node_cert.display(),
+                files.node_key.display(),
+                files.client_cert.display(),
+                files.client_key.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coordd tls-gen-test-ca: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Serves until SIGTERM or Ctrl-C (then shuts down cleanly) or a fatal error.
 async fn serve_until_signal(server: Server) -> Result<(), String> {
     let token = server.shutdown_token();

@@ -126,6 +126,38 @@ pub struct Flags {
     /// proxy in tests) that listens on the address the list gives.
     #[arg(long)]
     pub peer_listen_addr: Option<String>,
+    /// Address of the TLS client port (ZooKeeper's secureClientPort): a second listener,
+    /// beside the plain `--client-addr`, serving the same protocol inside TLS. Needs
+    /// `--tls-cert-file` and `--tls-key-file`.
+    #[arg(long)]
+    pub secure_client_addr: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) the TLS client port presents.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `--tls-cert-file`.
+    #[arg(long)]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: with it, TLS clients must present a certificate signed by
+    /// one of them (mutual TLS on the client port); without it, any client may connect.
+    #[arg(long)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// A TLS handshake on the TLS client port not finished within this closes the
+    /// connection [default: 5000]. (On the peer port the transport's own handshake
+    /// limit, 1 s, bounds it.)
+    #[arg(long)]
+    pub tls_handshake_timeout_ms: Option<u64>,
+    /// Mutual TLS between ensemble members: this member's PEM certificate, presented on
+    /// its peer port and when it calls a peer. Needs `--peer-tls-key-file` and
+    /// `--peer-tls-ca-file`; every member must turn it on.
+    #[arg(long)]
+    pub peer_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `--peer-tls-cert-file`.
+    #[arg(long)]
+    pub peer_tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates of the ensemble: a peer must present a certificate signed by
+    /// one of them, and the members' peer ports are checked against them.
+    #[arg(long)]
+    pub peer_tls_ca_file: Option<PathBuf>,
     /// Join an ensemble that already runs (a new member): never initialize a cluster;
     /// wait until the leader adds this member (`coordd reconfig --add`). `--ensemble`
     /// then lists the current members and this one. Harmless on a member that has a log
@@ -163,6 +195,14 @@ pub struct FileConfig {
     pub ensemble: Option<String>,
     pub linearizable_reads: Option<bool>,
     pub peer_listen_addr: Option<String>,
+    pub secure_client_addr: Option<SocketAddr>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_handshake_timeout_ms: Option<u64>,
+    pub peer_tls_cert_file: Option<PathBuf>,
+    pub peer_tls_key_file: Option<PathBuf>,
+    pub peer_tls_ca_file: Option<PathBuf>,
     pub join: Option<bool>,
 }
 
@@ -201,6 +241,31 @@ pub struct Config {
     pub ensemble: Option<EnsembleConfig>,
     /// Ensemble mode: every read behind a barrier through the log.
     pub linearizable_reads: bool,
+    /// The TLS client port; None: plain port only.
+    pub secure_client: Option<SecureClientConfig>,
+    /// Bound of a TLS handshake on the TLS client port.
+    pub tls_handshake_timeout_ms: u64,
+    /// Mutual TLS between members (ensemble mode only); None: plain TCP.
+    pub peer_tls: Option<PeerTlsFiles>,
+}
+
+/// The TLS client port. Invariant (resolve): both files named; their contents are checked
+/// when the server starts (it refuses to start on a bad file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureClientConfig {
+    pub addr: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Clients must present a certificate signed by this CA.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A member's peer TLS files: all three, or no peer TLS at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 /// This server's place in an ensemble.
@@ -254,6 +319,71 @@ pub fn parse_ensemble(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> 
         )));
     }
     Ok(members)
+}
+
+/// The TLS client port: an address with a certificate and key, or nothing at all. Half a
+/// configuration is refused, naming what is missing.
+fn resolve_secure_client(
+    addr: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<SecureClientConfig>, ConfigError> {
+    match (addr, cert, key) {
+        (None, None, None) if ca.is_none() => Ok(None),
+        (Some(addr), Some(cert_file), Some(key_file)) => Ok(Some(SecureClientConfig {
+            addr,
+            cert_file,
+            key_file,
+            ca_file: ca,
+        })),
+        (addr, cert, key) => {
+            let missing: Vec<&str> = [
+                ("secure_client_addr", addr.is_none()),
+                ("tls_cert_file", cert.is_none()),
+                ("tls_key_file", key.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(n, m)| m.then_some(n))
+            .collect();
+            Err(ConfigError::Invalid(format!(
+                "incomplete TLS client port configuration: missing {} (secure_client_addr, \
+                 tls_cert_file and tls_key_file go together; tls_ca_file is optional)",
+                missing.join(", ")
+            )))
+        }
+    }
+}
+
+/// Peer TLS: all three files or none.
+fn resolve_peer_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<PeerTlsFiles>, ConfigError> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert_file), Some(key_file), Some(ca_file)) => Ok(Some(PeerTlsFiles {
+            cert_file,
+            key_file,
+            ca_file,
+        })),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                ("peer_tls_cert_file", cert.is_none()),
+                ("peer_tls_key_file", key.is_none()),
+                ("peer_tls_ca_file", ca.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(n, m)| m.then_some(n))
+            .collect();
+            Err(ConfigError::Invalid(format!(
+                "incomplete peer TLS configuration: missing {} (peer_tls_cert_file, \
+                 peer_tls_key_file and peer_tls_ca_file go together)",
+                missing.join(", ")
+            )))
+        }
+    }
 }
 
 /// `host:port` with a non-empty host and a port in 1..=65535.
@@ -445,7 +575,18 @@ impl Config {
             ensemble: None,
             linearizable_reads: flags.linearizable_reads
                 || file.linearizable_reads.unwrap_or(false),
+            secure_client: None,
+            tls_handshake_timeout_ms: flags
+                .tls_handshake_timeout_ms
+                .or(file.tls_handshake_timeout_ms)
+                .unwrap_or(coordd_tls::TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT),
+            peer_tls: None,
         };
+        if config.tls_handshake_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "tls_handshake_timeout_ms must be > 0".into(),
+            ));
+        }
         let mut config = config;
         config.node_data_bytes_max = match flags.node_data_bytes_max.or(file.node_data_bytes_max) {
             None => NODE_DATA_BYTES_MAX_DEFAULT.min(config.frame_bytes_max),
@@ -462,6 +603,27 @@ impl Config {
             }
             Some(n) => n,
         };
+        config.secure_client = resolve_secure_client(
+            flags.secure_client_addr.or(file.secure_client_addr),
+            flags.tls_cert_file.or(file.tls_cert_file),
+            flags.tls_key_file.or(file.tls_key_file),
+            flags.tls_ca_file.or(file.tls_ca_file),
+        )?;
+        if config
+            .secure_client
+            .as_ref()
+            .is_some_and(|s| s.addr == config.client_addr && s.addr.port() != 0)
+        {
+            return Err(ConfigError::Invalid(
+                "secure_client_addr must differ from client_addr (TLS gets a port of its own)"
+                    .into(),
+            ));
+        }
+        config.peer_tls = resolve_peer_tls(
+            flags.peer_tls_cert_file.or(file.peer_tls_cert_file),
+            flags.peer_tls_key_file.or(file.peer_tls_key_file),
+            flags.peer_tls_ca_file.or(file.peer_tls_ca_file),
+        )?;
         let id = flags.id.or(file.id);
         let peer_listen_addr = flags.peer_listen_addr.or(file.peer_listen_addr);
         if peer_listen_addr.is_some() && id.is_none() {
@@ -520,6 +682,12 @@ impl Config {
                 });
             }
         }
+        if config.peer_tls.is_some() && config.ensemble.is_none() {
+            return Err(ConfigError::Invalid(
+                "peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file need ensemble and id"
+                    .into(),
+            ));
+        }
         if config.server_id == 0 {
             return Err(ConfigError::Invalid("server_id must be 1..=255".into()));
         }
@@ -543,6 +711,110 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_go_together_or_are_refused() {
+        let file: FileConfig = toml::from_str(
+            "secure_client_addr = \"127.0.0.1:2281\"\ntls_cert_file = \"c.pem\"\n\
+             tls_key_file = \"k.pem\"\ntls_handshake_timeout_ms = 700",
+        )
+        .unwrap();
+        let c = Config::resolve(Flags::default(), file).unwrap();
+        let s = c.secure_client.unwrap();
+        assert_eq!(s.addr, "127.0.0.1:2281".parse().unwrap());
+        assert_eq!((s.cert_file, s.ca_file), (PathBuf::from("c.pem"), None));
+        assert_eq!(c.tls_handshake_timeout_ms, 700);
+        assert!(c.peer_tls.is_none());
+        let d = Config::default();
+        assert!(d.secure_client.is_none() && d.peer_tls.is_none());
+        assert_eq!(
+            d.tls_handshake_timeout_ms,
+            coordd_tls::TLS_HANDSHAKE_TIMEOUT_MS_DEFAULT
+        );
+
+        let p = |s: &str| Some(PathBuf::from(s));
+        let ens = || Flags {
+            id: Some(1),
+            ensemble: Some("1=127.0.0.1:2888".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(
+            Flags {
+                peer_tls_cert_file: p("n.pem"),
+                peer_tls_key_file: p("n-key.pem"),
+                peer_tls_ca_file: p("ca.pem"),
+                ..ens()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.peer_tls.unwrap().ca_file, PathBuf::from("ca.pem"));
+
+        for (flags, needle) in [
+            (
+                Flags {
+                    tls_cert_file: p("c.pem"),
+                    tls_key_file: p("k.pem"),
+                    ..Default::default()
+                },
+                "missing secure_client_addr",
+            ),
+            (
+                Flags {
+                    secure_client_addr: Some("127.0.0.1:2281".parse().unwrap()),
+                    tls_cert_file: p("c.pem"),
+                    ..Default::default()
+                },
+                "missing tls_key_file",
+            ),
+            (
+                Flags {
+                    tls_ca_file: p("ca.pem"),
+                    ..Default::default()
+                },
+                "missing secure_client_addr, tls_cert_file, tls_key_file",
+            ),
+            (
+                Flags {
+                    tls_handshake_timeout_ms: Some(0),
+                    ..Default::default()
+                },
+                "tls_handshake_timeout_ms",
+            ),
+            (
+                Flags {
+                    peer_tls_cert_file: p("n.pem"),
+                    peer_tls_key_file: p("n-key.pem"),
+                    ..ens()
+                },
+                "missing peer_tls_ca_file",
+            ),
+            (
+                Flags {
+                    peer_tls_cert_file: p("n.pem"),
+                    peer_tls_key_file: p("n-key.pem"),
+                    peer_tls_ca_file: p("ca.pem"),
+                    ..Default::default()
+                },
+                "need ensemble",
+            ),
+            (
+                Flags {
+                    client_addr: Some("127.0.0.1:2281".parse().unwrap()),
+                    secure_client_addr: Some("127.0.0.1:2281".parse().unwrap()),
+                    tls_cert_file: p("c.pem"),
+                    tls_key_file: p("k.pem"),
+                    ..Default::default()
+                },
+                "must differ",
+            ),
+        ] {
+            let e = Config::resolve(flags, FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{e:?} should contain {needle:?}");
+        }
+    }
 
     #[test]
     fn join_flag() {

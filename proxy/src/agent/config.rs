@@ -25,6 +25,10 @@ use crate::namespace::{self, Namespace};
 /// initdb_no_sync = false          # tests only
 /// hba = ["host replication all 10.0.0.0/8 scram-sha-256"]  # appended to pg_hba.conf
 /// coord_auth = "agents:s3cret"    # digest user:password shared by this cluster's agents
+/// coord_tls_ca_file = "/etc/switchyard/ca.pem"   # TLS to coordd (--coord lists its TLS ports)
+/// coord_tls_cert_file = "/etc/switchyard/agent.pem"    # client certificate, if coordd asks
+/// coord_tls_key_file = "/etc/switchyard/agent-key.pem"
+/// coord_tls_server_name = "coordd.example"   # default: the host of each --coord address
 /// [conf]                          # appended to postgresql.conf after initdb
 /// max_connections = "200"
 /// ```
@@ -53,6 +57,43 @@ pub struct AgentFile {
     /// with them only and readable by everyone, so an app server (a router) can read but
     /// not change them. Unset: they are writable by any client (a warning says so).
     pub coord_auth: Option<String>,
+    /// TLS to coordd: the CA its certificates are signed by. Set, every `--coord` server
+    /// is reached over TLS (list coordd's `--secure-client-addr` ports). Unset: plain TCP.
+    pub coord_tls_ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for a coordd started with `--tls-ca-file`.
+    pub coord_tls_cert_file: Option<PathBuf>,
+    pub coord_tls_key_file: Option<PathBuf>,
+    /// The name coordd's certificate must carry (default: the host of each address).
+    pub coord_tls_server_name: Option<String>,
+}
+
+/// The TLS settings of agent.toml, checked (the files are read now, so a bad one stops
+/// the agent at start, not at its first connect).
+pub fn resolve_coord_tls(file: &AgentFile) -> Result<Option<coordd_client::TlsConfig>, String> {
+    let Some(ca) = &file.coord_tls_ca_file else {
+        if file.coord_tls_cert_file.is_some()
+            || file.coord_tls_key_file.is_some()
+            || file.coord_tls_server_name.is_some()
+        {
+            return Err(
+                "coord_tls_cert_file, coord_tls_key_file and coord_tls_server_name \
+                        need coord_tls_ca_file"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    };
+    let mut tls = coordd_client::TlsConfig::new(ca.clone());
+    match (&file.coord_tls_cert_file, &file.coord_tls_key_file) {
+        (None, None) => {}
+        (Some(c), Some(k)) => tls = tls.with_client_cert(c.clone(), k.clone()),
+        _ => return Err("coord_tls_cert_file and coord_tls_key_file go together".into()),
+    }
+    if let Some(n) = &file.coord_tls_server_name {
+        tls = tls.with_server_name(n.clone());
+    }
+    tls.check().map_err(|e| e.to_string())?;
+    Ok(Some(tls))
 }
 
 /// Checks `user:password` digest credentials (the user may not be empty, nor contain ':').
@@ -124,6 +165,8 @@ pub struct Settings {
     pub conf: BTreeMap<String, String>,
     /// See [`AgentFile::coord_auth`]; validated.
     pub coord_auth: Option<String>,
+    /// TLS to coordd (agent.toml's `coord_tls_*`); files checked. None: plain TCP.
+    pub coord_tls: Option<coordd_client::TlsConfig>,
 }
 
 pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 6_000;
@@ -187,6 +230,7 @@ impl Settings {
         if let Some(a) = &file.coord_auth {
             validate_coord_auth(a)?;
         }
+        let coord_tls = resolve_coord_tls(&file)?;
         let unix_socket_directories = file.unix_socket_directories.clone().unwrap_or_else(|| {
             pg_data
                 .parent()
@@ -219,6 +263,7 @@ impl Settings {
             initdb_auth_local: file.initdb_auth_local.unwrap_or_else(|| "peer".into()),
             initdb_no_sync: file.initdb_no_sync,
             coord_auth: file.coord_auth,
+            coord_tls,
             hba: file.hba,
             conf: file.conf,
         })
@@ -293,11 +338,35 @@ mod tests {
         assert_eq!(s.session_timeout_ms, 2000);
         std::fs::write(&p, "bogus_key = 1\n").unwrap();
         let e = Settings::resolve(AgentFlags {
-            config: Some(p),
+            config: Some(p.clone()),
             ..flags()
         })
         .unwrap_err();
         assert!(e.contains("bogus_key"), "{e}");
+        // TLS: half a configuration and unreadable files are refused at start.
+        for (text, needle) in [
+            (
+                "coord_tls_cert_file = \"c.pem\"\n",
+                "need coord_tls_ca_file",
+            ),
+            (
+                "coord_tls_ca_file = \"/nonexistent/ca.pem\"\n",
+                "/nonexistent/ca.pem",
+            ),
+            (
+                "coord_tls_ca_file = \"/nonexistent/ca.pem\"\ncoord_tls_key_file = \"k.pem\"\n",
+                "go together",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = Settings::resolve(AgentFlags {
+                config: Some(p.clone()),
+                ..flags()
+            })
+            .unwrap_err();
+            assert!(e.contains(needle), "{e:?} should contain {needle:?}");
+        }
+        assert!(Settings::resolve(flags()).unwrap().coord_tls.is_none());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -191,6 +191,9 @@ impl Agent {
             if let Some(auth) = &self.s.coord_auth {
                 cfg = cfg.with_auth("digest", auth.as_bytes());
             }
+            if let Some(tls) = &self.s.coord_tls {
+                cfg = cfg.with_tls(tls.clone());
+            }
             match Client::connect(cfg).await {
                 Ok(c) => return Some(c),
                 Err(e) => warn!(

@@ -53,6 +53,9 @@ pub enum WatchMode {
 pub struct RouterConfig {
     /// "host:port" of every coordination server.
     pub coord_servers: Vec<String>,
+    /// Reach the coordination servers over TLS (coordd's `--secure-client-addr`);
+    /// None (the default): plain TCP.
+    pub coord_tls: Option<coordd_client::TlsConfig>,
     /// Root of the Switchyard znodes, default [`ROOT_DEFAULT`].
     pub root: String,
     /// The cluster's name (required).
@@ -96,6 +99,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
             coord_servers: vec!["127.0.0.1:2181".to_owned()],
+            coord_tls: None,
             root: ROOT_DEFAULT.to_owned(),
             cluster: String::new(),
             session_timeout_ms: SESSION_TIMEOUT_MS_DEFAULT,
@@ -141,6 +145,10 @@ impl RouterConfig {
         }
         if self.cluster.is_empty() {
             return Err(Error::Config("cluster is required".into()));
+        }
+        if let Some(tls) = &self.coord_tls {
+            tls.check()
+                .map_err(|e| Error::Config(format!("coord_tls: {e}")))?;
         }
         let ns =
             Namespace::new(&self.root, &self.cluster).map_err(|e| Error::Config(e.to_string()))?;
@@ -201,6 +209,14 @@ impl RouterBuilder {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect();
+        self
+    }
+
+    /// Connects to the coordination servers over TLS (their TLS port's addresses go in
+    /// [`coord`](Self::coord)). The files are read by `connect`; a bad one is a
+    /// configuration error.
+    pub fn coord_tls(mut self, tls: coordd_client::TlsConfig) -> Self {
+        self.cfg.coord_tls = Some(tls);
         self
     }
 

@@ -51,10 +51,14 @@ pub(crate) struct Watcher {
 }
 
 pub(crate) fn client_config(cfg: &RouterConfig) -> ClientConfig {
-    ClientConfig::new(cfg.coord_servers.iter().cloned())
+    let c = ClientConfig::new(cfg.coord_servers.iter().cloned())
         .with_session_timeout_ms(cfg.session_timeout_ms)
         .with_connect_timeout_ms(cfg.coord_connect_timeout_ms)
-        .with_request_timeout_ms(cfg.coord_request_timeout_ms)
+        .with_request_timeout_ms(cfg.coord_request_timeout_ms);
+    match &cfg.coord_tls {
+        Some(tls) => c.with_tls(tls.clone()),
+        None => c,
+    }
 }
 
 impl Watcher {

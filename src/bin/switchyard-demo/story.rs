@@ -61,6 +61,11 @@ pub struct DemoArgs {
     /// else /usr/lib/postgresql/15/bin].
     #[arg(long)]
     pub pg_bindir: Option<PathBuf>,
+    /// TLS everywhere coordd is involved: a test CA (written under the run's temporary
+    /// directory), mutual TLS between the coordd members, and the agents, the router and
+    /// the demo's own client on coordd's TLS client ports with client certificates.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 const CLUSTER: &str = "demo";
@@ -849,12 +854,28 @@ async fn run(
 
     // 1. The coordd ensemble: member i on 127.0.0.i.
     let t0 = Instant::now();
-    // Client ports, peer ports and PostgreSQL ports, each 127.0.0.i thrice.
-    let ips: Vec<Ipv4Addr> = (0..3 * NODES).map(|i| ip(i % NODES)).collect();
+    // Client ports, peer ports, PostgreSQL ports and TLS client ports, each 127.0.0.i
+    // four times.
+    let ips: Vec<Ipv4Addr> = (0..4 * NODES).map(|i| ip(i % NODES)).collect();
     let ports = free_ports(&ips)?;
     let clients: Vec<SocketAddr> = ports[..NODES].to_vec();
     let peers: Vec<SocketAddr> = ports[NODES..2 * NODES].to_vec();
-    let pg_ports: Vec<u16> = ports[2 * NODES..].iter().map(|a| a.port()).collect();
+    let pg_ports: Vec<u16> = ports[2 * NODES..3 * NODES]
+        .iter()
+        .map(|a| a.port())
+        .collect();
+    let secure: Vec<SocketAddr> = ports[3 * NODES..].to_vec();
+    let tls = if args.tls {
+        let files = coordd_tls::test_ca::write_test_ca(&reg.root().join("tls"), "demo CA")
+            .map_err(|e| format!("test CA: {e}"))?;
+        out.event(&format!(
+            "TLS: a test CA in {}; members talk mutual TLS, clients use the TLS ports",
+            files.dir.display()
+        ));
+        Some(files)
+    } else {
+        None
+    };
     let ensemble = peers
         .iter()
         .enumerate()
@@ -882,6 +903,25 @@ async fn run(
             os("--worker-threads"),
             os("1"),
         ];
+        let mut args = args;
+        if let Some(f) = &tls {
+            args.extend([
+                os("--peer-tls-cert-file"),
+                os(&f.node_cert),
+                os("--peer-tls-key-file"),
+                os(&f.node_key),
+                os("--peer-tls-ca-file"),
+                os(&f.ca),
+                os("--secure-client-addr"),
+                os(secure[i].to_string()),
+                os("--tls-cert-file"),
+                os(&f.node_cert),
+                os("--tls-key-file"),
+                os(&f.node_key),
+                os("--tls-ca-file"),
+                os(&f.ca),
+            ]);
+        }
         let log = reg.root().join(format!("coordd-{}.log", i + 1));
         reg.spawn(&format!("coordd-{}", i + 1), Kind::Coordd, args, log)
             .map_err(|e| format!("start coordd member {}: {e}", i + 1))?;
@@ -910,11 +950,26 @@ async fn run(
         leader + 1,
         clients[leader]
     ));
-    let coord = clients
+    // With TLS, everyone reaches coordd on its TLS ports.
+    let coord_addrs = if tls.is_some() { &secure } else { &clients };
+    let coord = coord_addrs
         .iter()
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(",");
+    let client_tls = tls.as_ref().map(|f| {
+        coordd_client::TlsConfig::new(&f.ca).with_client_cert(&f.client_cert, &f.client_key)
+    });
+    // agent.toml's TLS keys go before its `[conf]` table.
+    let agent_toml = match &tls {
+        None => AGENT_TOML.to_string(),
+        Some(f) => format!(
+            "coord_tls_ca_file = {:?}\ncoord_tls_cert_file = {:?}\ncoord_tls_key_file = {:?}\n{AGENT_TOML}",
+            f.ca.display().to_string(),
+            f.client_cert.display().to_string(),
+            f.client_key.display().to_string()
+        ),
+    };
 
     // 2. Three PostgreSQL nodes, each with its agent, on 127.0.0.i.
     let ns = Namespace::new(switchyard_proxy::namespace::ROOT_DEFAULT, CLUSTER)
@@ -924,7 +979,7 @@ async fn run(
         let name = format!("pg{}", i + 1);
         let dir = reg.pg_dir(&name).map_err(|e| format!("{name} dir: {e}"))?;
         let conf = dir.join("agent.toml");
-        std::fs::write(&conf, AGENT_TOML).map_err(|e| format!("{}: {e}", conf.display()))?;
+        std::fs::write(&conf, &agent_toml).map_err(|e| format!("{}: {e}", conf.display()))?;
         let args = vec![
             os("__agent"),
             os("--cluster"),
@@ -964,11 +1019,14 @@ async fn run(
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let (client, mut events) = Client::connect(
-        ClientConfig::new(clients.iter().map(|a| a.to_string())).with_session_timeout_ms(6_000),
-    )
-    .await
-    .map_err(|e| format!("connect to coordd: {e}"))?;
+    let mut demo_client =
+        ClientConfig::new(coord_addrs.iter().map(|a| a.to_string())).with_session_timeout_ms(6_000);
+    if let Some(t) = &client_tls {
+        demo_client = demo_client.with_tls(t.clone());
+    }
+    let (client, mut events) = Client::connect(demo_client)
+        .await
+        .map_err(|e| format!("connect to coordd: {e}"))?;
     tokio::spawn(async move { while events.recv().await.is_some() {} });
 
     let world = Arc::new(World {
@@ -1038,8 +1096,12 @@ async fn run(
     ));
 
     // 3. The app: a router, a table, one writer and two readers.
+    let mut builder = Router::builder();
+    if let Some(t) = &client_tls {
+        builder = builder.coord_tls(t.clone());
+    }
     let router = Arc::new(
-        Router::builder()
+        builder
             .coord(&coord)
             .cluster(CLUSTER)
             .write_wait_ms(10_000)

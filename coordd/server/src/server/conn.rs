@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use coordd_proto::frame::{check_frame_len, split_frame};
 use coordd_proto::{ConnectRequest, ErrorCode, OpCode, Reader, Record, Request, RequestHeader};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +40,7 @@ pub struct ConnCtx {
     pub started: Instant,
 }
 
-/// Serves one accepted connection to its end.
+/// Serves one accepted plain-TCP connection to its end.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -50,7 +49,23 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    serve_split(rd, wr, peer, conn_id, ctx, shutdown).await;
+}
+
+/// Serves one connection given as its two halves: a TCP stream's, or a TLS stream's
+/// (`tokio::io::split`); everything past the transport is the same code.
+pub async fn serve_split<R, W>(
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    conn_id: u64,
+    ctx: Arc<ConnCtx>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::with_capacity(4096);
 
     // The first four bytes are a frame length, or a four-letter word.
@@ -163,8 +178,8 @@ pub async fn serve(
     let _ = writer.await;
 }
 
-async fn read_loop(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     handle: &ConnHandle,
     session_id: i64,
@@ -308,8 +323,8 @@ fn refuse(handle: &ConnHandle, session_id: i64, xid: i32, err: ErrorCode) -> Cor
     }
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     queued_bytes: Arc<AtomicUsize>,
     kill: CancellationToken,
@@ -336,8 +351,9 @@ async fn write_loop(
         }
         let n = batch.len();
         if n > 0 {
+            // The flush is a no-op on TCP; TLS may hold the last record until it.
             let res = tokio::select! {
-                r = wr.write_all(&batch) => r,
+                r = async { wr.write_all(&batch).await?; wr.flush().await } => r,
                 _ = kill.cancelled() => return,
             };
             if res.is_err() {

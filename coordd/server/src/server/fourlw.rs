@@ -205,6 +205,11 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
             let c = &ctx.config;
             let _ = writeln!(out, "clientPort={}", c.client_addr.port());
             let _ = writeln!(out, "clientPortAddress={}", c.client_addr.ip());
+            if let Some(s) = &c.secure_client {
+                // ZooKeeper's names for the TLS port.
+                let _ = writeln!(out, "secureClientPort={}", s.addr.port());
+                let _ = writeln!(out, "secureClientPortAddress={}", s.addr.ip());
+            }
             let _ = writeln!(out, "dataDir={}", c.data_dir.display());
             let _ = writeln!(out, "dataLogDir={}", c.data_dir.display());
             let _ = writeln!(out, "tickTime={}", c.tick_time_ms);

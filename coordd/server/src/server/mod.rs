@@ -53,6 +53,8 @@ pub enum ServerError {
     CorruptEntry { zxid: i64, reason: String },
     #[error("ensemble: {0}")]
     Ensemble(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] coordd_tls::TlsError),
 }
 
 /// What a server needs to run as one member of an ensemble (issue 5).
@@ -72,11 +74,13 @@ pub struct EnsembleMember<L, T> {
 /// A running server.
 pub struct Server {
     pub local_addr: SocketAddr,
+    /// The TLS client port's address, when it is on.
+    pub secure_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// Ensemble mode: cancelled when a reconfig removed this member.
     removed: CancellationToken,
     core: JoinHandle<Result<(), String>>,
-    accept: JoinHandle<()>,
+    accept: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -120,7 +124,8 @@ impl Server {
         }
         tracing::info!(replayed, last_zxid = state.last_zxid(), "recovered");
 
-        let (listener, local_addr) = bind_client_port(&config).await?;
+        let ports = bind_client_ports(&config).await?;
+        let local_addr = ports.local_addr;
         let (writer, durable) = LogWriter::spawn(wal, LogWriterConfig::default());
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
@@ -133,10 +138,12 @@ impl Server {
             core: core_tx,
             started: Instant::now(),
         });
-        let accept = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
-        tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), fsync = config.fsync, "coordd serving");
+        let secure_addr = ports.secure_addr;
+        let accept = ports.spawn(ctx, &shutdown);
+        tracing::info!(addr = %local_addr, secure_addr = ?secure_addr, data_dir = %config.data_dir.display(), fsync = config.fsync, "coordd serving");
         Ok(Server {
             local_addr,
+            secure_addr,
             shutdown,
             removed: CancellationToken::new(),
             core,
@@ -166,7 +173,8 @@ impl Server {
             ttl_enabled: config.ttl_enabled,
             superuser_digest: config.superuser_digest.clone(),
         };
-        let (listener, local_addr) = bind_client_port(&config).await?;
+        let ports = bind_client_ports(&config).await?;
+        let local_addr = ports.local_addr;
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE_MESSAGES_MAX);
@@ -246,11 +254,13 @@ impl Server {
             core: core_tx,
             started: Instant::now(),
         });
-        let accept = tokio::spawn(accept_loop(listener, ctx, shutdown.clone()));
-        tracing::info!(addr = %local_addr, id = ensemble.id, "coordd serving as an ensemble member");
+        let secure_addr = ports.secure_addr;
+        let accept = ports.spawn(ctx, &shutdown);
+        tracing::info!(addr = %local_addr, secure_addr = ?secure_addr, id = ensemble.id, "coordd serving as an ensemble member");
         Ok((
             Server {
                 local_addr,
+                secure_addr,
                 shutdown,
                 removed,
                 core,
@@ -274,6 +284,9 @@ impl Server {
         };
         let peer_addr = ensemble.peer_listen_addr.clone();
         let raft = raft_config(&config);
+        // With peer TLS, its handshake is bounded by the transport's own handshake limits
+        // (`connect_timeout_ms` for the caller's connect + TLS + hello, the listener's
+        // `handshake_timeout_ms` for the TLS handshake and again for the hello).
         let tcp = coordd_raft::TcpConfig::new(&raft.cluster_name);
         tcp.validate_for(&raft)
             .map_err(|e| ServerError::Ensemble(e.to_string()))?;
@@ -282,8 +295,17 @@ impl Server {
         let listener = TcpListener::bind(&peer_addr)
             .await
             .map_err(|e| ServerError::Ensemble(format!("peer port {peer_addr}: {e}")))?;
-        let transport = coordd_raft::TcpTransport::new(ensemble.id, tcp.clone())
-            .map_err(|e| ServerError::Ensemble(e.to_string()))?;
+        let peer_tls = match &config.peer_tls {
+            None => None,
+            Some(f) => Some(coordd_raft::PeerTls::from_files(
+                &f.cert_file,
+                &f.key_file,
+                &f.ca_file,
+            )?),
+        };
+        let transport =
+            coordd_raft::TcpTransport::with_tls(ensemble.id, tcp.clone(), peer_tls.clone())
+                .map_err(|e| ServerError::Ensemble(e.to_string()))?;
         let (server, member) = Server::start_member(
             config,
             EnsembleMember {
@@ -296,8 +318,9 @@ impl Server {
             },
         )
         .await?;
-        let peers = coordd_raft::PeerServer::start(listener, member.clone(), tcp)
-            .map_err(|e| ServerError::Ensemble(format!("peer port {peer_addr}: {e}")))?;
+        let peers =
+            coordd_raft::PeerServer::start_with_tls(listener, member.clone(), tcp, peer_tls)
+                .map_err(|e| ServerError::Ensemble(format!("peer port {peer_addr}: {e}")))?;
         Ok((server, member, peers))
     }
 
@@ -320,7 +343,9 @@ impl Server {
             Err(e) => Err(format!("core task failed: {e}")),
         };
         self.shutdown.cancel();
-        let _ = self.accept.await;
+        for a in self.accept {
+            let _ = a.await;
+        }
         res
     }
 }
@@ -341,17 +366,100 @@ fn raft_config(config: &Config) -> coordd_raft::Config {
     raft
 }
 
-/// The client port, and the address it got (the port may have been 0).
-async fn bind_client_port(config: &Config) -> Result<(TcpListener, SocketAddr), ServerError> {
-    let bind_error = |source| ServerError::Bind {
-        addr: config.client_addr,
-        source,
+/// The bound client ports: the plain one, and the TLS one when configured (its
+/// certificate and key already loaded, so a bad file stops the start before any port
+/// opens for clients).
+struct ClientPorts {
+    plain: TcpListener,
+    local_addr: SocketAddr,
+    secure: Option<(TcpListener, coordd_tls::TlsAcceptor)>,
+    secure_addr: Option<SocketAddr>,
+    handshake_timeout_ms: u64,
+}
+
+impl ClientPorts {
+    /// One accept loop per port, sharing the connection caps.
+    fn spawn(self, ctx: Arc<conn::ConnCtx>, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+        let caps = Arc::new(Caps::new(&ctx.config));
+        let mut loops = vec![tokio::spawn(accept_loop(
+            self.plain,
+            None,
+            caps.clone(),
+            ctx.clone(),
+            shutdown.clone(),
+        ))];
+        if let Some((listener, acceptor)) = self.secure {
+            let tls = SecurePort {
+                acceptor,
+                handshake_timeout_ms: self.handshake_timeout_ms,
+            };
+            loops.push(tokio::spawn(accept_loop(
+                listener,
+                Some(Arc::new(tls)),
+                caps,
+                ctx,
+                shutdown.clone(),
+            )));
+        }
+        loops
+    }
+}
+
+/// The client ports, and the addresses they got (a port may have been 0).
+async fn bind_client_ports(config: &Config) -> Result<ClientPorts, ServerError> {
+    let acceptor = match &config.secure_client {
+        None => None,
+        Some(s) => Some(coordd_tls::TlsAcceptor::from(coordd_tls::server_config(
+            &s.cert_file,
+            &s.key_file,
+            s.ca_file.as_deref(),
+        )?)),
     };
-    let listener = TcpListener::bind(config.client_addr)
-        .await
-        .map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
-    Ok((listener, local_addr))
+    let bind = |addr: SocketAddr| async move {
+        let bind_error = |source| ServerError::Bind { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        Ok::<_, ServerError>((listener, local_addr))
+    };
+    let (plain, local_addr) = bind(config.client_addr).await?;
+    let (secure, secure_addr) = match (&config.secure_client, acceptor) {
+        (Some(s), Some(acceptor)) => {
+            let (l, a) = bind(s.addr).await?;
+            (Some((l, acceptor)), Some(a))
+        }
+        _ => (None, None),
+    };
+    Ok(ClientPorts {
+        plain,
+        local_addr,
+        secure,
+        secure_addr,
+        handshake_timeout_ms: config.tls_handshake_timeout_ms,
+    })
+}
+
+/// The TLS side of the secure client port.
+struct SecurePort {
+    acceptor: coordd_tls::TlsAcceptor,
+    handshake_timeout_ms: u64,
+}
+
+/// The connection caps, shared by the plain and the TLS port: `connections_max` and
+/// `connections_per_ip_max` count the connections of both.
+struct Caps {
+    total: Arc<Semaphore>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    next_conn_id: std::sync::atomic::AtomicU64,
+}
+
+impl Caps {
+    fn new(config: &Config) -> Self {
+        Caps {
+            total: Arc::new(Semaphore::new(config.connections_max)),
+            per_ip: Arc::default(),
+            next_conn_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
 }
 
 /// Releases a connection's per-IP slot when dropped.
@@ -372,10 +480,19 @@ impl Drop for IpSlot {
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<conn::ConnCtx>, shutdown: CancellationToken) {
-    let total = Arc::new(Semaphore::new(ctx.config.connections_max));
-    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
-    let mut next_conn_id: u64 = 1;
+/// Accepts connections on one client port until shutdown. On the TLS port the handshake
+/// runs in the connection's task (after the caps admitted it, so the caps bound
+/// handshakes too), within `tls_handshake_timeout_ms`; a failed one (a plain-TCP client,
+/// a wrong certificate) closes the connection and is logged at debug.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<SecurePort>>,
+    caps: Arc<Caps>,
+    ctx: Arc<conn::ConnCtx>,
+    shutdown: CancellationToken,
+) {
+    let total = caps.total.clone();
+    let per_ip = caps.per_ip.clone();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -419,15 +536,38 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<conn::ConnCtx>, shutdown: C
             drop(stream);
             continue;
         };
-        let conn_id = next_conn_id;
-        next_conn_id += 1;
+        let conn_id = caps
+            .next_conn_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         ctx.metrics
             .connections_alive
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            conn::serve(stream, peer, conn_id, ctx.clone(), shutdown).await;
+            match tls {
+                None => conn::serve(stream, peer, conn_id, ctx.clone(), shutdown).await,
+                Some(tls) => {
+                    let _ = stream.set_nodelay(true);
+                    let handshake =
+                        coordd_tls::accept(&tls.acceptor, stream, tls.handshake_timeout_ms);
+                    let accepted = tokio::select! {
+                        a = handshake => Some(a),
+                        _ = shutdown.cancelled() => None,
+                    };
+                    match accepted {
+                        Some(Ok(s)) => {
+                            let (rd, wr) = tokio::io::split(s);
+                            conn::serve_split(rd, wr, peer, conn_id, ctx.clone(), shutdown).await
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS client connection closed")
+                        }
+                        None => {}
+                    }
+                }
+            }
             ctx.metrics
                 .connections_alive
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::wire::{self, Channel, FrameReader, HandshakeError, Hello, Message, WireError};
-use super::TcpConfig;
+use super::{PeerStream, PeerTls, TcpConfig};
 use crate::network::{PeerRequest, PeerResponse, RequestBody, Transport, TransportError};
 use crate::{ConfigError, MemberId};
 
@@ -33,6 +32,10 @@ pub enum ConnectError {
     Handshake { addr: String, reason: String },
     #[error("connect to {addr} timed out")]
     Timeout { addr: String },
+    /// The TLS handshake failed (the peer's certificate is not from the ensemble's CA or
+    /// does not name its address, or the peer refused ours, or it does not speak TLS).
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,6 +57,7 @@ pub struct TcpTransport {
 struct Inner {
     id: MemberId,
     config: TcpConfig,
+    tls: Option<PeerTls>,
     peers: Mutex<HashMap<MemberId, Arc<Peer>>>,
 }
 
@@ -126,8 +130,8 @@ impl Drop for Conn {
 
 /// Writes queued frames, several per flush when they queue up. Ends when the queue closes or a
 /// write fails; either way it closes `pending`.
-pub(super) async fn write_frames(
-    w: OwnedWriteHalf,
+pub(super) async fn write_frames<W: AsyncWrite + Unpin>(
+    w: W,
     mut rx: mpsc::Receiver<Bytes>,
     on_close: impl FnOnce(String),
 ) {
@@ -149,8 +153,8 @@ pub(super) async fn write_frames(
     });
 }
 
-async fn read_responses(
-    mut r: OwnedReadHalf,
+async fn read_responses<R: AsyncRead + Unpin>(
+    mut r: R,
     mut reader: FrameReader,
     frame_bytes_max: usize,
     pending: Arc<Pending>,
@@ -181,11 +185,22 @@ async fn read_responses(
 impl TcpTransport {
     /// The transport of member `id`.
     pub fn new(id: MemberId, config: TcpConfig) -> Result<Self, ConfigError> {
+        Self::with_tls(id, config, None)
+    }
+
+    /// The transport of member `id`, over mutual TLS when `tls` is given (every member's
+    /// listener must then require it too).
+    pub fn with_tls(
+        id: MemberId,
+        config: TcpConfig,
+        tls: Option<PeerTls>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 id,
                 config,
+                tls,
                 peers: Mutex::new(HashMap::new()),
             }),
         })
@@ -227,21 +242,37 @@ impl TcpTransport {
         target: MemberId,
         addr: &str,
         channel: Channel,
-    ) -> Result<(TcpStream, FrameReader), ConnectError> {
+    ) -> Result<(PeerStream, FrameReader), ConnectError> {
         let handshake_err = |reason: String| ConnectError::Handshake {
             addr: addr.to_string(),
             reason,
         };
-        let mut stream = TcpStream::connect(addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| ConnectError::Connect {
                 addr: addr.to_string(),
                 reason: e.to_string(),
             })?;
         // Heartbeats are small frames whose latency is the point.
-        stream
-            .set_nodelay(true)
+        tcp.set_nodelay(true)
             .map_err(|e| handshake_err(e.to_string()))?;
+        let mut stream: PeerStream = match &self.inner.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let tls_err = |reason: String| ConnectError::Tls {
+                    addr: addr.to_string(),
+                    reason,
+                };
+                let name = coordd_tls::server_name(coordd_tls::host_of(addr))
+                    .map_err(|e| tls_err(e.to_string()))?;
+                Box::new(
+                    tls.connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| tls_err(e.to_string()))?,
+                )
+            }
+        };
         let hello = Hello::new(
             &self.inner.config.cluster_name,
             self.inner.id,
@@ -254,13 +285,31 @@ impl TcpTransport {
             .write_all(&frame)
             .await
             .map_err(|e| handshake_err(e.to_string()))?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| handshake_err(e.to_string()))?;
         let mut reader = FrameReader::new();
         let reply = match reader
             .next(&mut stream, wire::HANDSHAKE_FRAME_BYTES_MAX)
             .await
         {
             Ok(Some(b)) => b,
+            // With TLS, a listener that refuses our certificate closes right after the
+            // handshake (TLS 1.3 finishes on the client first): it shows up here.
+            Ok(None) if self.inner.tls.is_some() => {
+                return Err(ConnectError::Tls {
+                    addr: addr.to_string(),
+                    reason: "closed before replying (our certificate refused?)".into(),
+                })
+            }
             Ok(None) => return Err(handshake_err("closed before replying".into())),
+            Err(e) if self.inner.tls.is_some() => {
+                return Err(ConnectError::Tls {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })
+            }
             Err(e) => return Err(handshake_err(e.to_string())),
         };
         wire::check_reply(&reply, target).map_err(|error| ConnectError::Rejected {
@@ -386,7 +435,7 @@ impl TcpTransport {
         match &err {
             // Someone is listening but is not the peer we want: say so loudly, every time
             // (the backoff bounds how often).
-            ConnectError::Rejected { .. } => {
+            ConnectError::Rejected { .. } | ConnectError::Tls { .. } => {
                 tracing::warn!(id = self.inner.id, target_member = target, error = %err, "peer handshake refused")
             }
             _ if st.failures == 1 => {
@@ -399,8 +448,8 @@ impl TcpTransport {
         Err(TransportError::Unreachable(err.to_string()))
     }
 
-    fn spawn_conn(&self, target: MemberId, stream: TcpStream, reader: FrameReader) -> Arc<Conn> {
-        let (r, w) = stream.into_split();
+    fn spawn_conn(&self, target: MemberId, stream: PeerStream, reader: FrameReader) -> Arc<Conn> {
+        let (r, w) = tokio::io::split(stream);
         let pending = Arc::new(Pending(Mutex::new(Some(HashMap::new()))));
         let (tx, rx) = mpsc::channel(self.inner.config.send_queue_frames_max);
         let p = pending.clone();
@@ -488,7 +537,7 @@ impl TcpTransport {
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                if matches!(e, ConnectError::Rejected { .. }) {
+                if matches!(e, ConnectError::Rejected { .. } | ConnectError::Tls { .. }) {
                     tracing::warn!(id = self.inner.id, target_member = target, error = %e, "peer handshake refused");
                 }
                 return Err(TransportError::Unreachable(e.to_string()));
@@ -500,7 +549,7 @@ impl TcpTransport {
                 )))
             }
         };
-        let (mut r, w) = stream.into_split();
+        let (mut r, w) = tokio::io::split(stream);
         let max = cfg.frame_bytes_max;
         let io = |e: WireError| TransportError::Io(e.to_string());
         let id = 1;

@@ -15,6 +15,14 @@
 //!   sides.
 //!
 //! Bytes from the network never panic anything: a bad frame closes its connection only.
+//!
+//! With [`PeerTls`] (given to [`TcpTransport::with_tls`] and [`PeerServer::start_with_tls`])
+//! every connection is mutual TLS before the handshake frame: the listener requires a client
+//! certificate signed by the ensemble's CA, the caller presents its member certificate and
+//! checks the listener's against the CA and the host of the peer's address. Invariant: with
+//! TLS on, no byte of the peer protocol is read from or written to a connection whose
+//! certificate did not verify; a failed TLS handshake is counted (`tls_handshakes_failed`)
+//! and logged on both sides.
 
 mod client;
 mod server;
@@ -23,8 +31,17 @@ pub mod wire;
 use std::time::Duration;
 
 pub use client::{ConnectError, TcpTransport};
+pub use coordd_tls::PeerTls;
 pub use server::{PeerServer, PeerServerStats, ServeError};
 pub use wire::{Channel, HandshakeError, FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION};
+
+/// A peer connection's byte stream: plain TCP or TLS over it, the same code past this type.
+pub(crate) trait PeerIo:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PeerIo for T {}
+pub(crate) type PeerStream = Box<dyn PeerIo>;
 
 use crate::ConfigError;
 #[cfg(doc)]

@@ -13,7 +13,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::client::write_frames;
 use super::wire::{self, Channel, FrameReader, Hello, HelloReply, Message, WireError};
-use super::TcpConfig;
+use super::{PeerStream, PeerTls, TcpConfig};
 use crate::network::{PeerRequest, PeerResponse, RequestBody, ResponseBody};
 use crate::types::{SnapshotMeta, Vote};
 use crate::{ConfigError, Member, MemberId, ShutdownError};
@@ -46,6 +46,9 @@ pub struct PeerServerStats {
     pub requests_served: u64,
     /// Snapshots received whole and handed to the member.
     pub snapshots_received: u64,
+    /// TLS handshakes that failed or timed out (with TLS on): a caller without a
+    /// certificate of the ensemble's CA, or not speaking TLS.
+    pub tls_handshakes_failed: u64,
 }
 
 #[derive(Default)]
@@ -58,6 +61,7 @@ struct Counters {
     undecodable: AtomicU64,
     served: AtomicU64,
     snapshots: AtomicU64,
+    tls_failed: AtomicU64,
 }
 
 /// Resolves once the server stops (the signal is set, or its sender is gone). Returns no
@@ -73,6 +77,7 @@ fn bump(c: &AtomicU64) {
 struct Shared {
     member: Member,
     config: TcpConfig,
+    tls: Option<PeerTls>,
     counters: Counters,
 }
 
@@ -110,11 +115,24 @@ impl PeerServer {
         member: Member,
         config: TcpConfig,
     ) -> Result<Self, ServeError> {
+        Self::start_with_tls(listener, member, config, None)
+    }
+
+    /// [`start`](Self::start), requiring mutual TLS on every connection when `tls` is given:
+    /// a caller without a certificate signed by the ensemble's CA never gets to the peer
+    /// protocol.
+    pub fn start_with_tls(
+        listener: TcpListener,
+        member: Member,
+        config: TcpConfig,
+        tls: Option<PeerTls>,
+    ) -> Result<Self, ServeError> {
         config.validate()?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             member,
             config,
+            tls,
             counters: Counters::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -144,6 +162,7 @@ impl PeerServer {
             frames_undecodable: g(&c.undecodable),
             requests_served: g(&c.served),
             snapshots_received: g(&c.snapshots),
+            tls_handshakes_failed: g(&c.tls_failed),
         }
     }
 
@@ -253,14 +272,31 @@ fn closing(shared: &Shared, peer: SocketAddr, from: Option<MemberId>, e: &WireEr
 
 async fn serve_conn(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
     let _open = OpenGuard(&shared.counters);
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let me = shared.member.id();
+    let mut stream: PeerStream = match &shared.tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let accepted = tokio::select! {
+                _ = stopped(&mut stop) => return,
+                a = coordd_tls::accept(&tls.acceptor, tcp, shared.config.handshake_timeout_ms) => a,
+            };
+            match accepted {
+                Ok(s) => Box::new(s),
+                Err(error) => {
+                    bump(&shared.counters.tls_failed);
+                    tracing::warn!(id = me, %peer, %error, "peer connection refused: TLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
     let mut reader = FrameReader::new();
     let first = tokio::select! {
         _ = stopped(&mut stop) => return,
@@ -289,9 +325,11 @@ async fn serve_conn(
             if let Ok(f) =
                 wire::encode_frame(&HelloReply::Refused(error), wire::HANDSHAKE_FRAME_BYTES_MAX)
             {
-                let _ =
-                    tokio::time::timeout(shared.config.handshake_timeout(), stream.write_all(&f))
-                        .await;
+                let _ = tokio::time::timeout(shared.config.handshake_timeout(), async {
+                    stream.write_all(&f).await?;
+                    stream.flush().await
+                })
+                .await;
             }
             return;
         }
@@ -302,7 +340,11 @@ async fn serve_conn(
     };
     let sent = match wire::encode_frame(&accepted, wire::HANDSHAKE_FRAME_BYTES_MAX) {
         Ok(f) => {
-            tokio::time::timeout(shared.config.handshake_timeout(), stream.write_all(&f)).await
+            tokio::time::timeout(shared.config.handshake_timeout(), async {
+                stream.write_all(&f).await?;
+                stream.flush().await
+            })
+            .await
         }
         Err(_) => return,
     };
@@ -320,13 +362,13 @@ async fn serve_conn(
 /// reading while `requests_in_flight_max` are being handled.
 async fn serve_rpc(
     shared: &Arc<Shared>,
-    stream: TcpStream,
+    stream: PeerStream,
     mut reader: FrameReader,
     peer: SocketAddr,
     from: MemberId,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (mut r, w) = stream.into_split();
+    let (mut r, w) = tokio::io::split(stream);
     let (out, out_rx) = mpsc::channel::<Bytes>(shared.config.send_queue_frames_max);
     let mut writer = tokio::spawn(write_frames(w, out_rx, |_| {}));
     let in_flight = Arc::new(Semaphore::new(shared.config.requests_in_flight_max));
@@ -410,7 +452,7 @@ struct Incoming {
 /// that breaks midway discards what it received.
 async fn serve_snapshot(
     shared: &Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     mut reader: FrameReader,
     peer: SocketAddr,
     from: MemberId,
@@ -467,10 +509,10 @@ async fn serve_snapshot(
                         },
                         max,
                     ) {
-                        let _ = tokio::time::timeout(
-                            shared.config.handshake_timeout(),
-                            stream.write_all(&f),
-                        )
+                        let _ = tokio::time::timeout(shared.config.handshake_timeout(), async {
+                            stream.write_all(&f).await?;
+                            stream.flush().await
+                        })
                         .await;
                     }
                     return;
@@ -522,7 +564,11 @@ async fn serve_snapshot(
                 bump(&shared.counters.served);
                 match wire::encode_frame(&Message::Response { id, response }, max) {
                     Ok(f) => {
-                        if stream.write_all(&f).await.is_err() {
+                        let sent = async {
+                            stream.write_all(&f).await?;
+                            stream.flush().await
+                        };
+                        if sent.await.is_err() {
                             return;
                         }
                     }
