@@ -561,22 +561,17 @@ async fn router_reads_the_topology_over_tls() {
     }
 }
 
-/// Runs coordd with `args` (a fresh data dir) expecting it to exit by itself within
-/// `WAIT`; returns (exit code, stderr).
-fn run_coordd_expecting_exit(args: &[String]) -> (Option<i32>, String) {
+/// Runs `cmd` expecting it to exit by itself within `WAIT`; returns (exit code,
+/// stdout, stderr).
+fn run_to_exit(mut cmd: Command) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let err_path = dir.path().join("stderr");
-    let mut child = Command::new(coordd_bin())
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--client-addr")
-        .arg(free_addr_on(1).to_string())
-        .args(args)
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
-        .expect("spawn coordd");
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let deadline = Instant::now() + WAIT;
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -585,11 +580,26 @@ fn run_coordd_expecting_exit(args: &[String]) -> (Option<i32>, String) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("coordd {args:?} did not exit");
+            panic!("{cmd:?} did not exit within {WAIT:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    (status.code(), std::fs::read_to_string(err_path).unwrap())
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    (status.code(), read(&out_path), read(&err_path))
+}
+
+/// Runs coordd with `args` (a fresh data dir) expecting it to exit by itself within
+/// `WAIT`; returns (exit code, stderr).
+fn run_coordd_expecting_exit(args: &[String]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(coordd_bin());
+    cmd.arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--client-addr")
+        .arg(free_addr_on(1).to_string())
+        .args(args);
+    let (code, _, err) = run_to_exit(cmd);
+    (code, err)
 }
 
 /// Half a TLS configuration is refused with exit code 2 and a message naming what is
@@ -692,4 +702,86 @@ fn tls_gen_test_ca_writes_a_usable_ca() {
     let files = coordd_tls::test_ca::TestCaFiles::in_dir(&out);
     coordd_tls::server_config(&files.node_cert, &files.node_key, Some(&files.ca)).unwrap();
     coordd_tls::client_config(&files.ca, Some((&files.client_cert, &files.client_key))).unwrap();
+}
+
+/// Runs `switchyard` with `args`, expecting it to exit by itself within `WAIT`.
+fn run_switchyard(args: &[String]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(support::agent::switchyard_bin());
+    cmd.args(args);
+    run_to_exit(cmd)
+}
+
+/// The operator commands beside the agent, `switchyard status` and `switchyard
+/// switchover`, reach coordd's TLS port with the agent's `coord_tls_*` settings as
+/// flags: status shows the master a TLS client published; half a TLS setting is a usage
+/// error (exit 2) for both commands, before anything connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchyard_status_and_switchover_connect_over_tls() {
+    use switchyard_proxy::namespace::{Namespace, ROOT_DEFAULT};
+    use switchyard_proxy::records::{self, LeaderRecord, LeaderState};
+
+    let ca = TestCa::new("tls test CA");
+    let (_coordd, secure) = standalone_tls(&ca, true, &[]);
+    let (client, _events) = Client::connect(tls_client(secure, &ca)).await.unwrap();
+    let ns = Namespace::new(ROOT_DEFAULT, "tls-cli").unwrap();
+    client.ensure_path(ns.cluster()).await.unwrap();
+    let leader = LeaderRecord {
+        node: "pg1".into(),
+        host: "127.0.0.1".into(),
+        port: 5432,
+        state: LeaderState::Primary,
+        since_ms: 0,
+    };
+    client
+        .create(
+            &ns.leader(),
+            &records::encode(&leader),
+            &Acl::open_unsafe(),
+            CreateMode::Persistent,
+        )
+        .await
+        .unwrap();
+
+    let f = &ca.files;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let tls_flags = vec![
+        "--coord-tls-ca-file".to_string(),
+        path(&f.ca),
+        "--coord-tls-cert-file".into(),
+        path(&f.client_cert),
+        "--coord-tls-key-file".into(),
+        path(&f.client_key),
+    ];
+    let mut status: Vec<String> = ["status", "--cluster", "tls-cli", "--json", "--coord"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    status.push(secure.to_string());
+    let (code, out, err) = run_switchyard(&[status.clone(), tls_flags.clone()].concat());
+    assert_eq!(code, Some(0), "status over TLS failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status --json prints JSON");
+    assert_eq!(v["master"]["node"], "pg1", "status: {out}");
+
+    // Half a TLS setting: refused as a usage error by both commands.
+    for cmd in [
+        status.clone(),
+        [
+            "switchover",
+            "--cluster",
+            "tls-cli",
+            "--to",
+            "pg2",
+            "--coord",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([secure.to_string()])
+        .collect(),
+    ] {
+        let half = vec!["--coord-tls-cert-file".to_string(), path(&f.client_cert)];
+        let (code, _, err) = run_switchyard(&[cmd.clone(), half].concat());
+        assert_eq!(code, Some(2), "{cmd:?} with half a TLS setting: {err}");
+        assert!(err.contains("coord_tls_ca_file"), "{cmd:?}: {err}");
+    }
+    client.close().await.unwrap();
 }

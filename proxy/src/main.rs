@@ -3,14 +3,15 @@
 //! ```text
 //! switchyard agent --cluster main --node pg1 --coord zk1:2181,zk2:2181 \
 //!     --pg-data /var/lib/postgresql/data --pg-port 5432 --host 10.0.0.1 [--config agent.toml]
-//! switchyard status --cluster main --coord zk1:2181 [--json]
+//! switchyard status --cluster main --coord zk1:2181 [--json] [--coord-tls-ca-file ca.pem]
 //! switchyard switchover --cluster main --coord zk1:2181 [--from pg1] --to pg2
 //! ```
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard_proxy::agent::{self, config::parse_coord, AgentFlags, Settings};
+use switchyard_proxy::agent::config::{coord_tls, parse_coord, CoordTlsArgs};
+use switchyard_proxy::agent::{self, AgentFlags, Settings};
 use switchyard_proxy::namespace::{Namespace, ROOT_DEFAULT};
 
 #[derive(Parser)]
@@ -38,6 +39,8 @@ enum Cmd {
         root: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: CoordTlsArgs,
     },
     /// Hand the master role over to a replica (planned, nothing lost) and wait for it.
     Switchover {
@@ -61,25 +64,34 @@ enum Cmd {
         /// the command line, so that they do not show in `ps`.
         #[arg(long, env = "SWITCHYARD_COORD_AUTH", hide_env_values = true)]
         coord_auth: Option<String>,
+        #[command(flatten)]
+        tls: CoordTlsArgs,
     },
 }
 
-/// The namespace and server list of a command, or a usage error printed for `cmd`.
+/// What a command connects to: its namespace, coordd's servers and TLS settings.
+struct Target {
+    ns: Namespace,
+    coord: Vec<String>,
+    tls: Option<coordd_client::TlsConfig>,
+}
+
+/// The target of a command, or a usage error printed for `cmd`.
 fn target(
     cmd: &str,
     root: &str,
     cluster: &str,
     coord: &str,
-) -> Result<(Namespace, Vec<String>), ExitCode> {
-    let ns = Namespace::new(root, cluster).map_err(|e| {
+    tls: &CoordTlsArgs,
+) -> Result<Target, ExitCode> {
+    let usage = |e: String| {
         eprintln!("switchyard {cmd}: {e}");
         ExitCode::from(2)
-    })?;
-    let coord = parse_coord(coord).map_err(|e| {
-        eprintln!("switchyard {cmd}: {e}");
-        ExitCode::from(2)
-    })?;
-    Ok((ns, coord))
+    };
+    let ns = Namespace::new(root, cluster).map_err(|e| usage(e.to_string()))?;
+    let coord = parse_coord(coord).map_err(|e| usage(e.to_string()))?;
+    let tls = coord_tls(tls).map_err(usage)?;
+    Ok(Target { ns, coord, tls })
 }
 
 fn main() -> ExitCode {
@@ -125,12 +137,13 @@ fn main() -> ExitCode {
             coord,
             root,
             json,
+            tls,
         } => {
-            let (ns, coord) = match target("status", &root, &cluster, &coord) {
+            let t = match target("status", &root, &cluster, &coord, &tls) {
                 Ok(t) => t,
                 Err(code) => return code,
             };
-            match rt.block_on(agent::status::read_status(coord, &ns)) {
+            match rt.block_on(agent::status::read_status(t.coord, t.tls, &t.ns)) {
                 Ok(st) => {
                     if json {
                         println!("{}", st.to_json());
@@ -153,6 +166,7 @@ fn main() -> ExitCode {
             to,
             timeout_ms,
             coord_auth,
+            tls,
         } => {
             if let Some(Err(e)) = coord_auth
                 .as_deref()
@@ -161,15 +175,16 @@ fn main() -> ExitCode {
                 eprintln!("switchyard switchover: {e}");
                 return ExitCode::from(2);
             }
-            let (ns, coord) = match target("switchover", &root, &cluster, &coord) {
+            let t = match target("switchover", &root, &cluster, &coord, &tls) {
                 Ok(t) => t,
                 Err(code) => return code,
             };
             let wait = std::time::Duration::from_millis(timeout_ms);
             match rt.block_on(agent::switchover::switchover(
-                coord,
+                t.coord,
+                t.tls,
                 coord_auth.as_deref(),
-                &ns,
+                &t.ns,
                 from.as_deref(),
                 &to,
                 wait,

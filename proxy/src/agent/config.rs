@@ -70,26 +70,56 @@ pub struct AgentFile {
 /// The TLS settings of agent.toml, checked (the files are read now, so a bad one stops
 /// the agent at start, not at its first connect).
 pub fn resolve_coord_tls(file: &AgentFile) -> Result<Option<coordd_client::TlsConfig>, String> {
-    let Some(ca) = &file.coord_tls_ca_file else {
-        if file.coord_tls_cert_file.is_some()
-            || file.coord_tls_key_file.is_some()
-            || file.coord_tls_server_name.is_some()
+    coord_tls(&CoordTlsArgs {
+        coord_tls_ca_file: file.coord_tls_ca_file.clone(),
+        coord_tls_cert_file: file.coord_tls_cert_file.clone(),
+        coord_tls_key_file: file.coord_tls_key_file.clone(),
+        coord_tls_server_name: file.coord_tls_server_name.clone(),
+    })
+}
+
+/// TLS to coordd for the `status` and `switchover` commands: the same settings as
+/// agent.toml's `coord_tls_*`, as flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CoordTlsArgs {
+    /// CA certificate (PEM) that signed coordd's TLS port certificate; turns TLS on
+    /// (--coord then lists coordd's TLS ports).
+    #[arg(long)]
+    pub coord_tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for a coordd that asks for one.
+    #[arg(long)]
+    pub coord_tls_cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long)]
+    pub coord_tls_key_file: Option<PathBuf>,
+    /// The name coordd's certificate must carry (default: the host of each address).
+    #[arg(long)]
+    pub coord_tls_server_name: Option<String>,
+}
+
+/// Checked TLS settings (the files are read now, so a bad one is reported before any
+/// connection); None: plain TCP.
+pub fn coord_tls(args: &CoordTlsArgs) -> Result<Option<coordd_client::TlsConfig>, String> {
+    let Some(ca) = &args.coord_tls_ca_file else {
+        if args.coord_tls_cert_file.is_some()
+            || args.coord_tls_key_file.is_some()
+            || args.coord_tls_server_name.is_some()
         {
             return Err(
                 "coord_tls_cert_file, coord_tls_key_file and coord_tls_server_name \
-                        need coord_tls_ca_file"
+                 (flags --coord-tls-*) need coord_tls_ca_file (--coord-tls-ca-file)"
                     .into(),
             );
         }
         return Ok(None);
     };
     let mut tls = coordd_client::TlsConfig::new(ca.clone());
-    match (&file.coord_tls_cert_file, &file.coord_tls_key_file) {
+    match (&args.coord_tls_cert_file, &args.coord_tls_key_file) {
         (None, None) => {}
         (Some(c), Some(k)) => tls = tls.with_client_cert(c.clone(), k.clone()),
         _ => return Err("coord_tls_cert_file and coord_tls_key_file go together".into()),
     }
-    if let Some(n) = &file.coord_tls_server_name {
+    if let Some(n) = &args.coord_tls_server_name {
         tls = tls.with_server_name(n.clone());
     }
     tls.check().map_err(|e| e.to_string())?;

@@ -38,9 +38,18 @@ pub struct ClusterStatus {
     pub unreadable: Vec<(String, String)>,
 }
 
-pub async fn read_status(coord: Vec<String>, ns: &Namespace) -> Result<ClusterStatus, StatusError> {
-    let (client, _events) =
-        Client::connect(ClientConfig::new(coord).with_session_timeout_ms(6_000)).await?;
+/// Reads the cluster's records through a session of its own (`tls`: to coordd's TLS
+/// ports; None: plain TCP).
+pub async fn read_status(
+    coord: Vec<String>,
+    tls: Option<coordd_client::TlsConfig>,
+    ns: &Namespace,
+) -> Result<ClusterStatus, StatusError> {
+    let mut cfg = ClientConfig::new(coord).with_session_timeout_ms(6_000);
+    if let Some(tls) = tls {
+        cfg = cfg.with_tls(tls);
+    }
+    let (client, _events) = Client::connect(cfg).await?;
     let res = read_with(&client, ns).await;
     let _ = client.close().await;
     res

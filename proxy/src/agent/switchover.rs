@@ -58,8 +58,10 @@ pub struct SwitchoverDone {
 ///
 /// `coord_auth`: the cluster's shared digest credentials (agent.toml's `coord_auth`),
 /// needed when the agents set them (the `switchover` record is writable with them only).
+/// `tls`: to coordd's TLS ports (None: plain TCP).
 pub async fn switchover(
     coord: Vec<String>,
+    tls: Option<coordd_client::TlsConfig>,
     coord_auth: Option<&str>,
     ns: &Namespace,
     from: Option<&str>,
@@ -67,6 +69,9 @@ pub async fn switchover(
     wait: Duration,
 ) -> Result<SwitchoverDone, SwitchoverError> {
     let mut cfg = ClientConfig::new(coord).with_session_timeout_ms(6_000);
+    if let Some(tls) = tls {
+        cfg = cfg.with_tls(tls);
+    }
     if let Some(auth) = coord_auth {
         cfg = cfg.with_auth("digest", auth.as_bytes());
     }
