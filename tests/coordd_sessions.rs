@@ -322,7 +322,7 @@ fn sigterm_shuts_down_cleanly(topo: Topology) {
     let mut t = topo.start_own(TICK);
     for status in t.terminate_all() {
         let status = status.expect("was running");
-        assert!(status.success(), "exit status {status}");
+        assert!(status.success(), "exit status {status}{}", t.logs());
     }
 }
 

@@ -185,6 +185,13 @@ async fn run_member(config: Config) -> Result<(), String> {
         );
         async move {
             replicated::member_stopped(&member).await;
+            // The server's core stops first on a shutdown, and the applier, left without
+            // a core to hand committed entries to, stops the Raft member with an error.
+            // That is the shutdown, not a fatal error: the token was cancelled before the
+            // core stopped.
+            if token.is_cancelled() {
+                return;
+            }
             tracing::error!("the Raft member stopped on a fatal error (see above); stopping");
             failed.store(true, Ordering::SeqCst);
             token.cancel();
