@@ -23,6 +23,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
 log() { printf '==> [%s +%ss] %s\n' "$(date +%T)" "$SECONDS" "$*"; }
+# Copies stdin to stdout, each test binary's "Running" line stamped with the time, so that
+# a slow CI run shows which binary the time went to.
+stamp_running() {
+    local line
+    while IFS= read -r line; do
+        if [[ "$line" == *"     Running "* || "$line" == *"   Doc-tests "* ]]; then
+            printf '[%(%T)T +%ss] %s\n' -1 "$SECONDS" "$line"
+        else
+            printf '%s\n' "$line"
+        fi
+    done
+}
 
 # ---------------------------------------------------------------------------
 # 1. System packages
@@ -153,16 +165,18 @@ if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
 fi
 (
     rc=0
-    cargo test --workspace --no-fail-fast "${pg_tests[@]}" >"$stream_dir/pg.log" 2>&1 || rc=$?
+    cargo test --workspace --no-fail-fast "${pg_tests[@]}" 2>&1 | stamp_running >"$stream_dir/pg.log" || rc=$?
     echo $rc >"$stream_dir/pg.rc"
 ) &
 pg_pid=$!
 (
     rc=0
     {
-        cargo test --workspace --no-fail-fast --lib --bins --examples "${other_tests[@]}" || rc=1
-        cargo test --workspace --doc || rc=1
-    } >"$stream_dir/other.log" 2>&1
+        brc=0
+        cargo test --workspace --no-fail-fast --lib --bins --examples "${other_tests[@]}" || brc=1
+        cargo test --workspace --doc || brc=1
+        exit $brc
+    } 2>&1 | stamp_running >"$stream_dir/other.log" || rc=1
     echo $rc >"$stream_dir/other.rc"
 ) &
 other_pid=$!
