@@ -469,6 +469,9 @@ fn persistent() -> zk::CreateOptions<'static> {
 async fn connect(addr: &str) -> Result<zk::Client, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
+        // zookeeper-client builds its rustls configs from the process default, which is
+        // ambiguous with ring (ours) and aws-lc-rs (its) both linked.
+        coordd_tls::install_process_default_provider();
         match zk::Client::connector()
             .session_timeout(Duration::from_secs(30))
             .connect(addr)

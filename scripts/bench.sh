@@ -64,13 +64,12 @@ fi
 # Summary, from the files the benches wrote
 # ---------------------------------------------------------------------------
 ratios=$BENCH_RESULTS_DIR/routing_e2e/ratios.tsv
+ratios_paired=$BENCH_RESULTS_DIR/routing_e2e/ratios_paired.tsv
 failover=$BENCH_RESULTS_DIR/failover/summary.tsv
 echo
 echo "## Summary (bash scripts/bench.sh, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
-if [[ ($only == all || $only == routing) && -s $ratios ]]; then
-    echo
-    echo "Routing latency, ratio to the direct connection (median over rounds of each round's ratio):"
-    echo
+# routing_table <ratios.tsv>: the router's and the proxies' ratios to direct per cell.
+routing_table() {
     awk -F'\t' '
         NR == 1 { next }
         {
@@ -89,7 +88,19 @@ if [[ ($only == all || $only == routing) && -s $ratios ]]; then
                     r(p50[c, "haproxy"]), r(p99[c, "haproxy"]),
                     r(p50[c, "pgbouncer"]), r(p99[c, "pgbouncer"]), r(p50[c, "direct-again"])
             }
-        }' "$ratios"
+        }' "$1"
+}
+if [[ ($only == all || $only == routing) && -s $ratios ]]; then
+    echo
+    echo "Routing latency, ratio to the direct connection (median over rounds of each round's ratio), phases:"
+    echo
+    routing_table "$ratios"
+    if [[ -s $ratios_paired ]]; then
+        echo
+        echo "The same, paired op by op (every client alternating between the paths; the targets are judged here):"
+        echo
+        routing_table "$ratios_paired"
+    fi
 fi
 if [[ ($only == all || $only == failover) && -s $failover ]]; then
     echo

@@ -8,7 +8,8 @@
 #
 # How tests find things:
 #   - coordd: env COORDD_BIN, else $CARGO_TARGET_DIR (or ./target)/release/coordd, else
-#     .../debug/coordd. This script builds the release binary and exports COORDD_BIN.
+#     .../debug/coordd. The agent: env SWITCHYARD_BIN, else built by the first test that
+#     needs it. This script builds both in release and exports both.
 #   - Apache ZooKeeper: Debian's `zookeeper` package (3.8), /usr/share/zookeeper and
 #     /usr/share/java/zookeeper.jar; tests that need it skip with a printed reason when
 #     it is absent. This script installs it, so here they run.
@@ -120,11 +121,16 @@ cargo fmt --all -- --check
 # ---------------------------------------------------------------------------
 # 3. The coordd binary the end-to-end tests and benches start
 # ---------------------------------------------------------------------------
+# The servers the end-to-end tests start, built once here: coordd, and the `switchyard`
+# binary (the agent). Left to the tests, the agent's build ran inside the first test file
+# that needed it (with the workspace's test features it recompiled ~90 s of crates) and
+# waited behind clippy's lock on the target directory in the next one (~2 min).
 target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
-log "cargo build --release -p coordd"
-cargo build --release -p coordd
+log "cargo build --release -p coordd -p switchyard-proxy --bins"
+cargo build --release -p coordd -p switchyard-proxy --bins
 export COORDD_BIN="$target_dir/release/coordd"
-log "COORDD_BIN=$COORDD_BIN"
+export SWITCHYARD_BIN="$target_dir/release/switchyard"
+log "COORDD_BIN=$COORDD_BIN SWITCHYARD_BIN=$SWITCHYARD_BIN"
 
 # ---------------------------------------------------------------------------
 # 4. Tests

@@ -229,9 +229,11 @@ fn outstanding_requests_max_stops_reading_and_loses_nothing() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (max, samples) = sampler.join().unwrap();
     println!("outstanding requests: max {max} over {samples} mntr samples");
+    // mntr's gauge counts every connection's requests and the limit is per connection:
+    // the other client's one request may be in the core at a sample too.
     assert!(
-        max <= LIMIT,
-        "{max} requests outstanding, over the limit of {LIMIT}"
+        max <= LIMIT + 1,
+        "{max} requests outstanding, over the limit of {LIMIT} (+1 of the other client)"
     );
     let (f, _) = c.call(&exists("/o", false));
     let stat = StatResponse::from_bytes(&f.body).unwrap().stat;
@@ -557,7 +559,7 @@ async fn clients_see_quota_exceeded_and_keep_their_session() {
     let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     let zkc = tokio::time::timeout(
         WAIT,
-        zk::Client::connector()
+        support::zk_connector()
             .session_timeout(Duration::from_millis(2000))
             .connect(&server.connect_string()),
     )

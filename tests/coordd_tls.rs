@@ -209,7 +209,7 @@ async fn zookeeper_client_crate_over_tls() {
         .unwrap();
     let client = timeout(
         WAIT,
-        zk::Client::connector()
+        support::zk_connector()
             .session_timeout(Duration::from_millis(2_000))
             .tls(tls)
             .secure_connect(&secure.to_string()),

@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn connect(addr: SocketAddr) -> zk::Client {
     timeout(
         WAIT,
-        zk::Client::connector()
+        support::zk_connector()
             .session_timeout(Duration::from_millis(2000))
             .connect(&addr.to_string()),
     )

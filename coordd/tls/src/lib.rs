@@ -13,8 +13,8 @@
 //! - `test_ca` (feature `test-ca`): a throw-away CA and certificates for tests and the
 //!   demo, written as PEM files.
 //!
-//! Invariants: every config is built with the aws-lc-rs provider explicitly (never
-//! rustls's process-wide default); no input
+//! Invariants: every config is built with the ring provider explicitly (never rustls's
+//! process-wide default); no input
 //! (a missing, empty, or malformed file) panics: each is a [`TlsError`] naming the file.
 
 use std::net::IpAddr;
@@ -66,7 +66,16 @@ fn file_err(what: &'static str, path: &Path, reason: impl ToString) -> TlsError 
 
 /// The crypto provider of every config built here.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs [`provider`] as rustls's process-wide default unless one is installed: for
+/// libraries that build their configs from that default (zookeeper-client), in a
+/// process whose dependency graph holds a second provider, where the default is
+/// otherwise ambiguous and rustls panics. Idempotent.
+pub fn install_process_default_provider() {
+    // An error only says a default is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Reads the certificate chain in a PEM file (leaf first); at least one certificate.
