@@ -12,9 +12,34 @@ use coordd::config::{Config, FileConfig, Flags};
 use coordd::server::{EnsembleMember, Server};
 use coordd_client::{Acl, Client, ClientConfig, CreateMode, EventType, SessionState};
 use coordd_raft::{MemLogStore, MemNetwork, Member, Role};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// Logs of the three members (each core's lines carry `member{id=N}`), the clients and
+/// the test, shown by the test harness for a failing test only. `RUST_LOG` overrides
+/// the default (openraft's own logs are off by default: they are many and rarely tell).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Waits (at most `WAIT`) until the client is connected again or its session is over
+/// (expired or closed: terminal, so waiting on would only time out), and says which.
+async fn connected_or_over(state: &mut watch::Receiver<SessionState>) -> SessionState {
+    *tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| *s == SessionState::Connected || s.is_terminal()),
+    )
+    .await
+    .expect("connected or over in time")
+    .expect("the client's state is kept while the client lives")
+}
 
 struct Ensemble {
     _net: MemNetwork,
@@ -265,9 +290,11 @@ async fn watches_fire_across_members_and_followers_sessions_stay_alive() {
 /// they move to the majority; once healed it serves them again and their session lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cut_off_from_the_quorum_closes_its_clients() {
+    init_logging();
     let e = Ensemble::start().await;
     let leader = e.leader().await;
     let follower = (leader + 1) % 3;
+    // 6000 ms asked, 2000 granted (at most 20 ticks of 100 ms).
     let c = client(&e.addr(follower), 6000).await;
     let acl = Acl::open_unsafe();
     c.create("/before", b"", &acl, CreateMode::Persistent)
@@ -277,6 +304,11 @@ async fn a_member_cut_off_from_the_quorum_closes_its_clients() {
 
     let mut state = c.state_watch();
     let cut_at = Instant::now();
+    tracing::info!(
+        member = follower + 1,
+        leader = leader + 1,
+        "test: isolating"
+    );
     e._net.isolate(follower as u64 + 1);
     tokio::time::timeout(WAIT, state.wait_for(|s| *s != SessionState::Connected))
         .await
@@ -285,11 +317,13 @@ async fn a_member_cut_off_from_the_quorum_closes_its_clients() {
     let closed_after = cut_at.elapsed();
     println!("client closed {closed_after:?} after the member was cut off");
 
+    tracing::info!("test: healing");
     e._net.heal();
-    tokio::time::timeout(WAIT, state.wait_for(|s| *s == SessionState::Connected))
-        .await
-        .expect("reconnected after the heal")
-        .unwrap();
+    assert_eq!(
+        connected_or_over(&mut state).await,
+        SessionState::Connected,
+        "reconnected after the heal"
+    );
     assert_eq!(
         c.session_id(),
         session,
