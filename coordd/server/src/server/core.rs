@@ -281,10 +281,10 @@ pub struct RaftLog {
     /// Sessions with life on this member since the last touch sent to the leader.
     touched: HashSet<SessionId>,
     was_leader: bool,
-    /// A batch is with the proposer. One at a time keeps this member's writes in
-    /// order through forwarding; what arrives meanwhile becomes the next, larger batch
-    /// (group commit).
-    proposing: bool,
+    /// A batch is with the proposer (Some: cancelling the token gives it up). One at a
+    /// time keeps this member's writes in order through forwarding; what arrives
+    /// meanwhile becomes the next, larger batch (group commit).
+    proposing: Option<CancellationToken>,
     state_config: StateConfig,
     /// How long this member may go without a quorum (leader: acknowledgements from a
     /// majority; follower: contact with the leader) before it closes its clients so
@@ -347,7 +347,7 @@ impl RaftLog {
             next_seq: 1,
             touched: HashSet::new(),
             was_leader: false,
-            proposing: false,
+            proposing: None,
             state_config,
             quorum_lost_close_ms,
             quorum_lost_since: None,
@@ -656,7 +656,7 @@ impl Core {
             }
             CoreMsg::Proposed { failed } => {
                 if let Log::Raft(r) = &mut self.log {
-                    r.proposing = false;
+                    r.proposing = None;
                     // What queued meanwhile goes out as the next batch.
                     self.log_pending |= !r.pending.is_empty() || !r.pending_syncs.is_empty();
                 }
@@ -1575,7 +1575,7 @@ impl Core {
     /// most `BATCH_TXNS_MAX` txns), unless it still has one; the rest waits for it.
     fn propose_pending(&mut self) {
         let Log::Raft(r) = &mut self.log else { return };
-        if r.proposing || (r.pending.is_empty() && r.pending_syncs.is_empty()) {
+        if r.proposing.is_some() || (r.pending.is_empty() && r.pending_syncs.is_empty()) {
             return;
         }
         let time_ms = now_wall_ms().max(self.last_time_ms);
@@ -1598,14 +1598,16 @@ impl Core {
             syncs,
         }
         .encode();
+        let abandon = CancellationToken::new();
         if r.proposals
             .try_send(Proposal {
                 batch,
                 seqs: seqs.clone(),
+                abandon: abandon.clone(),
             })
             .is_ok()
         {
-            r.proposing = true;
+            r.proposing = Some(abandon);
         } else {
             self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(txns = seqs.len(), "proposer gone or full; refusing writes");
@@ -1897,6 +1899,15 @@ impl Core {
     /// Ensemble mode, every [`QUORUM_POLL_MS`]: serve clients while the Raft member
     /// has a quorum in sight, close them all once it lost it for `quorum_lost_close_ms`,
     /// and settle the parked handshakes.
+    ///
+    /// While it serves no one, the batch with the proposer (if any) is given up: its
+    /// clients were closed, so nobody waits for its answer, and its forward to the leader
+    /// may never be answered (the reply lost in the partition) until
+    /// `FORWARD_TIMEOUT_MS`. Waiting that out would hold back every later batch of this
+    /// member past the heal, among them the barriers that let returning clients resume
+    /// their sessions, and the leader would expire sessions shorter than that meanwhile.
+    /// A batch given up is in doubt, as one that timed out: the leader's batcher
+    /// still takes this member's batches one at a time, in order.
     fn on_quorum_poll(&mut self) {
         let Log::Raft(r) = &mut self.log else { return };
         let Some(member) = r.member.get().cloned() else {
@@ -1918,6 +1929,14 @@ impl Core {
                 );
                 r.serving = false;
                 self.close_all();
+            }
+        }
+        if let Log::Raft(r) = &self.log {
+            if let (false, Some(abandon)) = (r.serving, &r.proposing) {
+                if !abandon.is_cancelled() {
+                    tracing::info!("serving no one: giving up the batch with the proposer");
+                    abandon.cancel();
+                }
             }
         }
         self.retry_behind_clients(true);

@@ -200,7 +200,10 @@ impl Server {
             Log::Raft(Box::new(log)),
             metrics.clone(),
         );
-        let core = tokio::spawn(core.run(core_rx, durable_rx, shutdown.clone()));
+        let core = tokio::spawn(tracing::Instrument::instrument(
+            core.run(core_rx, durable_rx, shutdown.clone()),
+            tracing::info_span!("member", id = ensemble.id),
+        ));
         let applier = replicated::CoreApplier {
             core: core_tx.clone(),
         };
@@ -241,12 +244,15 @@ impl Server {
             member.clone(),
             removed.clone(),
         ));
-        tokio::spawn(replicated::run_proposer(
-            member.clone(),
-            batcher,
-            proposals_rx,
-            core_tx.clone(),
-            shutdown.clone(),
+        tokio::spawn(tracing::Instrument::instrument(
+            replicated::run_proposer(
+                member.clone(),
+                batcher,
+                proposals_rx,
+                core_tx.clone(),
+                shutdown.clone(),
+            ),
+            tracing::info_span!("member", id = ensemble.id),
         ));
         let ctx = Arc::new(conn::ConnCtx {
             config: config.clone(),

@@ -419,6 +419,9 @@ impl Applier for CoreApplier {
 pub struct Proposal {
     pub batch: Bytes,
     pub seqs: Vec<u64>,
+    /// Cancelled by the core to give the batch up (it serves no one any more): the
+    /// proposer stops waiting for it and reports it failed, its fate in doubt.
+    pub abandon: CancellationToken,
 }
 
 /// Gets this member's batches into the log, one at a time and in order: proposed here
@@ -436,7 +439,11 @@ pub async fn run_proposer(
             _ = shutdown.cancelled() => return,
             p = proposals.recv() => match p { Some(p) => p, None => return },
         };
-        let failed = match propose_one(&member, &batcher, p.batch).await {
+        let result = tokio::select! {
+            r = propose_one(&member, &batcher, p.batch) => r,
+            _ = p.abandon.cancelled() => Err("given up: this member serves no one (cut off from the quorum)".into()),
+        };
+        let failed = match result {
             Ok(()) => Vec::new(),
             Err(why) => {
                 tracing::info!(%why, txns = p.seqs.len(), "a batch of writes did not reach the log; its clients are disconnected");
