@@ -618,7 +618,9 @@ async fn run_paired(
             }
             Err(e) => {
                 all[0].errors += 1;
-                all[0].first_error.get_or_insert(format!("client task: {e}"));
+                all[0]
+                    .first_error
+                    .get_or_insert(format!("client task: {e}"));
             }
         }
     }
@@ -1014,7 +1016,10 @@ fn run() -> Result<(), String> {
         ));
         // One bar for all phases, one per path (its last phase's latency).
         let phases_per_cell = conns.len() + usize::from(paired);
-        let all = progress.bar((rounds * cells.len() * phases_per_cell) as u64, "all phases");
+        let all = progress.bar(
+            (rounds * cells.len() * phases_per_cell) as u64,
+            "all phases",
+        );
         let path_bars: Vec<_> = conns
             .iter()
             .map(|(p, _)| progress.bar((rounds * cells.len()) as u64, p.name()))
@@ -1031,7 +1036,10 @@ fn run() -> Result<(), String> {
             .iter()
             .map(|_| conns.iter().map(|_| Vec::new()).collect())
             .collect();
-        let mut paired_results = results.iter().map(|_| results[0].iter().map(|_| Vec::new()).collect()).collect::<Vec<Vec<Vec<Measured>>>>();
+        let mut paired_results = results
+            .iter()
+            .map(|_| results[0].iter().map(|_| Vec::new()).collect())
+            .collect::<Vec<Vec<Vec<Measured>>>>();
         // As long as one round's phases of the cell, so each path gets as many ops.
         let paired_phase = phase * conns.len() as u32;
         for round in 0..rounds {
