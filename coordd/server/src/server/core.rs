@@ -631,8 +631,15 @@ impl Core {
                 conn_id,
                 session_id,
             } => {
-                self.conns.remove(&conn_id);
-                if let Some(id) = session_id {
+                // A connection whose client left while its handshake waited here may
+                // have been given a session the connection task never learned of: the
+                // session attached to it is in its stats.
+                let attached = self
+                    .conns
+                    .remove(&conn_id)
+                    .map(|c| c.stats.session_id.load(Ordering::Relaxed) as SessionId)
+                    .filter(|id| *id != 0);
+                for id in session_id.into_iter().chain(attached) {
                     if let Some(s) = self.sessions.get_mut(&id) {
                         if s.conn_id == Some(conn_id) {
                             s.conn_id = None;
