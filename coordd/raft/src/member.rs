@@ -718,6 +718,19 @@ impl Member {
         role_of(&self.inner.raft.metrics().borrow())
     }
 
+    /// The term this member leads in, None unless it is the leader (role and term from
+    /// one reading of the metrics). A member that loses office and wins it back leads in
+    /// a later term, so a change of this value is a new leadership even when nobody saw
+    /// the member not leading in between.
+    pub fn leading_term(&self) -> Option<u64> {
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return None;
+        }
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow();
+        (role_of(&m) == Role::Leader).then_some(m.current_term)
+    }
+
     /// The leader this member knows of (itself when it leads).
     pub fn leader(&self) -> Option<MemberId> {
         self.inner.raft.metrics().borrow().current_leader

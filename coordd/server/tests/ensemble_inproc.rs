@@ -566,3 +566,152 @@ async fn a_member_catching_up_does_not_renew_sessions_of_vanished_clients() {
     watcher.close().await.unwrap();
     e.stop().await;
 }
+
+/// Writes one frame (what `fill` encodes) to `s`.
+async fn write_raw_frame(s: &mut tokio::net::TcpStream, fill: impl FnOnce(&mut bytes::BytesMut)) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = bytes::BytesMut::new();
+    coordd_proto::frame::write_frame(&mut out, fill);
+    s.write_all(&out).await.unwrap();
+}
+
+/// Reads one length-prefixed frame; None when the server closed the connection.
+async fn read_raw_frame(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).await.ok()?;
+    Some(body)
+}
+
+/// Sends a connect request (a new session with `session_id` 0, else a resume) on `s`.
+async fn send_connect(s: &mut tokio::net::TcpStream, session_id: i64, passwd: &[u8]) {
+    use coordd_proto::{ConnectRequest, Record};
+    write_raw_frame(s, |o| {
+        ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: 0,
+            timeout_ms: 1000,
+            session_id,
+            passwd: passwd.to_vec(),
+            read_only: false,
+        }
+        .encode(o)
+    })
+    .await;
+}
+
+/// A handshake is not a sign of life once its client has gone. A client that asks a
+/// member without a quorum to resume its session is held there (at most 600 ms); if the
+/// client vanishes meanwhile and the member regains its quorum, the member must not
+/// take the session back for a connection that is gone: that would pass a touch on to
+/// the leader and give a session whose client is gone a whole timeout again (the nemesis
+/// test saw a vanished client's ephemeral outlive the expiry bound when a healed member
+/// finished such a handshake after its client had vanished).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_held_for_a_quorum_does_not_renew_a_vanished_clients_session() {
+    use coordd_proto::{
+        perms, Acl as RawAcl, ConnectResponse, CreateRequest, OpCode, Reader, Record, ReplyHeader,
+        Request,
+    };
+    const TIMEOUT_MS: u64 = 1000;
+    // Member 3 does not campaign while it is cut off (its election timeout is seconds),
+    // so the heal deposes nobody: a new leadership would rightly give every session a
+    // whole timeout again and hide what this test looks at.
+    let e = Ensemble::start_with_raft(
+        |_| {},
+        |id| {
+            let mut c = coordd_raft::Config::default();
+            if id == 3 {
+                c.election_timeout_min_ms = 5_000;
+                c.election_timeout_max_ms = 6_000;
+            }
+            c
+        },
+    )
+    .await;
+    let leader = e.leader().await;
+    assert_ne!(leader, 2, "member 3 cannot win the first election");
+    let watcher = client(&e.addr(leader), 2_000).await;
+
+    // Member 3 is cut off and stops serving: it closes its clients.
+    let canary = client(&e.addr(2), 2_000).await;
+    let mut canary_state = canary.state_watch();
+    e._net.isolate(3);
+    tokio::time::timeout(
+        WAIT,
+        canary_state.wait_for(|s| *s != SessionState::Connected),
+    )
+    .await
+    .expect("the cut-off member closed its client")
+    .unwrap();
+
+    // A session on the leader with an ephemeral.
+    let mut owner = tokio::net::TcpStream::connect(e.addr(leader))
+        .await
+        .unwrap();
+    send_connect(&mut owner, 0, &[0; 16]).await;
+    let resp = ConnectResponse::from_bytes(&read_raw_frame(&mut owner).await.unwrap()).unwrap();
+    assert!(resp.timeout_ms > 0, "session refused");
+    assert_eq!(resp.timeout_ms as u64, TIMEOUT_MS);
+    let create = Request::Create {
+        op: OpCode::Create,
+        req: CreateRequest {
+            path: "/v".into(),
+            data: Vec::new(),
+            acl: vec![RawAcl {
+                perms: perms::ALL,
+                scheme: "world".into(),
+                id: "anyone".into(),
+            }],
+            flags: 1, // ephemeral
+        },
+        ttl: 0,
+    };
+    write_raw_frame(&mut owner, |o| create.encode_with_header(1, o)).await;
+    let reply = read_raw_frame(&mut owner).await.expect("create reply");
+    let header = ReplyHeader::decode(&mut Reader::new(&reply)).unwrap();
+    assert_eq!((header.xid, header.err), (1, 0), "create refused");
+
+    // The client moves to member 3 (which has no quorum: the handshake is held there),
+    // then vanishes: both its connections close and it never comes back.
+    let mut held = tokio::net::TcpStream::connect(e.addr(2)).await.unwrap();
+    send_connect(&mut held, resp.session_id, &resp.passwd).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    drop(owner);
+    drop(held);
+    let vanished = Instant::now();
+
+    // Member 3 gets its quorum back while the handshake is still held (600 ms).
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    e._net.rejoin(3);
+
+    // The leader expires the session TIMEOUT_MS after the client's last packet (the
+    // create), checked every tick/10 (10 ms), and the close commits. Renewed by the held
+    // handshake, it would live until TIMEOUT_MS after the member got its quorum back,
+    // at least 350 ms later.
+    let bound = Duration::from_millis(TIMEOUT_MS + 200);
+    while watcher.exists("/v", false).await.unwrap().is_some() {
+        assert!(
+            vanished.elapsed() < bound,
+            "the vanished client's ephemeral outlived its session timeout ({TIMEOUT_MS} ms) \
+             by more than 200 ms: the member that held its handshake renewed the session"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "ephemeral gone {:?} after its client vanished",
+        vanished.elapsed()
+    );
+    assert_eq!(
+        e.leader().await,
+        leader,
+        "the leader stayed (a new one would restart every session's timeout)"
+    );
+    // The canary's session (2 s, the longest 100 ms ticks allow) may have expired while
+    // its only member was cut off: nothing to close.
+    drop(canary);
+    watcher.close().await.unwrap();
+    e.stop().await;
+}

@@ -8,7 +8,9 @@
 //!   past that the reader stops reading (TCP backpressure) instead of queueing more,
 //!   and logs it once per connection;
 //! - the requests of one connection in the core hold at most `outstanding_bytes_max`
-//!   bytes of frames, or are a single request (the same backpressure, its own log line).
+//!   bytes of frames, or are a single request (the same backpressure, its own log line);
+//! - while the core holds the handshake the connection is read, so a client that leaves
+//!   is reported to the core at once and its handshake never renews its session later.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -151,31 +153,73 @@ pub async fn serve_split<R, W>(
         let _ = writer.await;
         return;
     }
+    // The core may hold the handshake a while (no quorum on this member, a member
+    // behind the client, a resumed session's barrier): meanwhile the socket is read, so
+    // that a client that leaves is reported at once. Answered later, a handshake of a
+    // client long gone would count as its sign of life and renew its session at the
+    // leader (the nemesis test saw a vanished client's ephemeral outlive its session
+    // timeout so). Bytes sent right behind the connect request (Java clients send
+    // setWatches and auth before the answer) stay in `buf` for the read loop.
+    let mut est_rx = est_rx;
+    let mut client_gone = false;
     let session_id = tokio::select! {
-        r = est_rx => r.ok().flatten(),
+        biased;
+        r = &mut est_rx => r.ok().flatten(),
         _ = kill.cancelled() => None,
+        () = until_closed(&mut rd, &mut buf, ctx.config.frame_bytes_max) => {
+            client_gone = true;
+            // From now on the core cannot hand this connection a session; one it did
+            // just before is named in `Disconnected`, so the core lets go of it.
+            est_rx.close();
+            est_rx.try_recv().ok().flatten()
+        }
     };
-    if let Some(session_id) = session_id {
-        read_loop(&mut rd, &mut buf, &handle, session_id, &ctx).await;
-        let _ = ctx
-            .core
-            .send(CoreMsg::Disconnected {
-                conn_id,
-                session_id: Some(session_id),
-            })
-            .await;
-        // The writer ends when the core closes us or the peer is gone.
-        kill.cancel();
-    } else {
-        let _ = ctx
-            .core
-            .send(CoreMsg::Disconnected {
-                conn_id,
-                session_id: None,
-            })
-            .await;
+    match session_id {
+        Some(session_id) if !client_gone => {
+            read_loop(&mut rd, &mut buf, &handle, session_id, &ctx).await;
+            let _ = ctx
+                .core
+                .send(CoreMsg::Disconnected {
+                    conn_id,
+                    session_id: Some(session_id),
+                })
+                .await;
+            // The writer ends when the core closes us or the peer is gone.
+            kill.cancel();
+        }
+        session_id => {
+            let _ = ctx
+                .core
+                .send(CoreMsg::Disconnected {
+                    conn_id,
+                    session_id,
+                })
+                .await;
+            if client_gone {
+                kill.cancel();
+            }
+        }
     }
     let _ = writer.await;
+}
+
+/// Reads what the client sends while its handshake waits in the core, into `buf` (up to
+/// one frame's worth past what is there; then it stops reading and waits: TCP
+/// backpressure), and returns once the client has closed the connection or it failed.
+async fn until_closed<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    frame_bytes_max: usize,
+) {
+    loop {
+        if buf.len() > frame_bytes_max.saturating_add(4) {
+            std::future::pending::<()>().await;
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(

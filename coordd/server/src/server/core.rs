@@ -28,7 +28,7 @@ use coordd_raft::{EntryData, LogEntry, Member, Role};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::expiry::SessionDeadlines;
+use super::expiry::{leadership_began, SessionDeadlines};
 use super::replicated::{
     decode_entry, AppMsg, Proposal, TxnBatch, BATCH_TXNS_MAX, FORWARD_TIMEOUT_MS,
 };
@@ -280,7 +280,9 @@ pub struct RaftLog {
     next_seq: u64,
     /// Sessions with life on this member since the last touch sent to the leader.
     touched: HashSet<SessionId>,
-    was_leader: bool,
+    /// The Raft term of the leadership whose start this member's core has seen (it gave
+    /// every session a whole timeout then); None while it does not lead.
+    led_term: Option<u64>,
     /// A batch is with the proposer (Some: cancelling the token gives it up). One at a
     /// time keeps this member's writes in order through forwarding; what arrives
     /// meanwhile becomes the next, larger batch (group commit).
@@ -346,7 +348,7 @@ impl RaftLog {
             local: HashMap::new(),
             next_seq: 1,
             touched: HashSet::new(),
-            was_leader: false,
+            led_term: None,
             proposing: None,
             state_config,
             quorum_lost_close_ms,
@@ -631,8 +633,15 @@ impl Core {
                 conn_id,
                 session_id,
             } => {
-                self.conns.remove(&conn_id);
-                if let Some(id) = session_id {
+                // A connection whose client left while its handshake waited here may
+                // have been given a session the connection task never learned of: the
+                // session attached to it is in its stats.
+                let attached = self
+                    .conns
+                    .remove(&conn_id)
+                    .map(|c| c.stats.session_id.load(Ordering::Relaxed) as SessionId)
+                    .filter(|id| *id != 0);
+                for id in session_id.into_iter().chain(attached) {
                     if let Some(s) = self.sessions.get_mut(&id) {
                         if s.conn_id == Some(conn_id) {
                             s.conn_id = None;
@@ -1957,9 +1966,13 @@ impl Core {
         if !r.serving {
             return;
         }
-        let leading = member.role() == Role::Leader;
-        let became_leader = leading && !r.was_leader;
-        r.was_leader = leading;
+        // By term, not by a tick that saw it not leading: ticks stop while the member does
+        // not serve, and a leader cut off or paused may lose office and win it back
+        // without any tick in between, while the touches went to another leader.
+        let leading_term = member.leading_term();
+        let leading = leading_term.is_some();
+        let became_leader = leadership_began(r.led_term, leading_term);
+        r.led_term = leading_term;
         if leading {
             r.touched.clear();
             if became_leader {

@@ -60,9 +60,32 @@ impl SessionDeadlines {
     }
 }
 
+/// Whether a tick that finds the member leading in `now` (None: not leading) starts a new
+/// leadership, after one that found it leading in `led` (its last serving tick's view):
+/// a new term is a new leadership, also when the same member won again without any tick
+/// seeing it out of office (ticks stop while a member does not serve). A new leadership
+/// gives every session a whole timeout: while it was out of office their clients' touches
+/// went to another leader, or nowhere.
+pub fn leadership_began(led: Option<u64>, now: Option<u64>) -> bool {
+    now.is_some() && now != led
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_term_is_a_new_leadership_even_without_a_tick_out_of_office() {
+        // Elected; still leading in the same term.
+        assert!(leadership_began(None, Some(3)));
+        assert!(!leadership_began(Some(3), Some(3)));
+        // Lost office and won it back in a later term, no tick in between (the member
+        // did not serve meanwhile): a new leadership all the same.
+        assert!(leadership_began(Some(3), Some(5)));
+        // Not leading.
+        assert!(!leadership_began(Some(3), None));
+        assert!(!leadership_began(None, None));
+    }
 
     #[test]
     fn touch_postpones_expiry() {
