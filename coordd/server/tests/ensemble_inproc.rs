@@ -492,6 +492,35 @@ async fn forwarder(upstream: String) -> (String, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// An ensemble led by member 1 or 2 whose member 3 never campaigns on its own (election
+/// timeout a minute), and the leader's index. Every member's first start initializes the
+/// cluster and campaigns at once, whatever its election timeout, so member 3 can win that
+/// first election (a loaded CI run saw it): then the ensemble is started again, at most
+/// `ATTEMPTS` times.
+async fn ensemble_led_by_member_1_or_2() -> (Ensemble, usize) {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let e = Ensemble::start_with_raft(
+            |_| {},
+            |id| {
+                let mut c = coordd_raft::Config::default();
+                if id == 3 {
+                    c.election_timeout_min_ms = 60_000;
+                    c.election_timeout_max_ms = 61_000;
+                }
+                c
+            },
+        )
+        .await;
+        let leader = e.leader().await;
+        if leader != 2 {
+            return (e, leader);
+        }
+        e.stop().await;
+    }
+    panic!("member 3 won the first election {ATTEMPTS} times in a row");
+}
+
 /// Only a client's own life on a member renews its session at the leader. A member that
 /// applies another member's session creation late (here: cut off, then catching up)
 /// must not pass that on as a touch, or the leader gives a session whose client is gone
@@ -501,23 +530,10 @@ async fn forwarder(upstream: String) -> (String, tokio::task::JoinHandle<()>) {
 async fn a_member_catching_up_does_not_renew_sessions_of_vanished_clients() {
     const TIMEOUT_MS: u64 = 1000;
     const CUT: Duration = Duration::from_millis(600);
-    // Member 3 does not campaign within the cut (its election timeout is seconds), so the
-    // heal deposes nobody: a new leadership would rightly give every session a whole
-    // timeout again and hide what this test looks at.
-    let e = Ensemble::start_with_raft(
-        |_| {},
-        |id| {
-            let mut c = coordd_raft::Config::default();
-            if id == 3 {
-                c.election_timeout_min_ms = 5_000;
-                c.election_timeout_max_ms = 6_000;
-            }
-            c
-        },
-    )
-    .await;
-    let leader = e.leader().await;
-    assert_ne!(leader, 2, "member 3 cannot win the first election");
+    // Member 3 does not campaign within the cut, so the heal deposes nobody: a new
+    // leadership would rightly give every session a whole timeout again and hide what
+    // this test looks at.
+    let (e, leader) = ensemble_led_by_member_1_or_2().await;
     let watcher = client(&e.addr(leader), 10_000).await;
 
     // Member 3 misses the session's creation.
@@ -616,23 +632,10 @@ async fn a_handshake_held_for_a_quorum_does_not_renew_a_vanished_clients_session
         Request,
     };
     const TIMEOUT_MS: u64 = 1000;
-    // Member 3 does not campaign while it is cut off (its election timeout is seconds),
-    // so the heal deposes nobody: a new leadership would rightly give every session a
-    // whole timeout again and hide what this test looks at.
-    let e = Ensemble::start_with_raft(
-        |_| {},
-        |id| {
-            let mut c = coordd_raft::Config::default();
-            if id == 3 {
-                c.election_timeout_min_ms = 5_000;
-                c.election_timeout_max_ms = 6_000;
-            }
-            c
-        },
-    )
-    .await;
-    let leader = e.leader().await;
-    assert_ne!(leader, 2, "member 3 cannot win the first election");
+    // Member 3 does not campaign while it is cut off, so the heal deposes nobody: a new
+    // leadership would rightly give every session a whole timeout again and hide what
+    // this test looks at.
+    let (e, leader) = ensemble_led_by_member_1_or_2().await;
     let watcher = client(&e.addr(leader), 2_000).await;
 
     // Member 3 is cut off and stops serving: it closes its clients.
