@@ -492,6 +492,30 @@ async fn forwarder(upstream: String) -> (String, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// Waits until `path`, the ephemeral of a client that vanished at `vanished`, is gone as
+/// `watcher` sees it; fails if it is still there `bound` after the vanish (`renewed_by`:
+/// the suspected renewal, for the message).
+async fn wait_ephemeral_gone(
+    watcher: &Client,
+    path: &str,
+    vanished: Instant,
+    bound: Duration,
+    renewed_by: &str,
+) {
+    while watcher.exists(path, false).await.unwrap().is_some() {
+        assert!(
+            vanished.elapsed() < bound,
+            "the vanished client's ephemeral {path} outlived the bound of {bound:?} after \
+             the vanish: {renewed_by}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "ephemeral gone {:?} after its client vanished",
+        vanished.elapsed()
+    );
+}
+
 /// An ensemble led by member 1 or 2 whose member 3 never campaigns on its own (election
 /// timeout a minute), and the leader's index. Every member's first start initializes the
 /// cluster and campaigns at once, whatever its election timeout, so member 3 can win that
@@ -561,19 +585,14 @@ async fn a_member_catching_up_does_not_renew_sessions_of_vanished_clients() {
     // The leader expires the session TIMEOUT_MS after the client's last packet, checked
     // every tick/10 (10 ms), and the close commits: gone well before TIMEOUT_MS after the
     // catch-up, which is at least CUT later.
-    let bound = Duration::from_millis(TIMEOUT_MS + 300);
-    while watcher.exists("/v", false).await.unwrap().is_some() {
-        assert!(
-            vanished.elapsed() < bound,
-            "the vanished client's ephemeral outlived its session timeout ({TIMEOUT_MS} ms) \
-             by more than 300 ms: a catching-up member renewed the session"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    println!(
-        "ephemeral gone {:?} after its client vanished",
-        vanished.elapsed()
-    );
+    wait_ephemeral_gone(
+        &watcher,
+        "/v",
+        vanished,
+        Duration::from_millis(TIMEOUT_MS + 300),
+        "a catching-up member renewed the session",
+    )
+    .await;
     assert_eq!(
         e.leader().await,
         leader,
@@ -694,19 +713,14 @@ async fn a_handshake_held_for_a_quorum_does_not_renew_a_vanished_clients_session
     // create), checked every tick/10 (10 ms), and the close commits. Renewed by the held
     // handshake, it would live until TIMEOUT_MS after the member got its quorum back,
     // at least 350 ms later.
-    let bound = Duration::from_millis(TIMEOUT_MS + 200);
-    while watcher.exists("/v", false).await.unwrap().is_some() {
-        assert!(
-            vanished.elapsed() < bound,
-            "the vanished client's ephemeral outlived its session timeout ({TIMEOUT_MS} ms) \
-             by more than 200 ms: the member that held its handshake renewed the session"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    println!(
-        "ephemeral gone {:?} after its client vanished",
-        vanished.elapsed()
-    );
+    wait_ephemeral_gone(
+        &watcher,
+        "/v",
+        vanished,
+        Duration::from_millis(TIMEOUT_MS + 200),
+        "the member that held its handshake renewed the session",
+    )
+    .await;
     assert_eq!(
         e.leader().await,
         leader,
