@@ -6,13 +6,17 @@
 //! ensemble over TCP is the next step (tests/ in the root package).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordd::config::{Config, FileConfig, Flags};
 use coordd::server::{EnsembleMember, Server};
 use coordd_client::{Acl, Client, ClientConfig, CreateMode, EventType, SessionState};
-use coordd_raft::{MemLogStore, MemNetwork, Member, Role};
-use tokio::sync::watch;
+use coordd_raft::{
+    MemLogStore, MemNetwork, MemTransport, Member, PeerRequest, PeerResponse, Role, Transport,
+    TransportError,
+};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -41,10 +45,132 @@ async fn connected_or_over(state: &mut watch::Receiver<SessionState>) -> Session
     .expect("the client's state is kept while the client lives")
 }
 
+/// What the test does with a forwarded batch it holds (see [`HoldingTransport`]).
+enum Verdict {
+    /// Send it on to the leader now.
+    Deliver,
+    /// Lost on the way: the forward fails as a call whose reply never came (its outcome
+    /// unknown to the member), and the leader never sees it.
+    Lose,
+}
+
+/// A forwarded batch held on its way to the leader, with whom it was for.
+struct Held {
+    target: u64,
+    request: PeerRequest,
+    verdict: oneshot::Sender<Verdict>,
+}
+
+/// A member's switch for holding its forwarded batches (`AppMsg::Forward`) on their way
+/// to the leader: while armed, each is handed to the test, which decides its fate
+/// ([`Verdict`]) or keeps it to deliver itself later (a message still in flight when its
+/// sender dies). Raft's own messages and session touches always pass.
+#[derive(Clone, Default)]
+struct ForwardHold {
+    tx: Arc<Mutex<Option<mpsc::UnboundedSender<Held>>>>,
+}
+
+impl ForwardHold {
+    /// Holds the forwards from now on; they come out of the returned receiver.
+    fn arm(&self) -> mpsc::UnboundedReceiver<Held> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.tx.lock().unwrap() = Some(tx);
+        rx
+    }
+
+    fn disarm(&self) {
+        *self.tx.lock().unwrap() = None;
+    }
+
+    fn armed(&self) -> Option<mpsc::UnboundedSender<Held>> {
+        self.tx.lock().unwrap().clone()
+    }
+}
+
+/// A member's transport over the in-memory network, with its [`ForwardHold`].
+struct HoldingTransport {
+    net: MemTransport,
+    hold: ForwardHold,
+}
+
+impl Transport for HoldingTransport {
+    async fn call(
+        &self,
+        target: u64,
+        addr: &str,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, TransportError> {
+        let forward = request.app_body().is_some_and(|b| {
+            matches!(
+                coordd::server::replicated::AppMsg::decode(b.clone()),
+                Ok(coordd::server::replicated::AppMsg::Forward(_))
+            )
+        });
+        if let Some(tx) = self.hold.armed().filter(|_| forward) {
+            let (verdict, decided) = oneshot::channel();
+            let _ = tx.send(Held {
+                target,
+                request: request.clone(),
+                verdict,
+            });
+            match tokio::time::timeout(timeout, decided).await {
+                Ok(Ok(Verdict::Deliver)) => {}
+                _ => return Err(TransportError::Timeout),
+            }
+        }
+        self.net.call(target, addr, request, timeout).await
+    }
+}
+
+/// The next forward `rx` holds, at most `WAIT` from now.
+async fn next_held(rx: &mut mpsc::UnboundedReceiver<Held>) -> Held {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("a forward held in time")
+        .expect("the hold is armed")
+}
+
 struct Ensemble {
     _net: MemNetwork,
     servers: Vec<(Server, Member)>,
     _dirs: Vec<tempfile::TempDir>,
+    /// Each member's Raft log (kept across a restart of the member).
+    logs: Vec<MemLogStore>,
+    holds: Vec<ForwardHold>,
+    configs: Vec<(Config, coordd_raft::Config)>,
+    peers: BTreeMap<u64, String>,
+}
+
+/// Starts member `id` on `log` over `net`, its forwards through `hold`, and makes it
+/// reachable.
+async fn start_member(
+    net: &MemNetwork,
+    id: u64,
+    peers: &BTreeMap<u64, String>,
+    config: &Config,
+    raft: coordd_raft::Config,
+    log: &MemLogStore,
+    hold: &ForwardHold,
+) -> (Server, Member) {
+    let (server, member) = Server::start_member(
+        config.clone(),
+        EnsembleMember {
+            id,
+            members: peers.clone(),
+            raft,
+            log: log.clone(),
+            transport: HoldingTransport {
+                net: net.transport(id),
+                hold: hold.clone(),
+            },
+            join: false,
+        },
+    )
+    .await
+    .unwrap();
+    net.register(&member);
+    (server, member)
 }
 
 impl Ensemble {
@@ -65,6 +191,9 @@ impl Ensemble {
         let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("member-{id}"))).collect();
         let mut servers = Vec::new();
         let mut dirs = Vec::new();
+        let mut logs = Vec::new();
+        let mut holds = Vec::new();
+        let mut configs = Vec::new();
         for id in 1..=3u64 {
             let dir = tempfile::tempdir().unwrap();
             let flags = Flags {
@@ -76,28 +205,52 @@ impl Ensemble {
             let mut flags = flags;
             adjust(&mut flags);
             let config = Config::resolve(flags, FileConfig::default()).unwrap();
-            let (server, member) = Server::start_member(
-                config,
-                EnsembleMember {
-                    id,
-                    members: peers.clone(),
-                    raft: raft(id),
-                    log: MemLogStore::new(),
-                    transport: net.transport(id),
-                    join: false,
-                },
-            )
-            .await
-            .unwrap();
-            net.register(&member);
-            servers.push((server, member));
+            let log = MemLogStore::new();
+            let hold = ForwardHold::default();
+            let started = start_member(&net, id, &peers, &config, raft(id), &log, &hold).await;
+            servers.push(started);
             dirs.push(dir);
+            logs.push(log);
+            holds.push(hold);
+            configs.push((config, raft(id)));
         }
         Ensemble {
             _net: net,
             servers,
             _dirs: dirs,
+            logs,
+            holds,
+            configs,
+            peers,
         }
+    }
+
+    /// Stops member `i` (its server and its Raft member: its clients' connections close,
+    /// its proposer and what it was forwarding die with it) and starts it again with the
+    /// same Raft log, as a process restarted on its data directory. Returns the new
+    /// run's [`ForwardHold`].
+    async fn restart(&mut self, i: usize) -> ForwardHold {
+        let id = i as u64 + 1;
+        let (server, member) = self.servers.remove(i);
+        server.shutdown_token().cancel();
+        let _ = server.wait().await;
+        let _ = member.shutdown().await;
+        self._net.unregister(id);
+        let (config, raft) = self.configs[i].clone();
+        let hold = ForwardHold::default();
+        let started = start_member(
+            &self._net,
+            id,
+            &self.peers,
+            &config,
+            raft,
+            &self.logs[i],
+            &hold,
+        )
+        .await;
+        self.servers.insert(i, started);
+        self.holds[i] = hold.clone();
+        hold
     }
 
     fn addr(&self, i: usize) -> String {
@@ -730,5 +883,186 @@ async fn a_handshake_held_for_a_quorum_does_not_renew_a_vanished_clients_session
     // its only member was cut off: nothing to close.
     drop(canary);
     watcher.close().await.unwrap();
+    e.stop().await;
+}
+
+/// A new session on `addr` over a raw connection (no client library: nothing is sent
+/// but what the test writes, and nothing reconnects), asking `timeout_ms`.
+async fn raw_session(
+    addr: &str,
+    timeout_ms: i32,
+) -> (tokio::net::TcpStream, coordd_proto::ConnectResponse) {
+    use coordd_proto::{ConnectRequest, ConnectResponse, Record};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    write_raw_frame(&mut s, |o| {
+        ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: 0,
+            timeout_ms,
+            session_id: 0,
+            passwd: vec![0; 16],
+            read_only: false,
+        }
+        .encode(o)
+    })
+    .await;
+    let frame = tokio::time::timeout(WAIT, read_raw_frame(&mut s))
+        .await
+        .expect("handshake answered in time")
+        .expect("handshake answered, not closed");
+    let resp = ConnectResponse::from_bytes(&frame).unwrap();
+    assert!(resp.timeout_ms > 0, "session refused");
+    (s, resp)
+}
+
+/// Sends a create of the persistent node `path` (open ACL) with `xid` on `s`, without
+/// waiting for its reply.
+async fn send_raw_create(s: &mut tokio::net::TcpStream, xid: i32, path: &str) {
+    use coordd_proto::{perms, Acl as RawAcl, CreateRequest, OpCode, Request};
+    let create = Request::Create {
+        op: OpCode::Create,
+        req: CreateRequest {
+            path: path.into(),
+            data: Vec::new(),
+            acl: vec![RawAcl {
+                perms: perms::ALL,
+                scheme: "world".into(),
+                id: "anyone".into(),
+            }],
+            flags: 0,
+        },
+        ttl: 0,
+    };
+    write_raw_frame(s, |o| create.encode_with_header(xid, o)).await;
+}
+
+/// The server's `zk_outstanding_requests` (requests in its core, not yet answered), as
+/// the four-letter word `mntr` reports it.
+async fn outstanding_requests(addr: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"mntr").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("zk_outstanding_requests\t"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no zk_outstanding_requests in mntr: {out}"))
+}
+
+/// A member's local sequence numbers, which tie the entries it proposes to its waiting
+/// clients, start again at 1 in every run of its process. A batch the previous run
+/// forwarded that commits after a restart (it was on its way, or in the leader's queue,
+/// when the process died) carries the same member id and the same numbers as the new
+/// run's own requests: the new run must not take it for one of them. Before each run
+/// carried an incarnation of its own in its batches, the new run answered its client's
+/// create with the result of the previous run's create (`/old`), before its own write
+/// was even in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_answers_its_clients_only_from_their_own_entries() {
+    // Member 3 never campaigns (election timeout a minute): restarting it deposes nobody.
+    let (mut e, leader) = ensemble_led_by_member_1_or_2().await;
+    const M: usize = 2;
+
+    // The previous run: a session (the run's first sequence number), then a create (its
+    // second), whose forward to the leader is still on its way when the process dies.
+    let (mut old, _) = raw_session(&e.addr(M), 2_000).await;
+    let mut held = e.holds[M].arm();
+    send_raw_create(&mut old, 1, "/old").await;
+    let in_flight = next_held(&mut held).await;
+    let new_hold = e.restart(M).await;
+    drop(old);
+
+    // The new run first replays the log (the previous run's session among it).
+    let applied = e.servers[leader].1.applied_index();
+    eventually("the restarted member caught up", || {
+        let m = &e.servers[M].1;
+        async move { m.quorum_ok() && m.applied_index() >= applied }
+    })
+    .await;
+
+    // The new run: a session, then a create with the same sequence numbers; the create's
+    // batch is held on its way to the leader while the previous run's one arrives there.
+    let c = client(&e.addr(M), 2_000).await;
+    let mut held = new_hold.arm();
+    let acl = Acl::open_unsafe();
+    let create = c.create("/new", b"", &acl, CreateMode::Persistent);
+    tokio::pin!(create);
+    let ours = tokio::select! {
+        h = next_held(&mut held) => h,
+        r = &mut create => panic!("the create was answered before its batch left: {r:?}"),
+    };
+    new_hold.disarm();
+    let leader_member = &e.servers[in_flight.target as usize - 1].1;
+    leader_member
+        .handle_peer_request(in_flight.request)
+        .await
+        .into_app()
+        .expect("the leader committed the previous run's batch");
+    let _ = ours.verdict.send(Verdict::Deliver);
+    let path = tokio::time::timeout(WAIT, &mut create)
+        .await
+        .expect("the create answered in time")
+        .expect("the create succeeded");
+    assert_eq!(
+        path, "/new",
+        "the client's create was answered with another entry's result"
+    );
+    // Both creates are in the tree, each once.
+    assert!(c.exists("/old", false).await.unwrap().is_some());
+    assert!(c.exists("/new", false).await.unwrap().is_some());
+    c.close().await.unwrap();
+    e.stop().await;
+}
+
+/// ZooKeeper's per-session FIFO order: a write must never be applied without an earlier
+/// write of its session. A batch whose forward to the leader is lost (outcome unknown to
+/// the member, and here it never reached the leader) disconnects its clients; a later
+/// write of the same session, waiting in the member for that batch to be done with, must
+/// be dropped with it, not proposed as the member's next batch. Before, it was, and
+/// `/b` was created without `/a`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_queued_behind_a_lost_batch_is_dropped_with_it() {
+    init_logging();
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let m = (leader + 1) % 3;
+    let addr = e.addr(m);
+    let (mut c, _) = raw_session(&addr, 2_000).await;
+
+    // The first create goes to the leader alone in a batch, which is held on its way.
+    let mut held = e.holds[m].arm();
+    send_raw_create(&mut c, 1, "/a").await;
+    let first = next_held(&mut held).await;
+    // The second waits in the member for the proposer (one batch at a time).
+    send_raw_create(&mut c, 2, "/b").await;
+    eventually("both creates in the member's core", || {
+        let addr = addr.clone();
+        async move { outstanding_requests(&addr).await >= 2 }
+    })
+    .await;
+
+    // The first batch's forward is lost: its outcome is unknown to the member.
+    e.holds[m].disarm();
+    let _ = first.verdict.send(Verdict::Lose);
+    let answer = tokio::time::timeout(WAIT, read_raw_frame(&mut c))
+        .await
+        .expect("the member disconnected the client in time");
+    assert!(
+        answer.is_none(),
+        "a write whose batch was lost was answered (or one behind it)"
+    );
+
+    // A new session on the same member: its creation reaches the log through the
+    // member's batches after anything the member still proposed for the lost client.
+    let d = client(&addr, 2_000).await;
+    let a = d.exists("/a", false).await.unwrap().is_some();
+    let b = d.exists("/b", false).await.unwrap().is_some();
+    assert!(!a, "the lost batch reached the leader after all");
+    assert!(
+        !b,
+        "the session's second write was applied without its first (FIFO order broken)"
+    );
+    d.close().await.unwrap();
     e.stop().await;
 }

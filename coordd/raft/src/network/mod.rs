@@ -94,6 +94,16 @@ impl PeerRequest {
         }
     }
 
+    /// The body of an application message ([`PeerRequest::app`]); None for Raft's own
+    /// requests. For transports (and test transports) that treat application messages by
+    /// what they carry.
+    pub fn app_body(&self) -> Option<&Bytes> {
+        match &self.0 {
+            RequestBody::App(b) => Some(b),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> RequestKind {
         match &self.0 {
             RequestBody::AppendEntries(_) => RequestKind::AppendEntries,
