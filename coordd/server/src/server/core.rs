@@ -277,7 +277,11 @@ pub struct RaftLog {
     pending_syncs: Vec<u64>,
     /// This member's txns in the log or on their way, by local sequence number.
     local: HashMap<u64, Origin>,
+    /// Local sequence numbers start at 1 in every run of the process; `incarnation`
+    /// (drawn at start, carried by every batch) tells this run's batches from those of
+    /// earlier runs, which may still commit after a restart with the same numbers.
     next_seq: u64,
+    incarnation: u64,
     /// Sessions with life on this member since the last touch sent to the leader.
     touched: HashSet<SessionId>,
     /// The Raft term of the leadership whose start this member's core has seen (it gave
@@ -319,6 +323,17 @@ struct PendingReconfig {
 }
 
 impl RaftLog {
+    /// The request of this run that `seq` of an applied batch (`batch`: its member and
+    /// incarnation) answers, if the batch is this run's: an earlier run's (or another member's) batch with the same number
+    /// answers nobody here.
+    fn take_own(&mut self, batch: (u64, u64), seq: u64) -> Option<Origin> {
+        if batch == (self.me, self.incarnation) {
+            self.local.remove(&seq)
+        } else {
+            None
+        }
+    }
+
     /// Queues a silent barrier through the log (a `sync`, a linearizable read's, a
     /// session resume's); `origin` is acted on once it is applied here. The caller sets
     /// `log_pending`. Returns the barrier's local sequence number.
@@ -347,6 +362,7 @@ impl RaftLog {
             pending_syncs: Vec::new(),
             local: HashMap::new(),
             next_seq: 1,
+            incarnation: super::replicated::new_incarnation(),
             touched: HashSet::new(),
             led_term: None,
             proposing: None,
@@ -1602,6 +1618,7 @@ impl Core {
         seqs.extend(&syncs);
         let batch = TxnBatch {
             member: r.me,
+            incarnation: r.incarnation,
             time_ms,
             txns,
             syncs,
@@ -1636,6 +1653,7 @@ impl Core {
                 _ => Vec::new(),
             };
             for batch in batches {
+                let from = (batch.member, batch.incarnation);
                 for (seq, txn) in batch.txns {
                     let created = match &txn {
                         Txn::CreateSession {
@@ -1651,8 +1669,8 @@ impl Core {
                         txn,
                     };
                     let origin = match &mut self.log {
-                        Log::Raft(r) if batch.member == r.me => r.local.remove(&seq),
-                        _ => None,
+                        Log::Raft(r) => r.take_own(from, seq),
+                        Log::Local(_) => None,
                     };
                     let applied = self.state.apply(&entry);
                     debug_assert_eq!(applied.zxid, entry.zxid);
@@ -1689,8 +1707,8 @@ impl Core {
                 }
                 for seq in batch.syncs {
                     let origin = match &mut self.log {
-                        Log::Raft(r) if batch.member == r.me => r.local.remove(&seq),
-                        _ => None,
+                        Log::Raft(r) => r.take_own(from, seq),
+                        Log::Local(_) => None,
                     };
                     match origin {
                         Some(Origin::Sync {

@@ -15,7 +15,10 @@
 //!   session's writes reach the log in the order its client sent them;
 //! - a batch whose fate is unknown (timeout, lost leader) is reported to the core,
 //!   which drops the affected clients' connections (ZooKeeper's ConnectionLoss) and
-//!   never answers them from a later apply.
+//!   never answers them from a later apply;
+//! - a member answers its clients only from its own run's batches: a batch carries the
+//!   member id and the incarnation of the run that made it (a random number drawn at
+//!   every start), and sequence numbers start again at 1 in every run.
 
 use std::time::Duration;
 
@@ -27,11 +30,22 @@ use tokio_util::sync::CancellationToken;
 use super::core::CoreMsg;
 use crate::state::{Entry, SessionId, Txn};
 
-/// Version byte of the batch format; bump on any change.
+/// Version byte of the batch format; bump on any change. V1 (no incarnation) is only
+/// read: logs and snapshots written before V2 still hold it, and a member of the
+/// previous version may still forward it during an upgrade.
 const BATCH_FORMAT_V1: u8 = 1;
-/// A Raft entry's payload: one batch (`BATCH_FORMAT_V1`, as it starts) or, with this
-/// first byte, several members' batches that the leader put into one entry.
+/// V2: V1 plus the incarnation of the member's run after the member id. 3, not 2: a
+/// Raft entry's payload starting with 2 is `ENTRY_FORMAT_MULTI`, and a payload may be one
+/// bare batch (as V1 entries were), so a batch version must not be read as that.
+const BATCH_FORMAT_V2: u8 = 3;
+/// A Raft entry's payload: one batch (`BATCH_FORMAT_V1`, as entries were before the
+/// leader's batcher; none are written any more) or, with this first byte, several
+/// members' batches that the leader put into one entry.
 const ENTRY_FORMAT_MULTI: u8 = 2;
+/// The incarnation a V1 batch decodes with: no run of this version has it (see
+/// [`new_incarnation`]), so such a batch is never taken for a request of a live run; its
+/// run ended with the upgrade anyway.
+pub const INCARNATION_NONE: u64 = 0;
 /// Batches the leader puts into one entry at most, and their bytes at most (below
 /// coordd-raft's `payload_max_bytes`).
 pub const ENTRY_BATCHES_MAX: usize = 64;
@@ -55,6 +69,11 @@ pub const LEADER_WAIT_MS: u64 = 2_000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct TxnBatch {
     pub member: u64,
+    /// The run of the member's process that made the batch ([`new_incarnation`]). Sequence
+    /// numbers start again at 1 in every run, and a batch of an earlier run may commit
+    /// after a restart (it was on its way to the leader, or in the leader's queue, when
+    /// the process died): only the run that made it may answer its clients from it.
+    pub incarnation: u64,
     pub time_ms: i64,
     pub txns: Vec<(u64, Txn)>,
     /// Sequence numbers of `sync` requests of this member: barriers that change
@@ -77,14 +96,29 @@ pub enum BatchError {
     AppKind(u8),
 }
 
+/// A fresh incarnation for a run of a member: random, never [`INCARNATION_NONE`]. Random
+/// rather than counted, so nothing has to be stored before the member may serve; two
+/// runs of one member draw the same with probability 2^-64.
+pub fn new_incarnation() -> u64 {
+    loop {
+        let n = rand::random::<u64>();
+        if n != INCARNATION_NONE {
+            return n;
+        }
+    }
+}
+
 impl TxnBatch {
-    /// `[v1: u8][member: u64][time_ms: i64][count: u32]` then per txn `[seq: u64][len:
-    /// u32][entry]`, the entry in the log-entry format with zxid 0 (assigned at apply),
-    /// then `[syncs: u32]` and one `[seq: u64]` per sync.
+    /// `[v2: u8][member: u64][incarnation: u64][time_ms: i64][count: u32]` then per txn
+    /// `[seq: u64][len: u32][entry]`, the entry in the log-entry format with zxid 0
+    /// (assigned at apply), then `[syncs: u32]` and one `[seq: u64]` per sync. (V1 is
+    /// the same without the incarnation.) The member id stays at bytes 1..9 in every
+    /// version: the leader's batcher reads it there.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(32 + self.txns.len() * 96);
-        out.put_u8(BATCH_FORMAT_V1);
+        let mut out = BytesMut::with_capacity(40 + self.txns.len() * 96);
+        out.put_u8(BATCH_FORMAT_V2);
         out.put_u64(self.member);
+        out.put_u64(self.incarnation);
         out.put_i64(self.time_ms);
         out.put_u32(self.txns.len() as u32);
         let mut entry_buf = BytesMut::with_capacity(128);
@@ -112,10 +146,18 @@ impl TxnBatch {
             return Err(BatchError::Truncated);
         }
         let version = buf.get_u8();
-        if version != BATCH_FORMAT_V1 {
+        if version != BATCH_FORMAT_V1 && version != BATCH_FORMAT_V2 {
             return Err(BatchError::Version(version));
         }
         let member = buf.get_u64();
+        let incarnation = if version == BATCH_FORMAT_V2 {
+            if buf.remaining() < 8 + 8 + 4 {
+                return Err(BatchError::Truncated);
+            }
+            buf.get_u64()
+        } else {
+            INCARNATION_NONE
+        };
         let time_ms = buf.get_i64();
         let count = buf.get_u32();
         if count as usize > BATCH_TXNS_MAX {
@@ -151,6 +193,7 @@ impl TxnBatch {
         let syncs = (0..syncs_n).map(|_| buf.get_u64()).collect();
         Ok(TxnBatch {
             member,
+            incarnation,
             time_ms,
             txns,
             syncs,
@@ -173,7 +216,7 @@ pub fn encode_entry<'a>(batches: impl ExactSizeIterator<Item = &'a Bytes>) -> By
 /// The batches of one Raft entry's payload, in order.
 pub fn decode_entry(payload: &[u8]) -> Result<Vec<TxnBatch>, BatchError> {
     match payload.first() {
-        Some(&BATCH_FORMAT_V1) => Ok(vec![TxnBatch::decode(payload)?]),
+        Some(&BATCH_FORMAT_V1) | Some(&BATCH_FORMAT_V2) => Ok(vec![TxnBatch::decode(payload)?]),
         Some(&ENTRY_FORMAT_MULTI) => {
             let mut buf = &payload[1..];
             if buf.remaining() < 4 {
@@ -596,6 +639,7 @@ mod tests {
     fn batch() -> TxnBatch {
         TxnBatch {
             member: 3,
+            incarnation: 0x1234_5678_9abc_def0,
             time_ms: 1_700_000_000_000,
             txns: vec![
                 (
@@ -629,9 +673,55 @@ mod tests {
         let mut extra = bytes.to_vec();
         extra.push(0);
         assert!(TxnBatch::decode(&extra).is_err());
-        let mut v2 = bytes.to_vec();
-        v2[0] = 2;
-        assert_eq!(TxnBatch::decode(&v2), Err(BatchError::Version(2)));
+        // 2 is the multi-batch entry's tag, never a batch version.
+        for version in [0, 2, 4] {
+            let mut other = bytes.to_vec();
+            other[0] = version;
+            assert_eq!(TxnBatch::decode(&other), Err(BatchError::Version(version)));
+        }
+    }
+
+    /// `b` as a V1 batch (the format before incarnations): V2 without bytes 9..17.
+    fn encode_v1(b: &TxnBatch) -> Vec<u8> {
+        let v2 = b.encode();
+        let mut v1 = vec![BATCH_FORMAT_V1];
+        v1.extend_from_slice(&v2[1..9]);
+        v1.extend_from_slice(&v2[17..]);
+        v1
+    }
+
+    /// Entries written before V2 (in a log or snapshot from before an upgrade, or
+    /// forwarded by a member not yet upgraded) still decode, with no incarnation, so no
+    /// run takes them for its own.
+    #[test]
+    fn v1_batches_still_decode_without_an_incarnation() {
+        let b = batch();
+        let v1 = encode_v1(&b);
+        let legacy = TxnBatch {
+            incarnation: INCARNATION_NONE,
+            ..b.clone()
+        };
+        assert_eq!(TxnBatch::decode(&v1).unwrap(), legacy);
+        for cut in 0..v1.len() {
+            assert!(TxnBatch::decode(&v1[..cut]).is_err(), "cut at {cut}");
+        }
+        // A bare V1 batch as a whole entry (before the batcher), and V1 and V2 batches
+        // side by side in one entry (a member not yet upgraded forwarding to one that is).
+        assert_eq!(decode_entry(&v1).unwrap(), vec![legacy.clone()]);
+        let mixed = [Bytes::from(v1), b.encode()];
+        assert_eq!(
+            decode_entry(&encode_entry(mixed.iter())).unwrap(),
+            vec![legacy, b]
+        );
+        assert_eq!(batch_member(&mixed[0]), Some(3));
+        assert_eq!(batch_member(&mixed[1]), Some(3));
+    }
+
+    #[test]
+    fn incarnations_are_never_none() {
+        for _ in 0..1000 {
+            assert_ne!(new_incarnation(), INCARNATION_NONE);
+        }
     }
 
     #[test]
