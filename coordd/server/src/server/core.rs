@@ -682,11 +682,14 @@ impl Core {
             CoreMsg::Proposed { failed } => {
                 if let Log::Raft(r) = &mut self.log {
                     r.proposing = None;
-                    // What queued meanwhile goes out as the next batch.
-                    self.log_pending |= !r.pending.is_empty() || !r.pending_syncs.is_empty();
                 }
                 if !failed.is_empty() {
                     self.propose_failed(failed);
+                }
+                if let Log::Raft(r) = &self.log {
+                    // What queued meanwhile goes out as the next batch, but for what
+                    // `propose_failed` dropped with the failed batch's clients.
+                    self.log_pending |= !r.pending.is_empty() || !r.pending_syncs.is_empty();
                 }
             }
             CoreMsg::Touched { session_ids } => {
@@ -970,6 +973,15 @@ impl Core {
         work: ReadWork,
         received: Instant,
     ) {
+        if !self.conns.contains_key(&conn_id) {
+            // The core closed this connection (a write of its session failed or is in
+            // doubt, the session moved to another connection, this member stopped
+            // serving) while the request was on its way here: its client sees
+            // ConnectionLoss and never this answer, and ZooKeeper drops such requests
+            // too. A write logged now could be applied without an earlier write of its
+            // session whose outcome is unknown (the per-session FIFO order).
+            return;
+        }
         self.metrics
             .outstanding_requests
             .fetch_add(1, Ordering::Relaxed);
@@ -1239,7 +1251,9 @@ impl Core {
     }
 
     /// Lets the requests held behind a reconfig through, in order; those of a
-    /// connection the session has left are dropped (their client saw ConnectionLoss).
+    /// connection the session has left, or that the core closed (a failed write of the
+    /// session: a later one must not reach the log without it), are dropped (their
+    /// client saw ConnectionLoss).
     fn release_held(
         &mut self,
         session_id: SessionId,
@@ -1247,7 +1261,7 @@ impl Core {
     ) {
         for (conn_id, xid, work, received) in held {
             let current = self.sessions.get(&session_id).and_then(|s| s.conn_id);
-            if current == Some(conn_id) {
+            if current == Some(conn_id) && self.conns.contains_key(&conn_id) {
                 self.route_request(conn_id, session_id, xid, work, received);
             } else {
                 self.release_outstanding(Some(conn_id));
@@ -1856,6 +1870,10 @@ impl Core {
     /// Ensemble mode: txns that did not reach the log, or whose fate is unknown. Their
     /// clients are disconnected (ConnectionLoss, as ZooKeeper does when it loses its
     /// leader); should such a txn still be applied later, nobody here is answered.
+    /// The later requests of their sessions are forgotten with them, and those still
+    /// waiting for the proposer (`pending`) never reach the log: proposed as the next
+    /// batch, a write could be applied without an earlier write of its session that
+    /// never reached the leader (the per-session FIFO order); ZooKeeper drops them too.
     fn propose_failed(&mut self, seqs: Vec<u64>) {
         for seq in seqs {
             let origin = match &mut self.log {
@@ -1921,6 +1939,13 @@ impl Core {
                 Some(Origin::Server) | None => {}
             }
         }
+        // Every txn or barrier `submit`/`push_barrier` queued has its origin in `local`
+        // until it is applied or failed: one that lost it above goes.
+        if let Log::Raft(r) = &mut self.log {
+            let local = &r.local;
+            r.pending.retain(|(seq, _)| local.contains_key(seq));
+            r.pending_syncs.retain(|seq| local.contains_key(seq));
+        }
     }
 
     /// Ensemble mode, every [`QUORUM_POLL_MS`]: serve clients while the Raft member
@@ -1955,7 +1980,19 @@ impl Core {
                     "cut off from the quorum: closing every client so it moves to the majority"
                 );
                 r.serving = false;
+                // Every client is closed: what they sent that is not with the proposer
+                // yet goes, as a ZooKeeper follower that lost its leader drops its queued
+                // requests. Proposed later, it could only be in doubt (given up below
+                // while this member serves no one), or applied after the heal for
+                // clients told ConnectionLoss long before.
+                let queued: Vec<u64> = r
+                    .pending
+                    .iter()
+                    .map(|(seq, _)| *seq)
+                    .chain(r.pending_syncs.iter().copied())
+                    .collect();
                 self.close_all();
+                self.propose_failed(queued);
             }
         }
         if let Log::Raft(r) = &self.log {
