@@ -1066,3 +1066,83 @@ async fn a_write_queued_behind_a_lost_batch_is_dropped_with_it() {
     d.close().await.unwrap();
     e.stop().await;
 }
+
+/// The batch a held forward carries.
+fn held_batch(h: &Held) -> coordd::server::replicated::TxnBatch {
+    use coordd::server::replicated::{AppMsg, TxnBatch};
+    match AppMsg::decode(
+        h.request
+            .app_body()
+            .expect("an application message")
+            .clone(),
+    ) {
+        Ok(AppMsg::Forward(b)) => TxnBatch::decode(&b).expect("a batch"),
+        other => panic!("not a forward: {other:?}"),
+    }
+}
+
+/// A member that stops serving (cut off from the quorum) closes every client; the writes
+/// they sent that still wait for its proposer (behind the batch it is forwarding) are
+/// dropped then, as a ZooKeeper follower that lost its leader drops its queued requests,
+/// not proposed later as writes in doubt of clients told ConnectionLoss. Before, the
+/// member proposed them as its next batch once it had given up the one in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_serving_drops_the_writes_waiting_for_its_proposer() {
+    init_logging();
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let m = (leader + 1) % 3;
+    let addr = e.addr(m);
+    let (mut first_client, _) = raw_session(&addr, 2_000).await;
+    let (mut second_client, _) = raw_session(&addr, 2_000).await;
+
+    // One client's write is with the proposer, held on its way to the leader; the other
+    // client's waits behind it in the member.
+    let mut held = e.holds[m].arm();
+    send_raw_create(&mut first_client, 1, "/in-flight").await;
+    let _in_flight = next_held(&mut held).await;
+    send_raw_create(&mut second_client, 1, "/queued").await;
+    eventually("both creates in the member's core", || {
+        let addr = addr.clone();
+        async move { outstanding_requests(&addr).await >= 2 }
+    })
+    .await;
+
+    // Cut off, the member stops serving: both clients are closed, unanswered.
+    e._net.isolate(m as u64 + 1);
+    for c in [&mut first_client, &mut second_client] {
+        let answer = tokio::time::timeout(WAIT, read_raw_frame(c))
+            .await
+            .expect("the cut-off member closed its client in time");
+        assert!(answer.is_none(), "a write was answered by a cut-off member");
+    }
+    e._net.rejoin(m as u64 + 1);
+    eventually("the member has its quorum back", || {
+        let member = &e.servers[m].1;
+        async move { member.quorum_ok() }
+    })
+    .await;
+
+    // Every batch the member forwards from now on, up to a new client's session, is
+    // looked at: none may carry the queued write.
+    let connect = client(&addr, 2_000);
+    tokio::pin!(connect);
+    let d = loop {
+        tokio::select! {
+            h = next_held(&mut held) => {
+                let batch = held_batch(&h);
+                assert!(
+                    !format!("{batch:?}").contains("/queued"),
+                    "the member proposed a write of a client it closed when it stopped \
+                     serving: {batch:?}"
+                );
+                let _ = h.verdict.send(Verdict::Deliver);
+            }
+            d = &mut connect => break d,
+        }
+    };
+    e.holds[m].disarm();
+    assert!(d.exists("/queued", false).await.unwrap().is_none());
+    d.close().await.unwrap();
+    e.stop().await;
+}

@@ -31,8 +31,8 @@ use super::core::CoreMsg;
 use crate::state::{Entry, SessionId, Txn};
 
 /// Version byte of the batch format; bump on any change. V1 (no incarnation) is only
-/// read: logs and snapshots written before V2 still hold it, and a member of the
-/// previous version may still forward it during an upgrade.
+/// read: Raft logs written before V2 hold it, and a member of the previous version may
+/// still forward it while an ensemble is upgraded.
 const BATCH_FORMAT_V1: u8 = 1;
 /// V2: V1 plus the incarnation of the member's run after the member id. 3, not 2: a
 /// Raft entry's payload starting with 2 is `ENTRY_FORMAT_MULTI`, and a payload may be one
