@@ -1008,8 +1008,8 @@ async fn a_restarted_member_answers_its_clients_only_from_their_own_entries() {
         path, "/new",
         "the client's create was answered with another entry's result"
     );
-    // Both creates are in the tree, each once.
-    assert!(c.exists("/old", false).await.unwrap().is_some());
+    // (Not checked: that `/old` exists. Its session, whose client died with the previous
+    // run, may have expired meanwhile on a slow machine, and then its create failed.)
     assert!(c.exists("/new", false).await.unwrap().is_some());
     c.close().await.unwrap();
     e.stop().await;
