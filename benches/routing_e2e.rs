@@ -29,11 +29,17 @@
 //! hits all paths alike. Printed per cell and path: the medians over rounds of p50 and
 //! p99 latency and throughput, and the median over rounds of each path's ratio to the
 //! direct path of the same round. Then the same again *paired*: each client does one op
-//! through each path in turn, so that every path's queries meet the machine at the same
-//! moments; its table has latency only (the paths share the time) and its ratios have
-//! the least noise (a path a round apart can meet another machine). Target, judged on
-//! the paired table: router p50 <= 1.03x direct and below every proxy path. A path
-//! whose binary is missing is skipped with a message.
+//! through each path per cycle, in a random order drawn anew each cycle, so that every
+//! path's queries meet the machine at the same moments and no path always follows the
+//! same other one; its table has latency only (the paths share the time) and its ratios
+//! have the least noise (a path a round apart can meet another machine). Every round
+//! opens new connections on every path (a new router too) and warms them up: at one
+//! client a path's figures rest on one PostgreSQL backend, and which backend a path got
+//! would otherwise stay with it for the whole run (measured: a second set of direct
+//! connections at 1.04x of the first, paired, with connections kept for the run; 1.00x
+//! with connections drawn anew per round). Target, judged on the paired table: router
+//! p50 <= 1.03x direct and below every proxy path. A path whose binary is missing is
+//! skipped with a message.
 //!
 //! Progress bars (stderr, when it is a terminal): all phases, and one bar per path with
 //! its last phase's p50 / p99. Written to `bench-results/routing_e2e/` (see
@@ -50,7 +56,12 @@
 //!   ROUTING_BENCH_CLIENTS   client counts, comma separated (default 1,8)
 //!   ROUTING_BENCH_PATHS     paths, comma separated (default direct,router,haproxy,pgbouncer;
 //!                           `direct-again`, a second direct path, checks the harness:
-//!                           its ratio to direct is the run's noise)
+//!                           its ratio to direct is the run's noise; `router-held`, one
+//!                           connection per client checked out of a router once and
+//!                           kept: the router's connections without the per-query
+//!                           checkout, which tells the two costs apart)
+//!   ROUTING_BENCH_RECONNECT 1 (default): new connections on every path each round; 0:
+//!                           the same connections for the whole run
 //!   ROUTING_BENCH_SCALE     pgbench scale factor (default 8: 8 branches, 800 000 accounts)
 //!   ROUTING_BENCH_FSYNC     `off` (default) or `on`
 //!   ROUTING_BENCH_ROUTER_POOL  the router's pool_max_size, filled before the first
@@ -84,7 +95,9 @@ use std::time::{Duration, Instant};
 use coordd_client::{Acl, Client, ClientConfig, CreateMode};
 use hdrhistogram::Histogram;
 use progress::Progress;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use support::coordd::Coordd;
 use support::postgres::{self, PgOptions, Postgres};
 use switchyard_proxy::namespace::Namespace;
@@ -98,6 +111,8 @@ const CLUSTER: &str = "bench";
 /// A query (or transaction) not done by then counts as an error.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 const WARMUP: Duration = Duration::from_millis(500);
+/// Warm-up of every path's new connections at the start of a round (per workload).
+const ROUND_WARMUP: Duration = Duration::from_millis(30);
 const ACCOUNTS_PER_SCALE: i64 = 100_000;
 const TELLERS_PER_SCALE: i64 = 10;
 /// Router target: p50 at most this times direct's.
@@ -309,6 +324,9 @@ enum PathKind {
     /// is the run's noise floor; opt in with ROUTING_BENCH_PATHS).
     DirectAgain,
     Router,
+    /// One connection per client checked out of a router once and kept (opt in): the
+    /// router's connections without the per-query checkout.
+    RouterHeld,
     HaProxy,
     PgBouncer,
 }
@@ -319,6 +337,7 @@ impl PathKind {
             PathKind::Direct => "direct",
             PathKind::DirectAgain => "direct-again",
             PathKind::Router => "router",
+            PathKind::RouterHeld => "router-held",
             PathKind::HaProxy => "haproxy",
             PathKind::PgBouncer => "pgbouncer",
         }
@@ -329,6 +348,7 @@ impl PathKind {
             PathKind::Direct,
             PathKind::DirectAgain,
             PathKind::Router,
+            PathKind::RouterHeld,
             PathKind::HaProxy,
             PathKind::PgBouncer,
         ]
@@ -360,12 +380,15 @@ impl Workload {
     }
 }
 
-/// Where a client's queries go: its own connection (direct, haproxy, pgbouncer) or
-/// the router (a pooled connection checked out per select / per transaction).
+/// Where a client's queries go: its own connection (direct, haproxy, pgbouncer), the
+/// router (a pooled connection checked out per select / per transaction), or a router
+/// connection held for the round.
 #[derive(Clone)]
 enum Conn {
     Own(Arc<tokio_postgres::Client>),
     Router(Router),
+    /// A router connection checked out once (`router-held`).
+    Held(Arc<switchyard_proxy::router::PooledClient>),
 }
 
 /// A client connection like the router's pools make (same settings, so the paths
@@ -462,6 +485,10 @@ async fn one_op(conn: &Conn, w: Workload, scale: &Scale) -> Result<(), String> {
     match (conn, w) {
         (Conn::Own(c), Workload::Select) => select_one(c, aid).await.map_err(|e| pg_error(&e)),
         (Conn::Own(c), Workload::Tpcb) => tpcb(c, aid, tid, bid, delta)
+            .await
+            .map_err(|e| pg_error(&e)),
+        (Conn::Held(c), Workload::Select) => select_one(c, aid).await.map_err(|e| pg_error(&e)),
+        (Conn::Held(c), Workload::Tpcb) => tpcb(c, aid, tid, bid, delta)
             .await
             .map_err(|e| pg_error(&e)),
         (Conn::Router(r), Workload::Select) => {
@@ -578,14 +605,15 @@ async fn run_phase(conns: &[Conn], w: Workload, scale: &Arc<Scale>, dur: Duratio
 }
 
 /// Runs `w` for `dur` on client slots `0..n` of every path at once, paired op by op:
-/// client `i` does one op through each path in turn (its first path rotated by
-/// `i + rotate`), so that every path's ops meet the machine in the same state at the
-/// same moments and drift (other VMs, frequency, writeback) cannot favour a path. One
-/// `Measured` per path, in `conns`' order: latency only, since the paths share the time.
+/// client `i` does one op through each path per cycle, in an order drawn anew each
+/// cycle (from `seed` and `i`), so that every path's ops meet the machine in the same
+/// state at the same moments and drift (other VMs, frequency, writeback) cannot favour
+/// a path. One `Measured` per path, in `conns`' order: latency only, since the paths
+/// share the time.
 async fn run_paired(
     conns: &[(PathKind, Vec<Conn>)],
     n: usize,
-    rotate: usize,
+    seed: usize,
     w: Workload,
     scale: &Arc<Scale>,
     dur: Duration,
@@ -598,12 +626,21 @@ async fn run_paired(
         let scale = Arc::clone(scale);
         tasks.spawn(async move {
             let mut ms: Vec<Measured> = slot.iter().map(|_| Measured::new()).collect();
-            let mut k = (i + rotate) % slot.len();
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let r = tokio::time::timeout(OP_TIMEOUT, one_op(&slot[k], w, &scale)).await;
-                ms[k].record(r.ok(), t.elapsed());
-                k = (k + 1) % slot.len();
+            // A new random order of the paths for every cycle: in a fixed cycle each
+            // path would always follow the same other path and inherit what that one
+            // leaves in the caches and the scheduler.
+            let mut rng = StdRng::seed_from_u64(((seed as u64) << 16) ^ i as u64);
+            let mut order: Vec<usize> = (0..slot.len()).collect();
+            'cycles: while Instant::now() < deadline {
+                order.shuffle(&mut rng);
+                for &k in &order {
+                    if Instant::now() >= deadline {
+                        break 'cycles;
+                    }
+                    let t = Instant::now();
+                    let r = tokio::time::timeout(OP_TIMEOUT, one_op(&slot[k], w, &scale)).await;
+                    ms[k].record(r.ok(), t.elapsed());
+                }
             }
             ms
         });
@@ -858,6 +895,80 @@ async fn start_router(coord: &str, pool: usize) -> Result<Router, String> {
     Ok(router)
 }
 
+/// Where each path connects.
+struct Endpoints {
+    pg: u16,
+    haproxy: Option<u16>,
+    pgbouncer: Option<u16>,
+    /// coordd's connect string, when the router path runs.
+    coord: Option<String>,
+    router_pool: usize,
+}
+
+/// Fresh client connections for every path: `max_clients` connections of its own per
+/// client path, a new router (its pool filled) for the router path.
+async fn open_paths(
+    paths: &[PathKind],
+    at: &Endpoints,
+    max_clients: usize,
+) -> Result<Vec<(PathKind, Vec<Conn>)>, String> {
+    let mut conns = Vec::new();
+    for &p in paths {
+        let port = match p {
+            PathKind::Direct | PathKind::DirectAgain => Some(at.pg),
+            PathKind::HaProxy => at.haproxy,
+            PathKind::PgBouncer => at.pgbouncer,
+            PathKind::Router | PathKind::RouterHeld => None,
+        };
+        if p == PathKind::RouterHeld {
+            // The router may go: a checked-out connection outlives its closed pool.
+            let coord = at.coord.as_deref().ok_or("no coordd for the router path")?;
+            let router = start_router(coord, max_clients).await?;
+            let mut v = Vec::new();
+            for _ in 0..max_clients {
+                let c = router
+                    .write()
+                    .await
+                    .map_err(|e| format!("router checkout: {e}"))?;
+                v.push(Conn::Held(Arc::new(c)));
+            }
+            conns.push((p, v));
+            continue;
+        }
+        let cs = match port {
+            Some(port) => {
+                let mut v = Vec::new();
+                for _ in 0..max_clients {
+                    v.push(Conn::Own(Arc::new(connect(port).await?)));
+                }
+                v
+            }
+            None => {
+                let coord = at.coord.as_deref().ok_or("no coordd for the router path")?;
+                let router = start_router(coord, at.router_pool).await?;
+                vec![Conn::Router(router); max_clients]
+            }
+        };
+        conns.push((p, cs));
+    }
+    Ok(conns)
+}
+
+/// A short run of every path and workload on all of its connections: a new backend's
+/// first queries fill its catalog caches and would otherwise land in a measured phase.
+async fn warm_up(
+    conns: &[(PathKind, Vec<Conn>)],
+    workloads: &[Workload],
+    scale: &Arc<Scale>,
+    dur: Duration,
+) {
+    for &w in workloads {
+        for (_, cs) in conns {
+            let _ = run_phase(cs, w, scale, dur).await;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------
@@ -876,6 +987,7 @@ fn run() -> Result<(), String> {
     let rounds: usize = env_or("ROUTING_BENCH_ROUNDS", 40).max(1);
     let secs: f64 = env_or("ROUTING_BENCH_SECS", 0.2);
     let paired = env_or("ROUTING_BENCH_PAIRED", 1) != 0;
+    let reconnect = env_or("ROUTING_BENCH_RECONNECT", 1) != 0;
     let phase = Duration::from_secs_f64(secs.max(0.1));
     let clients: Vec<usize> = env_list("ROUTING_BENCH_CLIENTS", "1,8")
         .iter()
@@ -959,7 +1071,8 @@ fn run() -> Result<(), String> {
             }
         }
     }
-    let coordd = paths.contains(&PathKind::Router).then(Coordd::start);
+    let coordd = (paths.contains(&PathKind::Router) || paths.contains(&PathKind::RouterHeld))
+        .then(Coordd::start);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -973,36 +1086,20 @@ fn run() -> Result<(), String> {
         load_tables(&admin, &scale).await?;
         eprintln!("loaded in {:.1} s", t.elapsed().as_secs_f64());
 
-        let mut _records = None;
-        let mut conns: Vec<(PathKind, Vec<Conn>)> = Vec::new();
-        for &p in &paths {
-            let port = match p {
-                PathKind::Direct | PathKind::DirectAgain => Some(pg_port),
-                PathKind::HaProxy => haproxy_port,
-                PathKind::PgBouncer => pgbouncer_port,
-                PathKind::Router => None,
-            };
-            let cs = match port {
-                Some(port) => {
-                    let mut v = Vec::new();
-                    for _ in 0..max_clients {
-                        v.push(Conn::Own(Arc::new(connect(port).await?)));
-                    }
-                    v
-                }
-                None => {
-                    let coord = coordd
-                        .as_ref()
-                        .expect("coordd runs for the router path")
-                        .connect_string();
-                    _records = Some(publish_records(&coord, pg_port).await?);
-                    let pool = env_or("ROUTING_BENCH_ROUTER_POOL", max_clients).max(1);
-                    let router = start_router(&coord, pool).await?;
-                    vec![Conn::Router(router); max_clients]
-                }
-            };
-            conns.push((p, cs));
-        }
+        let coord = coordd.as_ref().map(|c| c.connect_string());
+        // The leader and member records the router reads, owned by this session.
+        let _records = match &coord {
+            Some(coord) => Some(publish_records(coord, pg_port).await?),
+            None => None,
+        };
+        let endpoints = Endpoints {
+            pg: pg_port,
+            haproxy: haproxy_port,
+            pgbouncer: pgbouncer_port,
+            coord,
+            router_pool: env_or("ROUTING_BENCH_ROUTER_POOL", max_clients).max(1),
+        };
+        let mut conns = open_paths(&paths, &endpoints, max_clients).await?;
 
         let cells: Vec<(Workload, usize)> = workloads
             .iter()
@@ -1026,11 +1123,7 @@ fn run() -> Result<(), String> {
             .collect();
         // Warm-up: every path and workload once (caches, pools, plan caches).
         all.set_message("warm-up");
-        for &(w, _) in cells.iter().filter(|(_, c)| *c == max_clients) {
-            for (_, cs) in &conns {
-                let _ = run_phase(cs, w, &scale, WARMUP).await;
-            }
-        }
+        warm_up(&conns, &workloads, &scale, WARMUP).await;
         // results[cell][path][round]
         let mut results: Vec<Vec<Vec<Measured>>> = cells
             .iter()
@@ -1048,6 +1141,16 @@ fn run() -> Result<(), String> {
                 round + 1,
                 loadavg()
             ));
+            if reconnect && round > 0 {
+                // New connections (new backends, new sockets, a new router and pool)
+                // each round: at one client a path's figures rest on one backend, and
+                // which backend process a path got would otherwise stay with it for
+                // the whole run; per round it is drawn anew and the medians even it out.
+                all.set_message(format!("round {}/{rounds}: reconnecting", round + 1));
+                drop(std::mem::take(&mut conns));
+                conns = open_paths(&paths, &endpoints, max_clients).await?;
+                warm_up(&conns, &workloads, &scale, ROUND_WARMUP).await;
+            }
             for (ci, &(w, n)) in cells.iter().enumerate() {
                 for k in 0..conns.len() {
                     let pi = (k + round) % conns.len();

@@ -114,7 +114,8 @@ impl Drop for InFlightGuard {
 /// The master as the snapshot knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
-    pub endpoint: Endpoint,
+    /// Shared, so a checked-out connection names its endpoint without copying it.
+    pub endpoint: Arc<Endpoint>,
     pub state: LeaderState,
     /// The `leader` znode's czxid.
     pub epoch: Epoch,
@@ -124,7 +125,7 @@ pub struct Leader {
 /// A live replica: role replica, state running, not the leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replica {
-    pub endpoint: Endpoint,
+    pub endpoint: Arc<Endpoint>,
     pub replay_lsn: Option<Lsn>,
     /// Replay lag behind the master; see [`Topology::build`] for how it is derived.
     pub lag_bytes: Option<u64>,
@@ -243,11 +244,11 @@ impl Topology {
                     && Some(m.node.as_str()) != leader_node
             })
             .map(|m| Replica {
-                endpoint: Endpoint {
+                endpoint: Arc::new(Endpoint {
                     node: m.node.clone(),
                     host: m.host.clone(),
                     port: m.port,
-                },
+                }),
                 replay_lsn: m.replay_lsn,
                 lag_bytes: match (leader_position, m.replay_lsn) {
                     (Some(master), Some(replay)) => Some(master.bytes_since(replay)),
@@ -261,11 +262,11 @@ impl Topology {
             .collect();
         Topology {
             leader: leader.map(|(l, epoch)| Leader {
-                endpoint: Endpoint {
+                endpoint: Arc::new(Endpoint {
                     node: l.node,
                     host: l.host,
                     port: l.port,
-                },
+                }),
                 state: l.state,
                 epoch,
                 in_flight: InFlight::default(),
@@ -304,12 +305,17 @@ impl Topology {
         self.replicas
             .iter()
             .filter(move |r| within(r.lag_bytes, max_lag_bytes))
-            .map(|r| &r.endpoint)
+            .map(|r| &*r.endpoint)
     }
 
     /// The endpoint of a target this snapshot chose; `None` for a target it cannot
     /// have chosen (targets from another snapshot are not valid here).
     pub fn endpoint(&self, target: Target) -> Option<&Endpoint> {
+        self.endpoint_shared(target).map(|e| &**e)
+    }
+
+    /// [`Topology::endpoint`], as the shared handle (a clone is a reference count).
+    pub fn endpoint_shared(&self, target: Target) -> Option<&Arc<Endpoint>> {
         match target {
             Target::Master => self.leader.as_ref().map(|l| &l.endpoint),
             Target::Replica(i) => self.replicas.get(i).map(|r| &r.endpoint),
@@ -451,7 +457,7 @@ impl Topology {
                 .iter()
                 .map(|l| (&l.endpoint, &l.in_flight))
                 .chain(prev.replicas.iter().map(|r| (&r.endpoint, &r.in_flight)))
-                .find(|(pe, _)| *pe == e)
+                .find(|(pe, _)| ***pe == *e)
                 .map(|(_, c)| c.clone())
         };
         if let Some(l) = &mut self.leader {
@@ -543,9 +549,14 @@ impl SnapshotRef for &Topology {
 
 impl<S: SnapshotRef> Routed<S> {
     pub fn endpoint(&self) -> &Endpoint {
+        self.endpoint_shared()
+    }
+
+    /// [`Routed::endpoint`], as the shared handle.
+    pub fn endpoint_shared(&self) -> &Arc<Endpoint> {
         self.snapshot
             .topology()
-            .endpoint(self.target)
+            .endpoint_shared(self.target)
             .expect("the target was chosen on this snapshot")
     }
 
@@ -750,7 +761,7 @@ mod tests {
         let t = cluster(LeaderState::Primary, 500);
         // Sorted, leader excluded, lag from the leader's position.
         assert_eq!(
-            nodes(t.replicas().iter().map(|r| &r.endpoint)),
+            nodes(t.replicas().iter().map(|r| &*r.endpoint)),
             ["r1", "r2", "r3"]
         );
         let lags: Vec<_> = t.replicas().iter().map(|r| r.lag_bytes).collect();

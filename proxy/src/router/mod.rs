@@ -225,7 +225,7 @@ pub struct CausalToken(pub Lsn);
 /// deadpool's wrapper, which adds a statement cache). Returned to its pool on drop.
 pub struct PooledClient {
     inner: deadpool_postgres::Object,
-    endpoint: Endpoint,
+    endpoint: Arc<Endpoint>,
     /// Counts this connection as in flight on its endpoint (least-outstanding reads).
     _in_flight: InFlightGuard,
     /// The leader epoch, when this is a connection to the master.
@@ -387,7 +387,7 @@ impl std::fmt::Debug for Transaction {
 /// A routed endpoint, owned (the snapshot guard is not held across awaits).
 struct Picked {
     intent: Intent,
-    endpoint: Endpoint,
+    endpoint: Arc<Endpoint>,
     target: Target,
     in_flight: InFlight,
     /// The leader epoch when the target is the master.
@@ -398,7 +398,7 @@ impl Picked {
     fn of(intent: Intent, r: &Routed) -> Self {
         Picked {
             intent,
-            endpoint: r.endpoint().clone(),
+            endpoint: Arc::clone(r.endpoint_shared()),
             target: r.target(),
             in_flight: r.in_flight().clone(),
             master_epoch: match r.target() {
@@ -685,14 +685,19 @@ impl Router {
     /// node), waits for published snapshots up to `write_wait_ms`, then returns the
     /// last [`RouteError`] (retryable). Waiting is on a notification, not a poll.
     pub async fn route(&self, intent: Intent) -> Result<Endpoint, RouteError> {
-        self.pick(intent).await.map(|p| p.endpoint)
+        self.pick(intent).await.map(|p| (*p.endpoint).clone())
     }
 
     /// Routes `intent`, waiting like [`Router::route`]; the endpoint with its in-flight
     /// counter.
     async fn pick(&self, intent: Intent) -> Result<Picked, RouteError> {
         let shared = self.shared();
-        // Subscribe before the first try so no publish in between is missed.
+        // The common case: a route, and nothing to wait for (no subscription made).
+        if let Ok(r) = shared.table.route(intent) {
+            return Ok(Picked::of(intent, &r));
+        }
+        // Subscribe, then route again: a snapshot published between the first try and
+        // the subscription is seen by the second try, and any later one by `changed`.
         let mut published = shared.published.subscribe();
         let mut last = match shared.table.route(intent) {
             Ok(r) => return Ok(Picked::of(intent, &r)),
@@ -723,7 +728,7 @@ impl Router {
                 .pools
                 .get(&shared.cfg, &picked.endpoint, &shared.metrics);
         let in_flight = picked.in_flight.enter();
-        match pool.get().await {
+        match pools::checkout(&pool, &shared.cfg).await {
             Ok(inner) => {
                 endpoint_metrics.routed(picked.intent);
                 Ok(PooledClient {
@@ -734,8 +739,8 @@ impl Router {
                 })
             }
             Err(source) => Err(Error::Pool {
-                node: picked.endpoint.node,
-                host: picked.endpoint.host,
+                node: picked.endpoint.node.clone(),
+                host: picked.endpoint.host.clone(),
                 port: picked.endpoint.port,
                 source,
             }),
@@ -799,7 +804,7 @@ impl Router {
                     Err(_) if wake < deadline => continue,
                     Ok(Err(_)) | Err(_) => {
                         return Err(last_err.unwrap_or(Error::MasterSuspect {
-                            node: picked.endpoint.node,
+                            node: picked.endpoint.node.clone(),
                         }))
                     }
                 }

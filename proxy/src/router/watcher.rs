@@ -378,10 +378,10 @@ impl Watcher {
         let mut keep: Vec<Endpoint> = topology
             .replicas()
             .iter()
-            .map(|r| r.endpoint.clone())
+            .map(|r| (*r.endpoint).clone())
             .collect();
         if let Some(l) = topology.leader() {
-            keep.push(l.endpoint.clone());
+            keep.push((*l.endpoint).clone());
         }
         self.shared.table.publish(topology);
         self.shared.mark_read();
