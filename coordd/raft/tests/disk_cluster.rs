@@ -631,7 +631,7 @@ async fn a_leader_stopped_by_the_snapshot_channel_race_restarts_its_raftcore() {
         assert!(histories[0].iter().any(|(_, p)| *p == payload(i)));
     }
     for m in c.members.values() {
-        assert_eq!(m.role() == Role::Shutdown, false);
+        assert_ne!(m.role(), Role::Shutdown, "member {}", m.id());
     }
     c.shutdown().await;
 }
