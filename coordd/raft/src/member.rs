@@ -1,10 +1,11 @@
 //! [`Member`]: one running Raft member and the calls the server makes on it.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use openraft::error::{
 use openraft::raft::AppendEntriesResponse;
 use openraft::{BasicNode, RaftMetrics, ServerState};
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -24,7 +25,7 @@ use crate::log_store::LogStore;
 use crate::network::{
     NetworkFactory, PeerRequest, PeerResponse, RequestBody, ResponseBody, Transport, TransportError,
 };
-use crate::state_machine::{membership_view, StateMachine};
+use crate::state_machine::{membership_view, SharedSm, StateMachine};
 use crate::types::{Raft, Snapshot};
 use crate::MemberId;
 
@@ -102,6 +103,8 @@ pub struct Counters {
     /// Their total and largest time from the call to the commit, in microseconds.
     pub commit_us_total: u64,
     pub commit_us_max: u64,
+    /// Times this member's RaftCore was restarted in-process after a recoverable stop.
+    pub restarts: u64,
 }
 
 /// [`Counters`], shared with the metrics watcher.
@@ -112,6 +115,7 @@ struct CounterCells {
     commits: AtomicU64,
     commit_us_total: AtomicU64,
     commit_us_max: AtomicU64,
+    restarts: AtomicU64,
 }
 
 impl CounterCells {
@@ -122,6 +126,7 @@ impl CounterCells {
             commits: self.commits.load(Ordering::Relaxed),
             commit_us_total: self.commit_us_total.load(Ordering::Relaxed),
             commit_us_max: self.commit_us_max.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
         }
     }
 
@@ -267,6 +272,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One running member. Clones are handles to the same member.
+///
+/// A member runs one openraft RaftCore at a time. When it stops on the one error known not to
+/// be a failure of the log or the state machine (openraft 0.9.25's replication-channel race,
+/// see [`REPLICATION_CHANNEL_CLOSED`]), the member starts a new RaftCore on the same log and
+/// state machine and its handles keep working; calls made while it does fail as on a stopped
+/// member (`role` is `Shutdown`, `quorum_ok` false). Any other stop is for good.
 #[derive(Clone)]
 pub struct Member {
     pub(crate) inner: Arc<Inner>,
@@ -291,7 +302,9 @@ type AppCaller = Arc<
 
 pub(crate) struct Inner {
     pub(crate) id: MemberId,
-    pub(crate) raft: Raft,
+    /// The RaftCore this member runs now, replaced when it restarts after a recoverable stop
+    /// (see [`Member::start`]).
+    life: watch::Sender<Life>,
     app_handler: Mutex<Option<AppHandler>>,
     app_caller: AppCaller,
     pub(crate) config: Config,
@@ -301,14 +314,130 @@ pub(crate) struct Inner {
     pub(crate) reconfig: tokio::sync::Mutex<()>,
     contact: Mutex<Option<Contact>>,
     ack: Arc<Mutex<Option<Ack>>>,
-    watcher: JoinHandle<()>,
+    /// Follows the current RaftCore's metrics ([`follow_quorum_acks`]).
+    watcher: Mutex<JoinHandle<()>>,
+    /// Waits for the current RaftCore to stop and restarts it when that is safe.
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// Starts a new RaftCore on this member's log and state machine.
+    restarter: Box<dyn Restart>,
+    /// Held while a RaftCore is being replaced, and by [`Member::shutdown`], so that a shutdown
+    /// never leaves a RaftCore started behind its back.
+    replacing: tokio::sync::Mutex<()>,
     shut_down: AtomicBool,
     counters: Arc<CounterCells>,
 }
 
+/// The RaftCore a member runs and where it stands.
+#[derive(Clone)]
+struct Life {
+    /// Counts the RaftCores this member started (0 = the first).
+    generation: u64,
+    raft: Raft,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// `raft` is current: running, or stopped and not judged yet.
+    Current,
+    /// `raft` stopped on an error that is not a storage or state machine failure; a new
+    /// RaftCore is being started.
+    Restarting,
+    /// Stopped for good (shut down, a fatal error, or a restart that failed).
+    Stopped,
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.watcher.abort();
+        lock(&self.watcher).abort();
+        if let Some(s) = lock(&self.supervisor).take() {
+            s.abort();
+        }
+    }
+}
+
+/// Restarts of a member's RaftCore allowed within [`RESTART_WINDOW`]; one more stops the
+/// member as a fatal error would. The recoverable stop is a rare race, so more than a few in
+/// a short time means something else is wrong, and a member must not spin restarting.
+const RESTARTS_MAX: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(600);
+
+/// The text of the one fatal error of openraft 0.9.25 that a restart recovers from: RaftCore
+/// sends a snapshot command to a replication stream that has just ended (it saw a higher vote
+/// from its target, or failed to read the log, and reported it to RaftCore), before RaftCore
+/// has handled that report (core/raft_core.rs, `Command::Replicate` with
+/// `Inflight::Snapshot`). Sends of log entries and heartbeats to an ended stream are ignored
+/// there; this one is reported as a storage error although no storage was involved.
+const REPLICATION_CHANNEL_CLOSED: &str = "when Read Snapshot(None): replication channel closed";
+
+/// Whether `fatal` is a stop a new RaftCore on the same log and state machine recovers from:
+/// only [`REPLICATION_CHANNEL_CLOSED`]. Every other fatal error (a failed write or fsync, a
+/// state machine that failed, a panic) stays fatal: an fsync error must never be retried, since
+/// the kernel may have dropped the dirty pages it failed to write (PostgreSQL's "fsyncgate").
+/// A replication stream ends on a log read error too, and the race can then hide that
+/// error; the new RaftCore meets it again if it persists (and the restart budget stops the
+/// member if it keeps happening).
+fn recoverable(fatal: &Fatal<u64>) -> bool {
+    match fatal {
+        Fatal::StorageError(openraft::StorageError::IO { source }) => {
+            source.to_string() == REPLICATION_CHANNEL_CLOSED
+        }
+        _ => false,
+    }
+}
+
+/// Starts a new RaftCore for a member whose previous one stopped (type-erased: the member is
+/// not generic over its log, applier and transport).
+trait Restart: Send + Sync {
+    fn start_again(&self) -> Pin<Box<dyn Future<Output = Result<Raft, String>> + Send + '_>>;
+}
+
+/// What it takes to start a RaftCore again: the same log (a clone shares it), the same
+/// state machine state (the applier goes on from where it is), a new network factory over
+/// the same transport.
+struct Restarter<L, A: Applier, T> {
+    id: MemberId,
+    raft_config: Arc<openraft::Config>,
+    log: L,
+    state: SharedSm<A>,
+    transport: Arc<T>,
+    backoff: Duration,
+    /// Resolves once the current RaftCore's state machine worker has ended.
+    worker_gone: Mutex<Option<oneshot::Receiver<()>>>,
+    /// How long to wait for that.
+    wait: Duration,
+}
+
+impl<L: LogStore, A: Applier, T: Transport> Restart for Restarter<L, A, T> {
+    fn start_again(&self) -> Pin<Box<dyn Future<Output = Result<Raft, String>> + Send + '_>> {
+        Box::pin(async move {
+            let gone = lock(&self.worker_gone).take();
+            if let Some(gone) = gone {
+                // Sender dropped (Err) is the signal; nothing is ever sent.
+                if tokio::time::timeout(self.wait, gone).await.is_err() {
+                    return Err(format!(
+                        "the stopped RaftCore's state machine worker did not end within {} ms",
+                        as_millis(self.wait)
+                    ));
+                }
+            }
+            let (state_machine, gone) = StateMachine::successor(self.state.clone());
+            *lock(&self.worker_gone) = Some(gone);
+            let network = NetworkFactory {
+                transport: self.transport.clone(),
+                id: self.id,
+                backoff: self.backoff,
+            };
+            Raft::new(
+                self.id,
+                self.raft_config.clone(),
+                network,
+                self.log.clone(),
+                state_machine,
+            )
+            .await
+            .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -470,21 +599,26 @@ impl Member {
                 Box::pin(async move { transport.call(target, &addr, request, ttl).await })
             })
         };
-        let network = NetworkFactory {
-            transport,
-            id,
-            backoff: Duration::from_millis(config.unreachable_backoff_ms),
-        };
         // A durable log brings the state machine's last snapshot: the applier must hold it
         // before openraft reads the initial state (it re-applies the log after it).
-        let mut state_machine = StateMachine::new(applier, log.snapshot_store());
-        state_machine
+        let mut first = StateMachine::new(applier, log.snapshot_store());
+        first
             .restore()
             .await
             .map_err(|e| StartError::Fatal(e.to_string()))?;
-        let raft = Raft::new(id, raft_config, network, log, state_machine)
-            .await
-            .map_err(|e| StartError::Fatal(e.to_string()))?;
+        let restarter = Restarter {
+            id,
+            raft_config,
+            log,
+            state: first.shared(),
+            transport,
+            backoff: Duration::from_millis(config.unreachable_backoff_ms),
+            worker_gone: Mutex::new(None),
+            wait: config.shutdown_timeout(),
+        };
+        drop(first);
+        // The first start is a restart from nothing: the same code path every time.
+        let raft = restarter.start_again().await.map_err(StartError::Fatal)?;
         let ack = Arc::new(Mutex::new(None));
         let counters = Arc::new(CounterCells::default());
         let watcher = tokio::spawn(follow_quorum_acks(
@@ -493,22 +627,32 @@ impl Member {
             ack.clone(),
             counters.clone(),
         ));
+        let (life, _) = watch::channel(Life {
+            generation: 0,
+            raft,
+            phase: Phase::Current,
+        });
         let member = Member {
             inner: Arc::new(Inner {
                 id,
-                raft,
+                life,
                 app_handler: Mutex::new(None),
                 app_caller,
                 config,
                 members,
                 contact: Mutex::new(None),
                 ack,
-                watcher,
+                watcher: Mutex::new(watcher),
+                supervisor: Mutex::new(None),
+                restarter: Box::new(restarter),
+                replacing: tokio::sync::Mutex::new(()),
                 shut_down: AtomicBool::new(false),
                 counters,
                 reconfig: tokio::sync::Mutex::new(()),
             }),
         };
+        let supervisor = tokio::spawn(supervise(Arc::downgrade(&member.inner)));
+        *lock(&member.inner.supervisor) = Some(supervisor);
         if !initialize {
             tracing::info!(
                 id,
@@ -547,7 +691,7 @@ impl Member {
             .map(|(id, addr)| (*id, BasicNode::new(addr)))
             .collect();
         let t = self.inner.config.propose_timeout();
-        match tokio::time::timeout(t, self.inner.raft.initialize(nodes)).await {
+        match tokio::time::timeout(t, self.raft().initialize(nodes)).await {
             Err(_) => Err(StartError::Timeout {
                 after_ms: as_millis(t),
             }),
@@ -567,10 +711,15 @@ impl Member {
         self.inner.id
     }
 
+    /// The RaftCore this member runs now (a handle; it may stop and be replaced later).
+    pub(crate) fn raft(&self) -> Raft {
+        self.inner.life.borrow().raft.clone()
+    }
+
     /// Member `id`'s peer address: from the membership in effect, else from the seed.
     pub fn addr_of(&self, id: MemberId) -> Option<String> {
         let from_log = {
-            let rx = self.inner.raft.metrics();
+            let rx = self.raft().metrics();
             let m = rx.borrow();
             m.membership_config
                 .membership()
@@ -583,7 +732,7 @@ impl Member {
     /// The voters of the membership in effect (the seed's members before there is one).
     fn voter_ids(&self) -> Vec<MemberId> {
         let voters: Vec<MemberId> = {
-            let rx = self.inner.raft.metrics();
+            let rx = self.raft().metrics();
             let m = rx.borrow();
             m.membership_config.membership().voter_ids().collect()
         };
@@ -606,7 +755,7 @@ impl Member {
         }
         let t = self.inner.config.propose_timeout();
         let started = Instant::now();
-        let written = tokio::time::timeout(t, self.inner.raft.client_write(payload)).await;
+        let written = tokio::time::timeout(t, self.raft().client_write(payload)).await;
         if matches!(written, Ok(Ok(_))) {
             self.inner.counters.commit_took(started.elapsed());
         }
@@ -651,7 +800,7 @@ impl Member {
     /// `read_index_timeout_ms`. Pair with [`Member::wait_applied`].
     pub async fn read_index(&self) -> Result<u64, ReadIndexError> {
         let t = self.inner.config.read_index_timeout();
-        match tokio::time::timeout(t, self.inner.raft.get_read_log_id()).await {
+        match tokio::time::timeout(t, self.raft().get_read_log_id()).await {
             Err(_) => Err(ReadIndexError::Timeout {
                 after_ms: as_millis(t),
             }),
@@ -688,25 +837,54 @@ impl Member {
         timeout: Duration,
         cond: impl Fn(&Status) -> bool,
     ) -> Result<Status, WaitError> {
-        let mut rx = self.inner.raft.metrics();
         let deadline = Instant::now() + timeout;
+        let timed_out = || WaitError::Timeout {
+            after_ms: as_millis(timeout),
+        };
+        let mut life = self.inner.life.subscribe();
         loop {
-            let m = rx.borrow_and_update().clone();
-            let status = self.status_from(&m);
-            if cond(&status) {
-                return Ok(status);
-            }
-            if status.role == Role::Shutdown {
-                return Err(WaitError::Shutdown);
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Err(_) => {
-                    return Err(WaitError::Timeout {
-                        after_ms: as_millis(timeout),
-                    })
+            let (generation, raft, phase) = {
+                let l = life.borrow_and_update();
+                (l.generation, l.raft.clone(), l.phase)
+            };
+            let mut rx = raft.metrics();
+            loop {
+                let m = rx.borrow_and_update().clone();
+                let status = self.status_from(&m);
+                // A RaftCore that stopped while the member goes on (a restart is coming or
+                // under way) says nothing about the member: wait for the next one.
+                let between = status.role == Role::Shutdown
+                    && phase != Phase::Stopped
+                    && !self.inner.shut_down.load(Ordering::Acquire);
+                if !between {
+                    if cond(&status) {
+                        return Ok(status);
+                    }
+                    if status.role == Role::Shutdown {
+                        return Err(WaitError::Shutdown);
+                    }
                 }
-                Ok(Err(_)) => return Err(WaitError::Shutdown),
-                Ok(Ok(())) => {}
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+                    changed = rx.changed(), if !between => {
+                        if changed.is_err() {
+                            // RaftCore is gone; its last report is in, so look once more.
+                            let m = rx.borrow().clone();
+                            if self.status_from(&m).role != Role::Shutdown {
+                                return Err(WaitError::Shutdown);
+                            }
+                        }
+                    }
+                    changed = life.changed() => {
+                        if changed.is_err() {
+                            return Err(WaitError::Shutdown);
+                        }
+                        let l = life.borrow();
+                        if l.generation != generation || l.phase != phase {
+                            break;
+                        }
+                    }
+                }
             }
         }
     }
@@ -715,7 +893,7 @@ impl Member {
         if self.inner.shut_down.load(Ordering::Acquire) {
             return Role::Shutdown;
         }
-        role_of(&self.inner.raft.metrics().borrow())
+        role_of(&self.raft().metrics().borrow())
     }
 
     /// The term this member leads in, None unless it is the leader (role and term from
@@ -726,24 +904,19 @@ impl Member {
         if self.inner.shut_down.load(Ordering::Acquire) {
             return None;
         }
-        let rx = self.inner.raft.metrics();
+        let rx = self.raft().metrics();
         let m = rx.borrow();
         (role_of(&m) == Role::Leader).then_some(m.current_term)
     }
 
     /// The leader this member knows of (itself when it leads).
     pub fn leader(&self) -> Option<MemberId> {
-        self.inner.raft.metrics().borrow().current_leader
+        self.raft().metrics().borrow().current_leader
     }
 
     /// The last applied log index (None before anything was applied).
     pub fn applied_index(&self) -> Option<u64> {
-        self.inner
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map(|l| l.index)
+        self.raft().metrics().borrow().last_applied.map(|l| l.index)
     }
 
     /// Whether this member may serve its clients: it is the leader and a quorum acknowledged it
@@ -755,7 +928,7 @@ impl Member {
     /// stop serving instead (DESIGN.md 6: a server that has lost the quorum stops serving).
     pub fn quorum_ok(&self) -> bool {
         let view = {
-            let rx = self.inner.raft.metrics();
+            let rx = self.raft().metrics();
             let m = rx.borrow();
             QuorumView::of(&m)
         };
@@ -781,7 +954,7 @@ impl Member {
 
     pub fn status(&self) -> Status {
         // A copy, so no lock of ours is taken while RaftCore's metrics are borrowed.
-        let m = self.inner.raft.metrics().borrow().clone();
+        let m = self.raft().metrics().borrow().clone();
         self.status_from(&m)
     }
 
@@ -835,7 +1008,7 @@ impl Member {
             return;
         };
         let still_following = |member: &Member| {
-            let rx = member.inner.raft.metrics();
+            let rx = member.raft().metrics();
             let m = rx.borrow();
             m.state == ServerState::Follower
                 && m.current_leader == Some(gone)
@@ -875,7 +1048,7 @@ impl Member {
             %addr,
             "the leader's process is gone (its peer address refuses connections): campaigning once the voters' lease ends"
         );
-        if let Err(e) = self.inner.raft.trigger().elect().await {
+        if let Err(e) = self.raft().trigger().elect().await {
             tracing::debug!(id = self.inner.id, error = %e, "could not trigger an election");
         }
     }
@@ -883,7 +1056,8 @@ impl Member {
     /// Serves a request another member's Raft sent through a [`Transport`]. The receiving side
     /// of every transport calls this.
     pub async fn handle_peer_request(&self, request: PeerRequest) -> PeerResponse {
-        let raft = &self.inner.raft;
+        let raft = self.raft();
+        let raft = &raft;
         PeerResponse(match request.0 {
             RequestBody::AppendEntries(rpc) => {
                 // Taken before handling: the contact is dated no later than it happened.
@@ -985,15 +1159,124 @@ impl Member {
     pub async fn shutdown(&self) -> Result<(), ShutdownError> {
         tracing::info!(id = self.inner.id, "raft member shutting down");
         self.inner.shut_down.store(true, Ordering::Release);
-        self.inner.watcher.abort();
         let t = self.inner.config.shutdown_timeout();
-        match tokio::time::timeout(t, self.inner.raft.shutdown()).await {
+        let stop = async {
+            // After a restart in progress, if any: the RaftCore it starts is the one to stop.
+            let _replacing = self.inner.replacing.lock().await;
+            lock(&self.inner.watcher).abort();
+            let raft = self.raft();
+            let stopped = raft.shutdown().await;
+            self.inner.life.send_modify(|l| l.phase = Phase::Stopped);
+            stopped
+        };
+        match tokio::time::timeout(t, stop).await {
             Err(_) => Err(ShutdownError::Timeout {
                 after_ms: as_millis(t),
             }),
             Ok(Err(e)) => Err(ShutdownError::Panicked(e.to_string())),
             Ok(Ok(())) => Ok(()),
         }
+    }
+}
+
+/// Waits until `raft`'s RaftCore has stopped and returns why.
+async fn stopped_with(raft: &Raft) -> Fatal<u64> {
+    let mut rx = raft.metrics();
+    loop {
+        if let Err(f) = &rx.borrow_and_update().running_state {
+            return f.clone();
+        }
+        if rx.changed().await.is_err() {
+            // RaftCore ended without saying why (it reports why before it ends).
+            return rx
+                .borrow()
+                .running_state
+                .clone()
+                .err()
+                .unwrap_or(Fatal::Panicked);
+        }
+    }
+}
+
+/// The member's supervisor: waits for its RaftCore to stop; a recoverable stop (see
+/// [`recoverable`]) within the restart budget starts a new RaftCore on the same log and state
+/// machine, anything else leaves the member stopped for good (the server then stops).
+async fn supervise(member: Weak<Inner>) {
+    let mut restarts: VecDeque<Instant> = VecDeque::new();
+    loop {
+        let (generation, raft) = {
+            let Some(inner) = member.upgrade() else {
+                return;
+            };
+            let l = inner.life.borrow();
+            (l.generation, l.raft.clone())
+        };
+        let fatal = stopped_with(&raft).await;
+        let Some(inner) = member.upgrade() else {
+            return;
+        };
+        let id = inner.id;
+        let _replacing = inner.replacing.lock().await;
+        let stop_for_good = |why: &str| {
+            if !matches!(fatal, Fatal::Stopped) {
+                tracing::error!(id, error = %fatal, why, "the raft member stopped on a fatal error");
+            }
+            inner.life.send_modify(|l| l.phase = Phase::Stopped);
+        };
+        if inner.shut_down.load(Ordering::Acquire) {
+            stop_for_good("it was being shut down");
+            return;
+        }
+        if !recoverable(&fatal) {
+            stop_for_good("a storage, state machine or internal failure: not retried");
+            return;
+        }
+        let now = Instant::now();
+        while restarts
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > RESTART_WINDOW)
+        {
+            restarts.pop_front();
+        }
+        if restarts.len() >= RESTARTS_MAX {
+            stop_for_good("restarted too often already");
+            return;
+        }
+        restarts.push_back(now);
+        tracing::warn!(
+            id,
+            error = %fatal,
+            "RaftCore stopped on openraft's replication-channel race (not a storage failure); restarting it on the same log and state machine"
+        );
+        inner.life.send_modify(|l| l.phase = Phase::Restarting);
+        // Stops what is left of the old one (its tick loop); its RaftCore has ended already.
+        let _ = tokio::time::timeout(inner.config.shutdown_timeout(), raft.shutdown()).await;
+        let raft = match inner.restarter.start_again().await {
+            Ok(raft) => raft,
+            Err(e) => {
+                tracing::error!(id, error = %e, "could not restart RaftCore");
+                stop_for_good("the restart failed");
+                return;
+            }
+        };
+        *lock(&inner.ack) = None;
+        {
+            let mut watcher = lock(&inner.watcher);
+            watcher.abort();
+            *watcher = tokio::spawn(follow_quorum_acks(
+                id,
+                raft.metrics(),
+                inner.ack.clone(),
+                inner.counters.clone(),
+            ));
+        }
+        inner.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        inner.life.send_replace(Life {
+            generation: generation + 1,
+            raft,
+            phase: Phase::Current,
+        });
+        tracing::info!(id, generation = generation + 1, "RaftCore restarted");
     }
 }
 

@@ -175,7 +175,7 @@ impl Member {
         let id = self.inner.id;
         tracing::info!(id, add = ?change.add, remove = ?change.remove, ?next, "membership change: start");
         let step = self.inner.config.membership_change_timeout();
-        let raft = &self.inner.raft;
+        let raft = self.raft();
         if !change.add.is_empty() {
             let nodes: BTreeMap<u64, BasicNode> = change
                 .add
@@ -244,7 +244,7 @@ impl Member {
     /// change that asked for it is still refused (`InProgress`); the next one can go.
     async fn finish_joint(&self) {
         let goal: Option<BTreeSet<u64>> = {
-            let rx = self.inner.raft.metrics();
+            let rx = self.raft().metrics();
             let m = rx.borrow();
             m.membership_config
                 .membership()
@@ -261,7 +261,7 @@ impl Member {
             ?goal,
             "a joint configuration is left in the log: finishing the change to its new voters"
         );
-        match tokio::time::timeout(step, self.inner.raft.change_membership(goal, false)).await {
+        match tokio::time::timeout(step, self.raft().change_membership(goal, false)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::info!(id = self.inner.id, error = %e, "could not finish the joint configuration")
@@ -279,7 +279,7 @@ impl Member {
         let timeout = self.inner.config.learner_catch_up_timeout();
         let lag_max = self.inner.config.learner_catch_up_lag_max;
         let deadline = Instant::now() + timeout;
-        let mut rx = self.inner.raft.metrics();
+        let mut rx = self.raft().metrics();
         loop {
             let behind: Vec<String> = {
                 let m = rx.borrow_and_update();

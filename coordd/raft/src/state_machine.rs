@@ -11,6 +11,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use tokio::sync::oneshot;
+
 use bytes::Bytes;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
@@ -71,10 +73,11 @@ fn storage_err(log_id: Option<LogId>, e: impl std::fmt::Display) -> StorageError
     StorageError::IO { source: io }
 }
 
-pub(crate) struct StateMachine<A: Applier> {
-    /// openraft wants the state machine `Sync`; the mutex makes it so without asking `Sync` of
-    /// the applier. It is never locked: every use goes through `get_mut` (`&mut self`).
-    applier: tokio::sync::Mutex<A>,
+/// What the state machine knows, kept apart from the value openraft's worker owns so that it
+/// outlives one RaftCore: a member restarted in-process ([`Member`](crate::Member) after a
+/// recoverable stop) goes on from the applier's live state instead of rebuilding it.
+pub(crate) struct SmState<A: Applier> {
+    applier: A,
     applied: Option<LogId>,
     membership: StoredMembership,
     current: Current,
@@ -84,35 +87,73 @@ pub(crate) struct StateMachine<A: Applier> {
     store: Option<SnapshotStore>,
 }
 
+/// [`SmState`], shared by the state machine of every RaftCore this member runs (one at a time).
+pub(crate) type SharedSm<A> = Arc<tokio::sync::Mutex<SmState<A>>>;
+
+/// openraft's state machine of one RaftCore. Every call holds the state's lock for its whole
+/// length, so an apply of a RaftCore that stopped finishes before the next one reads the state
+/// (and the mutex makes the state `Sync`, as openraft wants, without asking it of the applier).
+pub(crate) struct StateMachine<A: Applier> {
+    state: SharedSm<A>,
+    /// Dropped with this value, when openraft's state machine worker ends (it applies what it
+    /// was sent before it sees its RaftCore gone): see [`StateMachine::successor`].
+    _worker: Option<oneshot::Sender<()>>,
+}
+
 impl<A: Applier> StateMachine<A> {
     pub(crate) fn new(applier: A, store: Option<SnapshotStore>) -> Self {
-        Self {
-            applier: tokio::sync::Mutex::new(applier),
+        let state = SmState {
+            applier,
             applied: None,
             membership: StoredMembership::default(),
             current: Current::default(),
             builds: 0,
             store,
+        };
+        Self {
+            state: Arc::new(tokio::sync::Mutex::new(state)),
+            _worker: None,
         }
+    }
+
+    /// The state, to hand to the state machine of a later RaftCore ([`StateMachine::successor`]).
+    pub(crate) fn shared(&self) -> SharedSm<A> {
+        self.state.clone()
+    }
+
+    /// A state machine over `state` for a new RaftCore, and a receiver that resolves once that
+    /// state machine is dropped (its worker ended). A new RaftCore must not read the state
+    /// before the previous worker ended: that worker may still apply entries its RaftCore sent
+    /// it, and the new RaftCore would then apply them again.
+    pub(crate) fn successor(state: SharedSm<A>) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                state,
+                _worker: Some(tx),
+            },
+            rx,
+        )
     }
 
     /// Loads the persisted snapshot, if any, into the applier. Must run before openraft reads
     /// the initial state (`Raft::new`): openraft re-applies the log from the applied log id on,
     /// and the entries the snapshot covers may be purged.
     pub(crate) async fn restore(&mut self) -> Result<(), StorageError> {
-        let Some((meta, image)) = self.store.as_ref().and_then(|s| s.take_recovered()) else {
+        let mut guard = self.state.lock().await;
+        let st = &mut *guard;
+        let Some((meta, image)) = st.store.as_ref().and_then(|s| s.take_recovered()) else {
             return Ok(());
         };
         let last_index = meta.last_log_id.map_or(0, |l| l.index);
-        self.applier
-            .get_mut()
+        st.applier
             .install_image(last_index, image.clone())
             .await
             .map_err(|e| storage_err(meta.last_log_id, e))?;
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
+        st.applied = meta.last_log_id;
+        st.membership = meta.last_membership.clone();
         tracing::info!(last_log_id = ?meta.last_log_id, "state machine restored from its snapshot");
-        publish(&self.current, StoredSnapshot { meta, image });
+        publish(&st.current, StoredSnapshot { meta, image });
         Ok(())
     }
 }
@@ -121,7 +162,8 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok((self.applied, self.membership.clone()))
+        let st = self.state.lock().await;
+        Ok((st.applied, st.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Bytes>, StorageError>
@@ -154,9 +196,9 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
             return Ok(Vec::new());
         };
         let n = batch.len();
-        let outputs = self
+        let mut st = self.state.lock().await;
+        let outputs = st
             .applier
-            .get_mut()
             .apply(batch)
             .await
             .map_err(|e| storage_err(Some(last), e))?;
@@ -170,28 +212,29 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
                 ),
             ));
         }
-        self.applied = Some(last);
+        st.applied = Some(last);
         if let Some(m) = membership {
-            self.membership = m;
+            st.membership = m;
         }
         Ok(outputs)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Runs in the state machine worker between two applies: the image taken here is
-        // exactly the state at `self.applied`. The builder then only publishes it, in the task
+        // exactly the state at `applied`. The builder then only publishes it, in the task
         // openraft spawns for it.
-        self.builds += 1;
-        let prepared = match self.applier.get_mut().snapshot_image().await {
+        let mut st = self.state.lock().await;
+        st.builds += 1;
+        let prepared = match st.applier.snapshot_image().await {
             Ok(image) => {
-                let snapshot_id = match self.applied {
-                    Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.builds),
-                    None => format!("none-{}", self.builds),
+                let snapshot_id = match st.applied {
+                    Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, st.builds),
+                    None => format!("none-{}", st.builds),
                 };
                 Ok(StoredSnapshot {
                     meta: SnapshotMeta {
-                        last_log_id: self.applied,
-                        last_membership: self.membership.clone(),
+                        last_log_id: st.applied,
+                        last_membership: st.membership.clone(),
                         snapshot_id,
                     },
                     image,
@@ -201,8 +244,8 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
         };
         SnapshotBuilder {
             prepared: Some(prepared),
-            current: self.current.clone(),
-            store: self.store.clone(),
+            current: st.current.clone(),
+            store: st.store.clone(),
         }
     }
 
@@ -217,22 +260,22 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
     ) -> Result<(), StorageError> {
         let image = *snapshot;
         let last_index = meta.last_log_id.map_or(0, |l| l.index);
-        self.applier
-            .get_mut()
+        let mut st = self.state.lock().await;
+        st.applier
             .install_image(last_index, image.clone())
             .await
             .map_err(|e| storage_err(meta.last_log_id, e))?;
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
+        st.applied = meta.last_log_id;
+        st.membership = meta.last_membership.clone();
         // Durable before openraft purges the log up to it.
-        if let Some(store) = &self.store {
+        if let Some(store) = &st.store {
             store
                 .save(meta, &image)
                 .await
                 .map_err(|e| snapshot_write_err(meta, e))?;
         }
         publish(
-            &self.current,
+            &st.current,
             StoredSnapshot {
                 meta: meta.clone(),
                 image,
@@ -242,7 +285,9 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(lock(&self.current).as_ref().map(|s| Snapshot {
+        let st = self.state.lock().await;
+        let current = lock(&st.current);
+        Ok(current.as_ref().map(|s| Snapshot {
             meta: s.meta.clone(),
             snapshot: Box::new(s.image.clone()),
         }))

@@ -11,8 +11,10 @@ pub use mem::MemLogStore;
 pub(crate) mod sealed {
     /// The openraft side of a [`LogStore`](super::LogStore); sealed so that no openraft type
     /// is part of this crate's API.
+    /// `Clone`: clones share one log, so that a member restarting its RaftCore in-process
+    /// hands the new one the same log.
     pub trait RaftLog:
-        openraft::storage::RaftLogStorage<crate::types::TypeConfig> + Send + Sync + 'static
+        openraft::storage::RaftLogStorage<crate::types::TypeConfig> + Clone + Send + Sync + 'static
     {
         /// Where the state machine's snapshots are persisted, for a durable log; `None` keeps
         /// them in memory only (a restarted member then has no snapshot, which is only

@@ -184,6 +184,9 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
                         r.counters.leader_changes.to_string(),
                     ),
                     ("zk_raft_leaderships", r.counters.leaderships.to_string()),
+                    // RaftCore restarts in-process after openraft's replication-channel
+                    // race (coordd-raft's `Member`); each also closed this member's clients.
+                    ("zk_raft_restarts", r.counters.restarts.to_string()),
                     // Raft commit latency of this member's proposals (as leader): from
                     // the propose to the commit on a quorum.
                     ("zk_raft_commit_count", r.counters.commits.to_string()),
