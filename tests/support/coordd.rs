@@ -444,6 +444,18 @@ impl CoorddEnsemble {
     }
 }
 
+/// A failing test shows what the members said: their logs die with their temp dirs.
+impl Drop for CoorddEnsemble {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails(LOG_TAIL_LINES_ON_FAILURE));
+        }
+    }
+}
+
+/// How many lines of each member's log a failing test prints.
+const LOG_TAIL_LINES_ON_FAILURE: usize = 60;
+
 fn unsafe_kill(pid: u32, signal: i32) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))

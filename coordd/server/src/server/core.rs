@@ -1991,6 +1991,11 @@ impl Core {
                     .map(|(seq, _)| *seq)
                     .chain(r.pending_syncs.iter().copied())
                     .collect();
+                // Nor do the touches not yet sent: they go to the leader once the quorum
+                // is back, and a member paused or cut off would then give sessions whose
+                // clients vanished meanwhile a whole timeout again at the leader. Its
+                // clients, now closed, touch their sessions wherever they reconnect.
+                r.touched.clear();
                 self.close_all();
                 self.propose_failed(queued);
             }
