@@ -1146,3 +1146,93 @@ async fn a_member_that_stops_serving_drops_the_writes_waiting_for_its_proposer()
     d.close().await.unwrap();
     e.stop().await;
 }
+
+/// A client's closeSession that never reaches the log (its member's forward is lost)
+/// leaves the session as if the close was never sent: its client saw ConnectionLoss, and
+/// the session lives on everywhere until it expires or its client comes back. Before,
+/// the member that took the close kept the session marked closing with no deadline: it
+/// refused the client's resume as expired while the other members accepted it, and once
+/// that member led, the session (and its ephemerals) never expired, which the nemesis
+/// test saw as a closed client's ephemeral outliving every bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_close_was_lost_lives_on_at_the_member_that_took_it() {
+    use coordd_proto::{
+        perms, Acl as RawAcl, ConnectResponse, CreateRequest, OpCode, Reader, Record, ReplyHeader,
+        Request,
+    };
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let m = (leader + 1) % 3;
+    let watcher = client(&e.addr(leader), 2_000).await;
+
+    // A session on `m` with an ephemeral.
+    let (mut owner, session) = raw_session(&e.addr(m), 2_000).await;
+    let create = Request::Create {
+        op: OpCode::Create,
+        req: CreateRequest {
+            path: "/c".into(),
+            data: Vec::new(),
+            acl: vec![RawAcl {
+                perms: perms::ALL,
+                scheme: "world".into(),
+                id: "anyone".into(),
+            }],
+            flags: 1, // ephemeral
+        },
+        ttl: 0,
+    };
+    write_raw_frame(&mut owner, |o| create.encode_with_header(1, o)).await;
+    let reply = read_raw_frame(&mut owner).await.expect("create reply");
+    let header = ReplyHeader::decode(&mut Reader::new(&reply)).unwrap();
+    assert_eq!((header.xid, header.err), (1, 0), "create refused");
+
+    // Its close is lost on the way to the leader: the client sees ConnectionLoss.
+    let mut held = e.holds[m].arm();
+    write_raw_frame(&mut owner, |o| {
+        Request::CloseSession.encode_with_header(2, o)
+    })
+    .await;
+    let close = next_held(&mut held).await;
+    e.holds[m].disarm();
+    let _ = close.verdict.send(Verdict::Lose);
+    let answer = tokio::time::timeout(WAIT, read_raw_frame(&mut owner))
+        .await
+        .expect("the member disconnected the client in time");
+    assert!(
+        answer.is_none(),
+        "a close that never reached the log was answered"
+    );
+    drop(owner);
+
+    // The session lives: the client resumes it on the same member.
+    let mut back = tokio::net::TcpStream::connect(e.addr(m)).await.unwrap();
+    send_connect(&mut back, session.session_id, &session.passwd).await;
+    let frame = tokio::time::timeout(WAIT, read_raw_frame(&mut back))
+        .await
+        .expect("resume answered in time")
+        .expect("resume answered, not closed");
+    let resumed = ConnectResponse::from_bytes(&frame).unwrap();
+    assert!(
+        resumed.timeout_ms > 0 && resumed.session_id == session.session_id,
+        "the member that took the lost close refused its session as expired: {resumed:?}"
+    );
+    assert!(
+        watcher.exists("/c", false).await.unwrap().is_some(),
+        "the session's ephemeral went"
+    );
+
+    // A close that reaches the log ends it.
+    write_raw_frame(&mut back, |o| {
+        Request::CloseSession.encode_with_header(3, o)
+    })
+    .await;
+    let reply = tokio::time::timeout(WAIT, read_raw_frame(&mut back))
+        .await
+        .expect("close answered in time")
+        .expect("close answered, not dropped");
+    let header = ReplyHeader::decode(&mut Reader::new(&reply)).unwrap();
+    assert_eq!((header.xid, header.err), (3, 0), "close refused");
+    assert!(watcher.exists("/c", false).await.unwrap().is_none());
+    watcher.close().await.unwrap();
+    e.stop().await;
+}

@@ -1086,9 +1086,8 @@ impl Core {
             }
         };
         let auth = self.sessions[&session_id].auth.clone();
-        let txn = if matches!(request, Request::CloseSession) {
-            self.closing.insert(session_id);
-            self.deadlines.remove(session_id);
+        let closes = matches!(request, Request::CloseSession);
+        let txn = if closes {
             Txn::CloseSession { session_id }
         } else {
             Txn::Write {
@@ -1106,6 +1105,12 @@ impl Core {
                 received,
             },
         ) {
+            if closes {
+                // Closing from now on: no expiry of its own, no renewal, no resume. Undone
+                // by `close_lost` if the close never reaches the log.
+                self.closing.insert(session_id);
+                self.deadlines.remove(session_id);
+            }
             if let Some(s) = self.sessions.get_mut(&session_id) {
                 s.queue.push_back(Queued::Write(tag));
             }
@@ -1916,6 +1921,7 @@ impl Core {
                         self.release_outstanding(None);
                     }
                     self.drop_conn(conn_id);
+                    self.close_lost(session_id);
                 }
                 Some(Origin::Connect {
                     conn_id,
@@ -1945,6 +1951,37 @@ impl Core {
             let local = &r.local;
             r.pending.retain(|(seq, _)| local.contains_key(seq));
             r.pending_syncs.retain(|seq| local.contains_key(seq));
+        }
+    }
+
+    /// A session whose writes were dropped with its connection (`propose_failed`) may
+    /// have lost its client's closeSession among them: it then lives on as if the close
+    /// was never sent (the client saw ConnectionLoss), and expires by the usual rule, a
+    /// timeout from now, unless its client comes back. Left in `closing`, it would have
+    /// no deadline here: never expired while this member leads (the nemesis test saw a
+    /// closed client's ephemeral outlive every bound under a leader whose forward of the
+    /// close had failed). A close of the server's own (an expiry) still on its way keeps
+    /// it closing.
+    fn close_lost(&mut self, session_id: SessionId) {
+        if !self.closing.contains(&session_id) {
+            return;
+        }
+        if let Log::Raft(r) = &self.log {
+            let expiring = r
+                .local
+                .values()
+                .any(|o| matches!(o, Origin::Expire { session_id: s } if *s == session_id));
+            if expiring {
+                return;
+            }
+        }
+        self.closing.remove(&session_id);
+        if let Some(s) = self.sessions.get(&session_id) {
+            self.deadlines.touch(
+                session_id,
+                Instant::now(),
+                Duration::from_millis(s.timeout_ms.max(0) as u64),
+            );
         }
     }
 
