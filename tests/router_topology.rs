@@ -389,3 +389,86 @@ async fn router_rereads_after_a_reconnect() {
     drop(routers);
     zk.close().await.unwrap();
 }
+
+/// The router keeps the connection given back last at hand, outside deadpool's idle
+/// list; a checkout that found the pool full and waits in deadpool must still get the
+/// next connection given back (not wait until `pool_wait_timeout_ms`), whichever of the
+/// two comes first. With one connection in the pool, every round hands it from one
+/// holder to a waiter.
+#[test]
+fn a_checkout_waiting_on_a_full_pool_gets_the_connection_given_back() {
+    if postgres::skip() {
+        return;
+    }
+    const ROUNDS: usize = 50;
+    let coordd = Coordd::start();
+    let primary = Postgres::init_primary(PgOptions::default());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ns = Namespace::new("/switchyard", "main").unwrap();
+        let (zk, _events) = Client::connect(
+            ClientConfig::new([coordd.connect_string()]).with_session_timeout_ms(2_000),
+        )
+        .await
+        .expect("test client");
+        let open = Acl::open_unsafe();
+        zk.ensure_path(&ns.members()).await.unwrap();
+        let rec = records::encode(&member("pg-0", primary.port(), Role::Primary));
+        zk.create(&ns.member("pg-0"), &rec, &open, CreateMode::Ephemeral)
+            .await
+            .unwrap();
+        zk.create(
+            &ns.leader(),
+            &records::encode(&leader("pg-0", primary.port())),
+            &open,
+            CreateMode::Ephemeral,
+        )
+        .await
+        .unwrap();
+        // A wait timeout far beyond the test's bound: a waiter left waiting shows as a
+        // timeout here, not as a pool error.
+        let router = timeout(
+            WAIT,
+            Router::builder()
+                .coord(&coordd.connect_string())
+                .cluster("main")
+                .root("/switchyard")
+                .session_timeout_ms(2_000)
+                .pool_max_size(1)
+                .pool_wait_timeout_ms(60_000)
+                .pg_user(postgres::SUPERUSER)
+                .pg_dbname("postgres")
+                .connect(),
+        )
+        .await
+        .expect("router connects in time")
+        .expect("router connects");
+
+        let mut held = router.write().await.expect("the pool's one connection");
+        for round in 0..ROUNDS {
+            let waiter = tokio::spawn({
+                let router = router.clone();
+                async move { router.write().await }
+            });
+            // Let the waiter reach deadpool's wait in some rounds and not in others.
+            for _ in 0..round % 4 {
+                tokio::task::yield_now().await;
+            }
+            drop(held);
+            held = timeout(WAIT, waiter)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the waiter never got the connection"))
+                .expect("waiter task")
+                .expect("a connection");
+            let one: i32 = held.query_one("SELECT 1", &[]).await.unwrap().get(0);
+            assert_eq!(one, 1);
+        }
+        drop(held);
+        drop(router);
+        drop(zk);
+    });
+}

@@ -224,7 +224,11 @@ pub struct CausalToken(pub Lsn);
 /// A pooled connection to one endpoint; derefs to [`tokio_postgres::Client`] (through
 /// deadpool's wrapper, which adds a statement cache). Returned to its pool on drop.
 pub struct PooledClient {
-    inner: deadpool_postgres::Object,
+    /// Invariant: Some until the client is dropped (given back to `home`) or taken
+    /// with [`PooledClient::into_inner`] or `discard`.
+    inner: Option<deadpool_postgres::Object>,
+    /// The endpoint's pool, which takes the connection back.
+    home: Arc<pools::EndpointPool>,
     endpoint: Arc<Endpoint>,
     /// Counts this connection as in flight on its endpoint (least-outstanding reads).
     _in_flight: InFlightGuard,
@@ -242,7 +246,6 @@ impl PooledClient {
     /// connection, it is at or past that commit's LSN. Fails on a replica.
     pub async fn causal_token(&self) -> Result<CausalToken, Error> {
         let row = self
-            .inner
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await?;
         let text: String = row.get(0);
@@ -252,8 +255,18 @@ impl PooledClient {
     }
 
     /// The deadpool object, e.g. to detach it from the pool.
-    pub fn into_inner(self) -> deadpool_postgres::Object {
-        self.inner
+    pub fn into_inner(mut self) -> deadpool_postgres::Object {
+        self.inner.take().expect(INNER_PRESENT)
+    }
+}
+
+const INNER_PRESENT: &str = "a PooledClient holds its connection until it is dropped";
+
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        if let Some(conn) = self.inner.take() {
+            self.home.give_back(conn);
+        }
     }
 }
 
@@ -268,13 +281,13 @@ impl std::fmt::Debug for PooledClient {
 impl Deref for PooledClient {
     type Target = deadpool_postgres::ClientWrapper;
     fn deref(&self) -> &Self::Target {
-        &self.inner
+        self.inner.as_ref().expect(INNER_PRESENT)
     }
 }
 
 impl DerefMut for PooledClient {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.inner
+        self.inner.as_mut().expect(INNER_PRESENT)
     }
 }
 
@@ -302,7 +315,7 @@ fn begin_hit_a_standby(e: &tokio_postgres::Error) -> bool {
 /// Takes a connection out of its pool and closes it (its session may be in a state
 /// the next caller must not inherit).
 fn discard(conn: PooledClient) {
-    drop(deadpool_postgres::Object::take(conn.inner));
+    drop(deadpool_postgres::Object::take(conn.into_inner()));
 }
 
 /// A transaction on the master, from [`Router::transaction`]. Derefs to the
@@ -723,16 +736,16 @@ impl Router {
     /// A connection from the pool of a picked endpoint.
     async fn connect_to(&self, picked: Picked) -> Result<PooledClient, Error> {
         let shared = self.shared();
-        let (pool, endpoint_metrics) =
-            shared
-                .pools
-                .get(&shared.cfg, &picked.endpoint, &shared.metrics);
+        let home = shared
+            .pools
+            .get(&shared.cfg, &picked.endpoint, &shared.metrics);
         let in_flight = picked.in_flight.enter();
-        match pools::checkout(&pool, &shared.cfg).await {
+        match home.checkout(&shared.cfg).await {
             Ok(inner) => {
-                endpoint_metrics.routed(picked.intent);
+                home.metrics.routed(picked.intent);
                 Ok(PooledClient {
-                    inner,
+                    inner: Some(inner),
+                    home,
                     endpoint: picked.endpoint,
                     _in_flight: in_flight,
                     master_epoch: picked.master_epoch,

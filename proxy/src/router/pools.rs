@@ -20,7 +20,117 @@ use super::RouterConfig;
 #[derive(Debug, Default)]
 pub(crate) struct Pools {
     // A lock per checkout, not per route: routing itself stays lock-free.
-    by_endpoint: Mutex<HashMap<Endpoint, (Pool, Arc<EndpointMetrics>)>>,
+    by_endpoint: Mutex<HashMap<Endpoint, Arc<EndpointPool>>>,
+}
+
+/// One endpoint's connections: its deadpool pool, its metric handles, and the
+/// connection returned last, kept at hand.
+///
+/// Why a connection at hand: measured in place (one client alternating op by op with a
+/// direct connection, `benches/routing_e2e.rs`, caches cold from the other paths),
+/// deadpool's checkout took ~2.3 us of a ~110 us one-row SELECT (its idle list, its
+/// semaphore, a boxed recycle future, the object moved twice), most of the router's
+/// cost per query; taking the connection at hand is one uncontended lock.
+///
+/// Invariant: a connection is at hand only while the pool is open, it was open when
+/// put there, and no checkout is waiting in deadpool (a returned connection goes to
+/// deadpool then, so a waiter is never left waiting while one sits idle here). The
+/// connection at hand counts as checked out in deadpool, so the pool's size bound holds.
+pub(crate) struct EndpointPool {
+    pool: Pool,
+    pub(crate) metrics: Arc<EndpointMetrics>,
+    at_hand: Mutex<AtHand>,
+}
+
+#[derive(Default)]
+struct AtHand {
+    conn: Option<Object>,
+    /// Checkouts that found nothing at hand and went to deadpool, until they return.
+    deadpool_checkouts: usize,
+}
+
+impl std::fmt::Debug for EndpointPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPool")
+            .field("status", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a checkout as gone to deadpool while it lives (also when the checkout is
+/// cancelled mid-wait).
+struct DeadpoolCheckout<'a>(&'a EndpointPool);
+
+impl Drop for DeadpoolCheckout<'_> {
+    fn drop(&mut self) {
+        self.0.lock_at_hand().deadpool_checkouts -= 1;
+    }
+}
+
+impl EndpointPool {
+    fn lock_at_hand(&self) -> std::sync::MutexGuard<'_, AtHand> {
+        self.at_hand.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection: the one at hand if it is still open, else deadpool's (an idle one
+    /// at once if there is one, else a new one or, with the pool at its size, the next
+    /// one returned, within `pool_wait_timeout_ms`).
+    ///
+    /// Deadpool's first try arms no timer: it wraps a bounded wait and a bounded
+    /// recycle in a timeout each, and in place the timers and their cold cache lines
+    /// cost more than the rest of the checkout. Recycling is `Fast` (it never waits), so
+    /// it needs no timeout; creating a connection keeps its bound.
+    pub(crate) async fn checkout(&self, cfg: &RouterConfig) -> Result<Object, PoolError> {
+        let closed_at_hand = {
+            let mut at_hand = self.lock_at_hand();
+            match at_hand.conn.take() {
+                Some(conn) if !conn.is_closed() => return Ok(conn),
+                closed => {
+                    at_hand.deadpool_checkouts += 1;
+                    closed
+                }
+            }
+        };
+        // Back to deadpool, whose recycling drops a closed connection.
+        drop(closed_at_hand);
+        let _counted = DeadpoolCheckout(self);
+        let now = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(Duration::from_millis(cfg.pg_connect_timeout_ms.into())),
+            recycle: None,
+        };
+        match self.pool.timeout_get(&now).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) => self.pool.get().await,
+            got => got,
+        }
+    }
+
+    /// Takes back a connection checked out of this pool: kept at hand if the place is
+    /// free, the pool open, the connection open and no checkout waits in deadpool;
+    /// otherwise returned to deadpool (which wakes a waiter, or drops the connection of
+    /// a closed pool).
+    pub(crate) fn give_back(&self, conn: Object) {
+        let mut at_hand = self.lock_at_hand();
+        if at_hand.conn.is_none()
+            && at_hand.deadpool_checkouts == 0
+            && !self.pool.is_closed()
+            && !conn.is_closed()
+        {
+            at_hand.conn = Some(conn);
+            return;
+        }
+        drop(at_hand);
+        drop(conn);
+    }
+
+    /// Closes the pool: idle connections (the one at hand too) are dropped at once,
+    /// checked-out ones when they are given back.
+    fn close(&self) {
+        // Closed first: a connection given back from now on is not kept at hand.
+        self.pool.close();
+        let at_hand = self.lock_at_hand().conn.take();
+        drop(at_hand);
+    }
 }
 
 fn pg_config(cfg: &RouterConfig, ep: &Endpoint) -> tokio_postgres::Config {
@@ -40,38 +150,17 @@ fn pg_config(cfg: &RouterConfig, ep: &Endpoint) -> tokio_postgres::Config {
     c
 }
 
-/// A connection from `pool`: an idle one at once if there is one, else a new one or,
-/// with the pool at its size, the next one returned, within `pool_wait_timeout_ms`.
-///
-/// The first try arms no timer: deadpool wraps a bounded wait and a bounded recycle in
-/// a timeout each, and measured in place (one client alternating with a direct
-/// connection, `benches/routing_e2e.rs`) the checkout was ~5% of a one-row SELECT,
-/// against 1 us in a tight loop; the timers and their cold cache lines were the
-/// difference worth removing. Recycling is `Fast` (it never waits), so it needs no
-/// timeout; creating a connection keeps its bound.
-pub(crate) async fn checkout(pool: &Pool, cfg: &RouterConfig) -> Result<Object, PoolError> {
-    let now = Timeouts {
-        wait: Some(Duration::ZERO),
-        create: Some(Duration::from_millis(cfg.pg_connect_timeout_ms.into())),
-        recycle: None,
-    };
-    match pool.timeout_get(&now).await {
-        Err(PoolError::Timeout(TimeoutType::Wait)) => pool.get().await,
-        got => got,
-    }
-}
-
 impl Pools {
-    /// The pool of `ep` and its metric handles, made if there is none.
+    /// The pool of `ep`, made if there is none.
     pub(crate) fn get(
         &self,
         cfg: &RouterConfig,
         ep: &Endpoint,
         metrics: &RouterMetrics,
-    ) -> (Pool, Arc<EndpointMetrics>) {
+    ) -> Arc<EndpointPool> {
         let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((p, m)) = map.get(ep) {
-            return (p.clone(), m.clone());
+        if let Some(p) = map.get(ep) {
+            return Arc::clone(p);
         }
         let manager = Manager::from_config(
             pg_config(cfg, ep),
@@ -94,15 +183,19 @@ impl Pools {
             .recycle_timeout(Some(connect))
             .build()
             .expect("a runtime is set, so building cannot fail");
-        let m = Arc::new(metrics.endpoint(ep));
-        map.insert(ep.clone(), (pool.clone(), m.clone()));
-        (pool, m)
+        let p = Arc::new(EndpointPool {
+            pool,
+            metrics: Arc::new(metrics.endpoint(ep)),
+            at_hand: Mutex::new(AtHand::default()),
+        });
+        map.insert(ep.clone(), Arc::clone(&p));
+        p
     }
 
     /// Closes and forgets every pool whose endpoint is not in `keep`.
     pub(crate) fn retain(&self, keep: &[Endpoint]) {
         let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|ep, (pool, _)| {
+        map.retain(|ep, pool| {
             let kept = keep.contains(ep);
             if !kept {
                 tracing::info!(
@@ -121,7 +214,7 @@ impl Pools {
     /// change), if there is one. A later checkout makes a new pool.
     pub(crate) fn close(&self, ep: &Endpoint, why: &str) {
         let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((pool, _)) = map.remove(ep) {
+        if let Some(pool) = map.remove(ep) {
             tracing::info!(
                 node = ep.node,
                 host = ep.host,
