@@ -56,6 +56,38 @@ fn member(node: &str, port: u16, role: Role) -> MemberRecord {
 
 /// Waits (under [`WAIT`]) until the router's topology satisfies `cond`, woken by its
 /// publish notifications.
+/// A test client on `coord` that wrote the cluster's records: a member record per
+/// `(node, port, role)` and a leader record naming the first one. The records are
+/// ephemerals of the returned client's session (its event stream returned with it).
+async fn write_records(
+    coord: &str,
+    members: &[(&str, u16, Role)],
+) -> (Client, coordd_client::Events, Namespace) {
+    let ns = Namespace::new("/switchyard", "main").unwrap();
+    let (zk, events) =
+        Client::connect(ClientConfig::new([coord.to_string()]).with_session_timeout_ms(2_000))
+            .await
+            .expect("test client");
+    let open = Acl::open_unsafe();
+    zk.ensure_path(&ns.members()).await.unwrap();
+    for &(node, port, role) in members {
+        let rec = records::encode(&member(node, port, role));
+        zk.create(&ns.member(node), &rec, &open, CreateMode::Ephemeral)
+            .await
+            .unwrap();
+    }
+    let (node, port, _) = members[0];
+    zk.create(
+        &ns.leader(),
+        &records::encode(&leader(node, port)),
+        &open,
+        CreateMode::Ephemeral,
+    )
+    .await
+    .unwrap();
+    (zk, events, ns)
+}
+
 async fn wait_topology(router: &Router, what: &str, cond: impl Fn(&Topology) -> bool) {
     let mut rx = router.subscribe();
     let r = timeout(WAIT, async {
@@ -134,32 +166,16 @@ fn router_follows_the_topology() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let ns = Namespace::new("/switchyard", "main").unwrap();
-        let (zk, _events) = Client::connect(
-            ClientConfig::new([coordd.connect_string()]).with_session_timeout_ms(2_000),
+        let (zk, _events, ns) = write_records(
+            &coordd.connect_string(),
+            &[
+                ("pg-0", ports[0], Role::Primary),
+                ("pg-1", ports[1], Role::Replica),
+                ("pg-2", ports[2], Role::Replica),
+            ],
         )
-        .await
-        .expect("test client");
+        .await;
         let open = Acl::open_unsafe();
-        zk.ensure_path(&ns.members()).await.unwrap();
-        for (node, port, role) in [
-            ("pg-0", ports[0], Role::Primary),
-            ("pg-1", ports[1], Role::Replica),
-            ("pg-2", ports[2], Role::Replica),
-        ] {
-            let rec = records::encode(&member(node, port, role));
-            zk.create(&ns.member(node), &rec, &open, CreateMode::Ephemeral)
-                .await
-                .unwrap();
-        }
-        zk.create(
-            &ns.leader(),
-            &records::encode(&leader("pg-0", ports[0])),
-            &open,
-            CreateMode::Ephemeral,
-        )
-        .await
-        .unwrap();
 
         let router = start_router(&coordd.connect_string(), WatchMode::Auto).await;
         let one_shot = start_router(&coordd.connect_string(), WatchMode::OneShot).await;
@@ -409,26 +425,11 @@ fn a_checkout_waiting_on_a_full_pool_gets_the_connection_given_back() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let ns = Namespace::new("/switchyard", "main").unwrap();
-        let (zk, _events) = Client::connect(
-            ClientConfig::new([coordd.connect_string()]).with_session_timeout_ms(2_000),
+        let (zk, _events, _ns) = write_records(
+            &coordd.connect_string(),
+            &[("pg-0", primary.port(), Role::Primary)],
         )
-        .await
-        .expect("test client");
-        let open = Acl::open_unsafe();
-        zk.ensure_path(&ns.members()).await.unwrap();
-        let rec = records::encode(&member("pg-0", primary.port(), Role::Primary));
-        zk.create(&ns.member("pg-0"), &rec, &open, CreateMode::Ephemeral)
-            .await
-            .unwrap();
-        zk.create(
-            &ns.leader(),
-            &records::encode(&leader("pg-0", primary.port())),
-            &open,
-            CreateMode::Ephemeral,
-        )
-        .await
-        .unwrap();
+        .await;
         // A wait timeout far beyond the test's bound: a waiter left waiting shows as a
         // timeout here, not as a pool error.
         let router = timeout(

@@ -799,10 +799,7 @@ async fn send_connect(s: &mut tokio::net::TcpStream, session_id: i64, passwd: &[
 /// finished such a handshake after its client had vanished).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_held_for_a_quorum_does_not_renew_a_vanished_clients_session() {
-    use coordd_proto::{
-        perms, Acl as RawAcl, ConnectResponse, CreateRequest, OpCode, Reader, Record, ReplyHeader,
-        Request,
-    };
+    use coordd_proto::{ConnectResponse, Record};
     const TIMEOUT_MS: u64 = 1000;
     // Member 3 does not campaign while it is cut off, so the heal deposes nobody: a new
     // leadership would rightly give every session a whole timeout again and hide what
@@ -830,24 +827,7 @@ async fn a_handshake_held_for_a_quorum_does_not_renew_a_vanished_clients_session
     let resp = ConnectResponse::from_bytes(&read_raw_frame(&mut owner).await.unwrap()).unwrap();
     assert!(resp.timeout_ms > 0, "session refused");
     assert_eq!(resp.timeout_ms as u64, TIMEOUT_MS);
-    let create = Request::Create {
-        op: OpCode::Create,
-        req: CreateRequest {
-            path: "/v".into(),
-            data: Vec::new(),
-            acl: vec![RawAcl {
-                perms: perms::ALL,
-                scheme: "world".into(),
-                id: "anyone".into(),
-            }],
-            flags: 1, // ephemeral
-        },
-        ttl: 0,
-    };
-    write_raw_frame(&mut owner, |o| create.encode_with_header(1, o)).await;
-    let reply = read_raw_frame(&mut owner).await.expect("create reply");
-    let header = ReplyHeader::decode(&mut Reader::new(&reply)).unwrap();
-    assert_eq!((header.xid, header.err), (1, 0), "create refused");
+    create_raw_ephemeral(&mut owner, 1, "/v").await;
 
     // The client moves to member 3 (which has no quorum: the handshake is held there),
     // then vanishes: both its connections close and it never comes back.
@@ -918,6 +898,25 @@ async fn raw_session(
 /// Sends a create of the persistent node `path` (open ACL) with `xid` on `s`, without
 /// waiting for its reply.
 async fn send_raw_create(s: &mut tokio::net::TcpStream, xid: i32, path: &str) {
+    send_raw_create_with_flags(s, xid, path, 0).await;
+}
+
+/// Creates the ephemeral node `path` (open ACL) with `xid` on `s` and checks its reply.
+async fn create_raw_ephemeral(s: &mut tokio::net::TcpStream, xid: i32, path: &str) {
+    use coordd_proto::{Reader, Record, ReplyHeader};
+    send_raw_create_with_flags(s, xid, path, 1).await;
+    let reply = read_raw_frame(s).await.expect("create reply");
+    let header = ReplyHeader::decode(&mut Reader::new(&reply)).unwrap();
+    assert_eq!((header.xid, header.err), (xid, 0), "create refused");
+}
+
+/// [`send_raw_create`] with the create's `flags` (1: ephemeral).
+async fn send_raw_create_with_flags(
+    s: &mut tokio::net::TcpStream,
+    xid: i32,
+    path: &str,
+    flags: i32,
+) {
     use coordd_proto::{perms, Acl as RawAcl, CreateRequest, OpCode, Request};
     let create = Request::Create {
         op: OpCode::Create,
@@ -929,7 +928,7 @@ async fn send_raw_create(s: &mut tokio::net::TcpStream, xid: i32, path: &str) {
                 scheme: "world".into(),
                 id: "anyone".into(),
             }],
-            flags: 0,
+            flags,
         },
         ttl: 0,
     };
@@ -1156,10 +1155,7 @@ async fn a_member_that_stops_serving_drops_the_writes_waiting_for_its_proposer()
 /// test saw as a closed client's ephemeral outliving every bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_close_was_lost_lives_on_at_the_member_that_took_it() {
-    use coordd_proto::{
-        perms, Acl as RawAcl, ConnectResponse, CreateRequest, OpCode, Reader, Record, ReplyHeader,
-        Request,
-    };
+    use coordd_proto::{ConnectResponse, Reader, Record, ReplyHeader, Request};
     let e = Ensemble::start().await;
     let leader = e.leader().await;
     let m = (leader + 1) % 3;
@@ -1167,24 +1163,7 @@ async fn a_session_whose_close_was_lost_lives_on_at_the_member_that_took_it() {
 
     // A session on `m` with an ephemeral.
     let (mut owner, session) = raw_session(&e.addr(m), 2_000).await;
-    let create = Request::Create {
-        op: OpCode::Create,
-        req: CreateRequest {
-            path: "/c".into(),
-            data: Vec::new(),
-            acl: vec![RawAcl {
-                perms: perms::ALL,
-                scheme: "world".into(),
-                id: "anyone".into(),
-            }],
-            flags: 1, // ephemeral
-        },
-        ttl: 0,
-    };
-    write_raw_frame(&mut owner, |o| create.encode_with_header(1, o)).await;
-    let reply = read_raw_frame(&mut owner).await.expect("create reply");
-    let header = ReplyHeader::decode(&mut Reader::new(&reply)).unwrap();
-    assert_eq!((header.xid, header.err), (1, 0), "create refused");
+    create_raw_ephemeral(&mut owner, 1, "/c").await;
 
     // Its close is lost on the way to the leader: the client sees ConnectionLoss.
     let mut held = e.holds[m].arm();
