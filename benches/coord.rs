@@ -17,7 +17,14 @@
 //!   COORDD_ARGS             extra coordd flags, space separated (never one that turns
 //!                           fsync off: the comparison is fsync on for both)
 //!   COORD_BENCH_CANDIDATE   `coordd` (default) or `zookeeper`: a second ZooKeeper as the
-//!                           candidate, to check the harness itself (ratios ~1.0)
+//!                           candidate, to check the harness itself (ratios ~1.0), or
+//!                           `null`: a server that answers every request at once and
+//!                           does nothing else (`common/null_zk.rs`), the ceiling of
+//!                           this machine and load for any server
+//!   COORD_BENCH_BASELINE_BIN  another coordd binary as the baseline instead of ZooKeeper
+//!                           (standalone only): an A/B of two coordd builds in one run;
+//!                           its flags in COORD_BENCH_BASELINE_ARGS (may be the same
+//!                           binary with other flags)
 //!   COORD_BENCH_SECS        seconds per measured phase (default 3)
 //!   COORD_BENCH_CLIENTS     session counts, comma separated (default 1,16,64)
 //!   COORD_BENCH_MEMBERS     1 (default: standalone servers) or 3 or 5: an ensemble of
@@ -26,6 +33,8 @@
 //!                           and at the end the write gap after kill -9 of the leader
 //!   COORD_BENCH_ENFORCE=1   exit 1 when a target is missed
 
+#[path = "common/null_zk.rs"]
+mod null_zk;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -144,6 +153,8 @@ enum Server {
     /// `COORD_BENCH_MEMBERS` > 1: an ensemble of each.
     ZooKeeperEnsemble(ZooKeeperEnsemble),
     CoorddEnsemble(CoorddEnsemble),
+    /// `COORD_BENCH_CANDIDATE=null`: canned replies, no state (`common/null_zk.rs`).
+    Null(NullServer),
 }
 
 impl Server {
@@ -152,6 +163,7 @@ impl Server {
         match self {
             Server::ZooKeeper(z) => vec![z.addr()],
             Server::Coordd(c) => vec![c.addr()],
+            Server::Null(n) => vec![format!("127.0.0.1:{}", n.port)],
             Server::ZooKeeperEnsemble(e) => e.members().iter().map(|m| m.addr()).collect(),
             Server::CoorddEnsemble(e) => e.members.iter().map(|m| m.connect_string()).collect(),
         }
@@ -166,6 +178,7 @@ impl Server {
         match self {
             Server::ZooKeeper(z) => vec![z.pid()],
             Server::Coordd(c) => vec![c.child.id()],
+            Server::Null(n) => vec![n.child.id()],
             Server::ZooKeeperEnsemble(e) => e.members().iter().filter_map(|m| m.pid()).collect(),
             Server::CoorddEnsemble(e) => e.members.iter().filter_map(|m| m.pid()).collect(),
         }
@@ -286,15 +299,16 @@ impl Coordd {
         Ok(bin)
     }
 
-    fn start(bin: &Path) -> Result<Coordd, String> {
-        let extra: Vec<String> = std::env::var("COORDD_ARGS")
+    /// `args_var`: the environment variable with its extra flags.
+    fn start(bin: &Path, args_var: &str) -> Result<Coordd, String> {
+        let extra: Vec<String> = std::env::var(args_var)
             .unwrap_or_default()
             .split_whitespace()
             .map(str::to_owned)
             .collect();
         if extra.iter().any(|a| a.contains("fsync")) {
             return Err(format!(
-                "COORDD_ARGS {extra:?} touch fsync; the comparison runs fsync on for both"
+                "{args_var} {extra:?} touch fsync; the comparison runs fsync on for both"
             ));
         }
         // ZooKeeper runs with maxClientCnxns=0 (no per-address limit; the default 60 would
@@ -353,6 +367,41 @@ impl Coordd {
 
     fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// The null server, in a child process of this executable.
+struct NullServer {
+    child: Child,
+    port: u16,
+}
+
+impl NullServer {
+    fn start() -> Result<NullServer, String> {
+        let io_err = |e: io::Error| e.to_string();
+        let port = free_port().map_err(io_err)?;
+        let exe = std::env::current_exe().map_err(io_err)?;
+        let child = Command::new(exe)
+            .env(null_zk::NULL_SERVE_ENV, format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn the null server: {e}"))?;
+        let mut n = NullServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || matches!(n.child.try_wait(), Ok(Some(_))) {
+                return Err(format!("the null server did not listen on port {port}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for NullServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -684,13 +733,26 @@ async fn bench_server(
             rows.push(m);
         }
     }
-    let m = watch_latency(
-        &sessions[0],
-        &sessions[1.min(max_clients - 1)],
-        "/bench/watched",
-        phase,
-    )
-    .await?;
+    let m = if matches!(server, Server::Null(_)) {
+        // The null server keeps no watches: no events to time.
+        Measured {
+            op: Op::Watch,
+            clients: 2,
+            ops: 0,
+            elapsed: Duration::ZERO,
+            hist: new_hist(),
+            errors: 0,
+            cpu_pct: (0.0, 0.0),
+        }
+    } else {
+        watch_latency(
+            &sessions[0],
+            &sessions[1.min(max_clients - 1)],
+            "/bench/watched",
+            phase,
+        )
+        .await?
+    };
     eprintln!(
         "[{label}] watch latency: {} events, p50 {} us, p99 {} us, errors {}",
         m.ops,
@@ -965,7 +1027,7 @@ fn finish(result: Result<ServerResult, String>, server: Server) -> ServerResult 
                     fs::read_to_string(c.dir.path().join("coordd.out")).unwrap_or_default()
                 }
                 Server::CoorddEnsemble(e) => e.members.iter().map(|m| m.log()).collect(),
-                Server::ZooKeeperEnsemble(_) => String::new(),
+                Server::ZooKeeperEnsemble(_) | Server::Null(_) => String::new(),
             };
             drop(server);
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -980,9 +1042,15 @@ fn finish(result: Result<ServerResult, String>, server: Server) -> ServerResult 
 }
 
 fn main() {
-    if let Err(reason) = ZooKeeper::available() {
-        eprintln!("coord bench needs Apache ZooKeeper for the comparison: {reason}");
-        std::process::exit(1);
+    if let Ok(addr) = std::env::var(null_zk::NULL_SERVE_ENV) {
+        null_zk::serve(&addr);
+        return;
+    }
+    if std::env::var_os("COORD_BENCH_BASELINE_BIN").is_none() {
+        if let Err(reason) = ZooKeeper::available() {
+            eprintln!("coord bench needs Apache ZooKeeper for the comparison: {reason}");
+            std::process::exit(1);
+        }
     }
     let phase = Duration::from_secs_f64(
         std::env::var("COORD_BENCH_SECS")
@@ -1042,7 +1110,19 @@ fn main() {
         }
         Ok(r)
     };
+    let baseline_bin = std::env::var_os("COORD_BENCH_BASELINE_BIN").map(PathBuf::from);
     let run_base = || {
+        if let Some(bin) = &baseline_bin {
+            let server = match Coordd::start(bin, "COORD_BENCH_BASELINE_ARGS") {
+                Ok(c) => Server::Coordd(c),
+                Err(e) => {
+                    eprintln!("coord bench: baseline: {e}");
+                    std::process::exit(1);
+                }
+            };
+            let r = rt.block_on(bench_server("baseline", &server, &client_counts, phase));
+            return finish(r, server);
+        }
         let mut server = if n_members > 1 {
             // Debian's zoo.cfg timing (tickTime 2000, initLimit 10, syncLimit 5), fsync
             // on, the JVM's defaults: ZooKeeper as shipped.
@@ -1084,8 +1164,18 @@ fn main() {
                 e.wait_leader(&all, Duration::from_secs(60));
                 ("coordd", Server::CoorddEnsemble(e))
             }
-            "coordd" => match Coordd::start(coordd_bin.as_deref().expect("resolved above")) {
+            "coordd" => match Coordd::start(
+                coordd_bin.as_deref().expect("resolved above"),
+                "COORDD_ARGS",
+            ) {
                 Ok(c) => ("coordd", Server::Coordd(c)),
+                Err(e) => {
+                    eprintln!("coord bench: {e}");
+                    std::process::exit(1);
+                }
+            },
+            "null" => match NullServer::start() {
+                Ok(n) => ("null", Server::Null(n)),
                 Err(e) => {
                     eprintln!("coord bench: {e}");
                     std::process::exit(1);
@@ -1099,7 +1189,7 @@ fn main() {
                 }
             },
             other => {
-                eprintln!("COORD_BENCH_CANDIDATE must be coordd or zookeeper, not {other:?}");
+                eprintln!("COORD_BENCH_CANDIDATE must be coordd, zookeeper or null, not {other:?}");
                 std::process::exit(2);
             }
         };

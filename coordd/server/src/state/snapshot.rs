@@ -17,7 +17,7 @@ use coordd_proto::jute::JuteWrite;
 use coordd_proto::{decode_acls, encode_acls, path as zpath, Reader};
 
 use super::acl::AclId;
-use super::tree::PStat;
+use super::tree::{Node, PStat};
 use super::*;
 
 const MAGIC: &[u8; 4] = b"CDSN";
@@ -32,18 +32,27 @@ fn corrupt(what: &'static str) -> DecodeError {
 }
 
 pub(super) fn write(sm: &StateMachine) -> Vec<u8> {
-    let mut paths: Vec<&str> = sm.nodes.keys().map(|k| &**k).collect();
-    paths.sort_unstable();
+    // Each node is looked up once (its entry is kept beside its path), and the buffer is
+    // sized for every byte of the nodes up front: a snapshot runs on the core's thread,
+    // and at a million nodes a lookup per node and the buffer's regrowth cost seconds.
+    let mut nodes: Vec<(&str, &Node)> = sm.nodes.iter().map(|(k, n)| (&**k, n)).collect();
+    nodes.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut index: HashMap<AclId, i32> = HashMap::new();
     let mut lists: Vec<AclId> = Vec::new();
-    for p in &paths {
-        let id = sm.nodes[*p].acl;
-        index.entry(id).or_insert_with(|| {
-            lists.push(id);
+    let mut node_bytes = 0usize;
+    for (p, n) in &nodes {
+        node_bytes += NODE_BYTES_MIN + p.len() + n.data.len();
+        index.entry(n.acl).or_insert_with(|| {
+            lists.push(n.acl);
             (lists.len() - 1) as i32
         });
     }
-    let mut out = BytesMut::with_capacity(64 + sm.data_size + paths.len() * NODE_BYTES_MIN);
+    let session_bytes: usize = sm
+        .sessions
+        .values()
+        .map(|s| SESSION_BYTES_MIN + s.passwd.len())
+        .sum();
+    let mut out = BytesMut::with_capacity(64 + node_bytes + session_bytes);
     out.put_slice(MAGIC);
     out.put_u8(SNAPSHOT_FORMAT_V1);
     out.put_i64(sm.last_zxid);
@@ -51,12 +60,21 @@ pub(super) fn write(sm: &StateMachine) -> Vec<u8> {
     for id in &lists {
         encode_acls(&mut out, sm.acls.get(*id));
     }
-    out.put_i32(paths.len() as i32);
-    for p in &paths {
-        let n = &sm.nodes[*p];
+    out.put_i32(nodes.len() as i32);
+    // ACL list indexes, looked up once per distinct list rather than per node.
+    let mut last_acl: Option<(AclId, i32)> = None;
+    for (p, n) in &nodes {
+        let acl_index = match last_acl {
+            Some((id, i)) if id == n.acl => i,
+            _ => {
+                let i = index[&n.acl];
+                last_acl = Some((n.acl, i));
+                i
+            }
+        };
         out.put_jute_string(p);
         out.put_jute_buffer(&n.data);
-        out.put_i32(index[&n.acl]);
+        out.put_i32(acl_index);
         let s = &n.stat;
         for v in [s.czxid, s.mzxid, s.pzxid, s.ctime, s.mtime] {
             out.put_i64(v);
