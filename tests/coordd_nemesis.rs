@@ -40,7 +40,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -392,6 +392,9 @@ struct EphemeralReport {
     vanished: usize,
     /// Sessions that expired while their client still held them.
     expired: usize,
+    /// Each ephemeral's name under /e and the id of the session that created it, so
+    /// that a failure names the sessions to look for in the members' logs.
+    owners: Vec<(String, i64)>,
 }
 
 /// Creates a session through proxies of its own (one per member), an ephemeral, holds it,
@@ -426,6 +429,7 @@ async fn ephemeral_owner(
         report.sessions += 1;
         n += 1;
         let path = format!("/e/{owner}-{n}");
+        report.owners.push((format!("{owner}-{n}"), c.session_id()));
         let res = tokio::time::timeout(
             OP_TIMEOUT,
             c.create(&path, b"", &Acl::open_unsafe(), CreateMode::Ephemeral),
@@ -895,7 +899,24 @@ async fn linearizable_under_kills_pauses_and_partitions() {
         eph.closed += r.closed;
         eph.vanished += r.vanished;
         eph.expired += r.expired;
+        eph.owners.extend(r.owners);
     }
+    let session_of: HashMap<String, i64> = eph.owners.iter().cloned().collect();
+    // Names of leftover ephemerals with their sessions, for the failure messages.
+    let with_sessions = |names: &BTreeSet<String>| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| match session_of.get(n) {
+                Some(id) => format!("{n} (session 0x{id:x})"),
+                None => n.clone(),
+            })
+            .collect()
+    };
+    // The same for every name some member still shows.
+    let leftovers = |seen: &[Result<BTreeSet<String>, String>]| -> Vec<String> {
+        let all: BTreeSet<String> = seen.iter().flatten().flatten().cloned().collect();
+        with_sessions(&all)
+    };
     log.note("workload stopped".into());
 
     // Healthy: one leader, the others following.
@@ -1005,9 +1026,10 @@ async fn linearizable_under_kills_pauses_and_partitions() {
                             let dir = keep_evidence(&e, &log, &rec.history.lock().unwrap());
                             panic!(
                                 "the leader (member {}) showed no ephemeral of a vanished \
-                                 client, yet a later sync + read shows some: {seen:?}; \
-                                 evidence in {}; the last poll rounds:\n{}",
+                                 client, yet a later sync + read shows some: {seen:?} \
+                                 ({:?}); evidence in {}; the last poll rounds:\n{}",
                                 leader + 1,
+                                leftovers(&seen),
                                 dir.display(),
                                 rounds.join("\n")
                             );
@@ -1020,9 +1042,10 @@ async fn linearizable_under_kills_pauses_and_partitions() {
                     panic!(
                         "the leader (member {}) still had ephemerals of vanished clients \
                          {since:?} after the ensemble was healthy or its leadership began \
-                         (bound {expiry_bound:?}): {left:?}; evidence in {}; the last poll \
+                         (bound {expiry_bound:?}): {:?}; evidence in {}; the last poll \
                          rounds:\n{}",
                         leader + 1,
+                        with_sessions(left),
                         dir.display(),
                         rounds.join("\n")
                     );
@@ -1034,9 +1057,10 @@ async fn linearizable_under_kills_pauses_and_partitions() {
             let dir = keep_evidence(&e, &log, &rec.history.lock().unwrap());
             panic!(
                 "ephemerals of vanished clients not gone from every member {:?} after the \
-                 ensemble was healthy (leadership now {leadership:?}): {seen:?}; evidence in {}; \
-                 the last poll rounds:\n{}",
+                 ensemble was healthy (leadership now {leadership:?}): {seen:?} ({:?}); \
+                 evidence in {}; the last poll rounds:\n{}",
                 healthy_at.elapsed(),
+                leftovers(&seen),
                 dir.display(),
                 rounds.join("\n")
             );

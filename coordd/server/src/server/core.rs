@@ -661,6 +661,13 @@ impl Core {
                     if let Some(s) = self.sessions.get_mut(&id) {
                         if s.conn_id == Some(conn_id) {
                             s.conn_id = None;
+                            // As ZooKeeper logs a closed socket with its session: with
+                            // the attach and end lines, a session's life on each member.
+                            tracing::info!(
+                                session_id = format!("0x{id:x}"),
+                                conn_id,
+                                "client connection of the session closed"
+                            );
                         }
                     }
                 }
@@ -777,6 +784,13 @@ impl Core {
         conn.stats
             .session_id
             .store(info.session_id as u64, Ordering::Relaxed);
+        tracing::info!(
+            session_id = format!("0x{:x}", info.session_id),
+            conn_id,
+            peer = %conn.peer,
+            timeout_ms = info.timeout_ms,
+            "client attached to the session (new or resumed)"
+        );
         let ip = Id {
             scheme: "ip".into(),
             id: conn.peer.ip().to_string(),
@@ -2233,6 +2247,10 @@ impl Core {
     }
 
     fn end_session(&mut self, session_id: SessionId) {
+        tracing::info!(
+            session_id = format!("0x{session_id:x}"),
+            "session ended (closed or expired)"
+        );
         self.closing.remove(&session_id);
         self.deadlines.remove(session_id);
         self.state.remove_session_watches(session_id);
