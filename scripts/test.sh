@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The single test command of the workspace: installs what the tests need (idempotent),
-# builds the coordd release binary, then runs fmt check, the whole test suite and clippy.
+# runs the fmt check, builds the tests (and with them the coordd and agent binaries the
+# end-to-end tests start), then runs the whole test suite, clippy and the fuzz targets.
 #
 #   bash scripts/test.sh
 #
@@ -9,7 +10,7 @@
 # How tests find things:
 #   - coordd: env COORDD_BIN, else $CARGO_TARGET_DIR (or ./target)/release/coordd, else
 #     .../debug/coordd. The agent: env SWITCHYARD_BIN, else built by the first test that
-#     needs it. This script builds both in release and exports both.
+#     needs it. This script exports both: the test profile's builds (section 4).
 #   - Apache ZooKeeper: Debian's `zookeeper` package (3.8), /usr/share/zookeeper and
 #     /usr/share/java/zookeeper.jar; tests that need it skip with a printed reason when
 #     it is absent. This script installs it, so here they run.
@@ -119,20 +120,6 @@ log "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
 # ---------------------------------------------------------------------------
-# 3. The coordd binary the end-to-end tests and benches start
-# ---------------------------------------------------------------------------
-# The servers the end-to-end tests start, built once here: coordd, and the `switchyard`
-# binary (the agent). Left to the tests, the agent's build ran inside the first test file
-# that needed it (with the workspace's test features it recompiled ~90 s of crates) and
-# waited behind clippy's lock on the target directory in the next one (~2 min).
-target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
-log "cargo build --release -p coordd -p switchyard-proxy --bins"
-cargo build --release -p coordd -p switchyard-proxy --bins
-export COORDD_BIN="$target_dir/release/coordd"
-export SWITCHYARD_BIN="$target_dir/release/switchyard"
-log "COORDD_BIN=$COORDD_BIN SWITCHYARD_BIN=$SWITCHYARD_BIN"
-
-# ---------------------------------------------------------------------------
 # 4. Tests
 # ---------------------------------------------------------------------------
 # Two streams at once, so that the suite fits its time budget on 2 cores: the
@@ -141,8 +128,39 @@ log "COORDD_BIN=$COORDD_BIN SWITCHYARD_BIN=$SWITCHYARD_BIN"
 # crates, and the root package's other end-to-end tests, mostly CPU). A test file is
 # in the PostgreSQL stream when it calls `postgres::skip()`. Each stream's output is
 # printed whole when it ends; the step fails if either fails.
+stream_dir=$(mktemp -d)
+# A failed step exits here: take the background jobs (builds, streams) along.
+trap 'jobs -p | xargs -r kill 2>/dev/null; rm -rf "$stream_dir"' EXIT
+# The fuzz targets' build (~3 CPU-minutes from scratch, scripts/fuzz.sh; its own target
+# directory, so no lock is shared with the builds here) starts now, at a lower priority:
+# it takes what CPU the test build leaves (its serial stretches, linking) and what the
+# PostgreSQL stream leaves while it waits on servers; section 6 runs the targets. Started
+# after the test build, it was the CI's last step to finish.
+fuzz_build_pid=
+if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
+    (
+        rc=0
+        FUZZ_BUILD_ONLY=1 nice -n 10 bash scripts/fuzz.sh >"$stream_dir/fuzz-build.log" 2>&1 || rc=$?
+        echo $rc >"$stream_dir/fuzz-build.rc"
+    ) &
+    fuzz_build_pid=$!
+fi
 log "cargo test --workspace (built first, then two streams)"
 cargo test --workspace --no-fail-fast --no-run
+# The servers the end-to-end tests start: coordd and the agent (`switchyard`), the
+# binaries the build above just made for the integration tests of their own packages
+# (coordd/server/tests, proxy/tests), in the test profile. They share every dependency
+# with the tests, where a release build of them cost a second compile of the whole
+# dependency graph (~4 CPU-minutes, a third of the CI's wall time on 2 cores); and they
+# run with debug assertions and overflow checks on, so the end-to-end tests check those
+# too. The benchmarks build and use release binaries.
+target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+export COORDD_BIN="$target_dir/debug/coordd"
+export SWITCHYARD_BIN="$target_dir/debug/switchyard"
+for bin in "$COORDD_BIN" "$SWITCHYARD_BIN"; do
+    [[ -x "$bin" ]] || { echo "error: the test build did not make $bin" >&2; exit 1; }
+done
+log "COORDD_BIN=$COORDD_BIN SWITCHYARD_BIN=$SWITCHYARD_BIN"
 # Every cargo invocation below selects the whole workspace (targets narrowed with
 # --test/--lib/...), so that features unify exactly as in the build above and nothing
 # is compiled again inside the streams (`-p` or `--exclude` would rebuild).
@@ -156,19 +174,6 @@ while IFS= read -r f; do
         other_tests+=(--test "$name")
     fi
 done < <(find . -path ./target -prune -o -path ./fuzz -prune -o -regex '.*/tests/[^/]*\.rs' -print | sort)
-stream_dir=$(mktemp -d)
-# The fuzz targets' build (minutes from scratch, see scripts/fuzz.sh) runs beside the
-# tests, at a lower priority, where the PostgreSQL stream mostly waits; section 6 runs
-# them once it is done.
-fuzz_build_pid=
-if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
-    (
-        rc=0
-        FUZZ_BUILD_ONLY=1 nice -n 10 bash scripts/fuzz.sh >"$stream_dir/fuzz-build.log" 2>&1 || rc=$?
-        echo $rc >"$stream_dir/fuzz-build.rc"
-    ) &
-    fuzz_build_pid=$!
-fi
 (
     rc=0
     cargo test --workspace --no-fail-fast "${pg_tests[@]}" 2>&1 | stamp_running >"$stream_dir/pg.log" || rc=$?
