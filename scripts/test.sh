@@ -132,15 +132,16 @@ stream_dir=$(mktemp -d)
 # A failed step exits here: take the background jobs (builds, streams) along.
 trap 'jobs -p | xargs -r kill 2>/dev/null; rm -rf "$stream_dir"' EXIT
 # The fuzz targets' build (~3 CPU-minutes from scratch, scripts/fuzz.sh; its own target
-# directory, so no lock is shared with the builds here) starts now, at a lower priority:
-# it takes what CPU the test build leaves (its serial stretches, linking) and what the
-# PostgreSQL stream leaves while it waits on servers; section 6 runs the targets. Started
-# after the test build, it was the CI's last step to finish.
+# directory, so no lock is shared with the builds here) starts now, at nice 5: about a
+# quarter of the CPU while the test build runs, more while the PostgreSQL stream waits on
+# servers; section 6 runs the targets. The fuzz run (60 s of wall time) has to follow
+# it, so it is the CI's longest chain after the tests: started after the test build, or
+# at nice 10 beside it, it was the last step to finish (by ~100 s).
 fuzz_build_pid=
 if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
     (
         rc=0
-        FUZZ_BUILD_ONLY=1 nice -n 10 bash scripts/fuzz.sh >"$stream_dir/fuzz-build.log" 2>&1 || rc=$?
+        FUZZ_BUILD_ONLY=1 nice -n 5 bash scripts/fuzz.sh >"$stream_dir/fuzz-build.log" 2>&1 || rc=$?
         echo $rc >"$stream_dir/fuzz-build.rc"
     ) &
     fuzz_build_pid=$!
