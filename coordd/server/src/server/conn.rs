@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use coordd_proto::frame::{check_frame_len, split_frame};
 use coordd_proto::{ConnectRequest, ErrorCode, OpCode, Reader, Record, Request, RequestHeader};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -405,7 +405,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 return;
             }
             queued_bytes.fetch_sub(n, Ordering::Relaxed);
-            batch.advance(n);
+            // Back to the buffer's start: the next batch reuses the same page rather
+            // than walking through the whole capacity (RSS per connection).
             batch.clear();
         }
         if close {
