@@ -275,7 +275,6 @@ if [[ -n "$fuzz_pid" ]]; then
     cat "$stream_dir/fuzz.log"
     fuzz_rc=$(cat "$stream_dir/fuzz.rc")
 fi
-rm -rf "$stream_dir"
 if [[ "$pg_rc" != 0 || "$other_rc" != 0 ]]; then
     echo "error: tests failed (PostgreSQL stream exit $pg_rc, other stream exit $other_rc)" >&2
     exit 1

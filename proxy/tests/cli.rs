@@ -30,11 +30,12 @@ fn assert_usage_error(out: &Output, expected: &str) {
     assert!(!stderr.contains("panicked"), "a panic: {stderr}");
 }
 
-fn agent_args<'a>(config: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
+/// `switchyard agent` for cluster `cluster` with agent.toml `config`.
+fn agent_args<'a>(cluster: &'a str, config: &'a str) -> Vec<&'a str> {
+    vec![
         "agent",
         "--cluster",
-        "main",
+        cluster,
         "--node",
         "pg1",
         "--coord",
@@ -45,9 +46,7 @@ fn agent_args<'a>(config: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         "5432",
         "--config",
         config,
-    ];
-    args.extend_from_slice(extra);
-    args
+    ]
 }
 
 #[test]
@@ -76,13 +75,13 @@ fn malformed_agent_toml_is_reported_with_its_path() {
     )
     .expect("write agent.toml");
     let path = path.to_str().expect("utf-8 temp path");
-    let out = switchyard(&agent_args(path, &[]));
+    let out = switchyard(&agent_args("main", path));
     assert_usage_error(&out, path);
 }
 
 #[test]
 fn missing_agent_toml_is_reported_with_its_path() {
-    let out = switchyard(&agent_args("/nonexistent/switchyard-agent.toml", &[]));
+    let out = switchyard(&agent_args("main", "/nonexistent/switchyard-agent.toml"));
     assert_usage_error(&out, "/nonexistent/switchyard-agent.toml");
 }
 
@@ -92,8 +91,6 @@ fn bad_cluster_name_is_refused_before_anything_starts() {
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, "").expect("write agent.toml");
     let path = path.to_str().expect("utf-8 temp path");
-    let mut args = agent_args(path, &[]);
-    args[2] = "no/slashes";
-    let out = switchyard(&args);
+    let out = switchyard(&agent_args("no/slashes", path));
     assert_usage_error(&out, "no/slashes");
 }
