@@ -140,6 +140,11 @@ async fn load_same_data(sessions: &[Arc<zk::Client>]) -> Result<(), String> {
 }
 const WATCH_ROUNDS: usize = 500;
 const WARMUP: Duration = Duration::from_secs(1);
+/// Creates per session in the warm-up, a count rather than a time: the faster server
+/// would otherwise hold more warm-up nodes when the memory with "the same data" is taken.
+const WARMUP_CREATES_PER_SESSION: u64 = 100;
+/// Bound on the counted warm-up creates (a server this slow fails the run anyway).
+const WARMUP_CREATES_WAIT: Duration = Duration::from_secs(30);
 /// A request not answered by then counts as an error (a hung server must not hang the run).
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -548,8 +553,15 @@ async fn within<T>(f: impl std::future::Future<Output = Result<T, zk::Error>>) -
     matches!(tokio::time::timeout(OP_TIMEOUT, f).await, Ok(Ok(_)))
 }
 
-/// Runs `op` on every session for `dur`, one request in flight per session.
-async fn run_phase(clients: &[Arc<zk::Client>], root: &str, op: Op, dur: Duration) -> Measured {
+/// Runs `op` on every session for `dur`, one request in flight per session; a session
+/// stops early after `per_session_max` requests.
+async fn run_phase(
+    clients: &[Arc<zk::Client>],
+    root: &str,
+    op: Op,
+    dur: Duration,
+    per_session_max: Option<u64>,
+) -> Measured {
     let value = Arc::new(vec![b'x'; VALUE_LEN]);
     let start = Instant::now();
     let deadline = start + dur;
@@ -563,7 +575,8 @@ async fn run_phase(clients: &[Arc<zk::Client>], root: &str, op: Op, dur: Duratio
             let (mut ops, mut errors) = (0u64, 0u64);
             let own = format!("{base}/n0");
             let mut k = 0u64;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && per_session_max.is_none_or(|max| ops + errors < max)
+            {
                 let t = Instant::now();
                 let ok = match op {
                     Op::Create => {
@@ -686,7 +699,8 @@ async fn bench_server(
     let admin = &sessions[0];
     create_if_missing(admin, "/bench").await?;
 
-    // Warm-up (not measured): JIT for the JVM, allocator and caches for both.
+    // Warm-up (not measured): JIT for the JVM, allocator and caches for both. Its
+    // creates are counted, not timed, so both trees hold the same nodes afterwards.
     {
         let root = "/bench/warmup";
         create_if_missing(admin, root).await?;
@@ -695,8 +709,22 @@ async fn bench_server(
             create_if_missing(admin, &format!("{root}/c{i}")).await?;
             create_if_missing(admin, &format!("{root}/c{i}/n0")).await?;
         }
-        for op in [Op::Create, Op::Set, Op::Get] {
-            run_phase(some, root, op, WARMUP / 3).await;
+        let creates = run_phase(
+            some,
+            root,
+            Op::Create,
+            WARMUP_CREATES_WAIT,
+            Some(WARMUP_CREATES_PER_SESSION),
+        )
+        .await;
+        if creates.errors > 0 {
+            return Err(format!(
+                "{} of the warm-up's creates failed or timed out",
+                creates.errors
+            ));
+        }
+        for op in [Op::Set, Op::Get] {
+            run_phase(some, root, op, WARMUP / 3, None).await;
         }
     }
 
@@ -718,7 +746,7 @@ async fn bench_server(
             create_if_missing(admin, &format!("{root}/c{i}/n0")).await?;
         }
         for op in [Op::Create, Op::Set, Op::Get] {
-            let m = with_cpu(&pids, run_phase(&sessions[..n], &root, op, phase)).await;
+            let m = with_cpu(&pids, run_phase(&sessions[..n], &root, op, phase, None)).await;
             eprintln!(
                 "[{label}] {:>8} x{:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  errors {}  cpu server {:.0}% load {:.0}%",
                 op.name(),

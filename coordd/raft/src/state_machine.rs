@@ -8,6 +8,10 @@
 //! it purges the log the snapshot covers), and [`StateMachine::restore`] loads the newest one
 //! into the applier before openraft reads the initial state. With
 //! [`MemLogStore`](crate::MemLogStore) snapshots live in memory only.
+//!
+//! Memory: with a durable log the current snapshot's image is not kept in memory once saved
+//! (it is a second copy of the whole state: ~1.6 MiB at 13 000 small nodes, ~120 MiB at a
+//! million); `get_current_snapshot`, which only a follower's catch-up needs, reads it back.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -18,30 +22,53 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 
 use crate::applier::{Applier, EntryData, LogEntry, Membership};
-use crate::log_store::{snapshot_write_err, SnapshotStore};
+use crate::log_store::{snapshot_read_err, snapshot_write_err, SnapshotStore};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 /// A built (or installed) snapshot: openraft's metadata plus the applier's image.
-#[derive(Clone)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     image: Bytes,
 }
 
+/// Where the current snapshot's image is.
+#[derive(Clone)]
+enum Image {
+    /// In the [`SnapshotStore`]'s file, saved before it was published.
+    Saved,
+    /// Only here (an in-memory log).
+    Held(Bytes),
+}
+
+/// The snapshot `get_current_snapshot` answers with.
+#[derive(Clone)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    image: Image,
+}
+
 /// Shared between the state machine and the snapshot builders it hands out: a build finishes
 /// in another task and publishes here.
-type Current = Arc<Mutex<Option<StoredSnapshot>>>;
+type Current = Arc<Mutex<Option<CurrentSnapshot>>>;
 
-fn lock(c: &Current) -> MutexGuard<'_, Option<StoredSnapshot>> {
+fn lock(c: &Current) -> MutexGuard<'_, Option<CurrentSnapshot>> {
     // Only plain assignments happen under the lock; a poisoned one is still consistent.
     c.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Publishes `snap` unless a snapshot at least as new is already current: a build can finish
-/// after a newer snapshot was installed (openraft#1130), and must not replace it.
-fn publish(current: &Current, snap: StoredSnapshot) {
+/// after a newer snapshot was installed (openraft#1130), and must not replace it. With a
+/// `store` (which `snap` was saved to before) only the meta is kept.
+fn publish(current: &Current, snap: StoredSnapshot, store: Option<&SnapshotStore>) {
+    let snap = CurrentSnapshot {
+        meta: snap.meta,
+        image: match store {
+            Some(_) => Image::Saved,
+            None => Image::Held(snap.image),
+        },
+    };
     let mut g = lock(current);
     let newer = match g.as_ref() {
         None => true,
@@ -153,7 +180,12 @@ impl<A: Applier> StateMachine<A> {
         st.applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         tracing::info!(last_log_id = ?meta.last_log_id, "state machine restored from its snapshot");
-        publish(&st.current, StoredSnapshot { meta, image });
+        // It came from the store's file.
+        publish(
+            &st.current,
+            StoredSnapshot { meta, image },
+            st.store.as_ref(),
+        );
         Ok(())
     }
 }
@@ -280,16 +312,58 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
                 meta: meta.clone(),
                 image,
             },
+            st.store.as_ref(),
         );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let st = self.state.lock().await;
-        let current = lock(&st.current);
-        Ok(current.as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(s.image.clone()),
+        let (current, store) = {
+            let st = self.state.lock().await;
+            let current = lock(&st.current).clone();
+            (current, st.store.clone())
+        };
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        let image = match current.image {
+            Image::Held(image) => image,
+            Image::Saved => {
+                let store = store.ok_or_else(|| {
+                    snapshot_read_err(&current.meta, "a saved snapshot without a store")
+                })?;
+                match store.load().await {
+                    // The file holds the newest snapshot saved: the current one, or one a build
+                    // or install saved since (then about to be published). Both are consistent
+                    // pairs of meta and image.
+                    Ok(Some((meta, image))) if meta.last_log_id >= current.meta.last_log_id => {
+                        return Ok(Some(Snapshot {
+                            meta,
+                            snapshot: Box::new(image),
+                        }))
+                    }
+                    Ok(Some((meta, _))) => {
+                        return Err(snapshot_read_err(
+                            &current.meta,
+                            format!(
+                                "the snapshot file holds an older snapshot ({:?})",
+                                meta.last_log_id
+                            ),
+                        ))
+                    }
+                    Ok(None) => {
+                        return Err(snapshot_read_err(
+                            &current.meta,
+                            "the snapshot file is gone",
+                        ))
+                    }
+                    Err(e) => return Err(snapshot_read_err(&current.meta, e)),
+                }
+            }
+        };
+        Ok(Some(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(image),
         }))
     }
 }
@@ -315,10 +389,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .await
                 .map_err(|e| snapshot_write_err(&snap.meta, e))?;
         }
-        publish(&self.current, snap.clone());
+        let image = snap.image.clone();
+        let meta = snap.meta.clone();
+        publish(&self.current, snap, self.store.as_ref());
+        // openraft keeps only the meta of this (core/sm/worker.rs); the image goes with it.
         Ok(Snapshot {
-            meta: snap.meta,
-            snapshot: Box::new(snap.image),
+            meta,
+            snapshot: Box::new(image),
         })
     }
 }

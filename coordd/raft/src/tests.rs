@@ -237,9 +237,33 @@ mod snapshots {
     use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
     use openraft::{CommittedLeaderId, EntryPayload, LogId, StoredMembership};
 
-    use super::CountingApplier;
+    use super::{disk_test_config, CountingApplier};
+    use crate::log_store::DiskLogStore;
     use crate::state_machine::StateMachine;
     use crate::types::{Entry, SnapshotMeta};
+
+    /// The two ways a member wires its state machine: snapshots held in memory (an in-memory
+    /// log), or saved to the disk log's directory and read back from there (a durable log).
+    fn state_machines() -> Vec<(
+        &'static str,
+        Option<tempfile::TempDir>,
+        StateMachine<CountingApplier>,
+    )> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskLogStore::open(dir.path(), disk_test_config()).unwrap();
+        vec![
+            (
+                "memory",
+                None,
+                StateMachine::new(CountingApplier::default(), None),
+            ),
+            (
+                "disk",
+                Some(dir),
+                StateMachine::new(CountingApplier::default(), Some(store.snapshot_handle())),
+            ),
+        ]
+    }
 
     fn blank(index: u64) -> Entry {
         Entry {
@@ -256,45 +280,52 @@ mod snapshots {
     /// applied while the build runs are not in it, and the meta says so.
     #[tokio::test]
     async fn snapshot_is_point_in_time() {
-        let mut sm = StateMachine::new(CountingApplier::default(), None);
-        sm.apply((1..=5).map(blank).collect::<Vec<_>>())
-            .await
-            .unwrap();
-        let mut builder = sm.get_snapshot_builder().await;
-        sm.apply((6..=10).map(blank).collect::<Vec<_>>())
-            .await
-            .unwrap();
-        let snap = builder.build_snapshot().await.unwrap();
-        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(5));
-        assert_eq!(count(&snap.snapshot), 5);
-        let current = sm.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(current.meta, snap.meta);
-        // A builder is single use.
-        assert!(builder.build_snapshot().await.is_err());
+        for (kind, _dir, mut sm) in state_machines() {
+            sm.apply((1..=5).map(blank).collect::<Vec<_>>())
+                .await
+                .unwrap();
+            let mut builder = sm.get_snapshot_builder().await;
+            sm.apply((6..=10).map(blank).collect::<Vec<_>>())
+                .await
+                .unwrap();
+            let snap = builder.build_snapshot().await.unwrap();
+            assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(5), "{kind}");
+            assert_eq!(count(&snap.snapshot), 5, "{kind}");
+            let current = sm.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(current.meta, snap.meta, "{kind}");
+            assert_eq!(count(&current.snapshot), 5, "{kind}");
+            // A builder is single use.
+            assert!(builder.build_snapshot().await.is_err(), "{kind}");
+        }
     }
 
     /// A build that finishes after a newer snapshot was installed does not replace it.
     #[tokio::test]
     async fn stale_build_does_not_replace_an_installed_snapshot() {
-        let mut sm = StateMachine::new(CountingApplier::default(), None);
-        sm.apply((1..=5).map(blank).collect::<Vec<_>>())
-            .await
-            .unwrap();
-        let mut builder = sm.get_snapshot_builder().await;
+        for (kind, _dir, mut sm) in state_machines() {
+            sm.apply((1..=5).map(blank).collect::<Vec<_>>())
+                .await
+                .unwrap();
+            let mut builder = sm.get_snapshot_builder().await;
 
-        let meta = SnapshotMeta {
-            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 3), 20)),
-            last_membership: StoredMembership::default(),
-            snapshot_id: "from-leader".into(),
-        };
-        let image = Bytes::from(20u64.to_be_bytes().to_vec());
-        sm.install_snapshot(&meta, Box::new(image)).await.unwrap();
-        assert_eq!(sm.applied_state().await.unwrap().0, meta.last_log_id);
+            let meta = SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 3), 20)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "from-leader".into(),
+            };
+            let image = Bytes::from(20u64.to_be_bytes().to_vec());
+            sm.install_snapshot(&meta, Box::new(image)).await.unwrap();
+            assert_eq!(
+                sm.applied_state().await.unwrap().0,
+                meta.last_log_id,
+                "{kind}"
+            );
 
-        builder.build_snapshot().await.unwrap();
-        let current = sm.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(current.meta.snapshot_id, "from-leader");
-        assert_eq!(count(&current.snapshot), 20);
+            builder.build_snapshot().await.unwrap();
+            let current = sm.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(current.meta.snapshot_id, "from-leader", "{kind}");
+            assert_eq!(count(&current.snapshot), 20, "{kind}");
+        }
     }
 
     /// An image the applier cannot decode is an error, not a panic, and changes nothing.

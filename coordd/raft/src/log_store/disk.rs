@@ -382,6 +382,18 @@ impl SnapshotStore {
         lock(&self.store.shared.recovered_snapshot).take()
     }
 
+    /// The newest snapshot saved (meta + image), read back from disk: the state machine
+    /// keeps only its meta in memory, since the image is a second copy of the whole state.
+    pub(crate) async fn load(&self) -> Result<Option<(SnapshotMeta, Bytes)>, WalError> {
+        let path = self.store.shared.dir.join(SNAPSHOT_FILE);
+        self.store
+            .with_disk(move |d| match d.wal.read_file(SNAPSHOT_FILE)? {
+                Some(b) => decode_snapshot(&path, &b).map(Some),
+                None => Ok(None),
+            })
+            .await
+    }
+
     /// Writes the snapshot durably unless the one on disk is at least as new.
     pub(crate) async fn save(&self, meta: &SnapshotMeta, image: &Bytes) -> Result<(), WalError> {
         let last = meta.last_log_id;
@@ -495,6 +507,15 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
 }
 
 /// openraft's error for a failed snapshot write, for the state machine adapter.
+pub(crate) fn snapshot_read_err(meta: &SnapshotMeta, e: impl std::fmt::Display) -> StorageError {
+    StorageError::IO {
+        source: openraft::StorageIOError::read_snapshot(
+            Some(meta.signature()),
+            AnyError::error(e.to_string()),
+        ),
+    }
+}
+
 pub(crate) fn snapshot_write_err(meta: &SnapshotMeta, e: WalError) -> StorageError {
     StorageError::IO {
         source: openraft::StorageIOError::write_snapshot(

@@ -4,7 +4,7 @@
 mod disk;
 mod mem;
 
-pub(crate) use disk::{snapshot_write_err, SnapshotStore};
+pub(crate) use disk::{snapshot_read_err, snapshot_write_err, SnapshotStore};
 pub use disk::{DiskLogConfig, DiskLogStore};
 pub use mem::MemLogStore;
 
