@@ -65,6 +65,8 @@ pub(crate) fn disk_test_config() -> DiskLogConfig {
         fsync: false,
         segment_bytes_max: 4 << 10,
         preallocate_bytes: 8 << 10,
+        // A few entries: reads of older ones go to disk.
+        log_cache_bytes_max: 256,
         ..DiskLogConfig::default()
     }
 }

@@ -41,6 +41,8 @@ fn disk_config() -> DiskLogConfig {
         fsync: false,
         segment_bytes_max: 8 << 10,
         preallocate_bytes: 16 << 10,
+        // A few entries in memory: a follower behind is served from disk.
+        log_cache_bytes_max: 512,
         ..DiskLogConfig::default()
     }
 }

@@ -169,4 +169,15 @@ pub struct Recovered {
     /// Every logged entry with zxid > the snapshot's zxid (all of them without a
     /// snapshot), in zxid order, with no gaps in the log's chain.
     pub entries: Vec<(Zxid, Vec<u8>)>,
+    /// Where each of `entries` lies (same order), for [`Wal::read_entries`].
+    pub positions: Vec<EntryPos>,
+}
+
+/// Where an entry's record lies in the log: its segment (by the number in the segment's
+/// name) and the record's offset there. Valid while the entry is live: a truncation or a
+/// purge past it ends that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryPos {
+    pub segment: Zxid,
+    pub offset: u64,
 }

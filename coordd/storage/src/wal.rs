@@ -12,11 +12,14 @@ use super::lock::DirLock;
 use super::record::{encode_record, segment_header, Kind, SEGMENT_HEADER_LEN};
 use super::segment::{parse_segment_name, segment_file_name, ScannedRecord, SegmentReader, Stop};
 use super::snapshot::{self, parse_snapshot_name, snapshot_file_name};
-use super::{Recovered, StorageConfig, StorageError, Zxid};
+use super::{EntryPos, Recovered, StorageConfig, StorageError, Zxid};
 
 /// The batch buffer is kept between appends to avoid reallocating; past this capacity
 /// (one unusually large batch) it is released instead.
 const BATCH_BUFFER_KEEP_BYTES: usize = 16 << 20;
+
+/// What `recover_log` returns: the live entries above the snapshot and their places.
+type RecoveredLog = (Vec<(Zxid, Vec<u8>)>, Vec<EntryPos>);
 
 /// The durable log. Owned by one thread (the [`super::LogWriter`] in the server).
 pub struct Wal {
@@ -63,6 +66,8 @@ struct SegmentMeta {
 struct Active {
     file: File,
     path: PathBuf,
+    /// The number in its name ([`EntryPos::segment`]).
+    number: Zxid,
     /// Where the next batch goes: the end of the last complete batch.
     len: u64,
     /// File size fixed by preallocation (or the real size, if larger).
@@ -154,7 +159,7 @@ impl Wal {
             poisoned: None,
             cfg,
         };
-        let entries = wal.recover_log(&segs, snap_zxid)?;
+        let (entries, positions) = wal.recover_log(&segs, snap_zxid)?;
         wal.last_zxid = wal.last_log_zxid.max(snap_zxid);
         if dirty_dir {
             wal.io.sync_dir(&dir)?;
@@ -172,6 +177,7 @@ impl Wal {
             Recovered {
                 snapshot: chosen,
                 entries,
+                positions,
             },
         ))
     }
@@ -208,9 +214,15 @@ impl Wal {
     /// write and one fdatasync. On Ok they are durable. On an I/O error the `Wal` is
     /// poisoned; on a validation error (order, size) nothing was written and it is not.
     pub fn append(&mut self, entries: &[(Zxid, &[u8])]) -> Result<(), StorageError> {
+        self.append_at(entries).map(|_| ())
+    }
+
+    /// [`Wal::append`], returning where each entry's record lies, for
+    /// [`Wal::read_entries`].
+    pub fn append_at(&mut self, entries: &[(Zxid, &[u8])]) -> Result<Vec<EntryPos>, StorageError> {
         self.check_usable()?;
         let Some(&(last, _)) = entries.last() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let mut prev = self.last_zxid;
         for &(z, p) in entries {
@@ -248,20 +260,78 @@ impl Wal {
         if marker {
             encode_record(&mut self.buf, Kind::Jump, self.last_zxid, base, next(), &[]);
         }
+        // Offsets within the batch; the batch's place is known once it is written.
+        let mut offsets = Vec::with_capacity(entries.len());
         for &(z, p) in entries {
+            offsets.push(self.buf.len() as u64);
             encode_record(&mut self.buf, Kind::Entry, z, base, next(), p);
         }
         let first = if marker { self.last_zxid } else { entries[0].0 };
-        if let Err(e) = self.write_batch(first) {
-            self.poison(&e);
-            return Err(e);
-        }
+        let (segment, start) = match self.write_batch(first) {
+            Ok(at) => at,
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
+        };
         self.last_log_zxid = last;
         self.last_zxid = last;
         if let Some(seg) = self.segments.last_mut() {
             seg.last_zxid = Some(last);
         }
-        Ok(())
+        Ok(offsets
+            .into_iter()
+            .map(|o| EntryPos {
+                segment,
+                offset: start + o,
+            })
+            .collect())
+    }
+
+    /// The payloads of live entries, read back from their segments: `wanted` pairs each
+    /// entry's zxid with where [`Wal::append_at`] or recovery said it lies, in log order.
+    /// A record that is not there (or not that entry) is `Corrupt`, naming the place.
+    pub fn read_entries(&self, wanted: &[(Zxid, EntryPos)]) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut reader: Option<(Zxid, SegmentReader<'_>)> = None;
+        for &(zxid, pos) in wanted {
+            if reader.as_ref().is_none_or(|(n, _)| *n != pos.segment) {
+                let path = self.cfg.dir.join(segment_file_name(pos.segment));
+                let r = SegmentReader::open(&self.io, &path, self.cfg.entry_bytes_max)?;
+                reader = Some((pos.segment, r));
+            }
+            let (_, r) = reader.as_mut().expect("opened above");
+            if pos.offset >= r.len {
+                return Err(StorageError::corrupt(
+                    &r.path,
+                    pos.offset,
+                    format!("entry {zxid} lies past the end of its segment"),
+                ));
+            }
+            match r.record_at(pos.offset)? {
+                Ok(rec) if rec.kind == Kind::Entry && rec.header.zxid == zxid => {
+                    out.push(rec.payload)
+                }
+                Ok(rec) => {
+                    return Err(StorageError::corrupt(
+                        &r.path,
+                        pos.offset,
+                        format!(
+                            "expected entry {zxid} here, found a {:?} record of zxid {}",
+                            rec.kind, rec.header.zxid
+                        ),
+                    ))
+                }
+                Err(reason) => {
+                    return Err(StorageError::corrupt(
+                        &r.path,
+                        pos.offset,
+                        format!("entry {zxid}: {reason}"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Writes a snapshot image taken at `zxid` durably, then removes snapshots beyond
@@ -414,7 +484,9 @@ impl Wal {
         self.poisoned = Some(e.to_string());
     }
 
-    fn write_batch(&mut self, first: Zxid) -> Result<(), StorageError> {
+    /// Writes the batch in `buf` with one fdatasync; returns where it starts (segment
+    /// number, offset).
+    fn write_batch(&mut self, first: Zxid) -> Result<(Zxid, u64), StorageError> {
         let roll = self
             .active
             .as_ref()
@@ -440,12 +512,13 @@ impl Wal {
         }
         io.write_all_at(&a.file, &a.path, a.len, buf)?;
         io.sync_data(&a.file, &a.path)?;
+        let start = a.len;
         a.len = end;
         a.allocated = a.allocated.max(end);
         if buf.capacity() > BATCH_BUFFER_KEEP_BYTES {
             *buf = Vec::new();
         }
-        Ok(())
+        Ok((a.number, start))
     }
 
     /// Seals the active segment (trimmed to its last record, so reading a sealed
@@ -498,6 +571,7 @@ impl Wal {
         self.active = Some(Active {
             file,
             path,
+            number,
             len: SEGMENT_HEADER_LEN as u64,
             allocated,
         });
@@ -511,11 +585,12 @@ impl Wal {
         &mut self,
         segs: &[(Zxid, PathBuf)],
         snap_zxid: Zxid,
-    ) -> Result<Vec<(Zxid, Vec<u8>)>, StorageError> {
+    ) -> Result<RecoveredLog, StorageError> {
         let entry_max = self.cfg.entry_bytes_max;
         let mut entries = Vec::new();
+        let mut positions = Vec::new();
         let mut last_seen: Option<Zxid> = None;
-        for (k, (_, path)) in segs.iter().enumerate() {
+        for (k, &(number, ref path)) in segs.iter().enumerate() {
             let is_last = k + 1 == segs.len();
             let mut r = SegmentReader::open(&self.io, path, entry_max)?;
             let scan = r.scan()?;
@@ -533,6 +608,7 @@ impl Wal {
                             // Entries are in zxid order: cut those above the new end.
                             let keep = entries.partition_point(|(e, _)| *e <= z);
                             entries.truncate(keep);
+                            positions.truncate(keep);
                         } else if rec.kind == Kind::Jump {
                             if z > snap_zxid {
                                 return Err(StorageError::corrupt(
@@ -546,6 +622,10 @@ impl Wal {
                                 ));
                             }
                         } else if z > snap_zxid {
+                            positions.push(EntryPos {
+                                segment: number,
+                                offset: rec.offset,
+                            });
                             entries.push((z, rec.payload));
                         }
                         committed_end = rec.offset
@@ -607,6 +687,7 @@ impl Wal {
                 self.active = Some(Active {
                     file: r.file,
                     path: path.clone(),
+                    number,
                     len: committed_end,
                     allocated,
                 });
@@ -642,6 +723,7 @@ impl Wal {
                 self.active = Some(Active {
                     file: r.file,
                     path: path.clone(),
+                    number,
                     len: committed_end,
                     allocated,
                 });
@@ -651,7 +733,7 @@ impl Wal {
             debug!("log holds no complete batch");
         }
         self.last_log_zxid = last_seen.unwrap_or(0);
-        Ok(entries)
+        Ok((entries, positions))
     }
 
     /// A damaged record may be discarded as a torn tail only if nothing valid was

@@ -25,20 +25,25 @@
 //! every commit would cost a file replace per commit, and without it a restarted member only
 //! re-applies from its snapshot when the leader tells it the commit index again.
 //!
-//! Memory: the entries above the last purge point are kept decoded in memory (the readers and
-//! replication read them from there); openraft's snapshot policy and purge bound them.
+//! Memory: of the entries above the last purge point only the newest are kept decoded in
+//! memory, at most `log_cache_bytes_max` bytes of them (as encoded; always the newest one):
+//! those are what the leader replicates and what is applied next. Every entry's log id and
+//! place in its segment stay in memory (~40 bytes each); an older entry (a follower catching
+//! up from behind, a restart's re-apply) is read back from its segment. Without the bound the
+//! log between two snapshots (up to `snapshot_every_entries` entries of up to 1 MiB each)
+//! would all sit in memory.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use coordd_storage::{FaultHook, StorageConfig, StorageError as WalError, Wal, Zxid};
+use coordd_storage::{EntryPos, FaultHook, StorageConfig, StorageError as WalError, Wal, Zxid};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::sealed::RaftLog;
@@ -59,6 +64,10 @@ const DEFAULT_SEGMENT_BYTES_MAX: u64 = coordd_storage::DEFAULT_SEGMENT_BYTES_MAX
 const DEFAULT_PREALLOCATE_BYTES: u64 = coordd_storage::DEFAULT_PREALLOCATE_BYTES;
 /// Default for [`DiskLogConfig::entry_bytes_max`]: 16 MiB.
 const DEFAULT_ENTRY_BYTES_MAX: u64 = coordd_storage::DEFAULT_ENTRY_BYTES_MAX;
+/// Default for [`DiskLogConfig::log_cache_bytes_max`]: 1 MiB, about 300 ms of this
+/// machine's fastest write stream (20k writes/s of ~150 bytes); a follower further behind
+/// reads from disk.
+pub const DEFAULT_LOG_CACHE_BYTES_MAX: usize = 1 << 20;
 /// Default for [`DiskLogConfig::snapshot_bytes_max`]: 4 GiB.
 const DEFAULT_SNAPSHOT_BYTES_MAX: u64 = coordd_storage::DEFAULT_SNAPSHOT_BYTES_MAX;
 
@@ -80,6 +89,9 @@ pub struct DiskLogConfig {
     pub entry_bytes_max: u64,
     /// Largest snapshot file (meta + image) written and read back (default 4 GiB).
     pub snapshot_bytes_max: u64,
+    /// Encoded bytes of the newest entries kept decoded in memory (default 1 MiB); older
+    /// ones are read back from disk. The newest entry is always kept.
+    pub log_cache_bytes_max: usize,
     /// Fault injection for tests, consulted before every I/O call; `None` in production.
     pub faults: Option<Arc<dyn FaultHook>>,
 }
@@ -92,6 +104,7 @@ impl Default for DiskLogConfig {
             preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
             entry_bytes_max: DEFAULT_ENTRY_BYTES_MAX,
             snapshot_bytes_max: DEFAULT_SNAPSHOT_BYTES_MAX,
+            log_cache_bytes_max: DEFAULT_LOG_CACHE_BYTES_MAX,
             faults: None,
         }
     }
@@ -110,8 +123,114 @@ struct Disk {
 struct View {
     vote: Option<Vote>,
     last_purged: Option<LogId>,
-    /// Entries by index, consecutive, all above `last_purged`.
-    log: BTreeMap<u64, Entry>,
+    /// Log id and place on disk of every entry above `last_purged`, consecutive by index.
+    ids: VecDeque<(LogId, EntryPos)>,
+    /// The newest entries, decoded, with their encoded sizes: a suffix of `ids` holding at
+    /// most `cache_bytes_max` bytes, or just the newest entry.
+    cached: VecDeque<(Entry, usize)>,
+    cached_bytes: usize,
+    cache_bytes_max: usize,
+}
+
+impl View {
+    fn first_index(&self) -> Option<u64> {
+        self.ids.front().map(|(id, _)| id.index)
+    }
+
+    fn last_log_id(&self) -> Option<LogId> {
+        self.ids.back().map(|(id, _)| *id)
+    }
+
+    /// Appends the entry after the last one; drops the oldest decoded ones past the bound.
+    fn push(&mut self, entry: Entry, pos: EntryPos, encoded_len: usize) {
+        debug_assert!(self
+            .last_log_id()
+            .is_none_or(|l| l.index + 1 == entry.log_id.index));
+        self.ids.push_back((entry.log_id, pos));
+        self.cached.push_back((entry, encoded_len));
+        self.cached_bytes += encoded_len;
+        while self.cached_bytes > self.cache_bytes_max && self.cached.len() > 1 {
+            if let Some((_, n)) = self.cached.pop_front() {
+                self.cached_bytes -= n;
+            }
+        }
+    }
+
+    /// Drops the entries at `index` and after.
+    fn truncate_from(&mut self, index: u64) {
+        while self.ids.back().is_some_and(|(id, _)| id.index >= index) {
+            self.ids.pop_back();
+        }
+        while self
+            .cached
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= index)
+        {
+            if let Some((_, n)) = self.cached.pop_back() {
+                self.cached_bytes -= n;
+            }
+        }
+    }
+
+    /// Drops the entries up to and including `index`.
+    fn purge_upto(&mut self, index: u64) {
+        while self.ids.front().is_some_and(|(id, _)| id.index <= index) {
+            self.ids.pop_front();
+        }
+        while self
+            .cached
+            .front()
+            .is_some_and(|(e, _)| e.log_id.index <= index)
+        {
+            if let Some((_, n)) = self.cached.pop_front() {
+                self.cached_bytes -= n;
+            }
+        }
+    }
+
+    /// The entries of `range` held in memory, and the ids and places of those before them
+    /// that are only on disk.
+    fn lookup(&self, range: impl RangeBounds<u64>) -> (Vec<(LogId, EntryPos)>, Vec<Entry>) {
+        let (Some(first), Some(last)) = (self.first_index(), self.last_log_id()) else {
+            return (Vec::new(), Vec::new());
+        };
+        let lo = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => first,
+        }
+        .max(first);
+        let hi = match range.end_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => match i.checked_sub(1) {
+                Some(i) => i,
+                None => return (Vec::new(), Vec::new()),
+            },
+            Bound::Unbounded => last.index,
+        }
+        .min(last.index);
+        if lo > hi {
+            return (Vec::new(), Vec::new());
+        }
+        let cached_first = self
+            .cached
+            .front()
+            .map_or(u64::MAX, |(e, _)| e.log_id.index);
+        let on_disk: Vec<(LogId, EntryPos)> = (lo..hi.saturating_add(1).min(cached_first))
+            .map(|i| self.ids[(i - first) as usize])
+            .collect();
+        let in_memory: Vec<Entry> = if hi < cached_first {
+            Vec::new()
+        } else {
+            let from = (lo.max(cached_first) - cached_first) as usize;
+            let to = (hi - cached_first) as usize;
+            self.cached
+                .range(from..=to)
+                .map(|(e, _)| e.clone())
+                .collect()
+        };
+        (on_disk, in_memory)
+    }
 }
 
 struct Shared {
@@ -141,7 +260,8 @@ impl Debug for DiskLogStore {
         let v = lock(&self.shared.view);
         f.debug_struct("DiskLogStore")
             .field("dir", &self.shared.dir)
-            .field("entries", &v.log.len())
+            .field("entries", &v.ids.len())
+            .field("cached", &v.cached.len())
             .field("last_purged", &v.last_purged)
             .finish()
     }
@@ -215,7 +335,10 @@ impl DiskLogStore {
             snapshot_bytes_max: config.snapshot_bytes_max,
             faults: config.faults,
         })?;
-        let mut view = View::default();
+        let mut view = View {
+            cache_bytes_max: config.log_cache_bytes_max,
+            ..View::default()
+        };
         if let Some((z, image)) = &rec.snapshot {
             let path = dir.join(format!("snapshot.{z:016x}"));
             let id: LogId = decode(&path, 32, "purged log id", image)?;
@@ -228,7 +351,7 @@ impl DiskLogStore {
             }
             view.last_purged = Some(id);
         }
-        for (z, payload) in &rec.entries {
+        for ((z, payload), pos) in rec.entries.iter().zip(&rec.positions) {
             // A CRC-valid record that does not hold the entry its zxid says: a bug or a
             // directory written by something else, never a torn write. Name where it lies.
             let bad = |reason: String| -> WalError {
@@ -247,7 +370,14 @@ impl DiskLogStore {
             if zxid_of(e.log_id.index)? != *z {
                 return Err(bad(format!("holds log id {}", e.log_id)));
             }
-            view.log.insert(e.log_id.index, e);
+            let after = view.last_log_id().or(view.last_purged);
+            if after.is_some_and(|l| l.index + 1 != e.log_id.index) {
+                return Err(bad(format!(
+                    "does not follow index {:?}",
+                    after.map(|l| l.index)
+                )));
+            }
+            view.push(e, *pos, payload.len());
         }
         if let Some(b) = wal.read_file(VOTE_FILE)? {
             view.vote = Some(decode(&dir.join(VOTE_FILE), 24, "vote", &b)?);
@@ -299,18 +429,34 @@ impl DiskLogStore {
         if entries.is_empty() {
             return Ok(());
         }
+        // The view (and the log's reads by place) rely on consecutive indexes.
+        {
+            let v = lock(&self.shared.view);
+            let mut after = v.last_log_id().or(v.last_purged).map(|l| l.index);
+            for e in &entries {
+                if after.is_some_and(|a| a + 1 != e.log_id.index) {
+                    return Err(WalError::InvalidAppend(format!(
+                        "log index {} does not follow {after:?}",
+                        e.log_id.index
+                    )));
+                }
+                after = Some(e.log_id.index);
+            }
+        }
         let mut records = Vec::with_capacity(entries.len());
         for e in &entries {
             records.push((zxid_of(e.log_id.index)?, encode("log entry", e)?));
         }
-        self.with_disk(move |d| {
-            let refs: Vec<(Zxid, &[u8])> = records.iter().map(|(z, p)| (*z, &p[..])).collect();
-            d.wal.append(&refs)
-        })
-        .await?;
+        let sizes: Vec<usize> = records.iter().map(|(_, p)| p.len()).collect();
+        let positions = self
+            .with_disk(move |d| {
+                let refs: Vec<(Zxid, &[u8])> = records.iter().map(|(z, p)| (*z, &p[..])).collect();
+                d.wal.append_at(&refs)
+            })
+            .await?;
         let mut v = lock(&self.shared.view);
-        for e in entries {
-            v.log.insert(e.log_id.index, e);
+        for ((e, pos), len) in entries.into_iter().zip(positions).zip(sizes) {
+            v.push(e, pos, len);
         }
         Ok(())
     }
@@ -322,7 +468,7 @@ impl DiskLogStore {
             .map_err(|_| WalError::InvalidAppend(format!("log index {index} is out of range")))?;
         self.with_disk(move |d| d.wal.truncate_after(keep_upto))
             .await?;
-        lock(&self.shared.view).log.split_off(&index);
+        lock(&self.shared.view).truncate_from(index);
         Ok(())
     }
 
@@ -341,7 +487,7 @@ impl DiskLogStore {
             .await?;
         let mut v = lock(&self.shared.view);
         v.last_purged = Some(log_id);
-        v.log = v.log.split_off(&(log_id.index + 1));
+        v.purge_upto(log_id.index);
         Ok(())
     }
 
@@ -361,11 +507,73 @@ impl DiskLogStore {
         }
     }
 
-    /// For tests: (vote, last purged, entries) as a reader sees them.
+    /// The entries of `range` (clamped to the log), from memory or read back from disk.
+    pub(crate) async fn entries(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<Entry>, WalError> {
+        let (on_disk, in_memory) = lock(&self.shared.view).lookup(range);
+        if on_disk.is_empty() {
+            return Ok(in_memory);
+        }
+        // Places stay valid while their entries are live; openraft reads no entry it is
+        // purging or truncating, and a purge removes only segments wholly below the older of
+        // the two kept purge points (see `purge_upto`).
+        let wanted: Vec<(Zxid, EntryPos)> = on_disk
+            .iter()
+            .map(|(id, pos)| Ok((zxid_of(id.index)?, *pos)))
+            .collect::<Result<_, WalError>>()?;
+        let payloads = self.with_disk(move |d| d.wal.read_entries(&wanted)).await?;
+        let mut out = self.decode_read_back(&on_disk, payloads)?;
+        out.extend(in_memory);
+        Ok(out)
+    }
+
+    /// Decodes entries read back from disk and checks each is the one the view placed there.
+    fn decode_read_back(
+        &self,
+        on_disk: &[(LogId, EntryPos)],
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Vec<Entry>, WalError> {
+        let dir = &self.shared.dir;
+        let mut out = Vec::with_capacity(on_disk.len());
+        for ((id, pos), payload) in on_disk.iter().zip(payloads) {
+            let e: Entry = decode(dir, pos.offset, "log entry", &payload)?;
+            if e.log_id != *id {
+                return Err(WalError::Corrupt {
+                    path: dir.clone(),
+                    offset: pos.offset,
+                    reason: format!(
+                        "read back log entry {} where {id} was (segment {})",
+                        e.log_id, pos.segment
+                    ),
+                });
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// For tests: (vote, last purged, entries) as a reader sees them (read on this thread).
     #[cfg(test)]
     pub(crate) fn contents(&self) -> (Option<Vote>, Option<LogId>, Vec<Entry>) {
+        let (on_disk, in_memory) = lock(&self.shared.view).lookup(..);
+        let wanted: Vec<(Zxid, EntryPos)> = on_disk
+            .iter()
+            .map(|(id, pos)| (zxid_of(id.index).unwrap(), *pos))
+            .collect();
+        let payloads = self
+            .shared
+            .disk
+            .lock()
+            .unwrap()
+            .wal
+            .read_entries(&wanted)
+            .unwrap();
+        let mut entries = self.decode_read_back(&on_disk, payloads).unwrap();
+        entries.extend(in_memory);
         let v = lock(&self.shared.view);
-        (v.vote, v.last_purged, v.log.values().cloned().collect())
+        (v.vote, v.last_purged, entries)
     }
 }
 
@@ -435,11 +643,13 @@ impl RaftLogReader<TypeConfig> for DiskLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(lock(&self.shared.view)
-            .log
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
+        self.entries(range).await.map_err(|e| {
+            StorageError::from_io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Read,
+                io::Error::other(e.to_string()),
+            )
+        })
     }
 }
 
@@ -448,7 +658,7 @@ impl RaftLogStorage<TypeConfig> for DiskLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let v = lock(&self.shared.view);
-        let last = v.log.values().next_back().map(|e| *e.get_log_id());
+        let last = v.last_log_id();
         Ok(LogState {
             last_purged_log_id: v.last_purged,
             // With everything purged, the last log id is the last purged one.

@@ -18,6 +18,8 @@ fn cfg() -> DiskLogConfig {
         fsync: false,
         segment_bytes_max: 600,
         preallocate_bytes: 1024,
+        // A few entries: most reads go to disk.
+        log_cache_bytes_max: 64,
         ..DiskLogConfig::default()
     }
 }
