@@ -9,7 +9,9 @@
 //! latency (one session sets data, another holds a data watch; time from setData sent to
 //! the event received). Printed per server and operation: ops/s, p50/p99 latency, the
 //! server's RSS after the load (VmRSS) and its peak (VmHWM), and the ratios
-//! candidate/baseline. See benches/RESULTS.md.
+//! candidate/baseline; then the floor of a durable write at one session on this machine
+//! (one round trip plus the fdatasync measured before the servers start) beside what 2x
+//! the baseline's create at one session asks for. See benches/RESULTS.md.
 //!
 //! Environment:
 //!   COORDD_BIN              coordd binary (default: target/release/coordd; built with
@@ -99,6 +101,34 @@ fn settle_disk() {
         last = now;
     }
     eprintln!("coord bench: disk settled in {:.1?}", started.elapsed());
+}
+
+/// The fdatasync probe: appends of about one create's log record, into a file whose blocks
+/// are already written (as coordd's preallocated segments are), in the temp directory the
+/// servers' data directories are made in.
+const FSYNC_PROBE_APPEND_BYTES: usize = 200;
+const FSYNC_PROBE_APPENDS: usize = 1000;
+const FSYNC_PROBE_FILE_BYTES: usize = 4 << 20;
+
+/// p50 of one small append + fdatasync on this machine's disk, in us: the part of a durable
+/// write at one session that no server can skip.
+fn fdatasync_p50_us() -> io::Result<u64> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir()?;
+    let mut f = File::create(dir.path().join("fsync-probe"))?;
+    f.write_all(&vec![0u8; FSYNC_PROBE_FILE_BYTES])?;
+    f.sync_all()?;
+    let record = [b'x'; FSYNC_PROBE_APPEND_BYTES];
+    let mut us = Vec::with_capacity(FSYNC_PROBE_APPENDS);
+    for k in 0..FSYNC_PROBE_APPENDS {
+        let t = Instant::now();
+        f.write_all_at(&record, (k * FSYNC_PROBE_APPEND_BYTES) as u64)?;
+        f.sync_data()?;
+        us.push(t.elapsed().as_micros() as u64);
+    }
+    us.sort_unstable();
+    Ok(us[us.len() / 2])
 }
 
 fn memory_nodes() -> usize {
@@ -831,7 +861,12 @@ fn round_ratio(round: &(ServerResult, ServerResult), i: usize) -> f64 {
 /// Prints the results of all rounds: per row, the round with the median ratio in full
 /// (both servers' figures from that same round), then every round's ratio. Targets are
 /// judged on the median ratios. Returns the targets missed.
-fn report(rounds: &[(ServerResult, ServerResult)], phase: Duration) -> Vec<String> {
+fn report(
+    rounds: &[(ServerResult, ServerResult)],
+    phase: Duration,
+    fdatasync_us: Option<u64>,
+    n_members: usize,
+) -> Vec<String> {
     let (base, cand) = &rounds[0];
     let (b, c) = (&base.label, &cand.label);
     let n_rows = base.rows.len();
@@ -1028,6 +1063,7 @@ fn report(rounds: &[(ServerResult, ServerResult)], phase: Duration) -> Vec<Strin
         (Some(_), Some(_)) => {}
         _ => missed.push("RSS not measured".into()),
     }
+    print_write_floor(rounds, &median_round, fdatasync_us, n_members);
     println!();
     println!("cpu%: CPU time during the phase in % of one core (2 cores = 200%), of the server and of the load generator (this process).");
     println!();
@@ -1041,6 +1077,67 @@ fn report(rounds: &[(ServerResult, ServerResult)], phase: Duration) -> Vec<Strin
         }
     }
     missed
+}
+
+/// What a durable write at one session cannot go below on this machine, from this run's
+/// figures: the candidate's read round trip (getData x1 p50: the client, the loopback and a
+/// server that only looks up) plus the fdatasync the write must wait for. An ensemble adds
+/// one round trip between members and the follower's fdatasync, which a leader can overlap
+/// with its own; openraft 0.9's leader does not (it writes its log before it replicates),
+/// so for coordd the two fdatasyncs come one after the other. Set beside what 2x the
+/// baseline's create at one session asks for, it tells whether that target is within reach.
+fn print_write_floor(
+    rounds: &[(ServerResult, ServerResult)],
+    median_round: &[usize],
+    fdatasync_us: Option<u64>,
+    n_members: usize,
+) {
+    let Some(fsync) = fdatasync_us else { return };
+    let row = |op: Op| {
+        rounds[0]
+            .0
+            .rows
+            .iter()
+            .position(|m| m.op == op && m.clients == 1)
+    };
+    let (Some(get), Some(create)) = (row(Op::Get), row(Op::Create)) else {
+        return;
+    };
+    let (b, c) = (&rounds[0].0.label, &rounds[0].1.label);
+    let rtt = rounds[median_round[get]].1.rows[get].p50_us();
+    let base_create = rounds[median_round[create]].0.rows[create].p50_us();
+    let needed = base_create / 2;
+    let verdict = |floor: u64| {
+        if floor <= needed {
+            "above the floor, reachable in principle"
+        } else {
+            "below the floor, out of reach"
+        }
+    };
+    println!();
+    println!(
+        "Durable-write floor at 1 session, this run (round trip: {c}'s getData x1 p50, {rtt} us; \
+         fdatasync: p50 of {FSYNC_PROBE_APPENDS} appends of {FSYNC_PROBE_APPEND_BYTES} B on this disk, {fsync} us). \
+         2x {b}'s create at 1 session ({base_create} us p50) needs <= {needed} us."
+    );
+    if n_members > 1 {
+        let any = 2 * rtt + fsync;
+        let serial = 2 * rtt + 2 * fsync;
+        println!(
+            "- any server: 2 round trips (client, members) + 1 fdatasync (the leader's overlapping the follower's) = {any} us: {}.",
+            verdict(any)
+        );
+        println!(
+            "- a leader that writes its log before replicating (openraft 0.9): 2 round trips + 2 fdatasyncs = {serial} us: {}.",
+            verdict(serial)
+        );
+    } else {
+        let floor = rtt + fsync;
+        println!(
+            "- any server: 1 round trip + 1 fdatasync = {floor} us: {}.",
+            verdict(floor)
+        );
+    }
 }
 
 /// The result, or the reason printed and exit 1 once the server is stopped.
@@ -1225,6 +1322,18 @@ fn main() {
         let r = with_failover(r, &mut server);
         finish(r, server)
     };
+    // Before any server runs, on a quiet disk.
+    settle_disk();
+    let fdatasync_us = match fdatasync_p50_us() {
+        Ok(us) => Some(us),
+        Err(e) => {
+            eprintln!("coord bench: fdatasync probe failed: {e}");
+            None
+        }
+    };
+    eprintln!(
+        "coord bench: fdatasync of a {FSYNC_PROBE_APPEND_BYTES} B append, p50 {fdatasync_us:?} us"
+    );
     let mut rounds = Vec::with_capacity(rounds_n);
     for k in 0..rounds_n {
         eprintln!("coord bench: round {} of {rounds_n}", k + 1);
@@ -1240,7 +1349,7 @@ fn main() {
         };
         rounds.push(round);
     }
-    let missed = report(&rounds, phase);
+    let missed = report(&rounds, phase, fdatasync_us, n_members);
     eprintln!("coord bench took {:.1?}", started.elapsed());
     if !missed.is_empty() && std::env::var("COORD_BENCH_ENFORCE").as_deref() == Ok("1") {
         std::process::exit(1);
