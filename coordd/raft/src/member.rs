@@ -105,6 +105,9 @@ pub struct Counters {
     pub commit_us_max: u64,
     /// Times this member's RaftCore was restarted in-process after a recoverable stop.
     pub restarts: u64,
+    /// Log entries read back from disk because they were older than the ones the log keeps
+    /// decoded in memory (a follower catching up from behind, a re-apply after a restart).
+    pub log_entries_read_back: u64,
 }
 
 /// [`Counters`], shared with the metrics watcher.
@@ -116,6 +119,8 @@ struct CounterCells {
     commit_us_total: AtomicU64,
     commit_us_max: AtomicU64,
     restarts: AtomicU64,
+    /// The log's own counter of entries read back from disk.
+    log_entries_read_back: Arc<AtomicU64>,
 }
 
 impl CounterCells {
@@ -127,6 +132,7 @@ impl CounterCells {
             commit_us_total: self.commit_us_total.load(Ordering::Relaxed),
             commit_us_max: self.commit_us_max.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            log_entries_read_back: self.log_entries_read_back.load(Ordering::Relaxed),
         }
     }
 
@@ -602,6 +608,7 @@ impl Member {
         // A durable log brings the state machine's last snapshot: the applier must hold it
         // before openraft reads the initial state (it re-applies the log after it).
         let mut first = StateMachine::new(applier, log.snapshot_store());
+        let log_entries_read_back = log.entries_read_back();
         first
             .restore()
             .await
@@ -620,7 +627,10 @@ impl Member {
         // The first start is a restart from nothing: the same code path every time.
         let raft = restarter.start_again().await.map_err(StartError::Fatal)?;
         let ack = Arc::new(Mutex::new(None));
-        let counters = Arc::new(CounterCells::default());
+        let counters = Arc::new(CounterCells {
+            log_entries_read_back,
+            ..CounterCells::default()
+        });
         let watcher = tokio::spawn(follow_quorum_acks(
             id,
             raft.metrics(),

@@ -38,6 +38,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -239,6 +240,8 @@ struct Shared {
     view: Mutex<View>,
     /// The snapshot file read at open, for the state machine adapter to load (taken once).
     recovered_snapshot: Mutex<Option<(SnapshotMeta, Bytes)>>,
+    /// Entries read back from disk (older than the cached ones).
+    entries_read_back: Arc<AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -393,6 +396,7 @@ impl DiskLogStore {
                 disk: Mutex::new(Disk { wal, snapshot_last }),
                 view: Mutex::new(view),
                 recovered_snapshot: Mutex::new(recovered_snapshot),
+                entries_read_back: Arc::default(),
             }),
         })
     }
@@ -525,6 +529,9 @@ impl DiskLogStore {
             .collect::<Result<_, WalError>>()?;
         let payloads = self.with_disk(move |d| d.wal.read_entries(&wanted)).await?;
         let mut out = self.decode_read_back(&on_disk, payloads)?;
+        self.shared
+            .entries_read_back
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         out.extend(in_memory);
         Ok(out)
     }
@@ -634,6 +641,10 @@ fn log_write_err(log_id: Option<LogId>, e: WalError) -> StorageError {
 impl RaftLog for DiskLogStore {
     fn snapshot_store(&self) -> Option<SnapshotStore> {
         Some(self.snapshot_handle())
+    }
+
+    fn entries_read_back(&self) -> Arc<AtomicU64> {
+        self.shared.entries_read_back.clone()
     }
 }
 impl LogStore for DiskLogStore {}

@@ -365,3 +365,74 @@ fn every_entry_kind_survives_a_reopen() {
     let (_, _, got) = s.contents();
     assert_eq!(format!("{got:?}"), format!("{entries:?}"));
 }
+
+/// Only the newest entries stay decoded (within `log_cache_bytes_max`, the newest always);
+/// any range, across the cached and the evicted ones, reads back whole and in order, the
+/// evicted part from disk (counted); truncation and purge keep both parts consistent.
+#[test]
+fn older_entries_are_read_back_from_disk() {
+    use openraft::storage::RaftLogReader;
+
+    let d = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let config = DiskLogConfig {
+            log_cache_bytes_max: 300,
+            ..cfg()
+        };
+        let mut s = DiskLogStore::open(d.path(), config.clone()).unwrap();
+        let entries: Vec<Entry> = (1..=40).map(|i| entry(1, i, 40)).collect();
+        for e in &entries {
+            s.append_entries(vec![entry(1, e.log_id.index, 40)])
+                .await
+                .unwrap();
+        }
+        let read_back = s.entries_read_back();
+        let show = |v: &[Entry]| format!("{v:?}");
+        let cached = {
+            let v = lock(&s.shared.view);
+            assert!(v.cached_bytes <= 300, "{}", v.cached_bytes);
+            assert!(v.cached.len() < entries.len());
+            v.cached.len()
+        };
+        // The newest are served from memory.
+        let tail = s.try_get_log_entries(38..=40).await.unwrap();
+        assert_eq!(show(&tail), show(&entries[37..]));
+        assert_eq!(read_back.load(Ordering::Relaxed), 0);
+        // A range across both parts, and the whole log.
+        let mid = s.try_get_log_entries(5..35).await.unwrap();
+        assert_eq!(show(&mid), show(&entries[4..34]));
+        let all = s.try_get_log_entries(..).await.unwrap();
+        assert_eq!(show(&all), show(&entries));
+        let evicted = (entries.len() - cached) as u64;
+        assert_eq!(
+            read_back.load(Ordering::Relaxed),
+            (34 - 4).min(evicted - 4) + evicted
+        );
+        // Empty and out-of-log ranges.
+        assert!(s.try_get_log_entries(41..50).await.unwrap().is_empty());
+        assert!(s.try_get_log_entries(7..7).await.unwrap().is_empty());
+
+        // Truncate into the cached part, purge into the evicted part.
+        s.truncate_from(39).await.unwrap();
+        s.purge_upto(log_id(1, 10)).await.unwrap();
+        let all = s.try_get_log_entries(..).await.unwrap();
+        assert_eq!(show(&all), show(&entries[10..38]));
+        // Appending after a truncation continues the view.
+        s.append_entries(vec![entry(2, 39, 5)]).await.unwrap();
+        let last = s.try_get_log_entries(37..).await.unwrap();
+        assert_eq!(
+            show(&last),
+            show(&[entry(1, 37, 40), entry(1, 38, 40), entry(2, 39, 5)])
+        );
+        // A gap is refused, and nothing is written.
+        assert!(s.append_entries(vec![entry(2, 41, 5)]).await.is_err());
+        drop(s);
+
+        // Reopened: the same log, the newest cached again.
+        let mut s = DiskLogStore::open(d.path(), config).unwrap();
+        let all = s.try_get_log_entries(..).await.unwrap();
+        let mut want: Vec<Entry> = (11..=38).map(|i| entry(1, i, 40)).collect();
+        want.push(entry(2, 39, 5));
+        assert_eq!(show(&all), show(&want));
+    });
+}

@@ -22,6 +22,12 @@ pub(crate) mod sealed {
         fn snapshot_store(&self) -> Option<super::SnapshotStore> {
             None
         }
+
+        /// Counts the entries read back from disk because they were no longer held decoded
+        /// in memory (always 0 for a log that holds everything in memory).
+        fn entries_read_back(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+            std::sync::Arc::default()
+        }
     }
 }
 

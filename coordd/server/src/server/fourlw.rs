@@ -187,6 +187,13 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
                     // RaftCore restarts in-process after openraft's replication-channel
                     // race (coordd-raft's `Member`); each also closed this member's clients.
                     ("zk_raft_restarts", r.counters.restarts.to_string()),
+                    // Log entries read back from disk, older than the ~1 MiB the log keeps
+                    // decoded (coordd-raft `log_cache_bytes_max`): rising fast in steady
+                    // state means followers or the apply run that far behind.
+                    (
+                        "zk_raft_log_entries_read_back",
+                        r.counters.log_entries_read_back.to_string(),
+                    ),
                     // Raft commit latency of this member's proposals (as leader): from
                     // the propose to the commit on a quorum.
                     ("zk_raft_commit_count", r.counters.commits.to_string()),
