@@ -127,7 +127,8 @@ struct View {
     /// Log id and place on disk of every entry above `last_purged`, consecutive by index.
     ids: VecDeque<(LogId, EntryPos)>,
     /// The newest entries, decoded, with their encoded sizes: a suffix of `ids` holding at
-    /// most `cache_bytes_max` bytes, or just the newest entry.
+    /// most `cache_bytes_max` bytes, or just the newest entry (empty after a truncation took
+    /// every cached one, until the next append).
     cached: VecDeque<(Entry, usize)>,
     cached_bytes: usize,
     cache_bytes_max: usize,
