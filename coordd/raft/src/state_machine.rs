@@ -326,45 +326,34 @@ impl<A: Applier> RaftStateMachine<TypeConfig> for StateMachine<A> {
         let Some(current) = current else {
             return Ok(None);
         };
-        let image = match current.image {
-            Image::Held(image) => image,
+        match current.image {
+            Image::Held(image) => Ok(Some(Snapshot {
+                meta: current.meta,
+                snapshot: Box::new(image),
+            })),
             Image::Saved => {
-                let store = store.ok_or_else(|| {
-                    snapshot_read_err(&current.meta, "a saved snapshot without a store")
-                })?;
-                match store.load().await {
-                    // The file holds the newest snapshot saved: the current one, or one a build
-                    // or install saved since (then about to be published). Both are consistent
-                    // pairs of meta and image.
-                    Ok(Some((meta, image))) if meta.last_log_id >= current.meta.last_log_id => {
-                        return Ok(Some(Snapshot {
-                            meta,
-                            snapshot: Box::new(image),
-                        }))
-                    }
-                    Ok(Some((meta, _))) => {
-                        return Err(snapshot_read_err(
-                            &current.meta,
-                            format!(
-                                "the snapshot file holds an older snapshot ({:?})",
-                                meta.last_log_id
-                            ),
-                        ))
-                    }
-                    Ok(None) => {
-                        return Err(snapshot_read_err(
-                            &current.meta,
-                            "the snapshot file is gone",
-                        ))
-                    }
-                    Err(e) => return Err(snapshot_read_err(&current.meta, e)),
+                let err = |why: String| snapshot_read_err(&current.meta, why);
+                let store = store.ok_or_else(|| err("a saved snapshot without a store".into()))?;
+                let (meta, image) = store
+                    .load()
+                    .await
+                    .map_err(|e| err(e.to_string()))?
+                    .ok_or_else(|| err("the snapshot file is gone".into()))?;
+                // The file holds the newest snapshot saved: the current one, or one a build or
+                // install saved since (then about to be published). Both are consistent pairs
+                // of meta and image.
+                if meta.last_log_id < current.meta.last_log_id {
+                    return Err(err(format!(
+                        "the snapshot file holds an older snapshot ({:?})",
+                        meta.last_log_id
+                    )));
                 }
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(image),
+                }))
             }
-        };
-        Ok(Some(Snapshot {
-            meta: current.meta,
-            snapshot: Box::new(image),
-        }))
+        }
     }
 }
 

@@ -305,7 +305,8 @@ fn encode_snapshot(meta: &SnapshotMeta, image: &[u8]) -> Result<Vec<u8>, WalErro
     Ok(out)
 }
 
-fn decode_snapshot(path: &Path, b: &[u8]) -> Result<(SnapshotMeta, Bytes), WalError> {
+/// The image is a slice of the file's bytes, not a copy (it can be the size of the tree).
+fn decode_snapshot(path: &Path, b: Vec<u8>) -> Result<(SnapshotMeta, Bytes), WalError> {
     let corrupt = |reason: &str| WalError::Corrupt {
         path: path.to_path_buf(),
         offset: 0,
@@ -320,7 +321,7 @@ fn decode_snapshot(path: &Path, b: &[u8]) -> Result<(SnapshotMeta, Bytes), WalEr
         .get(4..4 + len)
         .ok_or_else(|| corrupt("snapshot meta extends past the end of the file"))?;
     let meta: SnapshotMeta = decode(path, 4, "snapshot meta", meta)?;
-    Ok((meta, Bytes::copy_from_slice(&b[4 + len..])))
+    Ok((meta, Bytes::from(b).slice(4 + len..)))
 }
 
 impl DiskLogStore {
@@ -387,7 +388,7 @@ impl DiskLogStore {
             view.vote = Some(decode(&dir.join(VOTE_FILE), 24, "vote", &b)?);
         }
         let recovered_snapshot = match wal.read_file(SNAPSHOT_FILE)? {
-            Some(b) => Some(decode_snapshot(&dir.join(SNAPSHOT_FILE), &b)?),
+            Some(b) => Some(decode_snapshot(&dir.join(SNAPSHOT_FILE), b)?),
             None => None,
         };
         let snapshot_last = recovered_snapshot.as_ref().map(|(m, _)| m.last_log_id);
@@ -524,12 +525,10 @@ impl DiskLogStore {
         // Places stay valid while their entries are live; openraft reads no entry it is
         // purging or truncating, and a purge removes only segments wholly below the older of
         // the two kept purge points (see `purge_upto`).
-        let wanted: Vec<(Zxid, EntryPos)> = on_disk
-            .iter()
-            .map(|(id, pos)| Ok((zxid_of(id.index)?, *pos)))
-            .collect::<Result<_, WalError>>()?;
-        let payloads = self.with_disk(move |d| d.wal.read_entries(&wanted)).await?;
-        let mut out = self.decode_read_back(&on_disk, payloads)?;
+        let shared = self.shared.clone();
+        let mut out = self
+            .with_disk(move |d| read_back(&shared.dir, &d.wal, &on_disk))
+            .await?;
         self.shared
             .entries_read_back
             .fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -537,52 +536,42 @@ impl DiskLogStore {
         Ok(out)
     }
 
-    /// Decodes entries read back from disk and checks each is the one the view placed there.
-    fn decode_read_back(
-        &self,
-        on_disk: &[(LogId, EntryPos)],
-        payloads: Vec<Vec<u8>>,
-    ) -> Result<Vec<Entry>, WalError> {
-        let dir = &self.shared.dir;
-        let mut out = Vec::with_capacity(on_disk.len());
-        for ((id, pos), payload) in on_disk.iter().zip(payloads) {
-            let e: Entry = decode(dir, pos.offset, "log entry", &payload)?;
-            if e.log_id != *id {
-                return Err(WalError::Corrupt {
-                    path: dir.clone(),
-                    offset: pos.offset,
-                    reason: format!(
-                        "read back log entry {} where {id} was (segment {})",
-                        e.log_id, pos.segment
-                    ),
-                });
-            }
-            out.push(e);
-        }
-        Ok(out)
-    }
-
     /// For tests: (vote, last purged, entries) as a reader sees them (read on this thread).
     #[cfg(test)]
     pub(crate) fn contents(&self) -> (Option<Vote>, Option<LogId>, Vec<Entry>) {
         let (on_disk, in_memory) = lock(&self.shared.view).lookup(..);
-        let wanted: Vec<(Zxid, EntryPos)> = on_disk
-            .iter()
-            .map(|(id, pos)| (zxid_of(id.index).unwrap(), *pos))
-            .collect();
-        let payloads = self
-            .shared
-            .disk
-            .lock()
-            .unwrap()
-            .wal
-            .read_entries(&wanted)
-            .unwrap();
-        let mut entries = self.decode_read_back(&on_disk, payloads).unwrap();
+        let disk = self.shared.disk.lock().unwrap();
+        let mut entries = read_back(&self.shared.dir, &disk.wal, &on_disk).unwrap();
         entries.extend(in_memory);
         let v = lock(&self.shared.view);
         (v.vote, v.last_purged, entries)
     }
+}
+
+/// Reads entries back from the places the view gave for them and checks that each is the
+/// one the view named there.
+fn read_back(dir: &Path, wal: &Wal, on_disk: &[(LogId, EntryPos)]) -> Result<Vec<Entry>, WalError> {
+    let wanted: Vec<(Zxid, EntryPos)> = on_disk
+        .iter()
+        .map(|(id, pos)| Ok((zxid_of(id.index)?, *pos)))
+        .collect::<Result<_, WalError>>()?;
+    let payloads = wal.read_entries(&wanted)?;
+    let mut out = Vec::with_capacity(on_disk.len());
+    for ((id, pos), payload) in on_disk.iter().zip(payloads) {
+        let e: Entry = decode(dir, pos.offset, "log entry", &payload)?;
+        if e.log_id != *id {
+            return Err(WalError::Corrupt {
+                path: dir.to_path_buf(),
+                offset: pos.offset,
+                reason: format!(
+                    "read back log entry {} where {id} was (segment {})",
+                    e.log_id, pos.segment
+                ),
+            });
+        }
+        out.push(e);
+    }
+    Ok(out)
 }
 
 /// Where the state machine adapter keeps its newest snapshot (meta + image) durably. `pub`
@@ -604,7 +593,7 @@ impl SnapshotStore {
         let path = self.store.shared.dir.join(SNAPSHOT_FILE);
         self.store
             .with_disk(move |d| match d.wal.read_file(SNAPSHOT_FILE)? {
-                Some(b) => decode_snapshot(&path, &b).map(Some),
+                Some(b) => decode_snapshot(&path, b).map(Some),
                 None => Ok(None),
             })
             .await
