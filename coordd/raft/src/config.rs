@@ -51,11 +51,13 @@ pub struct Config {
     /// earliest a new leader can be elected after the old one's last acknowledged heartbeat
     /// (a voter grants only once its lease, `max`, expired, and a candidate waits lease +
     /// its timeout, at least `min`), so that a cut-off member stops serving before anyone else
-    /// can commit. Lower bound (liveness): every false alarm makes the server drop its clients,
-    /// and under load acknowledgements can lag by a follower's fsync or a scheduling stall.
-    /// The default, 300 ms, tolerates 250 ms of silence beyond one heartbeat period (200 ms
-    /// stalls happen on a loaded 2-core machine, and every false alarm drops the member's
-    /// clients) and keeps 50 ms of margin to the earliest election by timeout (min + max).
+    /// can commit. Lower bound (liveness): under load acknowledgements can lag by a
+    /// follower's fsync or a scheduling stall, and each false alarm stops the server
+    /// answering its clients until contact is back. The default, 200 ms, tolerates 150 ms of
+    /// silence beyond one heartbeat period and keeps 150 ms of margin to the earliest
+    /// election by timeout (min + max). A false alarm is cheap at the server above: it holds
+    /// its clients' replies and closes the clients only 100 ms later (coordd's
+    /// `QUORUM_LOST_CLOSE_MS`); it was 300 ms here while a false alarm closed them at once.
     /// The early campaign after a leader's death (`Member::peer_link_lost`) waits until
     /// `max(election_timeout_max_ms, quorum_timeout_ms)` plus half a heartbeat after the
     /// last AppendEntries, so it keeps the same order. (With 5 members a follower can keep
@@ -106,7 +108,7 @@ impl Default for Config {
             election_timeout_max_ms: 200,
             propose_timeout_ms: 2_000,
             read_index_timeout_ms: 1_000,
-            quorum_timeout_ms: 300,
+            quorum_timeout_ms: 200,
             snapshot_logs_since_last: 5_000,
             max_in_snapshot_log_to_keep: 1_000,
             purge_batch_size: 256,

@@ -52,6 +52,9 @@ enum Verdict {
     /// Lost on the way: the forward fails as a call whose reply never came (its outcome
     /// unknown to the member), and the leader never sees it.
     Lose,
+    /// The connect is refused, as a dead leader's address refuses it: nothing was sent,
+    /// and the member knows it (`TransportError::Unreachable`).
+    Refuse,
 }
 
 /// A forwarded batch held on its way to the leader, with whom it was for.
@@ -116,6 +119,11 @@ impl Transport for HoldingTransport {
             });
             match tokio::time::timeout(timeout, decided).await {
                 Ok(Ok(Verdict::Deliver)) => {}
+                Ok(Ok(Verdict::Refuse)) => {
+                    return Err(TransportError::Unreachable(format!(
+                        "test: {addr} refused the connect"
+                    )))
+                }
                 _ => return Err(TransportError::Timeout),
             }
         }
@@ -439,8 +447,59 @@ async fn watches_fire_across_members_and_followers_sessions_stay_alive() {
     e.stop().await;
 }
 
+/// A forward refused before it was sent (the leader's address refused the connect, as a
+/// dead leader's does until the next one is elected) is not in doubt: the member sends
+/// it again, and its client gets the answer, not ConnectionLoss and a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_refused_before_it_was_sent_goes_again_and_is_answered() {
+    init_logging();
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let follower = (leader + 1) % 3;
+    let c = client(&e.addr(follower), 6000).await;
+    let session = c.session_id();
+    let mut held = e.holds[follower].arm();
+    let writer = tokio::spawn(async move {
+        let created = c
+            .create(
+                "/refused-then-sent",
+                b"v",
+                &Acl::open_unsafe(),
+                CreateMode::Persistent,
+            )
+            .await;
+        (c, created)
+    });
+    for _ in 0..3 {
+        let refused = next_held(&mut held).await;
+        assert_eq!(refused.target, leader as u64 + 1, "forwarded to the leader");
+        let _ = refused.verdict.send(Verdict::Refuse);
+    }
+    e.holds[follower].disarm();
+    // A try already on its way when the hold was disarmed goes through.
+    tokio::spawn(async move {
+        while let Some(h) = held.recv().await {
+            let _ = h.verdict.send(Verdict::Deliver);
+        }
+    });
+    let (c, created) = tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("the write is answered")
+        .unwrap();
+    assert_eq!(created.expect("the write succeeded"), "/refused-then-sent");
+    assert_eq!(c.session_id(), session, "same session, never disconnected");
+    let other = client(&e.addr(leader), 6000).await;
+    let (data, stat) = other.get_data("/refused-then-sent", false).await.unwrap();
+    assert_eq!((data.as_slice(), stat.version), (&b"v"[..], 0));
+    c.close().await.unwrap();
+    other.close().await.unwrap();
+    e.stop().await;
+}
+
 /// A member cut off from the others closes its clients within its election timeout, so
 /// they move to the majority; once healed it serves them again and their session lives.
+/// Between losing sight of the quorum and the close it answers nothing: a read sent then
+/// gets no reply from the stale member, only the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cut_off_from_the_quorum_closes_its_clients() {
     init_logging();
@@ -463,12 +522,42 @@ async fn a_member_cut_off_from_the_quorum_closes_its_clients() {
         "test: isolating"
     );
     e._net.isolate(follower as u64 + 1);
+    // The member holds its clients for 100 ms before it closes them: catch it holding.
+    let addr = e.addr(follower);
+    let holding = tokio::time::timeout(WAIT, async {
+        loop {
+            if *state.borrow() != SessionState::Connected {
+                return false;
+            }
+            if mntr_value(&addr, "zk_quorum_hold").await == 1 {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the cut-off member holds or closes its clients");
+    if holding {
+        let read = tokio::time::timeout(WAIT, c.get_data("/before", false))
+            .await
+            .expect("the read ends");
+        assert!(
+            read.is_err(),
+            "a read sent while the member held its clients was answered: {read:?}"
+        );
+    } else {
+        println!("the client was closed before the test saw the member holding");
+    }
     tokio::time::timeout(WAIT, state.wait_for(|s| *s != SessionState::Connected))
         .await
         .expect("the cut-off member closed its client")
         .unwrap();
     let closed_after = cut_at.elapsed();
     println!("client closed {closed_after:?} after the member was cut off");
+    assert!(
+        mntr_value(&addr, "zk_quorum_holds").await >= 1,
+        "the hold is counted"
+    );
 
     tracing::info!("test: healing");
     e._net.heal();
@@ -938,15 +1027,20 @@ async fn send_raw_create_with_flags(
 /// The server's `zk_outstanding_requests` (requests in its core, not yet answered), as
 /// the four-letter word `mntr` reports it.
 async fn outstanding_requests(addr: &str) -> u64 {
+    mntr_value(addr, "zk_outstanding_requests").await
+}
+
+/// One numeric row of the server's `mntr`.
+async fn mntr_value(addr: &str, key: &str) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"mntr").await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out.lines()
-        .find_map(|l| l.strip_prefix("zk_outstanding_requests\t"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('\t'))
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no zk_outstanding_requests in mntr: {out}"))
+        .unwrap_or_else(|| panic!("no {key} in mntr: {out}"))
 }
 
 /// A member's local sequence numbers, which tie the entries it proposes to its waiting

@@ -179,6 +179,12 @@ pub struct CoreStats {
     pub leader: Option<u64>,
     /// Ensemble mode: the Raft member's view (term, indexes, quorum).
     pub raft: Option<coordd_raft::Status>,
+    /// Ensemble mode: frames for clients held while the quorum is out of sight (None
+    /// while the member answers its clients).
+    pub frames_withheld: Option<usize>,
+    /// Ensemble mode: times this member lost sight of the quorum while serving and held
+    /// its clients' replies (each ended with the quorum back or with its clients closed).
+    pub quorum_holds: u64,
 }
 
 /// One connection, as `stat` and `cons` list it.
@@ -303,6 +309,15 @@ pub struct RaftLog {
     /// Whether clients are served: false from a quorum loss older than
     /// `quorum_lost_close_ms` until the quorum is back.
     serving: bool,
+    /// Some while this member has no quorum in sight: every frame for a client (reply,
+    /// watch event, handshake answer, close) waits here instead of going out, so nothing
+    /// this member computed after it lost sight of the quorum reaches a client before
+    /// it has the quorum again (then they go, in order). Dropped when the member closes
+    /// its clients. Each frame still counts in its connection's `queued_bytes`, so
+    /// `outbound_bytes_max` bounds what one client can make it hold.
+    withheld: Option<Vec<(mpsc::UnboundedSender<Outbound>, Outbound)>>,
+    /// Times `withheld` began while the member served (mntr `zk_quorum_holds`).
+    quorum_holds: u64,
     /// The core's own queue (weak: the core must not keep itself alive), for the
     /// results of reconfigs it started.
     core_tx: Option<mpsc::WeakSender<CoreMsg>>,
@@ -371,6 +386,8 @@ impl RaftLog {
             quorum_lost_since: None,
             behind: Vec::new(),
             serving: false,
+            withheld: None,
+            quorum_holds: 0,
             core_tx: None,
             removed: tokio_util::sync::CancellationToken::new(),
         }
@@ -740,10 +757,16 @@ impl Core {
                     Log::Raft(r) => r.member.get().map(|m| m.status()),
                     Log::Local(_) => None,
                 };
+                let (frames_withheld, quorum_holds) = match &self.log {
+                    Log::Raft(r) => (r.withheld.as_ref().map(Vec::len), r.quorum_holds),
+                    Log::Local(_) => (None, 0),
+                };
                 let _ = reply.send(CoreStats {
                     mode,
                     leader,
                     raft,
+                    frames_withheld,
+                    quorum_holds,
                     log_batches: batches,
                     log_entries: entries,
                     log_append_us_total: us_total,
@@ -930,9 +953,8 @@ impl Core {
                     passwd: vec![0; 16],
                     read_only: false,
                 });
-                let _ = conn.out.send(Outbound::Frame(frame));
-                let _ = conn.out.send(Outbound::Close);
-                self.conns.remove(&conn_id);
+                self.push(conn_id, frame);
+                self.close_conn_after_queued(conn_id);
                 let _ = established.send(None);
                 return;
             }
@@ -2000,8 +2022,14 @@ impl Core {
     }
 
     /// Ensemble mode, every [`QUORUM_POLL_MS`]: serve clients while the Raft member
-    /// has a quorum in sight, close them all once it lost it for `quorum_lost_close_ms`,
-    /// and settle the parked handshakes.
+    /// has a quorum in sight; once it has not, hold everything for them
+    /// ([`RaftLog::withheld`]), and close them all once that lasted
+    /// `quorum_lost_close_ms`; settle the parked handshakes.
+    ///
+    /// Holding rather than closing at once: the Raft layer loses sight of the quorum
+    /// early (`quorum_timeout_ms`, before anyone else can be elected), and a stall of
+    /// the machine looks the same for a moment. Held, such a false alarm costs the
+    /// clients latency; closed, it costs every client a reconnect.
     ///
     /// While it serves no one, the batch with the proposer (if any) is given up: its
     /// clients were closed, so nobody waits for its answer, and its forward to the leader
@@ -2019,12 +2047,33 @@ impl Core {
         let now = Instant::now();
         if member.quorum_ok() {
             r.quorum_lost_since = None;
+            if let Some(withheld) = r.withheld.take() {
+                if r.serving {
+                    tracing::info!(
+                        frames = withheld.len(),
+                        "quorum in sight again: sending what was held for clients"
+                    );
+                }
+                for (out, item) in withheld {
+                    let _ = out.send(item);
+                }
+            }
             if !r.serving {
                 tracing::info!("quorum in sight: serving clients");
             }
             r.serving = true;
         } else {
             let since = *r.quorum_lost_since.get_or_insert(now);
+            if r.withheld.is_none() {
+                if r.serving {
+                    r.quorum_holds += 1;
+                    tracing::info!(
+                        close_after_ms = r.quorum_lost_close_ms,
+                        "no quorum in sight: holding every frame for clients until it is back"
+                    );
+                }
+                r.withheld = Some(Vec::new());
+            }
             if r.serving && now - since >= Duration::from_millis(r.quorum_lost_close_ms) {
                 tracing::warn!(
                     lost_ms = (now - since).as_millis() as u64,
@@ -2047,6 +2096,11 @@ impl Core {
                 // clients vanished meanwhile a whole timeout again at the leader. Its
                 // clients, now closed, touch their sessions wherever they reconnect.
                 r.touched.clear();
+                // What was held goes unsent: the clients it was for are being closed.
+                // A connection that was to close after its held frames closes now.
+                for (out, _) in r.withheld.as_mut().map(std::mem::take).unwrap_or_default() {
+                    let _ = out.send(Outbound::Close);
+                }
                 self.close_all();
                 self.propose_failed(queued);
             }
@@ -2345,14 +2399,27 @@ impl Core {
         }
         self.metrics.packets_sent.fetch_add(1, Ordering::Relaxed);
         c.stats.sent.fetch_add(1, Ordering::Relaxed);
-        let _ = c.out.send(Outbound::Frame(frame));
+        let out = c.out.clone();
+        self.send_or_withhold(out, Outbound::Frame(frame));
     }
 
     /// Closes a connection once the frames queued before now are written.
     fn close_conn_after_queued(&mut self, conn_id: u64) {
         if let Some(c) = self.conns.remove(&conn_id) {
-            let _ = c.out.send(Outbound::Close);
+            self.send_or_withhold(c.out, Outbound::Close);
         }
+    }
+
+    /// Hands `item` to its connection's writer, or holds it while this member has no
+    /// quorum in sight ([`RaftLog::withheld`]).
+    fn send_or_withhold(&mut self, out: mpsc::UnboundedSender<Outbound>, item: Outbound) {
+        if let Log::Raft(r) = &mut self.log {
+            if let Some(withheld) = &mut r.withheld {
+                withheld.push((out, item));
+                return;
+            }
+        }
+        let _ = out.send(item);
     }
 
     /// Closes a connection at once, dropping what is queued.

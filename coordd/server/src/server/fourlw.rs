@@ -172,6 +172,18 @@ pub async fn answer(cmd: Command, ctx: &ConnCtx) -> String {
                     ("zk_raft_term", r.term.to_string()),
                     ("zk_raft_leader", opt(r.leader)),
                     ("zk_raft_quorum_ok", u8::from(r.quorum_ok).to_string()),
+                    // While the quorum is out of sight the member holds what it would
+                    // send its clients (1 here), and closes them 100 ms later unless the
+                    // quorum is back; the count of such holds tells false alarms apart.
+                    (
+                        "zk_quorum_hold",
+                        u8::from(s.frames_withheld.is_some()).to_string(),
+                    ),
+                    (
+                        "zk_frames_withheld",
+                        s.frames_withheld.unwrap_or(0).to_string(),
+                    ),
+                    ("zk_quorum_holds", s.quorum_holds.to_string()),
                     ("zk_raft_last_log_index", opt(r.last_log_index)),
                     ("zk_raft_applied_index", opt(r.applied_index)),
                     ("zk_raft_snapshot_index", opt(r.snapshot_index)),

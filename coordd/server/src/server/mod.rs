@@ -35,10 +35,13 @@ pub const CORE_QUEUE_MESSAGES_MAX: usize = 65_536;
 /// connections' outstanding-request limits.
 pub const PROPOSALS_QUEUED_MAX: usize = 1;
 
-/// How long an ensemble member serves its clients after it noticed it lost the quorum
-/// (the Raft layer notices after its `quorum_timeout_ms`, 200 ms by default): none, so
-/// clients move to the majority within about the election timeout.
-pub const QUORUM_LOST_CLOSE_MS: u64 = 0;
+/// How long an ensemble member holds its clients after it lost sight of the quorum (the
+/// Raft layer's `quorum_timeout_ms`, 200 ms by default, after the last contact) before it
+/// closes them so they move to the majority: 300 ms after the last contact in all. It
+/// answers none of them meanwhile. A new leader usually serves within that time (a dead
+/// leader is replaced about 225 ms after its last heartbeat), and a stall of the machine
+/// that long then costs the clients latency, not a reconnect.
+pub const QUORUM_LOST_CLOSE_MS: u64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -20,10 +20,12 @@
 //!   member id and the incarnation of the run that made it (a random number drawn at
 //!   every start), and sequence numbers start again at 1 in every run.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use coordd_raft::{Applier, ApplierError, LogEntry, Member, ProposeError, Role};
+use coordd_raft::{
+    AppCallError, Applier, ApplierError, LogEntry, Member, ProposeError, Role, TransportError,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +65,10 @@ const APP_REMOVED: u8 = 4;
 pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
 /// How long the proposer waits for a leader to exist before failing a batch.
 pub const LEADER_WAIT_MS: u64 = 2_000;
+/// Pause before a batch whose forward was refused before it was sent (the leader's peer
+/// address refused the connect) goes again, unless another leader is known sooner. The
+/// whole try is bounded by `FORWARD_TIMEOUT_MS`.
+pub const FORWARD_RETRY_MS: u64 = 25;
 
 /// A member's txns, in the order its core made them, with the local sequence numbers
 /// that let that member answer its clients once the batch is applied.
@@ -501,42 +507,66 @@ pub async fn run_proposer(
 
 async fn propose_one(member: &Member, batcher: &Batcher, batch: Bytes) -> Result<(), String> {
     let forward_timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
-    if member.role() == Role::Leader {
-        match batcher.propose(batch.clone()).await {
-            Ok(_) => return Ok(()),
-            // Nothing was appended: safe to send it to the leader instead.
-            Err(ProposeError::NotLeader { .. }) => {}
-            Err(e) => return Err(e.to_string()),
+    let deadline = Instant::now() + forward_timeout;
+    let mut refused_attempts = 0u32;
+    loop {
+        if member.role() == Role::Leader {
+            match batcher.propose(batch.clone()).await {
+                Ok(_) => return Ok(()),
+                // Nothing was appended: safe to send it to the leader instead.
+                Err(ProposeError::NotLeader { .. }) => {}
+                Err(e) => return Err(e.to_string()),
+            }
         }
-    }
-    let leader = match member.leader().filter(|l| *l != member.id()) {
-        Some(l) => l,
-        None => member
-            .wait_for(Duration::from_millis(LEADER_WAIT_MS), |s| {
-                s.leader.is_some_and(|l| l != s.id)
-            })
-            .await
-            .map_err(|e| format!("no leader to forward to: {e}"))?
-            .leader
-            .ok_or("no leader to forward to")?,
-    };
-    // A leader that hangs (stopped, cut off) answers nothing: give up as soon as the
-    // ensemble has another leader, not at the forward's timeout, so this member's
-    // next batches go to the new leader. The batch is then in doubt (its clients get
-    // ConnectionLoss); the old leader cannot commit it without a quorum anyway.
-    let forward = member.call_app(leader, AppMsg::Forward(batch).encode(), forward_timeout);
-    let replaced = member.wait_for(forward_timeout, move |s| {
-        s.leader.is_some_and(|l| l != leader)
-    });
-    tokio::pin!(replaced);
-    tokio::select! {
-        r = forward => r
-            .map(|_| ())
-            .map_err(|e| format!("forwarding to leader {leader}: {e}")),
-        Ok(status) = &mut replaced => Err(format!(
-            "leader {leader} replaced by {:?} while a batch was forwarded to it",
-            status.leader
-        )),
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(format!(
+                "no leader took the batch within {FORWARD_TIMEOUT_MS} ms \
+                 ({refused_attempts} forwards refused before they were sent)"
+            ));
+        }
+        let leader = match member.leader().filter(|l| *l != member.id()) {
+            Some(l) => l,
+            None => member
+                .wait_for(remaining.min(Duration::from_millis(LEADER_WAIT_MS)), |s| {
+                    s.leader.is_some_and(|l| l != s.id)
+                })
+                .await
+                .map_err(|e| format!("no leader to forward to: {e}"))?
+                .leader
+                .ok_or("no leader to forward to")?,
+        };
+        // A leader that hangs (stopped, cut off) answers nothing: give up as soon as the
+        // ensemble has another leader, not at the forward's timeout, so this member's
+        // next batches go to the new leader. The batch is then in doubt (its clients get
+        // ConnectionLoss); the old leader cannot commit it without a quorum anyway.
+        let forward = member.call_app(leader, AppMsg::Forward(batch.clone()).encode(), remaining);
+        let replaced = member.wait_for(remaining, move |s| s.leader.is_some_and(|l| l != leader));
+        tokio::pin!(replaced);
+        tokio::select! {
+            // A forward's own outcome first: it says whether the batch was sent.
+            biased;
+            r = forward => match r {
+                Ok(_) => return Ok(()),
+                // The connect failed (a leader whose process died refuses it): nothing was
+                // sent, so the batch is not in doubt and may go again, to whoever leads
+                // next. Its clients wait for the election instead of being disconnected
+                // into their reconnect backoff.
+                Err(AppCallError::Transport(TransportError::Unreachable(why))) => {
+                    refused_attempts += 1;
+                    tracing::debug!(leader, %why, refused_attempts, "forward not sent: trying again once a leader answers");
+                    let pause = Duration::from_millis(FORWARD_RETRY_MS).min(remaining);
+                    let _ = member
+                        .wait_for(pause, move |s| s.leader.is_some_and(|l| l != leader))
+                        .await;
+                }
+                Err(e) => return Err(format!("forwarding to leader {leader}: {e}")),
+            },
+            Ok(status) = &mut replaced => return Err(format!(
+                "leader {leader} replaced by {:?} while a batch was forwarded to it",
+                status.leader
+            )),
+        }
     }
 }
 
