@@ -937,28 +937,43 @@ impl Member {
     /// openraft 0.9 has no CheckQuorum: a cut-off leader stays leader. This is the signal to
     /// stop serving instead (DESIGN.md 6: a server that has lost the quorum stops serving).
     pub fn quorum_ok(&self) -> bool {
+        self.quorum_fresh_until()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Until when [`Member::quorum_ok`] stays true if nothing new is heard: the last
+    /// quorum acknowledgement (leader) or AppendEntries from the leader (follower) plus
+    /// `quorum_timeout_ms`. None when it is false whatever the time (a candidate, a
+    /// learner, no contact in this term, shut down). A caller that checks it against the
+    /// clock before each answer it sends never answers past the quorum's sight, however
+    /// late it runs (a process woken from SIGSTOP).
+    pub fn quorum_fresh_until(&self) -> Option<Instant> {
         let view = {
             let rx = self.raft().metrics();
             let m = rx.borrow();
             QuorumView::of(&m)
         };
-        self.quorum_ok_with(view)
+        self.quorum_fresh_until_with(view)
     }
 
     fn quorum_ok_with(&self, m: QuorumView) -> bool {
+        self.quorum_fresh_until_with(m)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn quorum_fresh_until_with(&self, m: QuorumView) -> Option<Instant> {
         if self.inner.shut_down.load(Ordering::Acquire) || m.stopped {
-            return false;
+            return None;
         }
-        let now = Instant::now();
         let limit = self.inner.config.quorum_timeout();
-        let fresh = |at: Instant| now.saturating_duration_since(at) < limit;
         match m.state {
-            ServerState::Leader => {
-                lock(&self.inner.ack).is_some_and(|a| a.term == m.term && fresh(a.at))
-            }
-            ServerState::Follower => lock(&self.inner.contact)
-                .is_some_and(|c| m.leader == Some(c.leader) && c.term == m.term && fresh(c.at)),
-            _ => false,
+            ServerState::Leader => (*lock(&self.inner.ack))
+                .filter(|a| a.term == m.term)
+                .map(|a| a.at + limit),
+            ServerState::Follower => (*lock(&self.inner.contact))
+                .filter(|c| m.leader == Some(c.leader) && c.term == m.term)
+                .map(|c| c.at + limit),
+            _ => None,
         }
     }
 

@@ -318,6 +318,10 @@ pub struct RaftLog {
     withheld: Option<Vec<(mpsc::UnboundedSender<Outbound>, Outbound)>>,
     /// Times `withheld` began while the member served (mntr `zk_quorum_holds`).
     quorum_holds: u64,
+    /// The member's `quorum_fresh_until` as last read: every frame goes out only before
+    /// it (read again once passed), so the hold begins on time even when the quorum
+    /// poll runs late.
+    answer_until: Option<Instant>,
     /// The core's own queue (weak: the core must not keep itself alive), for the
     /// results of reconfigs it started.
     core_tx: Option<mpsc::WeakSender<CoreMsg>>,
@@ -338,6 +342,20 @@ struct PendingReconfig {
 }
 
 impl RaftLog {
+    /// The quorum is out of sight: from now on every frame for a client waits in
+    /// `withheld` (see [`Core::on_quorum_poll`] for its end).
+    fn begin_hold(&mut self) {
+        debug_assert!(self.withheld.is_none(), "a hold begins once");
+        if self.serving {
+            self.quorum_holds += 1;
+            tracing::info!(
+                close_after_ms = self.quorum_lost_close_ms,
+                "no quorum in sight: holding every frame for clients until it is back"
+            );
+        }
+        self.withheld = Some(Vec::new());
+    }
+
     /// The request of this run that `seq` of an applied batch (`batch`: its member and
     /// incarnation) answers, if the batch is this run's: an earlier run's (or another member's) batch with the same number
     /// answers nobody here.
@@ -388,6 +406,7 @@ impl RaftLog {
             serving: false,
             withheld: None,
             quorum_holds: 0,
+            answer_until: None,
             core_tx: None,
             removed: tokio_util::sync::CancellationToken::new(),
         }
@@ -614,12 +633,16 @@ impl Core {
                     }
                     None => return Err("log writer stopped".into()),
                 },
+                // Before the clients' messages: a member that wakes from a stall (a
+                // paused process, a starved machine) with their requests queued looks
+                // at the quorum first, so it holds its answers (`withheld`) rather than
+                // answer from a state a new leader may have moved past meanwhile.
+                _ = quorum_poll.tick(), if ensemble => self.on_quorum_poll(),
                 m = msgs.recv() => match m {
                     Some(m) => self.on_msg(m),
                     None => break,
                 },
                 _ = expiry_tick.tick() => self.on_tick(),
-                _ = quorum_poll.tick(), if ensemble => self.on_quorum_poll(),
                 _ = container_tick.tick() => self.delete_expired_nodes(),
             }
         }
@@ -2065,14 +2088,7 @@ impl Core {
         } else {
             let since = *r.quorum_lost_since.get_or_insert(now);
             if r.withheld.is_none() {
-                if r.serving {
-                    r.quorum_holds += 1;
-                    tracing::info!(
-                        close_after_ms = r.quorum_lost_close_ms,
-                        "no quorum in sight: holding every frame for clients until it is back"
-                    );
-                }
-                r.withheld = Some(Vec::new());
+                r.begin_hold();
             }
             if r.serving && now - since >= Duration::from_millis(r.quorum_lost_close_ms) {
                 tracing::warn!(
@@ -2411,9 +2427,25 @@ impl Core {
     }
 
     /// Hands `item` to its connection's writer, or holds it while this member has no
-    /// quorum in sight ([`RaftLog::withheld`]).
+    /// quorum in sight ([`RaftLog::withheld`]). The quorum's sight is checked against the
+    /// clock here, for every frame, and not only by the 10 ms poll: a member that runs
+    /// late (woken from SIGSTOP, starved) must not answer from a state a new leader may
+    /// have moved past.
     fn send_or_withhold(&mut self, out: mpsc::UnboundedSender<Outbound>, item: Outbound) {
         if let Log::Raft(r) = &mut self.log {
+            if r.withheld.is_none() {
+                let now = Instant::now();
+                if r.answer_until.is_none_or(|until| now >= until) {
+                    r.answer_until = r
+                        .member
+                        .get()
+                        .and_then(|m| m.quorum_fresh_until())
+                        .map(|until| until.into_std());
+                    if r.answer_until.is_none_or(|until| now >= until) {
+                        r.begin_hold();
+                    }
+                }
+            }
             if let Some(withheld) = &mut r.withheld {
                 withheld.push((out, item));
                 return;
