@@ -366,7 +366,7 @@ impl Coordd {
             .prefix("coordd-bench-")
             .tempdir()
             .map_err(io_err)?;
-        let port = free_port().map_err(io_err)?;
+        let port = free_port();
         let data = dir.path().join("data");
         fs::create_dir(&data).map_err(io_err)?;
         let log = File::create(dir.path().join("coordd.out")).map_err(io_err)?;
@@ -414,7 +414,7 @@ struct NullServer {
 impl NullServer {
     fn start() -> Result<NullServer, String> {
         let io_err = |e: io::Error| e.to_string();
-        let port = free_port().map_err(io_err)?;
+        let port = free_port();
         let exe = std::env::current_exe().map_err(io_err)?;
         let child = Command::new(exe)
             .env(null_zk::NULL_SERVE_ENV, format!("127.0.0.1:{port}"))

@@ -4,6 +4,8 @@
 //! of that run and no temporary directory. Skips with a printed reason when the
 //! PostgreSQL binaries are not installed.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/postgres.rs"]
 mod postgres;
 

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -41,13 +41,7 @@ pub fn coordd_bin() -> PathBuf {
     .clone()
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
+pub use super::ports::free_port;
 
 /// Sends a four-letter word and returns the answer, or None if the server is not there.
 pub fn four_letter(addr: SocketAddr, word: &str) -> Option<String> {
@@ -290,11 +284,7 @@ impl CoorddEnsemble {
     ) -> CoorddEnsemble {
         let n = dirs.len();
         let ip = |i: usize| std::net::Ipv4Addr::new(127, 0, 0, i as u8);
-        let free_on = |i: usize| {
-            TcpListener::bind((ip(i), 0))
-                .and_then(|l| l.local_addr())
-                .expect("bind an ephemeral port")
-        };
+        let free_on = |i: usize| super::ports::free_addr(ip(i));
         let clients: Vec<SocketAddr> = (1..=n).map(free_on).collect();
         let peers: Vec<SocketAddr> = (1..=n).map(free_on).collect();
         let list = peers
@@ -349,11 +339,7 @@ impl CoorddEnsemble {
     pub fn start_joining(&mut self) -> usize {
         let i = self.members.len() + 1;
         let ip = std::net::Ipv4Addr::new(127, 0, 0, i as u8);
-        let free = || {
-            TcpListener::bind((ip, 0))
-                .and_then(|l| l.local_addr())
-                .expect("bind an ephemeral port")
-        };
+        let free = || super::ports::free_addr(ip);
         let (client, peer) = (free(), free());
         self.peers.push(peer);
         let list = self

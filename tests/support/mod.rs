@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod coordd;
 pub mod nemesis;
+pub mod ports;
 pub mod postgres;
 pub mod proxy;
 pub mod raw;

@@ -14,7 +14,7 @@
 //! proxies stopped on drop.
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,12 +96,7 @@ pub fn member_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, u8::try_from(i + 1).expect("a small ensemble"))
 }
 
-/// A port on `ip` that was free a moment ago.
-pub fn free_addr(ip: Ipv4Addr) -> SocketAddr {
-    StdListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-}
+pub use super::ports::free_addr;
 
 impl PeerMesh {
     /// Starts one proxy per member (`n` members) on 127.0.0.`i+1`; the members must

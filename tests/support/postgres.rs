@@ -23,7 +23,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -209,13 +208,7 @@ pub fn run_ok(cmd: Command, timeout: Duration) -> Output {
     out
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the usual small race).
-pub fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use super::ports::free_port;
 
 /// Polls `cond` until it returns Some, panicking with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {

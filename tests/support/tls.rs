@@ -72,9 +72,7 @@ impl TestCa {
     }
 }
 
-/// A free port on 127.0.0.`host`.
+/// An address on 127.0.0.`host` whose port was free a moment ago.
 pub fn free_addr_on(host: u8) -> SocketAddr {
-    std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, host), 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
+    super::ports::free_addr(std::net::Ipv4Addr::new(127, 0, 0, host))
 }

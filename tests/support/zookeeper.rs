@@ -24,7 +24,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -144,7 +144,7 @@ impl ZooKeeper {
         let dir = tempfile::Builder::new()
             .prefix("zookeeper-test-")
             .tempdir()?;
-        let port = free_port()?;
+        let port = free_port();
         let data_dir = dir.path().join("data");
         fs::create_dir(&data_dir)?;
         let cfg_path = dir.path().join("zoo.cfg");
@@ -297,11 +297,7 @@ fn spawn_server(dir: &Path, cfg_path: &Path, jvm_flags: &[String]) -> io::Result
         .spawn()
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> io::Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
-}
+pub use super::ports::free_port;
 
 /// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`, ...), in KiB.
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -627,15 +623,9 @@ pub struct ZooKeeperEnsemble {
     dir: tempfile::TempDir,
 }
 
-/// Ports that are free a moment ago and distinct from each other (all held while picked).
-fn free_ports(n: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind(("127.0.0.1", 0)))
-        .collect::<io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+/// Ports that were free a moment ago, distinct from each other.
+fn free_ports(n: usize) -> Vec<u16> {
+    (0..n).map(|_| free_port()).collect()
 }
 
 impl ZooKeeperEnsemble {
@@ -664,7 +654,7 @@ impl ZooKeeperEnsemble {
         let dir = tempfile::Builder::new()
             .prefix("zookeeper-ensemble-")
             .tempdir()?;
-        let ports = free_ports(3 * n)?;
+        let ports = free_ports(3 * n);
         let mut members: Vec<EnsembleMember> = (0..n)
             .map(|i| EnsembleMember {
                 id: i as u32 + 1,
