@@ -166,6 +166,7 @@ async fn run_member(config: Config) -> Result<(), String> {
     let data_dir = config.data_dir.clone();
     let log_config = coordd_raft::DiskLogConfig {
         fsync: config.fsync,
+        inline_append: config.inline_commit,
         ..coordd_raft::DiskLogConfig::default()
     };
     let log = coordd_raft::DiskLogStore::open(&config.data_dir, log_config)

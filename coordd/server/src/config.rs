@@ -99,8 +99,9 @@ pub struct Flags {
     pub worker_threads: Option<usize>,
     /// Under a serial write load (one write at a time), write and fsync it on the
     /// serving thread instead of handing it to the log writer thread: two thread
-    /// wake-ups less per write, at the price of that thread waiting out the fsync
-    /// [default: true].
+    /// wake-ups less per write, at the price of that thread waiting out the fsync. An
+    /// ensemble member likewise appends its Raft entries on the Raft core's thread
+    /// instead of the blocking pool [default: true].
     #[arg(long)]
     pub inline_commit: Option<bool>,
     /// DANGEROUS: do not fsync the log. An acknowledged write can be lost on a crash.

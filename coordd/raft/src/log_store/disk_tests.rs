@@ -20,6 +20,9 @@ fn cfg() -> DiskLogConfig {
         preallocate_bytes: 1024,
         // A few entries: most reads go to disk.
         log_cache_bytes_max: 64,
+        // The appends of these tests run inline (coordd's setting), the conformance
+        // suite's and the cluster tests' in the blocking pool (the default).
+        inline_append: true,
         ..DiskLogConfig::default()
     }
 }
