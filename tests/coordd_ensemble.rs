@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use coordd_client::{Acl, Client, ClientConfig, CreateMode, Error};
 use support::coordd::{four_letter, CoorddEnsemble};
+use support::nemesis::signal;
 use tokio::time::Instant;
 
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -234,6 +235,48 @@ async fn leader_kill9_loses_no_acknowledged_write_and_no_surviving_session() {
         c.close().await.unwrap();
     }
     Arc::try_unwrap(writer).unwrap().close().await.unwrap();
+}
+
+/// Member `i`'s `zk_last_zxid` (mntr), if it answers.
+fn last_zxid(e: &CoorddEnsemble, i: usize) -> Option<u64> {
+    four_letter(e.members[i].addr, "mntr")?
+        .lines()
+        .find_map(|l| l.strip_prefix("zk_last_zxid\t"))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A follower that fell far behind on large entries (stopped while the leader took 30
+/// writes of 900 KB) catches up once it runs again. Before the transport bounded an
+/// AppendEntries by bytes (`append_entries_bytes_max`), the leader sent it ~15 MB at a
+/// time, which never completed within openraft's deadline for one AppendEntries (the
+/// heartbeat interval): the follower never caught up and campaigned again and again
+/// (a CI run lost the quorum so when another member's disk was full).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_on_large_entries_catches_up() {
+    let e = CoorddEnsemble::start(3);
+    let leader = e.wait_leader(&[0, 1, 2], FORM_TIMEOUT);
+    let lagging = (leader + 1) % 3;
+    let c = client(&e.members[leader].connect_string(), 10_000).await;
+    let acl = Acl::open_unsafe();
+    let pid = e.members[lagging].pid().expect("the member runs");
+    signal(pid, "STOP");
+    let value = vec![7u8; 900 * 1024];
+    for i in 0..30 {
+        tokio::time::timeout(
+            WAIT,
+            c.create(&format!("/big{i}"), &value, &acl, CreateMode::Persistent),
+        )
+        .await
+        .expect("a write of the two running members in time")
+        .expect("written");
+    }
+    let target = last_zxid(&e, leader).expect("the leader answers mntr");
+    signal(pid, "CONT");
+    eventually("the stopped follower catches up", || async {
+        last_zxid(&e, lagging).is_some_and(|z| z >= target)
+    })
+    .await;
+    c.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

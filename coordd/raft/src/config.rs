@@ -75,6 +75,8 @@ pub struct Config {
     /// `heartbeat_interval_ms` to complete, so one RPC must carry few enough bytes (entries x
     /// batch size) to cross the wire and be fsynced in that time, or a lagging follower never
     /// catches up. openraft's default is 300; an entry here is a batch of txns, so fewer.
+    /// The TCP transport also bounds the bytes (`TcpConfig::append_entries_bytes_max`),
+    /// which a count cannot do for large entries.
     pub max_payload_entries: u64,
     /// Largest payload [`Member::propose`](crate::Member::propose) accepts; bigger ones are
     /// refused before they reach the log (they would have to cross the peer wire).

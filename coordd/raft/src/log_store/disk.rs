@@ -97,8 +97,9 @@ pub struct DiskLogConfig {
     /// pool: two thread hand-offs less per append, ~60-80 us less per write at one session
     /// on the 2-core benchmark machine (RaftCore waits for the flush either way in openraft
     /// 0.9), at the price of that runtime worker waiting out the fdatasync. Other I/O
-    /// (reads back, truncation, purge, snapshots) always goes to the blocking pool.
-    /// Default off; coordd turns it on with its `inline_commit`.
+    /// (reads back, truncation, purge, snapshots), and appends of more than
+    /// [`INLINE_APPEND_BYTES_MAX`], always go to the blocking pool. Default off; coordd
+    /// turns it on with its `inline_commit`.
     pub inline_append: bool,
     /// Fault injection for tests, consulted before every I/O call; `None` in production.
     pub faults: Option<Arc<dyn FaultHook>>,
@@ -288,6 +289,11 @@ fn poisoned() -> WalError {
     WalError::Poisoned("an earlier log write panicked".into())
 }
 
+/// Largest append (encoded entries) that [`DiskLogConfig::inline_append`] writes on the
+/// calling thread: a coordination write is far smaller; a large one would hold a runtime
+/// worker (and the tasks queued on it) for its whole write and fsync.
+pub const INLINE_APPEND_BYTES_MAX: usize = 64 << 10;
+
 fn zxid_of(index: u64) -> Result<Zxid, WalError> {
     index
         .checked_add(1)
@@ -474,7 +480,9 @@ impl DiskLogStore {
             let refs: Vec<(Zxid, &[u8])> = records.iter().map(|(z, p)| (*z, &p[..])).collect();
             d.wal.append_at(&refs)
         };
-        let positions = if self.shared.inline_append {
+        let inline =
+            self.shared.inline_append && sizes.iter().sum::<usize>() <= INLINE_APPEND_BYTES_MAX;
+        let positions = if inline {
             match self.shared.disk.lock() {
                 Ok(mut d) => write(&mut d)?,
                 Err(_) => return Err(poisoned()),

@@ -94,6 +94,21 @@ impl PeerRequest {
         }
     }
 
+    /// Bytes of the entries' payloads carried (0 for anything but AppendEntries).
+    pub fn entry_payload_bytes(&self) -> usize {
+        match &self.0 {
+            RequestBody::AppendEntries(r) => r
+                .entries
+                .iter()
+                .map(|e| match &e.payload {
+                    openraft::EntryPayload::Normal(b) => b.len(),
+                    _ => 0,
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
+
     /// The body of an application message ([`PeerRequest::app`]); None for Raft's own
     /// requests. For transports (and test transports) that treat application messages by
     /// what they carry.

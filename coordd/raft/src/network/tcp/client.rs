@@ -476,10 +476,20 @@ impl TcpTransport {
         request: PeerRequest,
         deadline: Instant,
     ) -> Result<PeerResponse, TransportError> {
+        let entries = request.entry_count() as u64;
+        let payload_bytes = request.entry_payload_bytes();
+        let budget = self.inner.config.append_entries_bytes_max;
+        if entries > 1 && payload_bytes > budget {
+            // Before connecting or encoding: what fits the budget, proportionally (at least
+            // one entry).
+            return Err(TransportError::TooLarge {
+                max_entries: (entries.saturating_mul(budget as u64) / payload_bytes as u64)
+                    .clamp(1, entries - 1),
+            });
+        }
         let peer = self.peer(target, addr);
         let conn = self.connection(target, &peer, deadline).await?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let entries = request.entry_count() as u64;
         let frame = wire::encode_frame(
             &Message::Request { id, request },
             self.inner.config.frame_bytes_max,
@@ -817,6 +827,55 @@ mod tests {
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
+        t.close_all();
+        peer.await.unwrap();
+    }
+
+    /// An AppendEntries whose entries' payloads exceed `append_entries_bytes_max` asks for
+    /// fewer entries before anything is sent; a single entry goes whatever its size.
+    #[tokio::test]
+    async fn an_append_over_the_byte_budget_asks_for_fewer_entries_and_one_always_goes() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        // Takes the handshake, then hangs up.
+        let peer = tokio::spawn(reversing_peer(l, 0));
+        let config = TcpConfig {
+            append_entries_bytes_max: 10 << 10,
+            ..TcpConfig::default()
+        };
+        let t = TcpTransport::new(1, config).unwrap();
+        let append = |n: u64, each: usize| {
+            PeerRequest(RequestBody::AppendEntries(AppendEntriesRequest {
+                vote: Vote::new_committed(1, 1),
+                prev_log_id: None,
+                entries: (1..=n)
+                    .map(|i| Entry {
+                        log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                        payload: EntryPayload::Normal(Bytes::from(vec![7u8; each])),
+                    })
+                    .collect(),
+                leader_commit: None,
+            }))
+        };
+        // 8 x 4 KiB against 10 KiB: two fit.
+        match t.call(2, &addr, append(8, 4 << 10), LONG).await {
+            Err(TransportError::TooLarge { max_entries }) => assert_eq!(max_entries, 2),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // Two of 20 KiB: one at a time.
+        match t.call(2, &addr, append(2, 20 << 10), LONG).await {
+            Err(TransportError::TooLarge { max_entries }) => assert_eq!(max_entries, 1),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // One of 20 KiB is not refused: it goes to the peer (which hangs up on it).
+        let e = t
+            .call(2, &addr, append(1, 20 << 10), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(
+            !matches!(e, TransportError::TooLarge { .. }),
+            "a single entry goes whatever its size: {e}"
+        );
         t.close_all();
         peer.await.unwrap();
     }

@@ -64,6 +64,14 @@ pub struct TcpConfig {
     /// [`TransportError::TooLarge`](crate::TransportError::TooLarge), so openraft resends fewer
     /// entries.
     pub frame_bytes_max: usize,
+    /// Entry payload bytes one AppendEntries carries at most (one entry always goes, however
+    /// big). More is refused locally as [`TransportError::TooLarge`](crate::TransportError::TooLarge)
+    /// before it is encoded, and openraft resends fewer entries. openraft gives an
+    /// AppendEntries `heartbeat_interval_ms` to cross, be fsynced and be answered; a follower
+    /// that fell behind by many large entries would otherwise get them all in one RPC that
+    /// never completes in time, and never catch up (the leader does not see its answers,
+    /// not even a higher vote, while the follower campaigns again and again).
+    pub append_entries_bytes_max: usize,
     /// Size of one snapshot chunk; must fit a frame with its header.
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot a listener accepts (it holds the whole image in memory: the snapshot
@@ -109,6 +117,9 @@ impl TcpConfig {
                 self.frame_bytes_max,
                 wire::HANDSHAKE_FRAME_BYTES_MAX
             ));
+        }
+        if self.append_entries_bytes_max == 0 {
+            return err("append_entries_bytes_max must be > 0".into());
         }
         if self.frame_bytes_max > u32::MAX as usize {
             return err("frame_bytes_max must fit the 4-byte length prefix".into());
@@ -185,6 +196,9 @@ impl Default for TcpConfig {
         Self {
             cluster_name: crate::Config::default().cluster_name,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            // About one leader entry (the batcher's entries are at most 1 MiB): a few ms
+            // to write and fsync on a slow disk, well within a 50 ms heartbeat.
+            append_entries_bytes_max: 1 << 20,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_bytes_max: 1 << 30,
             // Loopback or a LAN: a connect that takes longer than this is a dead host.
