@@ -282,11 +282,17 @@ impl Debug for DiskLogStore {
     }
 }
 
-/// The disk's lock is poisoned: a write that panicked half-way left the WAL in an unknown
-/// state. Like a failed fsync, nothing more is written until a restart recovers from the
-/// disk.
-fn poisoned() -> WalError {
-    WalError::Poisoned("an earlier log write panicked".into())
+/// Runs `f` on the WAL under its lock, on the calling thread. A poisoned lock (a write that
+/// panicked half-way left the WAL in an unknown state) refuses, like a failed fsync:
+/// nothing more is written until a restart recovers from the disk.
+fn on_disk<R>(
+    shared: &Shared,
+    f: impl FnOnce(&mut Disk) -> Result<R, WalError>,
+) -> Result<R, WalError> {
+    match shared.disk.lock() {
+        Ok(mut d) => f(&mut d),
+        Err(_) => Err(WalError::Poisoned("an earlier log write panicked".into())),
+    }
 }
 
 /// Largest append (encoded entries) that [`DiskLogConfig::inline_append`] writes on the
@@ -438,12 +444,9 @@ impl DiskLogStore {
         f: impl FnOnce(&mut Disk) -> Result<R, WalError> + Send + 'static,
     ) -> Result<R, WalError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || match shared.disk.lock() {
-            Ok(mut d) => f(&mut d),
-            Err(_) => Err(poisoned()),
-        })
-        .await
-        .unwrap_or_else(|e| Err(WalError::Poisoned(format!("log write task failed: {e}"))))
+        tokio::task::spawn_blocking(move || on_disk(&shared, f))
+            .await
+            .unwrap_or_else(|e| Err(WalError::Poisoned(format!("log write task failed: {e}"))))
     }
 
     /// Appends entries durably (one write, one fdatasync); they are readable once it returns.
@@ -483,10 +486,7 @@ impl DiskLogStore {
         let inline =
             self.shared.inline_append && sizes.iter().sum::<usize>() <= INLINE_APPEND_BYTES_MAX;
         let positions = if inline {
-            match self.shared.disk.lock() {
-                Ok(mut d) => write(&mut d)?,
-                Err(_) => return Err(poisoned()),
-            }
+            on_disk(&self.shared, write)?
         } else {
             self.with_disk(write).await?
         };

@@ -2112,10 +2112,14 @@ impl Core {
                 // clients vanished meanwhile a whole timeout again at the leader. Its
                 // clients, now closed, touch their sessions wherever they reconnect.
                 r.touched.clear();
-                // What was held goes unsent: the clients it was for are being closed.
-                // A connection that was to close after its held frames closes now.
-                for (out, _) in r.withheld.as_mut().map(std::mem::take).unwrap_or_default() {
-                    let _ = out.send(Outbound::Close);
+                // What was held goes unsent: the clients it was for are being closed
+                // (`close_all` below). A connection already taken out of `conns` to
+                // close after its held frames closes now.
+                let withheld = r.withheld.as_mut().map(std::mem::take).unwrap_or_default();
+                for (out, item) in withheld {
+                    if matches!(item, Outbound::Close) {
+                        let _ = out.send(Outbound::Close);
+                    }
                 }
                 self.close_all();
                 self.propose_failed(queued);
