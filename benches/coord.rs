@@ -23,10 +23,11 @@
 //!                           `null`: a server that answers every request at once and
 //!                           does nothing else (`common/null_zk.rs`), the ceiling of
 //!                           this machine and load for any server
-//!   COORD_BENCH_BASELINE_BIN  another coordd binary as the baseline instead of ZooKeeper
-//!                           (standalone only): an A/B of two coordd builds in one run;
-//!                           its flags in COORD_BENCH_BASELINE_ARGS (may be the same
-//!                           binary with other flags)
+//!   COORD_BENCH_BASELINE_BIN  another coordd binary as the baseline instead of ZooKeeper:
+//!                           an A/B of two coordd builds in one run (an ensemble of each
+//!                           with COORD_BENCH_MEMBERS); standalone, its flags in
+//!                           COORD_BENCH_BASELINE_ARGS (may be the same binary with
+//!                           other flags)
 //!   COORD_BENCH_SECS        seconds per measured phase (default 3)
 //!   COORD_BENCH_CLIENTS     session counts, comma separated (default 1,16,64)
 //!   COORD_BENCH_MEMBERS     1 (default: standalone servers) or 3 or 5: an ensemble of
@@ -1237,6 +1238,17 @@ fn main() {
     };
     let baseline_bin = std::env::var_os("COORD_BENCH_BASELINE_BIN").map(PathBuf::from);
     let run_base = || {
+        if let Some(bin) = baseline_bin.as_ref().filter(|_| n_members > 1) {
+            // The candidate sets COORDD_BIN again before it starts its own.
+            std::env::set_var("COORDD_BIN", bin);
+            let e = CoorddEnsemble::start_with_tick(n_members, 2000);
+            let all: Vec<usize> = (0..n_members).collect();
+            e.wait_leader(&all, Duration::from_secs(60));
+            let mut server = Server::CoorddEnsemble(e);
+            let r = rt.block_on(bench_server("baseline", &server, &client_counts, phase));
+            let r = with_failover(r, &mut server);
+            return finish(r, server);
+        }
         if let Some(bin) = &baseline_bin {
             let server = match Coordd::start(bin, "COORD_BENCH_BASELINE_ARGS") {
                 Ok(c) => Server::Coordd(c),

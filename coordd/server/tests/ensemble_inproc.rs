@@ -862,6 +862,16 @@ async fn read_raw_frame(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     Some(body)
 }
 
+/// The xid of a reply frame's header (`[xid: i32][zxid: i64][err: i32]`).
+fn reply_xid(frame: &[u8]) -> i32 {
+    i32::from_be_bytes(frame[0..4].try_into().expect("a reply header"))
+}
+
+/// The error code of a reply frame's header.
+fn reply_err(frame: &[u8]) -> i32 {
+    i32::from_be_bytes(frame[12..16].try_into().expect("a reply header"))
+}
+
 /// Sends a connect request (a new session with `session_id` 0, else a resume) on `s`.
 async fn send_connect(s: &mut tokio::net::TcpStream, session_id: i64, passwd: &[u8]) {
     use coordd_proto::{ConnectRequest, Record};
@@ -1127,7 +1137,7 @@ async fn a_write_queued_behind_a_lost_batch_is_dropped_with_it() {
     let mut held = e.holds[m].arm();
     send_raw_create(&mut c, 1, "/a").await;
     let first = next_held(&mut held).await;
-    // The second waits in the member for the proposer (one batch at a time).
+    // The second waits in the member: its session has a batch on the way.
     send_raw_create(&mut c, 2, "/b").await;
     eventually("both creates in the member's core", || {
         let addr = addr.clone();
@@ -1160,6 +1170,79 @@ async fn a_write_queued_behind_a_lost_batch_is_dropped_with_it() {
     e.stop().await;
 }
 
+/// A write on its way to the leader holds back only the later requests of its own
+/// session: another client of the same member writes, and is answered, meanwhile (as it
+/// would be on the leader). Before, a member had one batch on its way at a time, so every
+/// client of a follower waited for the slowest write before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_forward_holds_back_only_its_own_session() {
+    init_logging();
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let m = (leader + 1) % 3;
+    let addr = e.addr(m);
+    let (mut slow, _) = raw_session(&addr, 5_000).await;
+    let (mut other, _) = raw_session(&addr, 5_000).await;
+
+    // The slow client's first write is held on its way; its second waits behind it.
+    let mut held = e.holds[m].arm();
+    send_raw_create(&mut slow, 1, "/slow-1").await;
+    let first = next_held(&mut held).await;
+    send_raw_create(&mut slow, 2, "/slow-2").await;
+    eventually(
+        "both of the slow client's creates in the member's core",
+        || {
+            let addr = addr.clone();
+            async move { outstanding_requests(&addr).await >= 2 }
+        },
+    )
+    .await;
+
+    // The other client's write goes out beside it (nothing of the slow session in it)
+    // and is answered while the slow one is still held.
+    send_raw_create(&mut other, 1, "/other").await;
+    let beside = next_held(&mut held).await;
+    let batch = held_batch(&beside);
+    assert!(
+        !format!("{batch:?}").contains("/slow"),
+        "a batch beside the held one carries the held session's later write: {batch:?}"
+    );
+    let _ = beside.verdict.send(Verdict::Deliver);
+    let reply = tokio::time::timeout(WAIT, read_raw_frame(&mut other))
+        .await
+        .expect("the other client answered while the slow write is held")
+        .expect("the other client's connection stays open");
+    assert_eq!(reply_err(&reply), 0, "the other client's create failed");
+
+    // Released, the slow session's writes apply in the order it sent them.
+    let _ = first.verdict.send(Verdict::Deliver);
+    let second = next_held(&mut held).await;
+    assert!(format!("{:?}", held_batch(&second)).contains("/slow-2"));
+    let _ = second.verdict.send(Verdict::Deliver);
+    e.holds[m].disarm();
+    for xid in [1, 2] {
+        let reply = tokio::time::timeout(WAIT, read_raw_frame(&mut slow))
+            .await
+            .expect("the slow client answered once released")
+            .expect("the slow client's connection stays open");
+        assert_eq!(reply_xid(&reply), xid, "replies out of request order");
+        assert_eq!(
+            reply_err(&reply),
+            0,
+            "the slow client's create {xid} failed"
+        );
+    }
+    let d = client(&addr, 2_000).await;
+    let first_stat = d.exists("/slow-1", false).await.unwrap().expect("/slow-1");
+    let second_stat = d.exists("/slow-2", false).await.unwrap().expect("/slow-2");
+    assert!(
+        first_stat.czxid < second_stat.czxid,
+        "the session's writes applied out of order"
+    );
+    d.close().await.unwrap();
+    e.stop().await;
+}
+
 /// The batch a held forward carries.
 fn held_batch(h: &Held) -> coordd::server::replicated::TxnBatch {
     use coordd::server::replicated::{AppMsg, TxnBatch};
@@ -1175,10 +1258,11 @@ fn held_batch(h: &Held) -> coordd::server::replicated::TxnBatch {
 }
 
 /// A member that stops serving (cut off from the quorum) closes every client; the writes
-/// they sent that still wait for its proposer (behind the batch it is forwarding) are
-/// dropped then, as a ZooKeeper follower that lost its leader drops its queued requests,
-/// not proposed later as writes in doubt of clients told ConnectionLoss. Before, the
-/// member proposed them as its next batch once it had given up the one in flight.
+/// they sent that still wait for its proposer (behind a batch of their session it is
+/// forwarding) are dropped then, as a ZooKeeper follower that lost its leader drops its
+/// queued requests, not proposed later as writes in doubt of clients told
+/// ConnectionLoss. Before, the member proposed them as its next batch once it had given
+/// up the one in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_stops_serving_drops_the_writes_waiting_for_its_proposer() {
     init_logging();
@@ -1186,29 +1270,26 @@ async fn a_member_that_stops_serving_drops_the_writes_waiting_for_its_proposer()
     let leader = e.leader().await;
     let m = (leader + 1) % 3;
     let addr = e.addr(m);
-    let (mut first_client, _) = raw_session(&addr, 2_000).await;
-    let (mut second_client, _) = raw_session(&addr, 2_000).await;
+    let (mut c, _) = raw_session(&addr, 2_000).await;
 
-    // One client's write is with the proposer, held on its way to the leader; the other
-    // client's waits behind it in the member.
+    // The client's first write is with the proposer, held on its way to the leader; its
+    // second waits behind it in the member.
     let mut held = e.holds[m].arm();
-    send_raw_create(&mut first_client, 1, "/in-flight").await;
+    send_raw_create(&mut c, 1, "/in-flight").await;
     let _in_flight = next_held(&mut held).await;
-    send_raw_create(&mut second_client, 1, "/queued").await;
+    send_raw_create(&mut c, 2, "/queued").await;
     eventually("both creates in the member's core", || {
         let addr = addr.clone();
         async move { outstanding_requests(&addr).await >= 2 }
     })
     .await;
 
-    // Cut off, the member stops serving: both clients are closed, unanswered.
+    // Cut off, the member stops serving: the client is closed, unanswered.
     e._net.isolate(m as u64 + 1);
-    for c in [&mut first_client, &mut second_client] {
-        let answer = tokio::time::timeout(WAIT, read_raw_frame(c))
-            .await
-            .expect("the cut-off member closed its client in time");
-        assert!(answer.is_none(), "a write was answered by a cut-off member");
-    }
+    let answer = tokio::time::timeout(WAIT, read_raw_frame(&mut c))
+        .await
+        .expect("the cut-off member closed its client in time");
+    assert!(answer.is_none(), "a write was answered by a cut-off member");
     e._net.rejoin(m as u64 + 1);
     eventually("the member has its quorum back", || {
         let member = &e.servers[m].1;

@@ -32,6 +32,7 @@ use super::expiry::{leadership_began, SessionDeadlines};
 use super::replicated::{
     decode_entry, AppMsg, Proposal, TxnBatch, BATCH_TXNS_MAX, FORWARD_TIMEOUT_MS,
 };
+use super::PROPOSALS_IN_FLIGHT_MAX;
 use crate::config::Config;
 use crate::state::{
     Applied, Entry, Response, SessionId, StateConfig, StateMachine, StateStats, Txn, Zxid,
@@ -143,9 +144,10 @@ pub enum CoreMsg {
         image: Bytes,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// Ensemble mode: the proposer is done with the batch it had; `failed` holds its
-    /// txns if it did not reach the log (or its fate is unknown).
+    /// Ensemble mode: the proposer is done with batch `id`; `failed` holds its txns if
+    /// it did not reach the log (or its fate is unknown).
     Proposed {
+        id: u64,
         failed: Vec<u64>,
     },
     /// Ensemble mode: sessions that showed life on another member.
@@ -293,10 +295,15 @@ pub struct RaftLog {
     /// The Raft term of the leadership whose start this member's core has seen (it gave
     /// every session a whole timeout then); None while it does not lead.
     led_term: Option<u64>,
-    /// A batch is with the proposer (Some: cancelling the token gives it up). One at a
-    /// time keeps this member's writes in order through forwarding; what arrives
-    /// meanwhile becomes the next, larger batch (group commit).
-    proposing: Option<CancellationToken>,
+    /// Batches with the proposer, by id: cancelling one's token gives it up. At most
+    /// `PROPOSALS_IN_FLIGHT_MAX`; what arrives meanwhile becomes the next, larger batch
+    /// (group commit).
+    ///
+    /// Invariant: no two of them hold txns or barriers of one [`Orderer`]. Batches in
+    /// flight may reach the log in either order; a session's (and the server's own)
+    /// must reach it in the order they were made.
+    proposing: HashMap<u64, InFlightBatch>,
+    next_proposal_id: u64,
     state_config: StateConfig,
     /// How long this member may go without a quorum (leader: acknowledgements from a
     /// majority; follower: contact with the leader) before it closes its clients so
@@ -327,6 +334,40 @@ pub struct RaftLog {
     core_tx: Option<mpsc::WeakSender<CoreMsg>>,
     /// Cancelled when this member is removed from the ensemble.
     removed: tokio_util::sync::CancellationToken,
+}
+
+/// Whose order a txn or barrier keeps in the log: a session's (its requests and syncs,
+/// its creation, its resume, its expiry) or this server's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Orderer {
+    Session(SessionId),
+    Server,
+}
+
+impl Origin {
+    fn orderer(&self) -> Orderer {
+        match self {
+            Origin::Request { session_id, .. }
+            | Origin::Connect { session_id, .. }
+            | Origin::Sync { session_id, .. }
+            | Origin::Expire { session_id } => Orderer::Session(*session_id),
+            Origin::Resume(b) => Orderer::Session(b.req.session_id),
+            Origin::Server => Orderer::Server,
+        }
+    }
+}
+
+/// A batch with the proposer (see [`RaftLog::proposing`]).
+struct InFlightBatch {
+    abandon: CancellationToken,
+    orderers: HashSet<Orderer>,
+}
+
+/// A batch taken from what waits for the proposer (see [`RaftLog::take_batch`]).
+struct TakenBatch {
+    txns: Vec<(u64, Txn)>,
+    syncs: Vec<u64>,
+    orderers: HashSet<Orderer>,
 }
 
 /// A session's reconfig in progress: its reply slot (a [`Queued::Write`] with `seq` in
@@ -367,6 +408,64 @@ impl RaftLog {
         }
     }
 
+    /// Whose order the txn or barrier `seq` keeps; one whose origin is gone (it answers
+    /// no one) is kept in the server's order.
+    fn orderer_of(&self, seq: u64) -> Orderer {
+        self.local
+            .get(&seq)
+            .map(Origin::orderer)
+            .unwrap_or(Orderer::Server)
+    }
+
+    /// Takes the next batch from what waits for the proposer: at most `BATCH_TXNS_MAX`
+    /// txns and as many barriers, in the order they were queued, of the orderers that
+    /// have nothing in a batch in flight. Once one of an orderer's items stays behind
+    /// (its orderer busy, or the batch full), all its later ones do. Barriers come after
+    /// the txns in a batch, so a barrier goes only if none of its orderer's txns stayed
+    /// behind. None when nothing may go.
+    fn take_batch(&mut self) -> Option<TakenBatch> {
+        let mut behind: HashSet<Orderer> = self
+            .proposing
+            .values()
+            .flat_map(|b| b.orderers.iter().copied())
+            .collect();
+        let mut orderers = HashSet::new();
+        let mut txns = Vec::new();
+        let mut kept = Vec::new();
+        for (seq, txn) in std::mem::take(&mut self.pending) {
+            let o = self.orderer_of(seq);
+            if txns.len() >= BATCH_TXNS_MAX || behind.contains(&o) {
+                behind.insert(o);
+                kept.push((seq, txn));
+            } else {
+                orderers.insert(o);
+                txns.push((seq, txn));
+            }
+        }
+        self.pending = kept;
+        let mut syncs = Vec::new();
+        let mut kept = Vec::new();
+        for seq in std::mem::take(&mut self.pending_syncs) {
+            let o = self.orderer_of(seq);
+            if syncs.len() >= BATCH_TXNS_MAX || behind.contains(&o) {
+                behind.insert(o);
+                kept.push(seq);
+            } else {
+                orderers.insert(o);
+                syncs.push(seq);
+            }
+        }
+        self.pending_syncs = kept;
+        if txns.is_empty() && syncs.is_empty() {
+            return None;
+        }
+        Some(TakenBatch {
+            txns,
+            syncs,
+            orderers,
+        })
+    }
+
     /// Queues a silent barrier through the log (a `sync`, a linearizable read's, a
     /// session resume's); `origin` is acted on once it is applied here. The caller sets
     /// `log_pending`. Returns the barrier's local sequence number.
@@ -398,7 +497,8 @@ impl RaftLog {
             incarnation: super::replicated::new_incarnation(),
             touched: HashSet::new(),
             led_term: None,
-            proposing: None,
+            proposing: HashMap::new(),
+            next_proposal_id: 1,
             state_config,
             quorum_lost_close_ms,
             quorum_lost_since: None,
@@ -726,9 +826,10 @@ impl Core {
             } => {
                 let _ = reply.send(self.raft_install(last_index, &image));
             }
-            CoreMsg::Proposed { failed } => {
+            CoreMsg::Proposed { id, failed } => {
                 if let Log::Raft(r) = &mut self.log {
-                    r.proposing = None;
+                    let was_in_flight = r.proposing.remove(&id).is_some();
+                    debug_assert!(was_in_flight, "the proposer reports each batch once");
                 }
                 if !failed.is_empty() {
                     self.propose_failed(failed);
@@ -1674,48 +1775,53 @@ impl Core {
         }
     }
 
-    /// Ensemble mode: hands the txns submitted so far to the proposer as one batch (at
-    /// most `BATCH_TXNS_MAX` txns), unless it still has one; the rest waits for it.
+    /// Ensemble mode: hands the txns and barriers queued so far to the proposer, as
+    /// batches of at most `BATCH_TXNS_MAX` ([`RaftLog::take_batch`]), while it has fewer
+    /// than its window (`PROPOSALS_IN_FLIGHT_MAX` on a follower, 1 on the leader); the
+    /// rest waits for one of them to be done.
     fn propose_pending(&mut self) {
         let Log::Raft(r) = &mut self.log else { return };
-        if r.proposing.is_some() || (r.pending.is_empty() && r.pending_syncs.is_empty()) {
-            return;
-        }
-        let time_ms = now_wall_ms().max(self.last_time_ms);
-        self.last_time_ms = time_ms;
-        let n = r.pending.len().min(BATCH_TXNS_MAX);
-        let txns: Vec<(u64, Txn)> = r.pending.drain(..n).collect();
-        // Syncs ride with the last batch of txns: they come after them.
-        let syncs: Vec<u64> = if r.pending.is_empty() {
-            let k = r.pending_syncs.len().min(BATCH_TXNS_MAX);
-            r.pending_syncs.drain(..k).collect()
+        // The leader's batches go straight into its batcher's entries, which are
+        // pipelined there: a second batch of the leader's own would only split its
+        // writes over more, smaller entries (measured: 16 sessions on the leader did
+        // ~30% fewer writes with 4 than with 1).
+        let window = if r.led_term.is_some() {
+            1
         } else {
-            Vec::new()
+            PROPOSALS_IN_FLIGHT_MAX
         };
-        let mut seqs: Vec<u64> = txns.iter().map(|(seq, _)| *seq).collect();
-        seqs.extend(&syncs);
-        let batch = TxnBatch {
-            member: r.me,
-            incarnation: r.incarnation,
-            time_ms,
-            txns,
-            syncs,
-        }
-        .encode();
-        let abandon = CancellationToken::new();
-        if r.proposals
-            .try_send(Proposal {
+        while r.proposing.len() < window {
+            let Some(taken) = r.take_batch() else { return };
+            let time_ms = now_wall_ms().max(self.last_time_ms);
+            self.last_time_ms = time_ms;
+            let mut seqs: Vec<u64> = taken.txns.iter().map(|(seq, _)| *seq).collect();
+            seqs.extend(&taken.syncs);
+            let batch = TxnBatch {
+                member: r.me,
+                incarnation: r.incarnation,
+                time_ms,
+                txns: taken.txns,
+                syncs: taken.syncs,
+            }
+            .encode();
+            let id = r.next_proposal_id;
+            r.next_proposal_id += 1;
+            let abandon = CancellationToken::new();
+            let sent = r.proposals.try_send(Proposal {
+                id,
                 batch,
                 seqs: seqs.clone(),
                 abandon: abandon.clone(),
-            })
-            .is_ok()
-        {
-            r.proposing = Some(abandon);
-        } else {
-            self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(txns = seqs.len(), "proposer gone or full; refusing writes");
-            self.propose_failed(seqs);
+            });
+            if sent.is_ok() {
+                let orderers = taken.orderers;
+                r.proposing.insert(id, InFlightBatch { abandon, orderers });
+            } else {
+                self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(txns = seqs.len(), "proposer gone or full; refusing writes");
+                self.propose_failed(seqs);
+                return;
+            }
         }
     }
 
@@ -2054,14 +2160,15 @@ impl Core {
     /// the machine looks the same for a moment. Held, such a false alarm costs the
     /// clients latency; closed, it costs every client a reconnect.
     ///
-    /// While it serves no one, the batch with the proposer (if any) is given up: its
-    /// clients were closed, so nobody waits for its answer, and its forward to the leader
+    /// While it serves no one, the batches with the proposer are given up: their
+    /// clients were closed, so nobody waits for their answers, and a forward to the leader
     /// may never be answered (the reply lost in the partition) until
     /// `FORWARD_TIMEOUT_MS`. Waiting that out would hold back every later batch of this
     /// member past the heal, among them the barriers that let returning clients resume
     /// their sessions, and the leader would expire sessions shorter than that meanwhile.
-    /// A batch given up is in doubt, as one that timed out: the leader's batcher
-    /// still takes this member's batches one at a time, in order.
+    /// A batch given up is in doubt, as one that timed out; its sessions' later txns are
+    /// dropped with their connections (`propose_failed`), so none of them can reach the
+    /// log ahead of it.
     fn on_quorum_poll(&mut self) {
         let Log::Raft(r) = &mut self.log else { return };
         let Some(member) = r.member.get().cloned() else {
@@ -2126,10 +2233,14 @@ impl Core {
             }
         }
         if let Log::Raft(r) = &self.log {
-            if let (false, Some(abandon)) = (r.serving, &r.proposing) {
-                if !abandon.is_cancelled() {
-                    tracing::info!("serving no one: giving up the batch with the proposer");
-                    abandon.cancel();
+            if !r.serving {
+                let live = r.proposing.values().filter(|b| !b.abandon.is_cancelled());
+                let given_up = live.map(|b| b.abandon.cancel()).count();
+                if given_up > 0 {
+                    tracing::info!(
+                        given_up,
+                        "serving no one: giving up the batches with the proposer"
+                    );
                 }
             }
         }
@@ -2463,5 +2574,132 @@ impl Core {
         if let Some(c) = self.conns.remove(&conn_id) {
             c.kill.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raft_log() -> RaftLog {
+        let (proposals, _) = mpsc::channel(1);
+        let (durable, _) = mpsc::unbounded_channel();
+        RaftLog::new(
+            1,
+            Arc::default(),
+            proposals,
+            durable,
+            StateConfig::default(),
+            300,
+        )
+    }
+
+    /// Queues a txn of `session` (0: the server's own) and returns its sequence number.
+    fn queue_txn(r: &mut RaftLog, session: SessionId) -> u64 {
+        let seq = r.next_seq;
+        r.next_seq += 1;
+        let (txn, origin) = if session == 0 {
+            (Txn::DeleteExpired { paths: Vec::new() }, Origin::Server)
+        } else {
+            let origin = Origin::Request {
+                session_id: session,
+                conn_id: 1,
+                xid: seq as i32,
+                received: Instant::now(),
+            };
+            (
+                Txn::CloseSession {
+                    session_id: session,
+                },
+                origin,
+            )
+        };
+        r.pending.push((seq, txn));
+        r.local.insert(seq, origin);
+        seq
+    }
+
+    fn queue_sync(r: &mut RaftLog, session: SessionId) -> u64 {
+        r.push_barrier(Origin::Sync {
+            session_id: session,
+            conn_id: 1,
+            xid: 0,
+            path: Some("/".into()),
+            received: Instant::now(),
+        })
+    }
+
+    fn seqs(b: &TakenBatch) -> (Vec<u64>, Vec<u64>) {
+        (b.txns.iter().map(|(s, _)| *s).collect(), b.syncs.clone())
+    }
+
+    fn in_flight(r: &mut RaftLog, b: TakenBatch) {
+        let id = r.next_proposal_id;
+        r.next_proposal_id += 1;
+        let abandon = CancellationToken::new();
+        r.proposing.insert(
+            id,
+            InFlightBatch {
+                abandon,
+                orderers: b.orderers,
+            },
+        );
+    }
+
+    #[test]
+    fn a_batch_leaves_out_the_sessions_with_a_batch_in_flight_and_keeps_each_order() {
+        let mut r = raft_log();
+        let a1 = queue_txn(&mut r, 7);
+        let first = r.take_batch().expect("something to propose");
+        assert_eq!(seqs(&first), (vec![a1], vec![]));
+        in_flight(&mut r, first);
+
+        // Session 7 has a batch in flight: its next txn and its sync wait; session 8's
+        // txn, its sync and the server's own go.
+        let a2 = queue_txn(&mut r, 7);
+        let b1 = queue_txn(&mut r, 8);
+        let s1 = queue_txn(&mut r, 0);
+        let a_sync = queue_sync(&mut r, 7);
+        let b_sync = queue_sync(&mut r, 8);
+        let second = r.take_batch().expect("something to propose");
+        assert_eq!(seqs(&second), (vec![b1, s1], vec![b_sync]));
+        assert_eq!(
+            r.pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![a2]
+        );
+        assert_eq!(r.pending_syncs, vec![a_sync]);
+        in_flight(&mut r, second);
+
+        // Everyone has a batch in flight: nothing goes.
+        assert!(r.take_batch().is_none());
+        assert_eq!(r.pending.len(), 1);
+        assert_eq!(r.pending_syncs.len(), 1);
+
+        // Once session 7's batch is done, its txn and then its sync go together.
+        let first_id = *r.proposing.keys().min().expect("two in flight");
+        r.proposing.remove(&first_id);
+        let third = r.take_batch().expect("session 7's turn");
+        assert_eq!(seqs(&third), (vec![a2], vec![a_sync]));
+        assert!(r.pending.is_empty() && r.pending_syncs.is_empty());
+    }
+
+    #[test]
+    fn what_does_not_fit_in_a_batch_holds_back_the_later_items_of_its_session() {
+        let mut r = raft_log();
+        let many: Vec<u64> = (0..BATCH_TXNS_MAX).map(|_| queue_txn(&mut r, 7)).collect();
+        let over = queue_txn(&mut r, 7);
+        let other = queue_txn(&mut r, 8);
+        let sync = queue_sync(&mut r, 7);
+        let full = r.take_batch().expect("a full batch");
+        assert_eq!(seqs(&full), (many, vec![]));
+        in_flight(&mut r, full);
+        // Session 8's txn did not fit either; it goes next, session 7's wait for theirs.
+        let next = r.take_batch().expect("session 8's txn");
+        assert_eq!(seqs(&next), (vec![other], vec![]));
+        assert_eq!(
+            r.pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![over]
+        );
+        assert_eq!(r.pending_syncs, vec![sync]);
     }
 }

@@ -30,10 +30,16 @@ use crate::storage::{LogWriter, LogWriterConfig, StorageConfig, Wal};
 /// connection readers wait, which is backpressure to the clients.
 pub const CORE_QUEUE_MESSAGES_MAX: usize = 65_536;
 
-/// Batches handed to the proposer and not taken yet (ensemble mode). The core hands it
-/// one batch at a time, so one slot is enough; queued txns are bounded by the
+/// Batches of a follower on their way to the log at once (ensemble mode): with the
+/// proposer, forwarded to the leader, or in its entries. More than one lets the sessions
+/// of a follower write while an earlier batch is on its way, as they would on the
+/// leader; a session's own txns are never in two of them (see `Core::propose_pending`).
+/// The leader has one (its batcher pipelines the entries).
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
+/// Batches handed to the proposer and not taken yet (ensemble mode): the core never has
+/// more than `PROPOSALS_IN_FLIGHT_MAX` with it. Queued txns are bounded by the
 /// connections' outstanding-request limits.
-pub const PROPOSALS_QUEUED_MAX: usize = 1;
+pub const PROPOSALS_QUEUED_MAX: usize = PROPOSALS_IN_FLIGHT_MAX;
 
 /// How long an ensemble member holds its clients after it lost sight of the quorum (the
 /// Raft layer's `quorum_timeout_ms`, 200 ms by default, after the last contact) before it

@@ -118,8 +118,7 @@ impl TxnBatch {
     /// `[v2: u8][member: u64][incarnation: u64][time_ms: i64][count: u32]` then per txn
     /// `[seq: u64][len: u32][entry]`, the entry in the log-entry format with zxid 0
     /// (assigned at apply), then `[syncs: u32]` and one `[seq: u64]` per sync. (V1 is
-    /// the same without the incarnation.) The member id stays at bytes 1..9 in every
-    /// version: the leader's batcher reads it there.
+    /// the same without the incarnation.)
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(40 + self.txns.len() * 96);
         out.put_u8(BATCH_FORMAT_V2);
@@ -264,8 +263,10 @@ pub const BATCHER_IN_FLIGHT_MAX: usize = 2;
 /// arrive while entries are being committed go into the next entry together, so the
 /// leader's fsync (one per entry in openraft 0.9) is shared by all members' writes.
 ///
-/// Invariant: two batches of one member are never in entries in flight at the same time
-/// (entries in flight may commit in either order; one member's must not).
+/// Entries in flight may reach the log in either order, and so may the batches in them,
+/// also two of one member. That is safe because no order between batches is needed:
+/// a member never has two batches in flight that hold the txns or barriers of one
+/// session (or two of the server's own), see [`super::core`]'s `propose_pending`.
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<BatcherItem>,
@@ -290,19 +291,12 @@ impl Batcher {
     }
 }
 
-/// The member a batch comes from (its bytes 1..9), without decoding the rest.
-fn batch_member(batch: &[u8]) -> Option<u64> {
-    let b: [u8; 8] = batch.get(1..9)?.try_into().ok()?;
-    Some(u64::from_be_bytes(b))
-}
-
 async fn run_batcher(
     member: Member,
     mut rx: mpsc::Receiver<BatcherItem>,
     shutdown: CancellationToken,
 ) {
     let mut waiting: std::collections::VecDeque<BatcherItem> = Default::default();
-    let mut busy: std::collections::HashSet<Option<u64>> = Default::default();
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -311,13 +305,7 @@ async fn run_batcher(
                 Some(i) => waiting.push_back(i),
                 None => return,
             },
-            done = in_flight.join_next(), if !in_flight.is_empty() => {
-                if let Some(Ok(members)) = done {
-                    for m in members {
-                        busy.remove(&m);
-                    }
-                }
-            }
+            _ = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
         while waiting.len() < BATCHER_QUEUE_MAX {
             match rx.try_recv() {
@@ -325,27 +313,18 @@ async fn run_batcher(
                 Err(_) => break,
             }
         }
-        while in_flight.len() < BATCHER_IN_FLIGHT_MAX {
+        while in_flight.len() < BATCHER_IN_FLIGHT_MAX && !waiting.is_empty() {
             let mut items = Vec::new();
-            let mut members = Vec::new();
             let mut bytes = 0;
-            let mut rest = std::collections::VecDeque::new();
+            // One batch always goes, whatever its size (a member's batch is bounded
+            // by `BATCH_TXNS_MAX` and the frame limit).
             while let Some(item) = waiting.pop_front() {
-                let m = batch_member(&item.0);
-                let full = items.len() >= ENTRY_BATCHES_MAX || bytes >= ENTRY_BYTES_MAX;
-                if full || busy.contains(&m) || members.contains(&m) {
-                    rest.push_back(item);
-                    continue;
-                }
                 bytes += item.0.len();
-                members.push(m);
                 items.push(item);
+                if items.len() >= ENTRY_BATCHES_MAX || bytes >= ENTRY_BYTES_MAX {
+                    break;
+                }
             }
-            waiting = rest;
-            if items.is_empty() {
-                break;
-            }
-            busy.extend(members.iter().copied());
             let member = member.clone();
             in_flight.spawn(async move {
                 let payload = encode_entry(items.iter().map(|(b, _)| b));
@@ -353,7 +332,6 @@ async fn run_batcher(
                 for (_, done) in items {
                     let _ = done.send(result.clone());
                 }
-                members
             });
         }
     }
@@ -466,6 +444,8 @@ impl Applier for CoreApplier {
 
 /// One batch for the proposer: its bytes and the local sequence numbers in it.
 pub struct Proposal {
+    /// The core's number for the batch, echoed in [`CoreMsg::Proposed`].
+    pub id: u64,
     pub batch: Bytes,
     pub seqs: Vec<u64>,
     /// Cancelled by the core to give the batch up (it serves no one any more): the
@@ -473,9 +453,11 @@ pub struct Proposal {
     pub abandon: CancellationToken,
 }
 
-/// Gets this member's batches into the log, one at a time and in order: proposed here
-/// when this member leads, else forwarded to the leader. Tells the core when it is done
-/// with each ([`CoreMsg::Proposed`], with the txns of a batch that failed).
+/// Gets this member's batches into the log: proposed here when this member leads, else
+/// forwarded to the leader. Each batch the core hands it goes at once, beside the ones
+/// still on their way (the core bounds how many, and keeps a session's txns out of two
+/// of them). Tells the core when it is done with each ([`CoreMsg::Proposed`], with the
+/// txns of a batch that failed).
 pub async fn run_proposer(
     member: Member,
     batcher: Batcher,
@@ -483,26 +465,39 @@ pub async fn run_proposer(
     core: mpsc::Sender<CoreMsg>,
     shutdown: CancellationToken,
 ) {
+    let mut running = tokio::task::JoinSet::new();
     loop {
-        let p = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => return,
-            p = proposals.recv() => match p { Some(p) => p, None => return },
-        };
-        let result = tokio::select! {
-            r = propose_one(&member, &batcher, p.batch) => r,
-            _ = p.abandon.cancelled() => Err("given up: this member serves no one (cut off from the quorum)".into()),
-        };
-        let failed = match result {
-            Ok(()) => Vec::new(),
-            Err(why) => {
-                tracing::info!(%why, txns = p.seqs.len(), "a batch of writes did not reach the log; its clients are disconnected");
-                p.seqs
-            }
-        };
-        if core.send(CoreMsg::Proposed { failed }).await.is_err() {
-            return;
+            p = proposals.recv() => match p {
+                Some(p) => {
+                    running.spawn(propose_and_report(member.clone(), batcher.clone(), p, core.clone()));
+                }
+                None => return,
+            },
+            _ = running.join_next(), if !running.is_empty() => {}
         }
     }
+}
+
+async fn propose_and_report(
+    member: Member,
+    batcher: Batcher,
+    p: Proposal,
+    core: mpsc::Sender<CoreMsg>,
+) {
+    let result = tokio::select! {
+        r = propose_one(&member, &batcher, p.batch) => r,
+        _ = p.abandon.cancelled() => Err("given up: this member serves no one (cut off from the quorum)".into()),
+    };
+    let failed = match result {
+        Ok(()) => Vec::new(),
+        Err(why) => {
+            tracing::info!(%why, txns = p.seqs.len(), "a batch of writes did not reach the log; its clients are disconnected");
+            p.seqs
+        }
+    };
+    let _ = core.send(CoreMsg::Proposed { id: p.id, failed }).await;
 }
 
 async fn propose_one(member: &Member, batcher: &Batcher, batch: Bytes) -> Result<(), String> {
@@ -743,8 +738,6 @@ mod tests {
             decode_entry(&encode_entry(mixed.iter())).unwrap(),
             vec![legacy, b]
         );
-        assert_eq!(batch_member(&mixed[0]), Some(3));
-        assert_eq!(batch_member(&mixed[1]), Some(3));
     }
 
     #[test]
