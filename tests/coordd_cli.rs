@@ -56,6 +56,11 @@ fn malformed_config_is_a_clear_error_not_a_panic() {
             "min_session_timeout_ms",
         ),
         ("not toml", "[[[\n", "config file"),
+        (
+            "metrics on the client port",
+            "client_addr = \"127.0.0.1:7001\"\nmetrics_addr = \"127.0.0.1:7001\"\n",
+            "metrics_addr",
+        ),
     ];
     for (what, text, expect) in cases {
         let path = dir.path().join("coordd.toml");
@@ -167,4 +172,61 @@ fn worker_threads_sets_the_serving_threads() {
             "--worker-threads {workers}: {names:?}"
         );
     }
+}
+
+/// An HTTP request to `addr`; the whole answer (the server closes after it).
+fn http(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// Standalone only: the endpoint serves the same rows in either topology (mntr's).
+#[test]
+fn prometheus_metrics_are_served_over_http() {
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let server =
+        support::coordd::Coordd::start_with(&["--metrics-addr", &metrics_addr.to_string()]);
+    let client_addr = server.connect_string().parse().unwrap();
+    assert_eq!(four_letter(client_addr, "ruok").as_deref(), Some("imok"));
+
+    let answer = http(metrics_addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    for line in [
+        "zk_server_state{state=\"standalone\"} 1",
+        "# TYPE zk_znode_count gauge",
+        "# TYPE zk_packets_received counter",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in:\n{body}");
+    }
+    // The same numbers as mntr: the root and /zookeeper at least.
+    let znodes: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("zk_znode_count "))
+        .expect("zk_znode_count")
+        .parse()
+        .expect("a number");
+    assert!(znodes >= 2, "{znodes}");
+
+    let other = http(metrics_addr, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    let post = http(metrics_addr, b"POST /metrics HTTP/1.1\r\n\r\n");
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 20_000));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let refused = http(metrics_addr, &huge);
+    assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
+    // The client port still serves, and `conf` names the port as ZooKeeper does.
+    let conf = four_letter(client_addr, "conf").expect("conf answers");
+    let port_line = format!("metricsProvider.httpPort={}", metrics_addr.port());
+    assert!(conf.lines().any(|l| l == port_line), "{conf}");
 }

@@ -127,6 +127,11 @@ pub struct Flags {
     /// proxy in tests) that listens on the address the list gives.
     #[arg(long)]
     pub peer_listen_addr: Option<String>,
+    /// Address of an HTTP port serving Prometheus metrics at `/metrics` (the `mntr`
+    /// values in Prometheus' text format; ZooKeeper's `metricsProvider.httpPort`). Off
+    /// unless set.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Address of the TLS client port (ZooKeeper's secureClientPort): a second listener,
     /// beside the plain `--client-addr`, serving the same protocol inside TLS. Needs
     /// `--tls-cert-file` and `--tls-key-file`.
@@ -196,6 +201,7 @@ pub struct FileConfig {
     pub ensemble: Option<String>,
     pub linearizable_reads: Option<bool>,
     pub peer_listen_addr: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
     pub secure_client_addr: Option<SocketAddr>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -242,6 +248,8 @@ pub struct Config {
     pub ensemble: Option<EnsembleConfig>,
     /// Ensemble mode: every read behind a barrier through the log.
     pub linearizable_reads: bool,
+    /// The Prometheus metrics port; None: off.
+    pub metrics_addr: Option<SocketAddr>,
     /// The TLS client port; None: plain port only.
     pub secure_client: Option<SecureClientConfig>,
     /// Bound of a TLS handshake on the TLS client port.
@@ -576,6 +584,7 @@ impl Config {
             ensemble: None,
             linearizable_reads: flags.linearizable_reads
                 || file.linearizable_reads.unwrap_or(false),
+            metrics_addr: flags.metrics_addr.or(file.metrics_addr),
             secure_client: None,
             tls_handshake_timeout_ms: flags
                 .tls_handshake_timeout_ms
@@ -619,6 +628,16 @@ impl Config {
                 "secure_client_addr must differ from client_addr (TLS gets a port of its own)"
                     .into(),
             ));
+        }
+        if let Some(m) = config.metrics_addr.filter(|m| m.port() != 0) {
+            let taken = m == config.client_addr
+                || config.secure_client.as_ref().is_some_and(|s| s.addr == m);
+            if taken {
+                return Err(ConfigError::Invalid(
+                    "metrics_addr must differ from the client ports (metrics get a port of their own)"
+                        .into(),
+                ));
+            }
         }
         config.peer_tls = resolve_peer_tls(
             flags.peer_tls_cert_file.or(file.peer_tls_cert_file),

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod core;
 pub mod expiry;
 pub mod fourlw;
+pub mod metrics;
 pub mod reconfig;
 pub mod replicated;
 
@@ -85,6 +86,8 @@ pub struct Server {
     pub local_addr: SocketAddr,
     /// The TLS client port's address, when it is on.
     pub secure_addr: Option<SocketAddr>,
+    /// The Prometheus metrics port's address, when it is on.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// Ensemble mode: cancelled when a reconfig removed this member.
     removed: CancellationToken,
@@ -148,11 +151,13 @@ impl Server {
             started: Instant::now(),
         });
         let secure_addr = ports.secure_addr;
+        let metrics_addr = ports.metrics_addr;
         let accept = ports.spawn(ctx, &shutdown);
-        tracing::info!(addr = %local_addr, secure_addr = ?secure_addr, data_dir = %config.data_dir.display(), fsync = config.fsync, "coordd serving");
+        tracing::info!(addr = %local_addr, secure_addr = ?secure_addr, metrics_addr = ?metrics_addr, data_dir = %config.data_dir.display(), fsync = config.fsync, "coordd serving");
         Ok(Server {
             local_addr,
             secure_addr,
+            metrics_addr,
             shutdown,
             removed: CancellationToken::new(),
             core,
@@ -270,12 +275,14 @@ impl Server {
             started: Instant::now(),
         });
         let secure_addr = ports.secure_addr;
+        let metrics_addr = ports.metrics_addr;
         let accept = ports.spawn(ctx, &shutdown);
-        tracing::info!(addr = %local_addr, secure_addr = ?secure_addr, id = ensemble.id, "coordd serving as an ensemble member");
+        tracing::info!(addr = %local_addr, secure_addr = ?secure_addr, metrics_addr = ?metrics_addr, id = ensemble.id, "coordd serving as an ensemble member");
         Ok((
             Server {
                 local_addr,
                 secure_addr,
+                metrics_addr,
                 shutdown,
                 removed,
                 core,
@@ -389,6 +396,8 @@ struct ClientPorts {
     local_addr: SocketAddr,
     secure: Option<(TcpListener, coordd_tls::TlsAcceptor)>,
     secure_addr: Option<SocketAddr>,
+    metrics: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
     handshake_timeout_ms: u64,
 }
 
@@ -403,6 +412,13 @@ impl ClientPorts {
             ctx.clone(),
             shutdown.clone(),
         ))];
+        if let Some(listener) = self.metrics {
+            loops.push(tokio::spawn(metrics::serve(
+                listener,
+                ctx.clone(),
+                shutdown.clone(),
+            )));
+        }
         if let Some((listener, acceptor)) = self.secure {
             let tls = SecurePort {
                 acceptor,
@@ -444,11 +460,20 @@ async fn bind_client_ports(config: &Config) -> Result<ClientPorts, ServerError> 
         }
         _ => (None, None),
     };
+    let (metrics, metrics_addr) = match config.metrics_addr {
+        Some(addr) => {
+            let (l, a) = bind(addr).await?;
+            (Some(l), Some(a))
+        }
+        None => (None, None),
+    };
     Ok(ClientPorts {
         plain,
         local_addr,
         secure,
         secure_addr,
+        metrics,
+        metrics_addr,
         handshake_timeout_ms: config.tls_handshake_timeout_ms,
     })
 }
