@@ -25,7 +25,7 @@
 //!                           this machine and load for any server
 //!   COORD_BENCH_BASELINE_BIN  another coordd binary as the baseline instead of ZooKeeper:
 //!                           an A/B of two coordd builds in one run (an ensemble of each
-//!                           with COORD_BENCH_MEMBERS); standalone, its flags in
+//!                           with COORD_BENCH_MEMBERS); its flags in
 //!                           COORD_BENCH_BASELINE_ARGS (may be the same binary with
 //!                           other flags)
 //!   COORD_BENCH_SECS        seconds per measured phase (default 3)
@@ -299,6 +299,36 @@ struct Coordd {
     dir: tempfile::TempDir,
 }
 
+/// The extra coordd flags in environment variable `var` (space separated); refused if
+/// one touches fsync (the comparison runs fsync on for both).
+fn extra_args(var: &str) -> Result<Vec<String>, String> {
+    let extra: Vec<String> = std::env::var(var)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if extra.iter().any(|a| a.contains("fsync")) {
+        return Err(format!(
+            "{var} {extra:?} touch fsync; the comparison runs fsync on for both"
+        ));
+    }
+    Ok(extra)
+}
+
+/// Starts an ensemble of `n` coordd members of `COORDD_BIN` with the extra flags in
+/// environment variable `args_var`, and waits for its leader.
+fn start_coordd_ensemble(n: usize, args_var: &str) -> CoorddEnsemble {
+    let extra = extra_args(args_var).unwrap_or_else(|e| {
+        eprintln!("coord bench: {e}");
+        std::process::exit(1);
+    });
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let e = CoorddEnsemble::start_with_tick_and(n, 2000, &extra);
+    let all: Vec<usize> = (0..n).collect();
+    e.wait_leader(&all, Duration::from_secs(60));
+    e
+}
+
 impl Coordd {
     fn binary() -> Result<PathBuf, String> {
         if let Some(bin) = std::env::var_os("COORDD_BIN") {
@@ -337,16 +367,7 @@ impl Coordd {
 
     /// `args_var`: the environment variable with its extra flags.
     fn start(bin: &Path, args_var: &str) -> Result<Coordd, String> {
-        let extra: Vec<String> = std::env::var(args_var)
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        if extra.iter().any(|a| a.contains("fsync")) {
-            return Err(format!(
-                "{args_var} {extra:?} touch fsync; the comparison runs fsync on for both"
-            ));
-        }
+        let extra = extra_args(args_var)?;
         // ZooKeeper runs with maxClientCnxns=0 (no per-address limit; the default 60 would
         // refuse the 64-session phase from one address). Give coordd the same room when it
         // has such a limit.
@@ -1241,9 +1262,7 @@ fn main() {
         if let Some(bin) = baseline_bin.as_ref().filter(|_| n_members > 1) {
             // The candidate sets COORDD_BIN again before it starts its own.
             std::env::set_var("COORDD_BIN", bin);
-            let e = CoorddEnsemble::start_with_tick(n_members, 2000);
-            let all: Vec<usize> = (0..n_members).collect();
-            e.wait_leader(&all, Duration::from_secs(60));
+            let e = start_coordd_ensemble(n_members, "COORD_BENCH_BASELINE_ARGS");
             let mut server = Server::CoorddEnsemble(e);
             let r = rt.block_on(bench_server("baseline", &server, &client_counts, phase));
             let r = with_failover(r, &mut server);
@@ -1296,9 +1315,7 @@ fn main() {
         let (label, mut server) = match candidate.as_str() {
             "coordd" if n_members > 1 => {
                 std::env::set_var("COORDD_BIN", coordd_bin.as_deref().expect("resolved above"));
-                let e = CoorddEnsemble::start_with_tick(n_members, 2000);
-                let all: Vec<usize> = (0..n_members).collect();
-                e.wait_leader(&all, Duration::from_secs(60));
+                let e = start_coordd_ensemble(n_members, "COORDD_ARGS");
                 ("coordd", Server::CoorddEnsemble(e))
             }
             "coordd" => match Coordd::start(
