@@ -392,7 +392,9 @@ impl Coordd {
         let data = dir.path().join("data");
         fs::create_dir(&data).map_err(io_err)?;
         let log = File::create(dir.path().join("coordd.out")).map_err(io_err)?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        support::die_with_starter(&mut cmd);
+        let child = cmd
             .arg("--client-addr")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
@@ -438,7 +440,9 @@ impl NullServer {
         let io_err = |e: io::Error| e.to_string();
         let port = free_port();
         let exe = std::env::current_exe().map_err(io_err)?;
-        let child = Command::new(exe)
+        let mut cmd = Command::new(exe);
+        support::die_with_starter(&mut cmd);
+        let child = cmd
             .env(null_zk::NULL_SERVE_ENV, format!("127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .spawn()
@@ -1193,6 +1197,9 @@ fn main() {
         null_zk::serve(&addr);
         return;
     }
+    // This thread starts every server and lives for the run: a bench killed midway
+    // (Ctrl-C, SIGKILL) takes its servers with it.
+    support::servers_die_with_their_starter();
     if std::env::var_os("COORD_BENCH_BASELINE_BIN").is_none() {
         if let Err(reason) = ZooKeeper::available() {
             eprintln!("coord bench needs Apache ZooKeeper for the comparison: {reason}");

@@ -123,7 +123,9 @@ impl Coordd {
                 .append(true)
                 .open(self.dir.path().join("coordd.log"))
                 .expect("open log");
-            let child = Command::new(coordd_bin())
+            let mut cmd = Command::new(coordd_bin());
+            super::die_with_starter(&mut cmd);
+            let child = cmd
                 .arg("--client-addr")
                 .arg(self.addr.to_string())
                 .arg("--data-dir")

@@ -279,8 +279,9 @@ fn spawn_server(dir: &Path, cfg_path: &Path, jvm_flags: &[String]) -> io::Result
         .create(true)
         .append(true)
         .open(dir.join("zookeeper.out"))?;
-    Command::new(JAVA)
-        .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
+    let mut cmd = Command::new(JAVA);
+    super::die_with_starter(&mut cmd);
+    cmd.arg(format!("-Dzookeeper.log.dir={}", dir.display()))
         .arg("-Dzookeeper.log.file=zookeeper.log")
         .arg("-Dzookeeper.root.logger=INFO,CONSOLE")
         .arg("-XX:+HeapDumpOnOutOfMemoryError")
