@@ -101,7 +101,7 @@ use std::sync::Arc;
 
 pub use error::StorageError;
 pub use io::{Fault, FaultHook, FaultInjector, IoOp};
-pub use wal::Wal;
+pub use wal::{SnapshotFiles, Wal};
 pub use writer::{Durable, LogStats, LogWriter, LogWriterConfig};
 
 /// A zxid: the log index of an entry. Positive and strictly increasing in the log.

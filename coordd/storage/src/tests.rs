@@ -857,6 +857,56 @@ fn log_writer_group_commits_and_reports_in_order() {
     assert_eq!(rec.entries, vec![(1001, b"after".to_vec())]);
 }
 
+/// A snapshot written beside the log (by the caller, not the writer thread) counts once
+/// adopted, also when entries above its zxid were appended meanwhile; an older one is
+/// refused and its file removed.
+#[test]
+fn log_writer_adopts_a_snapshot_written_beside_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(cfg(d.path())).unwrap();
+    let (w, mut rx) = LogWriter::spawn(wal, LogWriterConfig::default());
+    let wait_durable = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Durable>, upto: Zxid| {
+        writer_rt().block_on(async {
+            let mut last = 0;
+            while last < upto {
+                match rx.recv().await.unwrap() {
+                    Durable::UpTo(z) => last = z,
+                    Durable::Failed(e) => panic!("{e}"),
+                }
+            }
+        })
+    };
+    for z in 1..=10 {
+        w.submit(z, Bytes::from(payload(z, 5))).unwrap();
+    }
+    wait_durable(&mut rx, 10);
+    // Entries above the snapshot go in while it is written.
+    for z in 11..=15 {
+        w.submit(z, Bytes::from(payload(z, 5))).unwrap();
+    }
+    w.snapshot_beside(10, b"image at 10").unwrap();
+    for z in 16..=20 {
+        w.submit(z, Bytes::from(payload(z, 5))).unwrap();
+    }
+    wait_durable(&mut rx, 20);
+    // An older one than the newest is refused, and leaves no file.
+    w.snapshot_beside(5, b"image at 5").unwrap();
+    w.shutdown();
+    let names: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("snapshot")).count(),
+        1,
+        "{names:?}"
+    );
+    let (_, rec) = Wal::open(cfg(d.path())).unwrap();
+    assert_eq!(rec.snapshot, Some((10, b"image at 10".to_vec())));
+    let got: Vec<Zxid> = rec.entries.iter().map(|e| e.0).collect();
+    assert_eq!(got, (11..=20).collect::<Vec<_>>());
+}
+
 /// Blocks every write until released, to hold the writer thread mid-batch.
 #[derive(Debug, Default)]
 struct Gate {

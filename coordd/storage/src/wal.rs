@@ -62,6 +62,37 @@ struct SegmentMeta {
     last_zxid: Option<Zxid>,
 }
 
+/// Writes snapshot files for a [`Wal`] without holding it ([`Wal::snapshot_files`]).
+#[derive(Debug, Clone)]
+pub struct SnapshotFiles {
+    io: Io,
+    dir: PathBuf,
+    bytes_max: u64,
+}
+
+impl SnapshotFiles {
+    /// Writes the image taken at `zxid` durably (a temporary file, fsynced, renamed, the
+    /// directory fsynced), with the checks of [`Wal::save_snapshot`] on its zxid and
+    /// size. Recovery may use it from then on, adopted or not: every entry up to `zxid`
+    /// must already be durable in the log.
+    pub fn write(&self, zxid: Zxid, image: &[u8]) -> Result<(), StorageError> {
+        if zxid < 0 {
+            return Err(StorageError::InvalidAppend(format!(
+                "snapshot zxid {zxid} is negative"
+            )));
+        }
+        if image.len() as u64 > self.bytes_max {
+            return Err(StorageError::TooLarge {
+                what: "snapshot image",
+                len: image.len() as u64,
+                limit: "snapshot_bytes_max",
+                max: self.bytes_max,
+            });
+        }
+        snapshot::write(&self.io, &self.dir, zxid, image)
+    }
+}
+
 #[derive(Debug)]
 struct Active {
     file: File,
@@ -440,14 +471,55 @@ impl Wal {
         )
     }
 
+    /// A handle that writes snapshot files into this log's directory without the `Wal`
+    /// (on another thread while it appends); [`Wal::adopt_snapshot`] then makes one
+    /// count.
+    pub fn snapshot_files(&self) -> SnapshotFiles {
+        SnapshotFiles {
+            io: self.io.clone(),
+            dir: self.cfg.dir.clone(),
+            bytes_max: self.cfg.snapshot_bytes_max,
+        }
+    }
+
+    /// Takes the snapshot file at `zxid` that [`SnapshotFiles::write`] wrote as this
+    /// log's newest snapshot: as [`Wal::save_snapshot`] does after writing it (older
+    /// snapshots beyond `snapshots_kept` and the log segments the oldest kept one covers
+    /// go). One older than the newest snapshot is refused and its file removed.
+    pub fn adopt_snapshot(&mut self, zxid: Zxid) -> Result<(), StorageError> {
+        self.check_usable()?;
+        if let Some(&newest) = self.snapshots.last() {
+            if zxid < newest {
+                let stray = self.cfg.dir.join(snapshot_file_name(zxid));
+                if let Err(e) = self.io.remove(&stray) {
+                    warn!(error = %e, "could not remove a refused snapshot file");
+                }
+                return Err(StorageError::InvalidAppend(format!(
+                    "snapshot zxid {zxid} is below the newest snapshot {newest}"
+                )));
+            }
+        }
+        if let Err(e) = self.register_snapshot(zxid, None) {
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn save_snapshot_inner(&mut self, zxid: Zxid, image: &[u8]) -> Result<(), StorageError> {
+        snapshot::write(&self.io, &self.cfg.dir, zxid, image)?;
+        self.register_snapshot(zxid, Some(image.len()))
+    }
+
+    /// Counts the snapshot file at `zxid` (written) as the newest, and removes what it
+    /// makes unneeded.
+    fn register_snapshot(&mut self, zxid: Zxid, bytes: Option<usize>) -> Result<(), StorageError> {
         let dir = self.cfg.dir.clone();
-        snapshot::write(&self.io, &dir, zxid, image)?;
         if self.snapshots.last() != Some(&zxid) {
             self.snapshots.push(zxid);
         }
         self.last_zxid = self.last_zxid.max(zxid);
-        debug!(zxid, bytes = image.len(), "snapshot saved");
+        debug!(zxid, ?bytes, "snapshot saved");
 
         let mut removed = false;
         let kept = self.cfg.snapshots_kept.max(1);

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use super::{StorageError, Wal, Zxid};
+use super::{SnapshotFiles, StorageError, Wal, Zxid};
 
 /// Default for [`LogWriterConfig::queue_entries_max`].
 pub const DEFAULT_QUEUE_ENTRIES_MAX: usize = 100_000;
@@ -72,7 +72,9 @@ pub enum Durable {
 
 enum Item {
     Entry(Zxid, Bytes),
-    Snapshot(Zxid, Vec<u8>),
+    /// A snapshot at a zxid: its image to write, or None when its file is written
+    /// already ([`LogWriter::snapshot_beside`]) and only needs adopting.
+    Snapshot(Zxid, Option<Vec<u8>>),
 }
 
 #[derive(Default)]
@@ -105,6 +107,8 @@ struct Shared {
     /// (while holding `queue`) only when the writer thread is parked.
     wal: Mutex<Wal>,
     wake: Condvar,
+    /// Writes snapshot files without the `wal` lock ([`LogWriter::snapshot_beside`]).
+    files: SnapshotFiles,
     cfg: LogWriterConfig,
     entry_bytes_max: u64,
 }
@@ -192,6 +196,7 @@ impl LogWriter {
                 ..Queue::default()
             }),
             wake: Condvar::new(),
+            files: wal.snapshot_files(),
             entry_bytes_max: wal.entry_bytes_max(),
             wal: Mutex::new(wal),
             cfg,
@@ -323,6 +328,22 @@ impl LogWriter {
     /// Queues a snapshot image taken at `zxid`, to be written after every entry
     /// submitted before it. Its outcome is reported only if it fails.
     pub fn snapshot(&self, zxid: Zxid, image: Vec<u8>) -> Result<(), StorageError> {
+        self.queue_snapshot(zxid, Some(image))
+    }
+
+    /// Writes a snapshot image taken at `zxid` on the calling thread, beside the log
+    /// (the writer thread goes on appending meanwhile; a big image takes a while to
+    /// write and fsync), then queues its adoption as the log's newest snapshot behind
+    /// the entries submitted before. Every entry up to `zxid` must be durable already:
+    /// recovery may use the file as soon as it is written. A failure to write it leaves
+    /// the log as it was and is returned, not fatal.
+    pub fn snapshot_beside(&self, zxid: Zxid, image: &[u8]) -> Result<(), StorageError> {
+        check_open(&self.inner.shared.lock())?;
+        self.inner.shared.files.write(zxid, image)?;
+        self.queue_snapshot(zxid, None)
+    }
+
+    fn queue_snapshot(&self, zxid: Zxid, image: Option<Vec<u8>>) -> Result<(), StorageError> {
         let shared = &self.inner.shared;
         let mut q = shared.lock();
         check_open(&q)?;
@@ -418,7 +439,11 @@ fn run(shared: &Shared, tx: &mpsc::UnboundedSender<Durable>) {
             }
         }
         if let Some((z, image)) = snapshot {
-            match shared.wal().save_snapshot(z, &image) {
+            let saved = match image {
+                Some(image) => shared.wal().save_snapshot(z, &image),
+                None => shared.wal().adopt_snapshot(z),
+            };
+            match saved {
                 Ok(()) => {}
                 // A rejected request (older than the newest snapshot, too large) wrote
                 // nothing and leaves the log intact: not a reason to stop the server.

@@ -569,6 +569,8 @@ pub struct Core {
     /// row came from it: the inline-commit policy's measure of a serial write load.
     serial_writer: (SessionId, u32),
     entries_since_snapshot: u64,
+    /// A standalone snapshot's image is being encoded on the blocking pool.
+    snapshot_encoding: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<Metrics>,
     /// Ensemble mode: reconfigs in progress, by session.
     reconfigs: HashMap<SessionId, PendingReconfig>,
@@ -693,6 +695,7 @@ impl Core {
             log_pending: false,
             serial_writer: (0, 0),
             entries_since_snapshot: 0,
+            snapshot_encoding: Arc::default(),
             metrics,
             reconfigs: HashMap::new(),
         }
@@ -817,7 +820,12 @@ impl Core {
                 self.retry_behind_clients(false);
             }
             CoreMsg::RaftSnapshot { reply } => {
-                let _ = reply.send(Bytes::from(self.state.snapshot()));
+                // The view is the state at the applied index; its image is encoded off
+                // the core's thread (openraft builds one snapshot at a time).
+                let view = self.state.snapshot_view();
+                tokio::task::spawn_blocking(move || {
+                    let _ = reply.send(Bytes::from(view.encode()));
+                });
             }
             CoreMsg::RaftInstall {
                 last_index,
@@ -1756,6 +1764,26 @@ impl Core {
         }
     }
 
+    /// Standalone: takes a view of the state now (O(1) in its nodes), and encodes and
+    /// writes its image on the blocking pool, so the core goes on serving and the log
+    /// writer goes on appending meanwhile (at a million nodes the encoding takes over a
+    /// second). One at a time: the next is due only once this one is saved. Every entry up to the view's zxid is durable
+    /// (the state only applies durable entries), so the image may follow the entries
+    /// submitted meanwhile into the log.
+    fn snapshot_in_background(&mut self, writer: LogWriter) {
+        let view = self.state.snapshot_view();
+        let encoding = self.snapshot_encoding.clone();
+        encoding.store(true, Ordering::Release);
+        tokio::task::spawn_blocking(move || {
+            let zxid = view.zxid();
+            // Written here too, not by the log writer, whose appends would wait for it.
+            if let Err(e) = writer.snapshot_beside(zxid, &view.encode()) {
+                tracing::warn!(error = %e, "snapshot not saved; will try again later");
+            }
+            encoding.store(false, Ordering::Release);
+        });
+    }
+
     fn on_durable(&mut self, zxid: Zxid) {
         while self.inflight.front().is_some_and(|f| f.entry.zxid <= zxid) {
             let f = self.inflight.pop_front().expect("front checked");
@@ -1763,13 +1791,11 @@ impl Core {
             debug_assert_eq!(applied.zxid, f.entry.zxid);
             self.deliver(applied, f.origin, f.entry.zxid as u64);
             self.entries_since_snapshot += 1;
-            if self.entries_since_snapshot >= self.config.snapshot_every_entries {
+            let due = self.entries_since_snapshot >= self.config.snapshot_every_entries;
+            if due && !self.snapshot_encoding.load(Ordering::Acquire) {
                 self.entries_since_snapshot = 0;
-                let image = self.state.snapshot();
-                if let Log::Local(writer) = &mut self.log {
-                    if let Err(e) = writer.snapshot(self.state.last_zxid(), image) {
-                        tracing::warn!(error = %e, "snapshot not queued; will try again later");
-                    }
+                if let Log::Local(writer) = &self.log {
+                    self.snapshot_in_background(writer.clone());
                 }
             }
         }

@@ -33,6 +33,15 @@ pub struct AclTable {
 }
 
 impl AclTable {
+    /// Every interned list by id (for a snapshot view).
+    pub fn lists(&self) -> HashMap<AclId, Arc<[Acl]>> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(id, e)| Some((id as AclId, e.as_ref()?.acl.clone())))
+            .collect()
+    }
+
     /// Adds one reference to `acl`, interning it if new.
     pub fn intern(&mut self, acl: &[Acl]) -> AclId {
         if let Some(&id) = self.by_list.get(acl) {

@@ -164,4 +164,5 @@ pub mod watches;
 #[cfg(test)]
 mod tests;
 
+pub use snapshot::SnapshotView;
 pub use tree::StateMachine;

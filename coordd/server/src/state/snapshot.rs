@@ -11,6 +11,7 @@
 //! before its children, no duplicates, valid paths, ACL indexes in range).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use bytes::BufMut;
 use coordd_proto::jute::JuteWrite;
@@ -31,11 +32,44 @@ fn corrupt(what: &'static str) -> DecodeError {
     DecodeError::UnknownValue { what, value: 0 }
 }
 
-pub(super) fn write(sm: &StateMachine) -> Vec<u8> {
+/// What a snapshot image is written from: the replicated state at one zxid, taken in
+/// O(1) (the node map is persistent; the ACL lists and sessions are few) so that the
+/// image can be encoded on another thread while the state moves on.
+#[derive(Debug, Clone)]
+pub struct SnapshotView {
+    nodes: imbl::HashMap<Box<str>, Arc<Node>>,
+    /// The ACL lists the nodes point to, by id.
+    acls: HashMap<AclId, Arc<[Acl]>>,
+    sessions: Vec<SessionInfo>,
+    last_zxid: Zxid,
+}
+
+impl SnapshotView {
+    pub(super) fn of(sm: &StateMachine) -> SnapshotView {
+        SnapshotView {
+            nodes: sm.nodes.clone(),
+            acls: sm.acls.lists(),
+            sessions: sm.sessions.values().cloned().collect(),
+            last_zxid: sm.last_zxid,
+        }
+    }
+
+    /// The zxid the image is taken at.
+    pub fn zxid(&self) -> Zxid {
+        self.last_zxid
+    }
+
+    /// The image ([`StateMachine::restore`] reads it back).
+    pub fn encode(&self) -> Vec<u8> {
+        write(self)
+    }
+}
+
+fn write(sm: &SnapshotView) -> Vec<u8> {
     // Each node is looked up once (its entry is kept beside its path), and the buffer is
-    // sized for every byte of the nodes up front: a snapshot runs on the core's thread,
-    // and at a million nodes a lookup per node and the buffer's regrowth cost seconds.
-    let mut nodes: Vec<(&str, &Node)> = sm.nodes.iter().map(|(k, n)| (&**k, n)).collect();
+    // sized for every byte of the nodes up front: at a million nodes a lookup per node
+    // and the buffer's regrowth cost seconds.
+    let mut nodes: Vec<(&str, &Node)> = sm.nodes.iter().map(|(k, n)| (&**k, &**n)).collect();
     nodes.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut index: HashMap<AclId, i32> = HashMap::new();
     let mut lists: Vec<AclId> = Vec::new();
@@ -49,7 +83,7 @@ pub(super) fn write(sm: &StateMachine) -> Vec<u8> {
     }
     let session_bytes: usize = sm
         .sessions
-        .values()
+        .iter()
         .map(|s| SESSION_BYTES_MIN + s.passwd.len())
         .sum();
     let mut out = BytesMut::with_capacity(64 + node_bytes + session_bytes);
@@ -58,7 +92,9 @@ pub(super) fn write(sm: &StateMachine) -> Vec<u8> {
     out.put_i64(sm.last_zxid);
     out.put_i32(lists.len() as i32);
     for id in &lists {
-        encode_acls(&mut out, sm.acls.get(*id));
+        let list = sm.acls.get(id).map_or(&[][..], |l| &l[..]);
+        debug_assert!(sm.acls.contains_key(id), "a node's ACL list is in the view");
+        encode_acls(&mut out, list);
     }
     out.put_i32(nodes.len() as i32);
     // ACL list indexes, looked up once per distinct list rather than per node.
@@ -85,7 +121,7 @@ pub(super) fn write(sm: &StateMachine) -> Vec<u8> {
         out.put_i64(s.ephemeral_owner);
     }
     out.put_i32(sm.sessions.len() as i32);
-    for s in sm.sessions.values() {
+    for s in &sm.sessions {
         out.put_i64(s.session_id);
         out.put_jute_buffer(&s.passwd);
         out.put_i32(s.timeout_ms);
@@ -160,7 +196,7 @@ pub(super) fn read(config: StateConfig, image: &[u8]) -> Result<StateMachine, De
                 Some(i) => (&path[..i], &path[i + 1..]),
                 None => return Err(corrupt("snapshot node path")),
             };
-            let Some(p) = sm.nodes.get_mut(parent) else {
+            let Some(p) = sm.nodes.get_mut(parent).map(Arc::make_mut) else {
                 return Err(corrupt("snapshot node before its parent"));
             };
             p.children.insert(name.into());

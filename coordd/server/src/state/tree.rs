@@ -72,7 +72,9 @@ fn create_stat(zxid: Zxid, time_ms: i64, ephemeral_owner: i64) -> PStat {
     }
 }
 
-#[derive(Debug)]
+/// Cloned only when a snapshot still shares it and it changes (see
+/// [`StateMachine::snapshot_view`]).
+#[derive(Debug, Clone)]
 pub(super) struct Node {
     pub data: Box<[u8]>,
     pub acl: AclId,
@@ -95,7 +97,9 @@ pub(super) enum Owner {
 #[derive(Debug)]
 pub struct StateMachine {
     pub(super) config: StateConfig,
-    pub(super) nodes: HashMap<Box<str>, Node>,
+    /// Persistent (`imbl`): cloning it for a snapshot is O(1); a node a snapshot still
+    /// shares is copied when it changes (`Arc::make_mut`), its map chunk with it.
+    pub(super) nodes: imbl::HashMap<Box<str>, Arc<Node>>,
     pub(super) acls: AclTable,
     pub(super) sessions: BTreeMap<SessionId, SessionInfo>,
     pub(super) ephemerals: HashMap<SessionId, BTreeSet<Box<str>>>,
@@ -275,7 +279,7 @@ impl StateMachine {
     pub(super) fn empty(config: StateConfig) -> Self {
         StateMachine {
             config,
-            nodes: HashMap::new(),
+            nodes: imbl::HashMap::new(),
             acls: AclTable::default(),
             sessions: BTreeMap::new(),
             ephemerals: HashMap::new(),
@@ -300,12 +304,12 @@ impl StateMachine {
         self.track_kind(path, stat.ephemeral_owner);
         self.nodes.insert(
             path.into(),
-            Node {
+            Arc::new(Node {
                 data,
                 acl,
                 stat,
                 children: children.iter().map(|c| Box::from(*c)).collect(),
-            },
+            }),
         );
     }
 
@@ -381,7 +385,7 @@ impl StateMachine {
     }
 
     fn lookup(&self, path: &str) -> Option<&Node> {
-        self.nodes.get(normalize(path))
+        self.nodes.get(normalize(path)).map(|n| &**n)
     }
 
     fn superuser(&self) -> Option<&str> {
@@ -829,7 +833,7 @@ impl StateMachine {
     ) -> Stat {
         let (parent_path, name) = split_parent(path);
         debug_assert!(!self.nodes.contains_key(path), "prep let {path} exist");
-        let Some(parent) = self.nodes.get_mut(parent_path) else {
+        let Some(parent) = self.nodes.get_mut(parent_path).map(Arc::make_mut) else {
             debug_assert!(false, "prep let {path} in without a parent");
             return Stat::default();
         };
@@ -850,7 +854,7 @@ impl StateMachine {
         self.data_size += path.len() + node.data.len();
         let stat = self.client_stat(&node);
         self.track_kind(path, owner);
-        self.nodes.insert(path.into(), node);
+        self.nodes.insert(path.into(), Arc::new(node));
         self.fire(Which::Data, path, EventType::NodeCreated, acl, None, out);
         self.fire(
             Which::Child,
@@ -867,7 +871,7 @@ impl StateMachine {
     /// see it move because they see creations plus deletions).
     fn apply_delete(&mut self, path: &str, zxid: Zxid, out: &mut Vec<Notification>) {
         let (parent_path, name) = split_parent(path);
-        let Some(parent) = self.nodes.get_mut(parent_path) else {
+        let Some(parent) = self.nodes.get_mut(parent_path).map(Arc::make_mut) else {
             debug_assert!(false, "deleting {path} without a parent");
             return;
         };
@@ -913,7 +917,7 @@ impl StateMachine {
         version: i32,
         out: &mut Vec<Notification>,
     ) -> Stat {
-        let Some(n) = self.nodes.get_mut(path) else {
+        let Some(n) = self.nodes.get_mut(path).map(Arc::make_mut) else {
             debug_assert!(false, "setData on missing {path}");
             return Stat::default();
         };
@@ -938,7 +942,7 @@ impl StateMachine {
     /// `DataTree.setACL`: no watch fires.
     fn apply_set_acl(&mut self, path: &str, acl: &[Acl], version: i32) -> Stat {
         let new_id = self.acls.intern(acl);
-        let Some(n) = self.nodes.get_mut(path) else {
+        let Some(n) = self.nodes.get_mut(path).map(Arc::make_mut) else {
             debug_assert!(false, "setACL on missing {path}");
             self.acls.release(new_id);
             return Stat::default();
@@ -1431,7 +1435,14 @@ impl StateMachine {
     /// A point-in-time image of the replicated state (tree, sessions, last zxid; not
     /// watches), for snapshots.
     pub fn snapshot(&self) -> Vec<u8> {
-        super::snapshot::write(self)
+        self.snapshot_view().encode()
+    }
+
+    /// The replicated state at this zxid, taken in O(1) in the number of nodes (ACL
+    /// lists and sessions are copied), to encode as [`StateMachine::snapshot`] would, on
+    /// any thread, while this state moves on.
+    pub fn snapshot_view(&self) -> super::snapshot::SnapshotView {
+        super::snapshot::SnapshotView::of(self)
     }
 
     /// Rebuilds from [`StateMachine::snapshot`] output.
