@@ -76,21 +76,27 @@ impl SnapshotFiles {
     /// size. Recovery may use it from then on, adopted or not: every entry up to `zxid`
     /// must already be durable in the log.
     pub fn write(&self, zxid: Zxid, image: &[u8]) -> Result<(), StorageError> {
-        if zxid < 0 {
-            return Err(StorageError::InvalidAppend(format!(
-                "snapshot zxid {zxid} is negative"
-            )));
-        }
-        if image.len() as u64 > self.bytes_max {
-            return Err(StorageError::TooLarge {
-                what: "snapshot image",
-                len: image.len() as u64,
-                limit: "snapshot_bytes_max",
-                max: self.bytes_max,
-            });
-        }
+        check_snapshot_image(zxid, image, self.bytes_max)?;
         snapshot::write(&self.io, &self.dir, zxid, image)
     }
+}
+
+/// A snapshot image's zxid and size, checked before anything is written.
+fn check_snapshot_image(zxid: Zxid, image: &[u8], bytes_max: u64) -> Result<(), StorageError> {
+    if zxid < 0 {
+        return Err(StorageError::InvalidAppend(format!(
+            "snapshot zxid {zxid} is negative"
+        )));
+    }
+    if image.len() as u64 > bytes_max {
+        return Err(StorageError::TooLarge {
+            what: "snapshot image",
+            len: image.len() as u64,
+            limit: "snapshot_bytes_max",
+            max: bytes_max,
+        });
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -371,31 +377,25 @@ impl Wal {
     /// must then be above it.
     pub fn save_snapshot(&mut self, zxid: Zxid, image: &[u8]) -> Result<(), StorageError> {
         self.check_usable()?;
-        if zxid < 0 {
-            return Err(StorageError::InvalidAppend(format!(
-                "snapshot zxid {zxid} is negative"
-            )));
-        }
-        if let Some(&newest) = self.snapshots.last() {
-            if zxid < newest {
-                return Err(StorageError::InvalidAppend(format!(
-                    "snapshot zxid {zxid} is below the newest snapshot {newest}"
-                )));
-            }
-        }
-        if image.len() as u64 > self.cfg.snapshot_bytes_max {
-            return Err(StorageError::TooLarge {
-                what: "snapshot image",
-                len: image.len() as u64,
-                limit: "snapshot_bytes_max",
-                max: self.cfg.snapshot_bytes_max,
-            });
-        }
-        if let Err(e) = self.save_snapshot_inner(zxid, image) {
+        check_snapshot_image(zxid, image, self.cfg.snapshot_bytes_max)?;
+        self.check_not_older(zxid)?;
+        let saved = snapshot::write(&self.io, &self.cfg.dir, zxid, image)
+            .and_then(|()| self.register_snapshot(zxid));
+        if let Err(e) = saved {
             self.poison(&e);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Refuses a snapshot older than the newest one.
+    fn check_not_older(&self, zxid: Zxid) -> Result<(), StorageError> {
+        match self.snapshots.last() {
+            Some(&newest) if zxid < newest => Err(StorageError::InvalidAppend(format!(
+                "snapshot zxid {zxid} is below the newest snapshot {newest}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Deletes every entry with a zxid above `zxid`, durably (Raft's truncation of a
@@ -488,38 +488,29 @@ impl Wal {
     /// go). One older than the newest snapshot is refused and its file removed.
     pub fn adopt_snapshot(&mut self, zxid: Zxid) -> Result<(), StorageError> {
         self.check_usable()?;
-        if let Some(&newest) = self.snapshots.last() {
-            if zxid < newest {
-                let stray = self.cfg.dir.join(snapshot_file_name(zxid));
-                if let Err(e) = self.io.remove(&stray) {
-                    warn!(error = %e, "could not remove a refused snapshot file");
-                }
-                return Err(StorageError::InvalidAppend(format!(
-                    "snapshot zxid {zxid} is below the newest snapshot {newest}"
-                )));
+        if let Err(refused) = self.check_not_older(zxid) {
+            let stray = self.cfg.dir.join(snapshot_file_name(zxid));
+            if let Err(e) = self.io.remove(&stray) {
+                warn!(error = %e, "could not remove a refused snapshot file");
             }
+            return Err(refused);
         }
-        if let Err(e) = self.register_snapshot(zxid, None) {
+        if let Err(e) = self.register_snapshot(zxid) {
             self.poison(&e);
             return Err(e);
         }
         Ok(())
     }
 
-    fn save_snapshot_inner(&mut self, zxid: Zxid, image: &[u8]) -> Result<(), StorageError> {
-        snapshot::write(&self.io, &self.cfg.dir, zxid, image)?;
-        self.register_snapshot(zxid, Some(image.len()))
-    }
-
     /// Counts the snapshot file at `zxid` (written) as the newest, and removes what it
     /// makes unneeded.
-    fn register_snapshot(&mut self, zxid: Zxid, bytes: Option<usize>) -> Result<(), StorageError> {
+    fn register_snapshot(&mut self, zxid: Zxid) -> Result<(), StorageError> {
         let dir = self.cfg.dir.clone();
         if self.snapshots.last() != Some(&zxid) {
             self.snapshots.push(zxid);
         }
         self.last_zxid = self.last_zxid.max(zxid);
-        debug!(zxid, ?bytes, "snapshot saved");
+        debug!(zxid, "snapshot saved");
 
         let mut removed = false;
         let kept = self.cfg.snapshots_kept.max(1);

@@ -430,31 +430,13 @@ impl RaftLog {
             .flat_map(|b| b.orderers.iter().copied())
             .collect();
         let mut orderers = HashSet::new();
-        let mut txns = Vec::new();
-        let mut kept = Vec::new();
-        for (seq, txn) in std::mem::take(&mut self.pending) {
-            let o = self.orderer_of(seq);
-            if txns.len() >= BATCH_TXNS_MAX || behind.contains(&o) {
-                behind.insert(o);
-                kept.push((seq, txn));
-            } else {
-                orderers.insert(o);
-                txns.push((seq, txn));
-            }
-        }
+        let pending = std::mem::take(&mut self.pending);
+        let (txns, kept) =
+            self.split_takeable(pending, |(seq, _)| *seq, &mut behind, &mut orderers);
         self.pending = kept;
-        let mut syncs = Vec::new();
-        let mut kept = Vec::new();
-        for seq in std::mem::take(&mut self.pending_syncs) {
-            let o = self.orderer_of(seq);
-            if syncs.len() >= BATCH_TXNS_MAX || behind.contains(&o) {
-                behind.insert(o);
-                kept.push(seq);
-            } else {
-                orderers.insert(o);
-                syncs.push(seq);
-            }
-        }
+        let pending_syncs = std::mem::take(&mut self.pending_syncs);
+        let (syncs, kept) =
+            self.split_takeable(pending_syncs, |seq| *seq, &mut behind, &mut orderers);
         self.pending_syncs = kept;
         if txns.is_empty() && syncs.is_empty() {
             return None;
@@ -464,6 +446,30 @@ impl RaftLog {
             syncs,
             orderers,
         })
+    }
+
+    /// Splits `items` (queued in order) into those that go in the batch, at most
+    /// `BATCH_TXNS_MAX`, and those that stay: an item stays once its orderer is in
+    /// `behind`, and puts it there; one that goes adds its orderer to `orderers`.
+    fn split_takeable<T>(
+        &self,
+        items: Vec<T>,
+        seq_of: impl Fn(&T) -> u64,
+        behind: &mut HashSet<Orderer>,
+        orderers: &mut HashSet<Orderer>,
+    ) -> (Vec<T>, Vec<T>) {
+        let (mut taken, mut kept) = (Vec::new(), Vec::new());
+        for item in items {
+            let o = self.orderer_of(seq_of(&item));
+            if taken.len() >= BATCH_TXNS_MAX || behind.contains(&o) {
+                behind.insert(o);
+                kept.push(item);
+            } else {
+                orderers.insert(o);
+                taken.push(item);
+            }
+        }
+        (taken, kept)
     }
 
     /// Queues a silent barrier through the log (a `sync`, a linearizable read's, a

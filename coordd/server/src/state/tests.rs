@@ -1749,16 +1749,9 @@ fn snapshot_restore_is_identical() {
     assert_eq!(hb.created("/a/s", 2), "/a/s0000000003");
 }
 
-/// A snapshot view encodes the state as it was when taken, whatever the state does
-/// after (the node map is shared with it until a node changes).
-#[test]
-fn a_snapshot_view_keeps_its_point_in_time() {
-    let mut h = busy_state();
-    let image_then = h.sm.snapshot();
-    let view = h.sm.snapshot_view();
-    assert_eq!(view.zxid(), h.sm.last_zxid());
-    // Every kind of change, on nodes the view shares: data, children, ACL, deletion,
-    // a session's close (its ephemerals), new nodes and sessions.
+/// Every kind of change: data, children, ACL, deletion, a session's close (its
+/// ephemerals), new nodes and sessions.
+fn change_everything(h: &mut H) {
     h.set("/a", b"changed after the view", -1).unwrap();
     h.create("/a/new", b"x", 0).unwrap();
     h.delete("/r", -1).unwrap();
@@ -1774,26 +1767,23 @@ fn a_snapshot_view_keeps_its_point_in_time() {
         passwd: vec![7; 16],
         timeout_ms: 30_000,
     });
+}
+
+/// A snapshot view encodes the state as it was when taken, whatever the state does
+/// after (the node map is shared with it until a node changes).
+#[test]
+fn a_snapshot_view_keeps_its_point_in_time() {
+    let mut h = busy_state();
+    let image_then = h.sm.snapshot();
+    let view = h.sm.snapshot_view();
+    assert_eq!(view.zxid(), h.sm.last_zxid());
+    // On nodes the view shares.
+    change_everything(&mut h);
     assert_ne!(h.sm.snapshot(), image_then, "the state moved on");
     assert_eq!(view.encode(), image_then);
     // And the state, changed under a live view, is what it would be without one.
     let mut fresh = busy_state();
-    fresh.set("/a", b"changed after the view", -1).unwrap();
-    fresh.create("/a/new", b"x", 0).unwrap();
-    fresh.delete("/r", -1).unwrap();
-    fresh
-        .w(Request::SetAcl(coordd_proto::SetAclRequest {
-            path: "/c".into(),
-            acl: Acl::read_unsafe(),
-            version: -1,
-        }))
-        .unwrap();
-    fresh.txn(Txn::CloseSession { session_id: S2 });
-    fresh.txn(Txn::CreateSession {
-        session_id: 77,
-        passwd: vec![7; 16],
-        timeout_ms: 30_000,
-    });
+    change_everything(&mut fresh);
     assert_eq!(h.sm.snapshot(), fresh.sm.snapshot());
     drop(view);
 }
