@@ -782,28 +782,47 @@ async fn check_sync(
     Ok(())
 }
 
-/// Every id in `acked` is in table `t` (column `id`) on the PostgreSQL at `port`.
+/// How long a standby may take to show every acknowledged row.
+const ACKED_ON_STANDBY_WAIT: Duration = Duration::from_secs(30);
+
+/// Every id in `acked` is in table `t` (column `id`) on the PostgreSQL at `port`. On a
+/// standby this is waited for (at most `ACKED_ON_STANDBY_WAIT`): with quorum commit
+/// (`ANY 1 (...)`) an acknowledged write is durable on some standby, not yet replayed
+/// on each, so a standby may show the newest rows a moment after the write returned.
+/// On the master the check is immediate.
 pub async fn assert_all_acked_on(port: u16, acked: impl IntoIterator<Item = i64>, what: &str) {
-    let c = connect(port).await.expect("connect");
-    let ids: BTreeSet<i64> = c
-        .query("SELECT id FROM t", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     let acked: Vec<i64> = acked.into_iter().collect();
-    let lost: Vec<i64> = acked
-        .iter()
-        .copied()
-        .filter(|id| !ids.contains(id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged rows missing on {what}: {lost:?}",
-        lost.len(),
-        acked.len()
-    );
+    let deadline = Instant::now() + ACKED_ON_STANDBY_WAIT;
+    let c = connect(port).await.expect("connect");
+    loop {
+        let ids: BTreeSet<i64> = c
+            .query("SELECT id FROM t", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let lost: Vec<i64> = acked
+            .iter()
+            .copied()
+            .filter(|id| !ids.contains(id))
+            .collect();
+        let standby = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if lost.is_empty() || !standby || Instant::now() >= deadline {
+            assert!(
+                lost.is_empty(),
+                "{} of {} acknowledged rows missing on {what}: {lost:?}",
+                lost.len(),
+                acked.len()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// How many sessions an agent opened so far (one log line per session).
