@@ -110,6 +110,88 @@ async fn three_agents_bootstrap_one_master_two_replicas() {
     assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
 }
 
+/// Whether `pid` runs (exists and is not a zombie waiting for its parent).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The pids of running fence guards of the data directory `data`.
+fn guards_of(data: &std::path::Path) -> Vec<u32> {
+    let needle = data.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let has = |n: &[u8]| cmdline.windows(n.len()).any(|w| w == n);
+        if has(b"fence-guard") && has(needle) && runs(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// kill -9 of the master's agent alone, its PostgreSQL untouched: the agent's fence guard
+/// stops that PostgreSQL before the agent's session can expire, so the old master takes no
+/// write once another node can be elected; the replica is then promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_master_agent_alone_stops_its_postgres_before_its_session_expires() {
+    if postgres::skip() {
+        return;
+    }
+    let mut c = start(2).await;
+    let old = c.wait_healthy(&["n1", "n2"], None).await;
+    let pid = c
+        .agent(&old)
+        .postmaster_pid()
+        .expect("the master's postmaster.pid");
+    assert!(runs(pid));
+    let killed = Instant::now();
+    c.agent_mut(&old).kill9();
+    let session = Duration::from_millis(u64::from(SESSION_TIMEOUT_MS));
+    while runs(pid) {
+        assert!(
+            killed.elapsed() < session,
+            "the old master's postmaster {pid} still runs {:?} after its agent died\n{}",
+            killed.elapsed(),
+            c.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fenced = killed.elapsed();
+    assert!(
+        c.agent(&old).log().contains("fencing its PostgreSQL"),
+        "{}",
+        tail(&c.agent(&old).log(), 40)
+    );
+    // Its work done, the guard is gone too.
+    let data = c.agent(&old).dir.data_dir();
+    while !guards_of(&data).is_empty() {
+        assert!(
+            killed.elapsed() < DEADLINE,
+            "fence guards still run: {:?}",
+            guards_of(&data)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = if old == "n1" { "n2" } else { "n1" };
+    let new = c.wait_healthy(&[other], Some(&old)).await;
+    assert_eq!(new, other);
+    eprintln!(
+        "agent of {old} killed: its PostgreSQL stopped after {fenced:?}, {new} master after {:?}",
+        killed.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_master_elects_a_new_one_and_the_old_one_rejoins_as_replica() {
     if postgres::skip() {

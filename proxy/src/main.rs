@@ -95,15 +95,12 @@ fn target(
 }
 
 fn main() -> ExitCode {
+    // The agent's fence guard is this executable again (`switchyard fence-guard ...`).
+    if let Some(code) = agent::guard::main_if_guard() {
+        return code;
+    }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    agent::log_to_stderr(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

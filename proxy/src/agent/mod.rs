@@ -69,9 +69,23 @@
 
 pub mod acl;
 pub mod config;
+pub mod guard;
 pub mod node;
 pub mod status;
 pub mod switchover;
 
 pub use config::{AgentFlags, Settings};
 pub use node::{run_agent, AgentError};
+
+/// Logs of an agent process (and its fence guard) to stderr, filtered by `RUST_LOG`
+/// (default `info`); `ansi` colours them.
+pub fn log_to_stderr(ansi: bool) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -106,6 +106,13 @@ pub async fn run_agent(settings: Settings) -> Result<()> {
     };
     let server = PgServer::new(bins, &settings.pg_data, opts)
         .map_err(|e| AgentError::Fatal(format!("PostgreSQL: {e}")))?;
+    // Before anything can start PostgreSQL: from here on it stops when this process dies.
+    let guard = super::guard::FenceGuard::spawn(&super::guard::GuardTarget {
+        pg_data: settings.pg_data.clone(),
+        pg_bindir: settings.pg_bindir.clone(),
+        os_user: settings.os_user.clone(),
+    })
+    .map_err(|e| AgentError::Fatal(format!("starting the fence guard: {e}")))?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -129,7 +136,12 @@ pub async fn run_agent(settings: Settings) -> Result<()> {
         secret,
         shutdown,
     };
-    agent.run().await
+    let res = agent.run().await;
+    // Ending by itself, the agent has stopped (or fenced) its PostgreSQL as it should.
+    tokio::task::spawn_blocking(move || guard.stand_down())
+        .await
+        .map_err(|e| AgentError::Fatal(format!("standing the fence guard down: {e}")))?;
+    res
 }
 
 struct Agent {

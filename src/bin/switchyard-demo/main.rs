@@ -59,6 +59,10 @@ struct AgentCli {
 }
 
 fn main() -> ExitCode {
+    // An agent's fence guard is the executable that runs the agent, so this one too.
+    if let Some(code) = switchyard_proxy::agent::guard::main_if_guard() {
+        return code;
+    }
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
         Some("__coordd") => {
@@ -83,14 +87,7 @@ fn main() -> ExitCode {
 
 /// What `switchyard agent` does (proxy/src/main.rs), in this process.
 fn run_agent(flags: switchyard_proxy::agent::AgentFlags) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    switchyard_proxy::agent::log_to_stderr(false);
     let settings = match switchyard_proxy::agent::Settings::resolve(flags) {
         Ok(s) => s,
         Err(e) => {
