@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::agent::{
-    connect, now_ms, switchyard_bin, tail, Agent, Cluster, ClusterOpts, CLUSTER, DEADLINE,
+    connect, now_ms, runs, switchyard_bin, tail, Agent, Cluster, ClusterOpts, CLUSTER, DEADLINE,
 };
 use support::postgres;
 use switchyard_proxy::pg;
@@ -110,34 +110,20 @@ async fn three_agents_bootstrap_one_master_two_replicas() {
     assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
 }
 
-/// Whether `pid` runs (exists and is not a zombie waiting for its parent).
-fn runs(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
-        })
-        .is_some_and(|state| state != "Z" && state != "X")
-}
-
-/// The pids of running fence guards of the data directory `data`.
-fn guards_of(data: &std::path::Path) -> Vec<u32> {
-    let needle = data.as_os_str().as_encoded_bytes();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let has = |n: &[u8]| cmdline.windows(n.len()).any(|w| w == n);
-        if has(b"fence-guard") && has(needle) && runs(pid) {
-            out.push(pid);
-        }
+/// Waits until the postmaster `pid` has exited, failing if that takes a session timeout
+/// from `since` (by then another node may be elected). Returns how long it took.
+async fn stopped_within_the_session(c: &Cluster, pid: u32, since: Instant, what: &str) -> Duration {
+    let session = Duration::from_millis(u64::from(SESSION_TIMEOUT_MS));
+    while runs(pid) {
+        assert!(
+            since.elapsed() < session,
+            "the master's postmaster {pid} still runs {:?} after {what}\n{}",
+            since.elapsed(),
+            c.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    out
+    since.elapsed()
 }
 
 /// kill -9 of the master's agent alone, its PostgreSQL untouched: the agent's fence guard
@@ -157,29 +143,18 @@ async fn kill9_of_the_master_agent_alone_stops_its_postgres_before_its_session_e
     assert!(runs(pid));
     let killed = Instant::now();
     c.agent_mut(&old).kill9();
-    let session = Duration::from_millis(u64::from(SESSION_TIMEOUT_MS));
-    while runs(pid) {
-        assert!(
-            killed.elapsed() < session,
-            "the old master's postmaster {pid} still runs {:?} after its agent died\n{}",
-            killed.elapsed(),
-            c.dump()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let fenced = killed.elapsed();
+    let fenced = stopped_within_the_session(&c, pid, killed, "its agent died").await;
     assert!(
         c.agent(&old).log().contains("fencing its PostgreSQL"),
         "{}",
         tail(&c.agent(&old).log(), 40)
     );
     // Its work done, the guard is gone too.
-    let data = c.agent(&old).dir.data_dir();
-    while !guards_of(&data).is_empty() {
+    while !c.agent(&old).guard_pids().is_empty() {
         assert!(
             killed.elapsed() < DEADLINE,
             "fence guards still run: {:?}",
-            guards_of(&data)
+            c.agent(&old).guard_pids()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -189,6 +164,47 @@ async fn kill9_of_the_master_agent_alone_stops_its_postgres_before_its_session_e
     eprintln!(
         "agent of {old} killed: its PostgreSQL stopped after {fenced:?}, {new} master after {:?}",
         killed.elapsed()
+    );
+}
+
+/// The master's agent paused (SIGSTOP of its process group: its runtime and lease watchdog
+/// stop turning), PostgreSQL running: the fence guard stops PostgreSQL at the agent's own
+/// fencing deadline, before the session can expire; the replica is promoted; the agent,
+/// resumed, follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_master_agent_is_fenced_by_its_guard_before_its_session_expires() {
+    if postgres::skip() {
+        return;
+    }
+    let c = start(2).await;
+    let old = c.wait_healthy(&["n1", "n2"], None).await;
+    let pid = c
+        .agent(&old)
+        .postmaster_pid()
+        .expect("the master's postmaster.pid");
+    assert!(
+        !c.agent(&old).guard_pids().is_empty(),
+        "no fence guard runs"
+    );
+    let paused = Instant::now();
+    c.agent(&old).signal_agent("STOP");
+    let fenced = stopped_within_the_session(&c, pid, paused, "its agent was paused").await;
+    let other = if old == "n1" { "n2" } else { "n1" };
+    let new = c.wait_healthy(&[other], Some(&old)).await;
+    assert_eq!(new, other);
+    c.agent(&old).signal_agent("CONT");
+    let master = c.wait_healthy(&["n1", "n2"], Some(&old)).await;
+    assert_eq!(master, other);
+    assert!(
+        c.agent(&old)
+            .log()
+            .contains("the agent let its lease run out"),
+        "{}",
+        tail(&c.agent(&old).log(), 40)
+    );
+    eprintln!(
+        "agent of {old} paused: its PostgreSQL stopped after {fenced:?}; {old} follows {new} after {:?}",
+        paused.elapsed()
     );
 }
 

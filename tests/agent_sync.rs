@@ -204,6 +204,9 @@ async fn sync_mode_paused_master_takes_no_write_after_the_promotion() {
         .signal_postgres("STOP")
         .expect("SIGSTOP the old master's PostgreSQL");
     agent.signal_agent("STOP");
+    // The whole machine: the agent's fence guard (its own process group) too, which
+    // would otherwise stop the paused PostgreSQL at the agent's fencing deadline.
+    agent.signal_guard("STOP");
     let frozen_ms = now_ms();
     let frozen = Instant::now();
 
@@ -288,6 +291,7 @@ async fn sync_mode_paused_master_takes_no_write_after_the_promotion() {
     drop(old_c);
 
     // The agent resumes: its lease is long gone; it fences, rewinds and follows.
+    agent.signal_guard("CONT");
     agent.signal_agent("CONT");
     let master = c.wait_healthy(&ALL, Some(&old)).await;
     assert_eq!(master, new);

@@ -273,6 +273,49 @@ impl Agent {
     pub fn kill9_postgres(&self) {
         self.signal_postgres("KILL");
     }
+
+    /// The pids of this agent's running fence guards (`... fence-guard ...` naming its
+    /// data directory; the guard runs in a process group of its own).
+    pub fn guard_pids(&self) -> Vec<u32> {
+        let data = self.dir.data_dir();
+        let needle = data.as_os_str().as_encoded_bytes();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let has = |n: &[u8]| cmdline.windows(n.len()).any(|w| w == n);
+            if has(b"fence-guard") && has(needle) && runs(pid) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Sends `sig` (`STOP`, `CONT`) to this agent's fence guards: with
+    /// [`Agent::signal_agent`] and [`Agent::signal_postgres`], a whole machine paused.
+    pub fn signal_guard(&self, sig: &str) {
+        for pid in self.guard_pids() {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Whether `pid` runs (exists and is not a zombie waiting for its parent).
+pub fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// The pids whose parent is `parent` (from /proc/<pid>/stat).

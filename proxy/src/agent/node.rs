@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use super::guard::{FenceGuard, GuardLink, GuardTarget};
 use super::{acl, Settings};
 use crate::election::{self, Epoch, Leadership, LeaseState, StartAs};
 use crate::pg::{
@@ -106,8 +107,9 @@ pub async fn run_agent(settings: Settings) -> Result<()> {
     };
     let server = PgServer::new(bins, &settings.pg_data, opts)
         .map_err(|e| AgentError::Fatal(format!("PostgreSQL: {e}")))?;
-    // Before anything can start PostgreSQL: from here on it stops when this process dies.
-    let guard = super::guard::FenceGuard::spawn(&super::guard::GuardTarget {
+    // Before anything can start PostgreSQL: from here on it stops when this process dies
+    // (or hangs as master).
+    let guard = FenceGuard::spawn(&GuardTarget {
         pg_data: settings.pg_data.clone(),
         pg_bindir: settings.pg_bindir.clone(),
         os_user: settings.os_user.clone(),
@@ -135,6 +137,7 @@ pub async fn run_agent(settings: Settings) -> Result<()> {
         pg: server,
         secret,
         shutdown,
+        guard: guard.link(),
     };
     let res = agent.run().await;
     // Ending by itself, the agent has stopped (or fenced) its PostgreSQL as it should.
@@ -150,6 +153,8 @@ struct Agent {
     /// This process's digest password: `leader` is writable by this process only.
     secret: String,
     shutdown: watch::Receiver<bool>,
+    /// The fence guard's pipe: the master's watchdog keeps its fencing deadline there.
+    guard: GuardLink,
 }
 
 impl Agent {
@@ -1734,7 +1739,17 @@ impl<'a> Session<'a> {
             _ => timeout / 3,
         };
         let tx = self.fenced_tx.clone();
+        let guard = self.a.guard.clone();
         self.watchdog = Some(tokio::spawn(async move {
+            /// The guard holds the deadline only while this watchdog runs: cleared however
+            /// it ends (fenced, or aborted with its session).
+            struct ClearOnDrop(GuardLink);
+            impl Drop for ClearOnDrop {
+                fn drop(&mut self) {
+                    self.0.clear();
+                }
+            }
+            let _clear = ClearOnDrop(guard.clone());
             let mut tick = tokio::time::interval(FENCE_CHECK);
             loop {
                 tick.tick().await;
@@ -1743,6 +1758,10 @@ impl<'a> Session<'a> {
                     margin,
                     std::time::Instant::now(),
                 );
+                // The guard fences at the same deadline should this process stop turning.
+                if let LeaseState::Valid { fence_at } = state {
+                    guard.fence_at(fence_at);
+                }
                 if state == LeaseState::MustFence || client.state().is_terminal() {
                     error!(
                         ?margin,
