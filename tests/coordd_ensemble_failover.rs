@@ -463,11 +463,11 @@ async fn failover_with_a_coordd_leader_kill(
         CoorddKill::WhilePromoting => {
             // Poll `leader` until another node holds it (every 5 ms: a promotion takes
             // a few hundred ms) and kill the coordd leader at once.
-            let seen = timeout(DEADLINE, async {
+            let (winner, seen) = timeout(DEADLINE, async {
                 loop {
                     if let Some((l, stat)) = c.leader_stat().await {
                         if l.node != old {
-                            return (l.state, stat.czxid);
+                            return (l.node, (l.state, stat.czxid));
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -475,6 +475,18 @@ async fn failover_with_a_coordd_leader_kill(
             })
             .await
             .unwrap_or_else(|_| panic!("nobody took `leader` after {old}'s kill{}", c.dump()));
+            // ... and until its winner has the create's reply (it logs the epoch): a
+            // coordd leader that dies before that reply reaches the winner makes it
+            // release `leader` by design (it cannot tell its create from a lost one),
+            // which is not the scenario here.
+            let won = format!("won `leader` epoch={:#x}", seen.1);
+            timeout(DEADLINE, async {
+                while !c.agent(&winner).log().contains(&won) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{winner} never logged \"{won}\"{}", c.dump()));
             Some(seen)
         }
     };
