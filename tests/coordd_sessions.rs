@@ -58,6 +58,10 @@ fn silent_session_expires_and_its_ephemeral_goes_within_a_tick(topo: Topology) {
     let leader = t.p("/leader");
     let mut owner = RawConn::new_session(t.addr(0), 600);
     assert_eq!(owner.timeout_ms, 600);
+    // The owner's last sign of life is this create: its session is touched when the create
+    // arrives, so not before this instant (taken after the watcher is set up, the expiry
+    // could come less than a timeout later, and did once in CI).
+    let silent_since = Instant::now();
     let (r, _) = owner.call(&create(&leader, CreateMode::Ephemeral));
     assert_eq!(r.header.err, 0);
 
@@ -65,7 +69,6 @@ fn silent_session_expires_and_its_ephemeral_goes_within_a_tick(topo: Topology) {
     catch_up(&t, &mut watcher, &leader);
     let (r, _) = watcher.call(&exists(&leader, true));
     assert_eq!(r.header.err, 0);
-    let silent_since = Instant::now();
     // The owner now sends nothing. The watcher keeps its own session alive with pings
     // while it waits for the deletion event.
     let event = loop {
