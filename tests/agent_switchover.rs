@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::agent::{
-    connect, now_ms, switchyard_bin, tail, Cluster, ClusterOpts, CLUSTER, DEADLINE,
+    assert_all_acked_on, connect, now_ms, switchyard_bin, tail, Cluster, ClusterOpts, CLUSTER,
+    DEADLINE,
 };
 use support::postgres;
 use switchyard_proxy::pg::tokio_postgres::config::TargetSessionAttrs;
@@ -195,20 +195,12 @@ async fn switchover_under_a_writer(synchronous: bool) {
     // Nothing acknowledged is lost, and the old master follows the new one.
     let master = c.wait_healthy(&all, Some(&old)).await;
     assert_eq!(master, to);
-    let newc = connect(c.agent(to).pg_port).await.unwrap();
-    let ids: BTreeSet<i64> = newc
-        .query("SELECT id FROM t", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<i64> = acks
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !ids.contains(id))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    assert_all_acked_on(
+        c.agent(to).pg_port,
+        acks.iter().map(|(id, _)| *id),
+        &format!("the new master {to}"),
+    )
+    .await;
     let (data, _) = c.client.get_data(&c.ns.switchover(), false).await.unwrap();
     let rec: SwitchoverRequest = records::decode(&data).unwrap();
     assert_eq!(rec.status, SwitchoverStatus::Done, "{rec:?}");

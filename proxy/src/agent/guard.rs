@@ -35,7 +35,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -263,16 +263,10 @@ pub struct FenceGuard {
 }
 
 impl FenceGuard {
-    /// Starts the guard from the running executable (`switchyard`).
+    /// Starts the guard from the running executable (`switchyard`, `switchyard-demo`).
     pub fn spawn(target: &GuardTarget) -> std::io::Result<FenceGuard> {
-        let exe = std::env::current_exe()?;
-        Self::spawn_from(&exe, target)
-    }
-
-    /// Starts the guard from `exe` (a `switchyard` binary).
-    pub fn spawn_from(exe: &Path, target: &GuardTarget) -> std::io::Result<FenceGuard> {
         use std::os::unix::process::CommandExt;
-        let mut child: Child = Command::new(exe)
+        let mut child: Child = Command::new(std::env::current_exe()?)
             .args(target.args())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -361,11 +355,6 @@ impl FenceGuard {
             );
         }
     }
-
-    /// The guard's process id.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
 }
 
 /// What the guard does next, from its deadline and the time: pure, for tests.
@@ -387,19 +376,12 @@ pub fn guard_step(fence_at: Option<u64>, now: u64) -> GuardStep {
 }
 
 /// Stops PostgreSQL in immediate mode if it runs.
-fn fence(target: &GuardTarget, rt: &tokio::runtime::Runtime, why: &str) -> Result<(), String> {
-    let bins = PgBinaries::find(target.pg_bindir.as_deref())
-        .map_err(|e| format!("PostgreSQL binaries: {e}"))?;
-    let opts = pg::PgOptions {
-        os_user: target.os_user.clone(),
-        ..pg::PgOptions::default()
-    };
-    let server = PgServer::new(bins, &target.pg_data, opts).map_err(|e| e.to_string())?;
+fn fence(server: &PgServer, rt: &tokio::runtime::Runtime, why: &str) -> Result<(), String> {
     if !server.postmaster_alive() {
         return Ok(());
     }
     warn!(
-        pg_data = %target.pg_data.display(),
+        pg_data = %server.data_dir().display(),
         "{why}: fencing its PostgreSQL (immediate stop)"
     );
     rt.block_on(server.stop(StopMode::Immediate))
@@ -410,6 +392,15 @@ fn fence(target: &GuardTarget, rt: &tokio::runtime::Runtime, why: &str) -> Resul
 /// module doc) and fences at a deadline that passes or at end of file (then exits); exits
 /// at once on a stand-down.
 pub fn run_guard(target: &GuardTarget, rt: &tokio::runtime::Runtime) -> Result<(), String> {
+    // Resolved once, before anything waits: a fence then runs no `pg_config`, and a guard
+    // that cannot fence says so at once (the agent logs its exit).
+    let bins = PgBinaries::find(target.pg_bindir.as_deref())
+        .map_err(|e| format!("PostgreSQL binaries: {e}"))?;
+    let opts = pg::PgOptions {
+        os_user: target.os_user.clone(),
+        ..pg::PgOptions::default()
+    };
+    let server = PgServer::new(bins, &target.pg_data, opts).map_err(|e| e.to_string())?;
     let mut stdin = std::io::stdin().lock();
     let fd = stdin.as_raw_fd();
     let mut lines = LineReader::default();
@@ -419,7 +410,7 @@ pub fn run_guard(target: &GuardTarget, rt: &tokio::runtime::Runtime) -> Result<(
         let wait = match guard_step(fence_at, monotonic_ns()) {
             GuardStep::Fence => {
                 fence_at = None;
-                if let Err(e) = fence(target, rt, "the agent let its lease run out") {
+                if let Err(e) = fence(&server, rt, "the agent let its lease run out") {
                     error!("fencing failed: {e}");
                 }
                 continue;
@@ -448,13 +439,13 @@ pub fn run_guard(target: &GuardTarget, rt: &tokio::runtime::Runtime) -> Result<(
                 continue;
             }
             warn!(error = %e, "fence guard: poll failed; fencing");
-            return fence(target, rt, "the guard lost its agent");
+            return fence(&server, rt, "the guard lost its agent");
         }
         if ready == 0 {
             continue; // the deadline: decided at the top
         }
         match stdin.read(&mut buf) {
-            Ok(0) => return fence(target, rt, "the agent is gone"),
+            Ok(0) => return fence(&server, rt, "the agent is gone"),
             Ok(n) => {
                 let (directives, bad) = lines.push(&buf[..n]);
                 if bad > 0 {
@@ -471,7 +462,7 @@ pub fn run_guard(target: &GuardTarget, rt: &tokio::runtime::Runtime) -> Result<(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 warn!(error = %e, "fence guard: reading the agent's pipe failed; fencing");
-                return fence(target, rt, "the guard lost its agent");
+                return fence(&server, rt, "the guard lost its agent");
             }
         }
     }
