@@ -12,15 +12,7 @@ use crate::server::{replicated, Server};
 /// stderr (`RUST_LOG`, default info), the runtime, then a standalone server or, with
 /// `--ensemble`, one member. Exit code 2: bad configuration.
 pub fn main_with_flags(flags: Flags) -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::logging::init_stderr();
     let config = match Config::load(flags) {
         Ok(c) => c,
         Err(e) => {
