@@ -391,6 +391,72 @@ async fn master_postgres_killed_agent_alive_hands_over_and_rejoins() {
         .unwrap();
 }
 
+/// The master's PostgreSQL hangs (every one of its processes stopped, as in a storage
+/// stall) while its agent runs and keeps its session: the agent's status checks get no
+/// answer, so after `primary_unresponsive_ms` it fences the server (immediate stop,
+/// then SIGKILL, which a stopped process cannot ignore) and releases `leader`. A replica
+/// is promoted, and the old node comes back as a replica. Before, the agent waited on
+/// the hung server forever and held `leader`: writes stayed down for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_master_postgres_is_fenced_and_a_replica_takes_over() {
+    if postgres::skip() {
+        return;
+    }
+    let c = Cluster::start_opts(ClusterOpts {
+        nodes: 3,
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        extra_toml: "primary_unresponsive_ms = 1000".into(),
+        ..ClusterOpts::default()
+    })
+    .await;
+    let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
+    let hung_at = Instant::now();
+    let postmaster = c
+        .agent(&old)
+        .signal_postgres("STOP")
+        .expect("the master's postmaster runs");
+    // A new master: the old one's postmaster must be gone by the time `leader` is free.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some((l, _)) = c.leader().await {
+            if l.node != old {
+                assert!(
+                    !runs(postmaster),
+                    "{} holds `leader` while the hung primary {old} still runs\n{}",
+                    l.node,
+                    c.dump()
+                );
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody replaced the hung master {old} within {DEADLINE:?}\n{}",
+            c.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replaced_in = hung_at.elapsed();
+    let new = c.wait_healthy(&["n1", "n2", "n3"], Some(&old)).await;
+    eprintln!(
+        "{old}'s PostgreSQL hung: `leader` free in {replaced_in:?}, {new} master and {old} a \
+         replica again after {:?}",
+        hung_at.elapsed()
+    );
+    let log = c.agent(&old).log();
+    assert!(
+        log.contains("has not answered a status check"),
+        "{}",
+        tail(&log, 60)
+    );
+    connect(c.agent(&new).pg_port)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE after_hang (id int)")
+        .await
+        .unwrap();
+}
+
 /// A data directory initdb'd outside the cluster (another system identifier): the
 /// agent refuses it with a clear error and exits without touching it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -473,3 +473,79 @@ fn a_checkout_waiting_on_a_full_pool_gets_the_connection_given_back() {
         drop(zk);
     });
 }
+
+/// DESIGN.md 5: on a leader change, connections to the old master are closed at once,
+/// checked-out ones included. A query in flight on the old master (here a long
+/// `pg_sleep`, standing for one sent to a machine that went silent, which TCP would
+/// take minutes to give up on) fails as soon as the router sees the new leader, and the
+/// next write goes to the new one.
+#[test]
+fn a_query_in_flight_on_the_old_master_ends_when_the_leader_changes() {
+    if postgres::skip() {
+        return;
+    }
+    const SLEEP_S: u64 = 60;
+    let coordd = Coordd::start();
+    let primary = Postgres::init_primary(PgOptions::default());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (zk, _events, ns) = write_records(
+            &coordd.connect_string(),
+            &[("pg-0", primary.port(), Role::Primary)],
+        )
+        .await;
+        let router = start_router(&coordd.connect_string(), WatchMode::Auto).await;
+        let held = router.write().await.expect("a connection to pg-0");
+        assert_eq!(held.endpoint().node, "pg-0");
+        let in_flight = tokio::spawn(async move {
+            let r = held
+                .batch_execute(&format!("SELECT pg_sleep({SLEEP_S})"))
+                .await;
+            (r, Instant::now())
+        });
+        // The query is on the server before the leader changes.
+        let sleeping = || {
+            primary
+                .query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
+                == "1"
+        };
+        postgres::wait_for("the pg_sleep to run", WAIT, || sleeping().then_some(()));
+
+        // A new leader (another node name: another endpoint; the same server, which
+        // keeps the test to one PostgreSQL).
+        zk.delete(&ns.leader(), None).await.unwrap();
+        zk.create(
+            &ns.leader(),
+            &records::encode(&leader("pg-1", primary.port())),
+            &Acl::open_unsafe(),
+            CreateMode::Ephemeral,
+        )
+        .await
+        .unwrap();
+        wait_topology(&router, "pg-1 to lead", |t| {
+            t.leader().is_some_and(|l| l.endpoint.node == "pg-1")
+        })
+        .await;
+        let seen_at = Instant::now();
+        let (r, ended_at) = timeout(WAIT, in_flight)
+            .await
+            .expect("the query on the old master still runs after the leader change")
+            .expect("query task");
+        let err = r.expect_err("the old master's connection was ended");
+        assert!(err.is_closed(), "{err:?}");
+        assert!(
+            ended_at.saturating_duration_since(seen_at) < Duration::from_secs(5),
+            "ended {:?} after the router saw the new leader",
+            ended_at.saturating_duration_since(seen_at)
+        );
+        let w = router.write().await.expect("a connection to pg-1");
+        assert_eq!(w.endpoint().node, "pg-1");
+        drop(w);
+        drop(router);
+        drop(zk);
+    });
+}

@@ -74,6 +74,11 @@ pub enum PgError {
     },
     #[error("SQL: {0}")]
     Sql(#[from] tokio_postgres::Error),
+    #[error("SQL: {what} got no answer within {timeout:?} (server hung or unreachable)")]
+    SqlTimeout {
+        what: &'static str,
+        timeout: Duration,
+    },
     #[error("cannot parse {what} from {value:?}")]
     Parse { what: &'static str, value: String },
     #[error(
@@ -355,13 +360,12 @@ pub struct WalSender {
 
 /// `pg_stat_replication` of a primary.
 pub async fn wal_senders(client: &Client) -> Result<Vec<WalSender>> {
-    let rows = client
-        .query(
-            "SELECT coalesce(application_name, ''), coalesce(state, ''), \
-             coalesce(sync_state, ''), flush_lsn::text FROM pg_stat_replication",
-            &[],
-        )
-        .await?;
+    let rows = query(
+        client,
+        "SELECT coalesce(application_name, ''), coalesce(state, ''), \
+         coalesce(sync_state, ''), flush_lsn::text FROM pg_stat_replication",
+    )
+    .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let flush: Option<String> = row.try_get(3)?;
@@ -1264,22 +1268,77 @@ fn failed(command: String, out: &Output) -> PgError {
 // SQL: status and promotion
 // ---------------------------------------------------------------------------------------
 
+/// Bound on [`connect`]: the TCP connect, the startup and the login together.
+/// tokio-postgres's own `connect_timeout` covers the TCP connect alone, and a hung
+/// postmaster (a storage stall, SIGSTOP) still has its connections accepted by the kernel:
+/// without this bound the agent would wait for its login forever, its fencing included.
+pub const SQL_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Bound on one status statement (`pg_is_in_recovery()`, positions, `pg_stat_replication`,
+/// a setting): each reads memory on the server and answers in milliseconds when it is
+/// healthy. A server that does not answer in this time is treated as failed by the caller.
+pub const SQL_STATEMENT_TIMEOUT_MS: u64 = 5_000;
+
+/// Bound on a `CHECKPOINT`: it writes every dirty buffer, which on a large, busy server
+/// takes far longer than a status statement.
+pub const SQL_CHECKPOINT_TIMEOUT_MS: u64 = 60_000;
+
+/// Runs one SQL call under `timeout_ms`. Dropping the future on the deadline leaves the
+/// connection in an unknown state: callers drop the client with the error.
+pub async fn bounded<T>(
+    what: &'static str,
+    timeout_ms: u64,
+    call: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    let timeout = Duration::from_millis(timeout_ms);
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(PgError::SqlTimeout { what, timeout }),
+    }
+}
+
 /// Connects with tokio-postgres and drives the connection on a spawned task (it ends when
-/// the client is dropped or the server goes away). Needs a tokio runtime.
+/// the client is dropped or the server goes away). Needs a tokio runtime. Bounded by
+/// [`SQL_CONNECT_TIMEOUT_MS`], login included.
 pub async fn connect(conninfo: &Conninfo) -> Result<tokio_postgres::Client> {
-    let (client, conn) = conninfo.to_config().connect(tokio_postgres::NoTls).await?;
+    let (client, conn) = bounded(
+        "connect and login",
+        SQL_CONNECT_TIMEOUT_MS,
+        conninfo.to_config().connect(tokio_postgres::NoTls),
+    )
+    .await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     Ok(client)
 }
 
-async fn query_text(client: &Client, sql: &str) -> Result<Option<String>> {
-    let row = client.query_one(sql, &[]).await?;
+/// One row of one statement without parameters, bounded by [`SQL_STATEMENT_TIMEOUT_MS`].
+pub async fn query_one(client: &Client, sql: &'static str) -> Result<tokio_postgres::Row> {
+    bounded(sql, SQL_STATEMENT_TIMEOUT_MS, client.query_one(sql, &[])).await
+}
+
+/// Every row of one statement without parameters, bounded by [`SQL_STATEMENT_TIMEOUT_MS`].
+pub async fn query(client: &Client, sql: &'static str) -> Result<Vec<tokio_postgres::Row>> {
+    bounded(sql, SQL_STATEMENT_TIMEOUT_MS, client.query(sql, &[])).await
+}
+
+/// `CHECKPOINT`, bounded by [`SQL_CHECKPOINT_TIMEOUT_MS`].
+pub async fn checkpoint(client: &Client) -> Result<()> {
+    bounded(
+        "CHECKPOINT",
+        SQL_CHECKPOINT_TIMEOUT_MS,
+        client.batch_execute("CHECKPOINT"),
+    )
+    .await
+}
+
+async fn query_text(client: &Client, sql: &'static str) -> Result<Option<String>> {
+    let row = query_one(client, sql).await?;
     Ok(row.try_get::<_, Option<String>>(0)?)
 }
 
-async fn query_lsn(client: &Client, sql: &str) -> Result<Option<u64>> {
+async fn query_lsn(client: &Client, sql: &'static str) -> Result<Option<u64>> {
     query_text(client, sql)
         .await?
         .map(|t| parse_lsn(&t))
@@ -1289,9 +1348,7 @@ async fn query_lsn(client: &Client, sql: &str) -> Result<Option<u64>> {
 /// `SELECT timeline_id FROM pg_control_checkpoint()`: the timeline of the latest
 /// checkpoint (or restartpoint), what pg_rewind and pg_controldata see.
 pub async fn checkpoint_timeline(client: &Client) -> Result<u32> {
-    let row = client
-        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
-        .await?;
+    let row = query_one(client, "SELECT timeline_id FROM pg_control_checkpoint()").await?;
     let tli: i32 = row.try_get(0)?;
     u32::try_from(tli).map_err(|_| PgError::Parse {
         what: "timeline_id",
@@ -1307,14 +1364,14 @@ pub async fn ensure_checkpointed_timeline(server: &Conninfo) -> Result<()> {
         return Ok(());
     }
     if checkpoint_timeline(&client).await? < timeline(&client).await? {
-        client.batch_execute("CHECKPOINT").await?;
+        checkpoint(&client).await?;
     }
     Ok(())
 }
 
 /// `pg_is_in_recovery()`: true on a standby.
 pub async fn in_recovery(client: &Client) -> Result<bool> {
-    let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+    let row = query_one(client, "SELECT pg_is_in_recovery()").await?;
     Ok(row.try_get(0)?)
 }
 
@@ -1330,12 +1387,11 @@ pub async fn timeline(client: &Client) -> Result<u32> {
             .unwrap_or_default();
         return timeline_from_walfile(&name);
     }
-    let rows = client
-        .query(
-            "SELECT received_tli FROM pg_stat_wal_receiver WHERE received_tli > 0",
-            &[],
-        )
-        .await?;
+    let rows = query(
+        client,
+        "SELECT received_tli FROM pg_stat_wal_receiver WHERE received_tli > 0",
+    )
+    .await?;
     if let Some(row) = rows.first() {
         if let Some(tli) = row.try_get::<_, Option<i32>>(0)? {
             return u32::try_from(tli).map_err(|_| PgError::Parse {
@@ -1349,12 +1405,11 @@ pub async fn timeline(client: &Client) -> Result<u32> {
     // but has not had a restartpoint since), which would make it look behind on the
     // timeline it really has. The WAL segments it holds name their timeline.
     let ckpt = checkpoint_timeline(client).await?;
-    let names = client
-        .query(
-            "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'",
-            &[],
-        )
-        .await?;
+    let names = query(
+        client,
+        "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'",
+    )
+    .await?;
     let mut tli = ckpt;
     for row in names {
         let name: String = row.try_get(0)?;
@@ -1392,9 +1447,7 @@ pub async fn replay_lsn(client: &Client) -> Result<Option<u64>> {
 /// The cluster's system identifier (`pg_control_system()`); equal on a primary and all its
 /// base backups. The same number [`ControlData::system_identifier`] reads from disk.
 pub async fn system_identifier(client: &Client) -> Result<u64> {
-    let row = client
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .await?;
+    let row = query_one(client, "SELECT system_identifier FROM pg_control_system()").await?;
     let id: i64 = row.try_get(0)?;
     // PostgreSQL keeps it as uint64 and shows it as a (signed) bigint: same bits.
     Ok(id as u64)
@@ -1402,13 +1455,20 @@ pub async fn system_identifier(client: &Client) -> Result<u64> {
 
 /// `SELECT pg_promote(wait => true, wait_seconds => N)`: promotes a standby and waits until
 /// it accepts writes. Ok(false) when the promotion did not finish within `wait_seconds`.
+/// The call itself is bounded by `wait_seconds` plus [`SQL_STATEMENT_TIMEOUT_MS`].
 pub async fn promote(client: &Client, wait_seconds: i32) -> Result<bool> {
-    let row = client
-        .query_one(
+    let wait_ms = u64::try_from(wait_seconds)
+        .unwrap_or(0)
+        .saturating_mul(1000);
+    let row = bounded(
+        "pg_promote",
+        wait_ms.saturating_add(SQL_STATEMENT_TIMEOUT_MS),
+        client.query_one(
             "SELECT pg_promote(wait => true, wait_seconds => $1)",
             &[&wait_seconds],
-        )
-        .await?;
+        ),
+    )
+    .await?;
     Ok(row.try_get(0)?)
 }
 

@@ -441,8 +441,9 @@ impl Drop for CoorddEnsemble {
     }
 }
 
-/// How many lines of each member's log a failing test prints.
-const LOG_TAIL_LINES_ON_FAILURE: usize = 60;
+/// How many lines of each member's log a failing test prints (openraft's per-retry
+/// replication lines are throttled, so they no longer fill it).
+const LOG_TAIL_LINES_ON_FAILURE: usize = 150;
 
 fn unsafe_kill(pid: u32, signal: i32) {
     let _ = Command::new("kill")

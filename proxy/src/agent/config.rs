@@ -14,6 +14,8 @@ use crate::namespace::{self, Namespace};
 /// root = "/switchyard"            # namespace root in coordd
 /// session_timeout_ms = 6000       # requested coordd session timeout
 /// fence_margin_ms = 2000          # fence this long before the lease ends (default timeout/3)
+/// primary_unresponsive_ms = 15000 # the master releases `leader` (fencing first) when its
+///                                 # running PostgreSQL has not answered a status check this long
 /// synchronous = false             # cluster config for a new cluster (DESIGN.md 4.6)
 /// os_user = "postgres"            # OS user PostgreSQL runs as when the agent is root
 /// db_user = "postgres"            # database superuser the agent connects as
@@ -38,6 +40,7 @@ pub struct AgentFile {
     pub root: Option<String>,
     pub session_timeout_ms: Option<u32>,
     pub fence_margin_ms: Option<u32>,
+    pub primary_unresponsive_ms: Option<u32>,
     /// Written into the cluster's `config` record by the agent that creates it (the
     /// record, not this file, is what every agent then follows).
     pub synchronous: Option<bool>,
@@ -181,6 +184,9 @@ pub struct Settings {
     pub host: String,
     pub session_timeout_ms: u32,
     pub fence_margin_ms: Option<u32>,
+    /// The master releases `leader` (fencing its PostgreSQL first) once its PostgreSQL,
+    /// the postmaster alive, has not answered a status check for this long.
+    pub primary_unresponsive_ms: u32,
     /// `synchronous` for a `config` record this agent creates.
     pub synchronous: bool,
     pub os_user: String,
@@ -200,6 +206,13 @@ pub struct Settings {
 }
 
 pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 6_000;
+
+/// Default of [`Settings::primary_unresponsive_ms`]: long enough that a busy server's
+/// slow answers (a status check is bounded by 2 s) do not cost a failover, short enough
+/// that a hung primary does not keep writes down for long (Patroni's TTL is 30 s).
+pub const PRIMARY_UNRESPONSIVE_MS_DEFAULT: u32 = 15_000;
+/// Below this a master would release `leader` on one slow answer.
+pub const PRIMARY_UNRESPONSIVE_MS_MIN: u32 = 1_000;
 
 /// Splits `host:port,host:port` into its servers; refuses empty entries.
 pub fn parse_coord(coord: &str) -> Result<Vec<String>, String> {
@@ -257,6 +270,15 @@ impl Settings {
                 ));
             }
         }
+        let primary_unresponsive_ms = file
+            .primary_unresponsive_ms
+            .unwrap_or(PRIMARY_UNRESPONSIVE_MS_DEFAULT);
+        if primary_unresponsive_ms < PRIMARY_UNRESPONSIVE_MS_MIN {
+            return Err(format!(
+                "primary_unresponsive_ms {primary_unresponsive_ms} is below \
+                 {PRIMARY_UNRESPONSIVE_MS_MIN}"
+            ));
+        }
         if let Some(a) = &file.coord_auth {
             validate_coord_auth(a)?;
         }
@@ -282,6 +304,7 @@ impl Settings {
             host: flags.host,
             session_timeout_ms,
             fence_margin_ms: file.fence_margin_ms,
+            primary_unresponsive_ms,
             synchronous: file.synchronous.unwrap_or(false),
             os_user: file.os_user.unwrap_or_else(|| "postgres".into()),
             db_user: file.db_user.unwrap_or_else(|| "postgres".into()),
@@ -387,6 +410,7 @@ mod tests {
                 "coord_tls_ca_file = \"/nonexistent/ca.pem\"\ncoord_tls_key_file = \"k.pem\"\n",
                 "go together",
             ),
+            ("primary_unresponsive_ms = 999\n", "below 1000"),
         ] {
             std::fs::write(&p, text).unwrap();
             let e = Settings::resolve(AgentFlags {
@@ -397,6 +421,17 @@ mod tests {
             assert!(e.contains(needle), "{e:?} should contain {needle:?}");
         }
         assert!(Settings::resolve(flags()).unwrap().coord_tls.is_none());
+        assert_eq!(
+            Settings::resolve(flags()).unwrap().primary_unresponsive_ms,
+            PRIMARY_UNRESPONSIVE_MS_DEFAULT
+        );
+        std::fs::write(&p, "primary_unresponsive_ms = 1000\n").unwrap();
+        let s = Settings::resolve(AgentFlags {
+            config: Some(p.clone()),
+            ..flags()
+        })
+        .unwrap();
+        assert_eq!(s.primary_unresponsive_ms, 1000);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

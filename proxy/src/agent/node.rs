@@ -26,6 +26,24 @@ use crate::records::{
 
 /// How often the leader's watchdog checks the lease.
 pub const FENCE_CHECK: Duration = Duration::from_millis(100);
+/// How long a session that ended with an error waits for the local PostgreSQL to say it
+/// is a standby before stopping it anyway. The master's watchdog is gone by then, so the
+/// lease is unwatched while this runs: keep it short (a healthy local server answers in
+/// milliseconds; one that does not answer in this time may be a hung primary).
+const FENCE_STANDBY_CHECK_TIMEOUT_MS: u64 = 1_000;
+/// A session that lasted at least this long before it ended with an error is followed by
+/// a new one at once; shorter ones back off (an error that repeats at every start, e.g.
+/// NoAuth or a malformed record, would otherwise open and close a coordd session, two
+/// logged writes, in a tight loop on every agent).
+const SESSION_STABLE_MS: u64 = 10_000;
+/// The first wait after a session shorter than [`SESSION_STABLE_MS`]; doubled per
+/// further short session up to [`SESSION_RESTART_DELAY_MAX_MS`].
+const SESSION_RESTART_DELAY_MIN_MS: u64 = 100;
+const SESSION_RESTART_DELAY_MAX_MS: u64 = 5_000;
+/// Bound on one status check of the local PostgreSQL (connect if needed, then the role
+/// and position queries) in the publish loop: a hung server holds the loop (and its
+/// handling of `leader` events and shutdown) this long at most per tick.
+const STATUS_CHECK_TIMEOUT_MS: u64 = 2_000;
 /// Upper bound on waiting for a watch event before re-reading anyway.
 const REPOLL: Duration = Duration::from_secs(1);
 /// How long a candidate waits for its peers' member records written after the
@@ -159,10 +177,12 @@ struct Agent {
 
 impl Agent {
     async fn run(mut self) -> Result<()> {
+        let mut restart_delay = Duration::ZERO;
         loop {
             let Some((client, events)) = self.connect().await else {
                 return self.shut_down(None).await;
             };
+            let session_started = tokio::time::Instant::now();
             info!(
                 session = format!("{:#x}", client.session_id()),
                 timeout_ms = client.session_timeout_ms(),
@@ -183,6 +203,14 @@ impl Agent {
                     warn!("{e}; fencing if primary and starting over with a new session");
                     self.fence_if_primary().await;
                     let _ = client.close().await;
+                }
+            }
+            restart_delay = next_restart_delay(restart_delay, session_started.elapsed());
+            if !restart_delay.is_zero() {
+                info!(delay = ?restart_delay, "the last session was short: waiting before the next");
+                tokio::select! {
+                    _ = tokio::time::sleep(restart_delay) => {}
+                    _ = self.shutdown.changed() => {}
                 }
             }
             if *self.shutdown.borrow() {
@@ -241,16 +269,24 @@ impl Agent {
         Ok(())
     }
 
+    /// Whether the local PostgreSQL says, within [`FENCE_STANDBY_CHECK_TIMEOUT_MS`], that
+    /// it is in recovery. False for every other outcome (a primary, an error, no answer):
+    /// the callers fence on false, and a server that cannot answer may be a primary.
+    async fn certainly_standby(&self) -> bool {
+        let check = async {
+            let c = pg::connect(&self.local_conninfo()).await?;
+            pg::in_recovery(&c).await
+        };
+        let timeout = Duration::from_millis(FENCE_STANDBY_CHECK_TIMEOUT_MS);
+        matches!(tokio::time::timeout(timeout, check).await, Ok(Ok(true)))
+    }
+
     /// Stops PostgreSQL at once unless it is certainly a standby.
     async fn fence_if_primary(&self) {
         if !self.pg.postmaster_alive() {
             return;
         }
-        let standby = match pg::connect(&self.local_conninfo()).await {
-            Ok(c) => pg::in_recovery(&c).await.unwrap_or(false),
-            Err(_) => false,
-        };
-        if !standby {
+        if !self.certainly_standby().await {
             warn!("fencing: stopping PostgreSQL (immediate)");
             if let Err(e) = self.pg.stop(StopMode::Immediate).await {
                 error!("fencing stop failed: {e}");
@@ -398,6 +434,9 @@ struct Session<'a> {
     /// While following: (leader, our replay position, since when it has not moved
     /// while following that leader).
     replay_unmoved: Option<(String, Option<Lsn>, tokio::time::Instant)>,
+    /// Since when the local PostgreSQL, its postmaster alive, has not answered a status
+    /// check (the start of the first check that failed); None after an answer.
+    pg_unanswered_since: Option<tokio::time::Instant>,
 }
 
 impl<'a> Session<'a> {
@@ -422,6 +461,7 @@ impl<'a> Session<'a> {
             vacancy_seen: None,
             last_member: None,
             replay_unmoved: None,
+            pg_unanswered_since: None,
         }
     }
 
@@ -483,6 +523,21 @@ impl<'a> Session<'a> {
                              releasing it"
                                 .into(),
                         ));
+                    }
+                    if let Some(since) = self.pg_unanswered_since.filter(|_| self.epoch.is_some()) {
+                        let limit = Duration::from_millis(u64::from(self.s().primary_unresponsive_ms));
+                        if since.elapsed() >= limit {
+                            // Hung (a storage stall, a stopped process) or refusing us: it
+                            // takes no writes either, for as long as we hold `leader`. Ending
+                            // the session fences it first (an immediate stop, SIGKILL if it
+                            // does not react), then releases `leader` (Patroni fails over
+                            // too, when its primary stops answering for a TTL).
+                            return Err(AgentError::SessionEnded(format!(
+                                "PostgreSQL has not answered a status check for {:?} while this \
+                                 node holds `leader`: fencing it and releasing `leader`",
+                                since.elapsed()
+                            )));
+                        }
                     }
                     if self.epoch.is_none() && !self.a.pg.postmaster_alive() {
                         // Our standby died (or was stopped behind our back): bring it
@@ -867,15 +922,9 @@ impl<'a> Session<'a> {
     /// DESIGN.md 4.4: never start as a primary; follow the leader or compete.
     async fn fail_safe_start(&mut self) -> Result<bool> {
         let me = self.s().node.clone();
-        if self.a.pg.postmaster_alive() {
-            let standby = match pg::connect(&self.a.local_conninfo()).await {
-                Ok(c) => pg::in_recovery(&c).await.unwrap_or(false),
-                Err(_) => false,
-            };
-            if !standby {
-                warn!("PostgreSQL runs as a primary without `leader` in this session: stopping it");
-                self.a.pg.stop(StopMode::Immediate).await?;
-            }
+        if self.a.pg.postmaster_alive() && !self.a.certainly_standby().await {
+            warn!("PostgreSQL runs as a primary without `leader` in this session: stopping it");
+            self.a.pg.stop(StopMode::Immediate).await?;
         }
         loop {
             let leader = self.read_leader().await?;
@@ -1400,7 +1449,7 @@ impl<'a> Session<'a> {
         info!(to = ?to, "switchover: stopping writes (checkpoint, fast stop)");
         let started = tokio::time::Instant::now();
         if let Ok(c) = pg::connect(&self.a.local_conninfo()).await {
-            if let Err(e) = c.batch_execute("CHECKPOINT").await {
+            if let Err(e) = pg::checkpoint(&c).await {
                 warn!("switchover: CHECKPOINT failed ({e}); stopping anyway");
             }
         }
@@ -1445,17 +1494,24 @@ impl<'a> Session<'a> {
         let Some((m, _)) = self.read::<MemberRecord>(&path, false).await? else {
             return Ok(false);
         };
-        let c = pg::connect(&self.a.conninfo(&m.host, m.port)).await?;
         let deadline = tokio::time::Instant::now() + SWITCHOVER_CATCHUP_TIMEOUT;
-        loop {
-            if pg::receive_lsn(&c).await?.is_some_and(|r| r > lsn) {
-                return Ok(true);
+        // The deadline bounds the connect and every poll too: this master has stopped
+        // its server and still holds `leader`, so nobody takes writes until it is done.
+        let poll = async {
+            let c = pg::connect(&self.a.conninfo(&m.host, m.port)).await?;
+            loop {
+                if pg::receive_lsn(&c).await?.is_some_and(|r| r > lsn) {
+                    return Ok(true);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(SWITCHOVER_POLL).await;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(SWITCHOVER_POLL).await;
-        }
+        };
+        tokio::time::timeout_at(deadline, poll)
+            .await
+            .unwrap_or(Ok(false))
     }
 
     /// Synchronous mode, `leader` won, still a standby: name the standbys this master
@@ -1794,16 +1850,31 @@ impl<'a> Session<'a> {
         };
         if !self.a.pg.postmaster_alive() {
             self.pg_client = None;
+            self.pg_unanswered_since = None;
             return rec;
         }
-        if !matches!(&self.pg_client, Some(c) if !c.is_closed()) {
-            self.pg_client = pg::connect(&self.a.local_conninfo()).await.ok();
+        let started = tokio::time::Instant::now();
+        // One bound for the whole check, so a hung server costs the loop at most this.
+        let checked = tokio::time::timeout(Duration::from_millis(STATUS_CHECK_TIMEOUT_MS), async {
+            if !matches!(&self.pg_client, Some(c) if !c.is_closed()) {
+                self.pg_client = Some(pg::connect(&self.a.local_conninfo()).await?);
+            }
+            let c = self.pg_client.as_ref().expect("connected just above");
+            status_of(c).await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(PgError::SqlTimeout {
+                what: "status check",
+                timeout: Duration::from_millis(STATUS_CHECK_TIMEOUT_MS),
+            })
+        });
+        if checked.is_ok() {
+            self.pg_unanswered_since = None;
+        } else {
+            self.pg_unanswered_since.get_or_insert(started);
         }
-        let Some(c) = &self.pg_client else {
-            rec.state = MemberState::Starting;
-            return rec;
-        };
-        match status_of(c).await {
+        match checked {
             Ok((role, tli, recv, replay)) => {
                 rec.role = role;
                 rec.state = MemberState::Running;
@@ -1817,7 +1888,7 @@ impl<'a> Session<'a> {
                 };
             }
             Err(e) => {
-                debug!("status query failed: {e}");
+                debug!("status check failed: {e}");
                 self.pg_client = None;
                 rec.state = MemberState::Starting;
             }
@@ -1944,6 +2015,18 @@ fn transient(r: Result<()>) -> Result<()> {
     }
 }
 
+/// The wait before the next session, after one that ended with an error having lasted
+/// `lasted`: none after a stable session, else doubling from
+/// [`SESSION_RESTART_DELAY_MIN_MS`] up to [`SESSION_RESTART_DELAY_MAX_MS`].
+fn next_restart_delay(prev: Duration, lasted: Duration) -> Duration {
+    if lasted >= Duration::from_millis(SESSION_STABLE_MS) {
+        return Duration::ZERO;
+    }
+    let min = Duration::from_millis(SESSION_RESTART_DELAY_MIN_MS);
+    let max = Duration::from_millis(SESSION_RESTART_DELAY_MAX_MS);
+    prev.saturating_mul(2).clamp(min, max)
+}
+
 /// Waits (up to [`SYNC_APPLY_TIMEOUT`]) until `want` is in effect: this backend shows
 /// it, and every WAL sender's `sync_state` agrees (a standby named is not `async`, any
 /// other is). A WAL sender applies a reload on its own schedule; once it shows `async`
@@ -1952,10 +2035,8 @@ async fn wait_sync_applied(c: &tokio_postgres::Client, want: &SyncStandbys) -> R
     let text = want.to_conf_value();
     let deadline = tokio::time::Instant::now() + SYNC_APPLY_TIMEOUT;
     loop {
-        let shown: String = c
-            .query_one("SHOW synchronous_standby_names", &[])
-            .await
-            .map_err(PgError::from)?
+        let shown: String = pg::query_one(c, "SHOW synchronous_standby_names")
+            .await?
             .try_get(0)
             .map_err(PgError::from)?;
         if shown == text {
@@ -1999,11 +2080,35 @@ async fn status_of(
         let replay = pg::replay_lsn(c).await?.map(Lsn);
         Ok((Role::Replica, tli, recv, replay))
     } else {
-        let row = c
-            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
-            .await?;
+        let row = pg::query_one(c, "SELECT pg_current_wal_flush_lsn()::text").await?;
         let text: Option<String> = row.try_get(0)?;
         let lsn = text.map(|t| pg::parse_lsn(&t)).transpose()?.map(Lsn);
         Ok((Role::Primary, tli, lsn, lsn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_sessions_back_off_and_a_stable_one_resets() {
+        let ms = Duration::from_millis;
+        let short = ms(SESSION_STABLE_MS - 1);
+        let stable = ms(SESSION_STABLE_MS);
+        let mut d = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            d = next_restart_delay(d, short);
+            seen.push(d.as_millis());
+        }
+        assert_eq!(seen, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(next_restart_delay(d, stable), Duration::ZERO);
+        assert_eq!(next_restart_delay(Duration::ZERO, stable), Duration::ZERO);
+        // Never beyond the bound, whatever came before.
+        assert_eq!(
+            next_restart_delay(Duration::MAX, short),
+            ms(SESSION_RESTART_DELAY_MAX_MS)
+        );
     }
 }

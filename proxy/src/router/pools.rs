@@ -1,6 +1,9 @@
-//! One deadpool-postgres pool per endpoint, made on first use; pools of endpoints
-//! that left the topology are closed (idle connections dropped at once, checked-out
-//! ones closed when returned).
+//! One deadpool-postgres pool per endpoint, made on first use. Pools of endpoints that
+//! left the topology drain: idle connections are dropped at once, checked-out ones
+//! closed when returned. The old master's pool after a leader change is closed at once
+//! (DESIGN.md 5): every connection to it, checked-out ones included, ends now, so a
+//! query waiting on a machine that went silent fails at once instead of when TCP gives
+//! up (minutes), and the caller retries on the new master.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +14,7 @@ use deadpool_postgres::{
     Timeouts,
 };
 use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
 
 use crate::topology::Endpoint;
 
@@ -40,6 +44,49 @@ pub(crate) struct EndpointPool {
     pool: Pool,
     pub(crate) metrics: Arc<EndpointMetrics>,
     at_hand: Mutex<AtHand>,
+    /// Cancelled by [`EndpointPool::close_now`]: every connection task of this pool ends.
+    connections_end: CancellationToken,
+}
+
+/// deadpool's connect, with each connection's task bound to its pool's
+/// `connections_end`. Ending the task drops the socket; the connection's `Client`
+/// then fails every request in flight and every later one with "connection closed".
+struct ClosableConnect {
+    connections_end: CancellationToken,
+}
+
+impl deadpool_postgres::Connect for ClosableConnect {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+                        tokio_postgres::Error,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        let pg_config = pg_config.clone();
+        let end = self.connections_end.clone();
+        Box::pin(async move {
+            let (client, connection) = pg_config.connect(NoTls).await?;
+            let task = tokio::spawn(async move {
+                tokio::select! {
+                    res = connection => {
+                        if let Err(e) = res {
+                            tracing::debug!("connection to PostgreSQL ended: {e}");
+                        }
+                    }
+                    _ = end.cancelled() => {}
+                }
+            });
+            Ok((client, task))
+        })
+    }
 }
 
 #[derive(Default)]
@@ -131,7 +178,25 @@ impl EndpointPool {
         let at_hand = self.lock_at_hand().conn.take();
         drop(at_hand);
     }
+
+    /// Closes the pool and ends every one of its connections now, checked-out ones too.
+    fn close_now(&self) {
+        self.close();
+        self.connections_end.cancel();
+    }
 }
+
+/// TCP keepalive on every pooled connection (DESIGN.md 5: a dead machine does not refuse,
+/// it goes silent). A dead peer of an idle connection is noticed after
+/// `KEEPALIVE_IDLE_MS + KEEPALIVE_INTERVAL_MS * KEEPALIVE_RETRIES` (16 s); Linux's
+/// defaults would take over two hours.
+const KEEPALIVE_IDLE_MS: u64 = 10_000;
+const KEEPALIVE_INTERVAL_MS: u64 = 2_000;
+const KEEPALIVE_RETRIES: u32 = 3;
+/// TCP_USER_TIMEOUT: data sent and not acknowledged for this long closes the connection
+/// (a query sent to a machine that died; Linux's retransmissions would take ~15 min).
+/// Equal to the keepalive's detection time, which it also caps on Linux.
+const TCP_USER_TIMEOUT_MS: u64 = 16_000;
 
 fn pg_config(cfg: &RouterConfig, ep: &Endpoint) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
@@ -141,9 +206,11 @@ fn pg_config(cfg: &RouterConfig, ep: &Endpoint) -> tokio_postgres::Config {
         .dbname(&cfg.pg_dbname)
         .application_name(&cfg.application_name)
         .connect_timeout(Duration::from_millis(cfg.pg_connect_timeout_ms.into()))
-        // A dead machine goes silent; keepalive notices it (DESIGN.md 5).
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10));
+        .keepalives_idle(Duration::from_millis(KEEPALIVE_IDLE_MS))
+        .keepalives_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(Duration::from_millis(TCP_USER_TIMEOUT_MS));
     if let Some(p) = &cfg.pg_password {
         c.password(p);
     }
@@ -162,9 +229,12 @@ impl Pools {
         if let Some(p) = map.get(ep) {
             return Arc::clone(p);
         }
-        let manager = Manager::from_config(
+        let connections_end = CancellationToken::new();
+        let manager = Manager::from_connect(
             pg_config(cfg, ep),
-            NoTls,
+            ClosableConnect {
+                connections_end: connections_end.clone(),
+            },
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -187,6 +257,7 @@ impl Pools {
             pool,
             metrics: Arc::new(metrics.endpoint(ep)),
             at_hand: Mutex::new(AtHand::default()),
+            connections_end,
         });
         map.insert(ep.clone(), Arc::clone(&p));
         p
@@ -210,9 +281,10 @@ impl Pools {
         });
     }
 
-    /// Closes and forgets the pool of `ep` (e.g. the old master after a leader
-    /// change), if there is one. A later checkout makes a new pool.
-    pub(crate) fn close(&self, ep: &Endpoint, why: &str) {
+    /// Closes and forgets the pool of `ep` (the old master after a leader change), if
+    /// there is one, ending every connection to it now, checked-out ones included. A
+    /// later checkout makes a new pool.
+    pub(crate) fn close_now(&self, ep: &Endpoint, why: &str) {
         let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pool) = map.remove(ep) {
             tracing::info!(
@@ -220,9 +292,9 @@ impl Pools {
                 host = ep.host,
                 port = ep.port,
                 why,
-                "pool closed"
+                "pool closed, its connections ended"
             );
-            pool.close();
+            pool.close_now();
         }
     }
 

@@ -391,7 +391,7 @@ impl Watcher {
                 .leader()
                 .is_some_and(|l| l.epoch == old.epoch && l.endpoint == old.endpoint);
             if !same {
-                self.shared.pools.close(&old.endpoint, "leader changed");
+                self.shared.pools.close_now(&old.endpoint, "leader changed");
             }
         }
         self.shared.pools.retain(&keep);
