@@ -30,7 +30,8 @@ use super::core::{ConnHandle, ConnStats, CoreMsg, Metrics, Outbound};
 use super::fourlw;
 use crate::config::Config;
 
-/// How long a new connection may take to send its handshake.
+/// How long a new connection may take to send its handshake (or to take a four-letter
+/// word's answer).
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Most bytes the writer gathers into one write.
 const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
@@ -86,8 +87,13 @@ pub async fn serve_split<R, W>(
     let word = [buf[0], buf[1], buf[2], buf[3]];
     if let Some(cmd) = fourlw::Command::parse(&word) {
         let text = fourlw::answer(cmd, &ctx).await;
-        let _ = wr.write_all(text.as_bytes()).await;
-        let _ = wr.shutdown().await;
+        // Bounded like the handshake: a client that asks (`cons` can be long) and never
+        // reads would otherwise hold its connection slot for ever.
+        let _ = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), async {
+            wr.write_all(text.as_bytes()).await?;
+            wr.shutdown().await
+        })
+        .await;
         return;
     }
 

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
@@ -270,6 +271,31 @@ fn closing(shared: &Shared, peer: SocketAddr, from: Option<MemberId>, e: &WireEr
     }
 }
 
+/// TCP keepalive on accepted peer connections. The accepting side never writes
+/// unprompted, so when the connecting member's machine dies (or a partition outlives the
+/// sender's socket) the connection would stay half-open for ever: one of
+/// `peer_connections_max` permits lost each time, and `peer_link_lost` never called.
+/// Keepalive finds such a peer dead after idle + interval x retries (16 s).
+const PEER_KEEPALIVE_IDLE_MS: u64 = 10_000;
+const PEER_KEEPALIVE_INTERVAL_MS: u64 = 2_000;
+const PEER_KEEPALIVE_RETRIES: u32 = 3;
+/// TCP_USER_TIMEOUT: a response sent and not acknowledged this long closes the
+/// connection (Linux would retransmit for ~15 min). Equal to keepalive's detection time,
+/// which it also caps on Linux.
+const PEER_TCP_USER_TIMEOUT_MS: u64 = 16_000;
+
+/// Sets [`PEER_KEEPALIVE_IDLE_MS`] and the rest on `tcp`.
+fn set_peer_keepalive(tcp: &TcpStream) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_millis(PEER_KEEPALIVE_IDLE_MS))
+            .with_interval(Duration::from_millis(PEER_KEEPALIVE_INTERVAL_MS))
+            .with_retries(PEER_KEEPALIVE_RETRIES),
+    )?;
+    sock.set_tcp_user_timeout(Some(Duration::from_millis(PEER_TCP_USER_TIMEOUT_MS)))
+}
+
 async fn serve_conn(
     shared: Arc<Shared>,
     tcp: TcpStream,
@@ -279,6 +305,9 @@ async fn serve_conn(
 ) {
     let _open = OpenGuard(&shared.counters);
     let _ = tcp.set_nodelay(true);
+    if let Err(e) = set_peer_keepalive(&tcp) {
+        tracing::warn!(id = shared.member.id(), %peer, error = %e, "cannot set TCP keepalive on a peer connection; a dead peer's connection may linger");
+    }
     let me = shared.member.id();
     let mut stream: PeerStream = match &shared.tls {
         None => Box::new(tcp),
@@ -585,5 +614,38 @@ async fn serve_snapshot(
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_accepted_peer_connection_gets_keepalive_and_a_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (tcp, _) = accepted.unwrap();
+        let sock = socket2::SockRef::from(&tcp);
+        assert!(!sock.keepalive().unwrap(), "off by default");
+        set_peer_keepalive(&tcp).unwrap();
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(
+            sock.tcp_keepalive_time().unwrap(),
+            Duration::from_millis(PEER_KEEPALIVE_IDLE_MS)
+        );
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_millis(PEER_KEEPALIVE_INTERVAL_MS)
+        );
+        assert_eq!(
+            sock.tcp_keepalive_retries().unwrap(),
+            PEER_KEEPALIVE_RETRIES
+        );
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(PEER_TCP_USER_TIMEOUT_MS))
+        );
     }
 }
