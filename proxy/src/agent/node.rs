@@ -44,6 +44,19 @@ const SESSION_RESTART_DELAY_MAX_MS: u64 = 5_000;
 /// and position queries) in the publish loop: a hung server holds the loop (and its
 /// handling of `leader` events and shutdown) this long at most per tick.
 const STATUS_CHECK_TIMEOUT_MS: u64 = 2_000;
+/// Backoff between attempts to open a coordd session: from the first to the last.
+const COORD_CONNECT_DELAY_MIN_MS: u64 = 100;
+const COORD_CONNECT_DELAY_MAX_MS: u64 = 5_000;
+/// Floor of a coordd request's timeout: the session timeout, but never below this (a
+/// short session on a loaded ensemble would otherwise time out healthy requests).
+const COORD_REQUEST_TIMEOUT_MS_MIN: u32 = 2_000;
+/// TCP connect timeout of the agent's SQL connections (the whole connect and login is
+/// bounded by `pg::SQL_CONNECT_TIMEOUT_MS`).
+const PG_TCP_CONNECT_TIMEOUT_S: u32 = 5;
+/// Bound on one PostgreSQL command (`pg_ctl`, `pg_rewind`, ...) but copies.
+const PG_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Poll interval while a candidate waits (up to `FRESH_WAIT`) for fresh member records.
+const FRESH_POLL: Duration = Duration::from_millis(25);
 /// Upper bound on waiting for a watch event before re-reading anyway.
 const REPOLL: Duration = Duration::from_secs(1);
 /// How long a candidate waits for its peers' member records written after the
@@ -120,7 +133,7 @@ pub async fn run_agent(settings: Settings) -> Result<()> {
         .map_err(|e| AgentError::Fatal(format!("PostgreSQL binaries: {e}")))?;
     let opts = pg::PgOptions {
         os_user: settings.os_user.clone(),
-        command_timeout: Duration::from_secs(60),
+        command_timeout: PG_COMMAND_TIMEOUT,
         ..pg::PgOptions::default()
     };
     let server = PgServer::new(bins, &settings.pg_data, opts)
@@ -227,11 +240,13 @@ impl Agent {
 
     /// Connects with backoff until it works or we are told to stop.
     async fn connect(&mut self) -> Option<(Client, Events)> {
-        let mut delay = Duration::from_millis(100);
+        let mut delay = Duration::from_millis(COORD_CONNECT_DELAY_MIN_MS);
         loop {
             let mut cfg = ClientConfig::new(self.s.coord.clone())
                 .with_session_timeout_ms(self.s.session_timeout_ms)
-                .with_request_timeout_ms(self.s.session_timeout_ms.max(2_000))
+                .with_request_timeout_ms(
+                    self.s.session_timeout_ms.max(COORD_REQUEST_TIMEOUT_MS_MIN),
+                )
                 .with_auth("digest", self.process_credentials().as_bytes());
             if let Some(auth) = &self.s.coord_auth {
                 cfg = cfg.with_auth("digest", auth.as_bytes());
@@ -253,7 +268,7 @@ impl Agent {
             if *self.shutdown.borrow() {
                 return None;
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            delay = (delay * 2).min(Duration::from_millis(COORD_CONNECT_DELAY_MAX_MS));
         }
     }
 
@@ -298,7 +313,7 @@ impl Agent {
         let mut c = Conninfo::new(host, port)
             .user(self.s.db_user.clone())
             .application_name(self.s.node.clone())
-            .connect_timeout_s(5);
+            .connect_timeout_s(PG_TCP_CONNECT_TIMEOUT_S);
         if let Some(p) = &self.s.db_password {
             c = c.password(p.clone());
         }
@@ -1160,7 +1175,7 @@ impl<'a> Session<'a> {
             if stale.is_empty() || tokio::time::Instant::now() >= give_up {
                 break (peers, stale);
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(FRESH_POLL).await;
         };
         let sync = if self.config.synchronous {
             match self.read::<SyncRecord>(&ns.sync(), false).await {

@@ -45,7 +45,8 @@ pub async fn read_status(
     tls: Option<coordd_client::TlsConfig>,
     ns: &Namespace,
 ) -> Result<ClusterStatus, StatusError> {
-    let mut cfg = ClientConfig::new(coord).with_session_timeout_ms(6_000);
+    let mut cfg =
+        ClientConfig::new(coord).with_session_timeout_ms(super::config::SESSION_TIMEOUT_MS_DEFAULT);
     if let Some(tls) = tls {
         cfg = cfg.with_tls(tls);
     }

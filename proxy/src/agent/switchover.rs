@@ -68,7 +68,8 @@ pub async fn switchover(
     to: &str,
     wait: Duration,
 ) -> Result<SwitchoverDone, SwitchoverError> {
-    let mut cfg = ClientConfig::new(coord).with_session_timeout_ms(6_000);
+    let mut cfg =
+        ClientConfig::new(coord).with_session_timeout_ms(super::config::SESSION_TIMEOUT_MS_DEFAULT);
     if let Some(tls) = tls {
         cfg = cfg.with_tls(tls);
     }

@@ -27,6 +27,10 @@ use crate::config::Config;
 use crate::state::{Entry, StateConfig, StateMachine};
 use crate::storage::{LogWriter, LogWriterConfig, StorageConfig, Wal};
 
+/// Pause after a failed accept (out of file descriptors and the like) before the next:
+/// the error would otherwise repeat in a busy loop.
+const ACCEPT_ERROR_PAUSE_MS: u64 = 10;
+
 /// Capacity of the channel from connections to the core; a full channel makes
 /// connection readers wait, which is backpressure to the clients.
 pub const CORE_QUEUE_MESSAGES_MAX: usize = 65_536;
@@ -543,7 +547,7 @@ async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly, keep serving.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
                 continue;
             }
         };
