@@ -39,6 +39,26 @@ use crate::state::{
 };
 use crate::storage::{Durable, LogWriter};
 
+/// Identities one session may hold at most on a member: the ip identity of its
+/// connection, and what its addAuth calls added (a digest identity each, and `super` for
+/// the superuser's credentials). ZooKeeper keeps every identity a connection adds,
+/// without a limit; clients add one or two (an application's user, at times the
+/// superuser). The list is copied into every write entry of the session (its ACL checks
+/// at apply) and walked by every ACL check, so an unbounded one let a single client make
+/// each of its writes, and the log, as large as it liked. 32 leaves room for clients that
+/// add a few users; an addAuth that would pass it is refused as ZooKeeper refuses a failed
+/// one (AuthFailed, connection closed) and adds nothing.
+pub const AUTH_IDS_PER_SESSION_MAX: usize = 32;
+/// Bytes of one addAuth credential at most (for the digest scheme, `user:password`,
+/// whose user part becomes the identity). ZooKeeper bounds it by its frame limit only;
+/// real credentials are tens of bytes, and 1 KiB keeps a session's identities (at most
+/// `AUTH_IDS_PER_SESSION_MAX` of them) near 34 KiB. Past it: AuthFailed, connection
+/// closed.
+pub const AUTH_CREDENTIAL_BYTES_MAX: usize = 1024;
+/// Characters of a refused addAuth's scheme (chosen by the client, up to a frame) that
+/// go into the log line.
+const AUTH_SCHEME_LOGGED_CHARS_MAX: usize = 64;
+
 /// A frame, or the order to close after the frames before it.
 #[derive(Debug)]
 pub enum Outbound {
@@ -1643,6 +1663,17 @@ impl Core {
         auth: coordd_proto::AuthPacket,
     ) {
         let zxid = self.state.last_zxid();
+        if auth.auth.len() > AUTH_CREDENTIAL_BYTES_MAX {
+            self.auth_refused_at_limit(
+                session_id,
+                conn_id,
+                xid,
+                "AUTH_CREDENTIAL_BYTES_MAX",
+                auth.auth.len(),
+                AUTH_CREDENTIAL_BYTES_MAX,
+            );
+            return;
+        }
         let ids: Option<Vec<Id>> = match auth.scheme.as_str() {
             "digest" => match std::str::from_utf8(&auth.auth) {
                 Ok(cred) if cred.contains(':') => {
@@ -1668,26 +1699,72 @@ impl Core {
         };
         match ids {
             Some(ids) => {
-                let mut auth = self
+                let mut held = self
                     .sessions
                     .get(&session_id)
                     .map(|s| s.auth.clone())
                     .unwrap_or_default();
                 for id in ids {
-                    if !auth.contains(&id) {
-                        auth.push(id);
+                    if !held.contains(&id) {
+                        held.push(id);
                     }
                 }
-                self.set_auth(session_id, auth);
+                if held.len() > AUTH_IDS_PER_SESSION_MAX {
+                    // The session keeps the identities it had; only this connection ends.
+                    self.auth_refused_at_limit(
+                        session_id,
+                        conn_id,
+                        xid,
+                        "AUTH_IDS_PER_SESSION_MAX",
+                        held.len(),
+                        AUTH_IDS_PER_SESSION_MAX,
+                    );
+                    return;
+                }
+                self.set_auth(session_id, held);
                 self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, None);
             }
             None => {
-                // ZooKeeper answers AuthFailed and closes the connection.
-                tracing::info!(conn_id, scheme = %auth.scheme, "authentication failed");
+                // ZooKeeper answers AuthFailed and closes the connection. The scheme is
+                // the client's (up to a frame): only its start goes into the log line.
+                let scheme: String = auth
+                    .scheme
+                    .chars()
+                    .take(AUTH_SCHEME_LOGGED_CHARS_MAX)
+                    .collect();
+                tracing::info!(conn_id, %scheme, "authentication failed");
                 self.send_reply(conn_id, xid, zxid, ErrorCode::AuthFailed, None);
                 self.close_conn_after_queued(conn_id);
             }
         }
+    }
+
+    /// An addAuth past one of its bounds (`limit`, the constant's name): answered as
+    /// ZooKeeper answers a failed authentication, AuthFailed, then the connection closes
+    /// after the frames before it (its Java client then stops in AUTH_FAILED); nothing
+    /// is added to the session's identities.
+    fn auth_refused_at_limit(
+        &mut self,
+        session_id: SessionId,
+        conn_id: u64,
+        xid: i32,
+        limit: &'static str,
+        value: usize,
+        max: usize,
+    ) {
+        self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+        let peer = self.conns.get(&conn_id).map(|c| c.peer.to_string());
+        tracing::warn!(
+            session_id = %format_args!("0x{session_id:x}"),
+            peer = %peer.as_deref().unwrap_or("-"),
+            limit,
+            value,
+            max,
+            "addAuth refused at a limit: AuthFailed, connection closed, no identity added"
+        );
+        let zxid = self.state.last_zxid();
+        self.send_reply(conn_id, xid, zxid, ErrorCode::AuthFailed, None);
+        self.close_conn_after_queued(conn_id);
     }
 
     /// Logs `txn`; its tag (see [`Queued::Write`]), or None when the log queue refused it.
