@@ -702,6 +702,25 @@ impl Config {
                 });
             }
         }
+        if config.ensemble.is_some() {
+            // A write of a whole frame is one txn, logged in one Raft entry: a frame limit
+            // past what one entry may carry would let clients send writes that can never
+            // be logged (refused as too large, with every other batch of their entry).
+            // The member's Raft settings keep coordd-raft's default payload limit.
+            let payload_max_bytes = coordd_raft::Config::default().payload_max_bytes;
+            let frame_max = crate::server::replicated::ensemble_frame_bytes_max(payload_max_bytes);
+            if config.frame_bytes_max > frame_max {
+                return Err(ConfigError::Invalid(format!(
+                    "frame_bytes_max ({}) is too large for an ensemble member: one write must \
+                     fit one Raft entry, so frames (and node_data_bytes_max, at most the frame) \
+                     are at most {frame_max} bytes (payload_max_bytes {payload_max_bytes} less \
+                     WRITE_OVERHEAD_BYTES_MAX {} for the entry's framing and the session's \
+                     identities)",
+                    config.frame_bytes_max,
+                    crate::server::replicated::WRITE_OVERHEAD_BYTES_MAX
+                )));
+            }
+        }
         if config.peer_tls.is_some() && config.ensemble.is_none() {
             return Err(ConfigError::Invalid(
                 "peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file need ensemble and id"
@@ -1045,5 +1064,38 @@ mod tests {
             (c.watches_per_session_max, c.node_data_bytes_max),
             (7, 1000)
         );
+    }
+
+    /// In an ensemble one write is one txn in one Raft entry: a frame limit whose writes
+    /// could not fit a Raft payload is refused at start, not found out by the clients.
+    #[test]
+    fn an_ensemble_refuses_a_frame_limit_past_one_raft_payload() {
+        let payload_max_bytes = coordd_raft::Config::default().payload_max_bytes;
+        let frame_max = crate::server::replicated::ensemble_frame_bytes_max(payload_max_bytes);
+        assert!(frame_max >= coordd_proto::FRAME_BYTES_MAX_DEFAULT);
+        let member = |frame: usize, data: Option<usize>| Flags {
+            id: Some(1),
+            ensemble: Some("1=127.0.0.1:2888".into()),
+            frame_bytes_max: Some(frame),
+            node_data_bytes_max: data,
+            ..Default::default()
+        };
+        let c = Config::resolve(member(frame_max, Some(frame_max)), FileConfig::default());
+        assert_eq!(c.unwrap().node_data_bytes_max, frame_max);
+        for data in [None, Some(1 << 20)] {
+            let err = Config::resolve(member(frame_max + 1, data), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("frame_bytes_max") && err.contains(&frame_max.to_string()),
+                "{err}"
+            );
+        }
+        // Standalone there is no Raft payload: a larger frame stays allowed.
+        let flags = Flags {
+            frame_bytes_max: Some(16 << 20),
+            ..Default::default()
+        };
+        assert!(Config::resolve(flags, FileConfig::default()).is_ok());
     }
 }
