@@ -1,8 +1,9 @@
 //! coordd's configuration: command-line flags, an optional TOML file, defaults.
 //! A flag given on the command line wins over the file; the file wins over defaults.
 //!
-//! Invariant: a `Config` that `resolve` returned is valid (timeouts ordered, limits
-//! non-zero); the server never re-checks it.
+//! Invariant: a `Config` that `resolve` returned is valid (timeouts ordered and within
+//! the protocol's 32-bit field, limits non-zero and within their named ceilings); the
+//! server never re-checks it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -432,6 +433,33 @@ pub const WATCHES_PER_SESSION_MAX_DEFAULT: usize = 100_000;
 /// ZooKeeper client accepts in a reply by default.
 pub const NODE_DATA_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 pub const TICK_TIME_MS_DEFAULT: u32 = 2000;
+/// The most a session timeout (`min_session_timeout_ms`, `max_session_timeout_ms`) may
+/// be, ~24.8 days: the protocol carries the negotiated timeout as a signed 32-bit int
+/// (ConnectResponse's timeOut), so a larger one reached clients as a negative number.
+pub const SESSION_TIMEOUT_MS_MAX: u32 = i32::MAX as u32;
+/// The most `tick_time_ms` may be, ~29.8 hours: the default max session timeout is 20
+/// ticks and must stay within `SESSION_TIMEOUT_MS_MAX` (ZooKeeper's usual tick is 2 s).
+pub const TICK_TIME_MS_MAX: u32 = SESSION_TIMEOUT_MS_MAX / 20;
+/// The most `connections_max` and `connections_per_ip_max` may be: every connection holds
+/// a file descriptor, and Linux caps a process's descriptors at `fs.nr_open` (2^20 by
+/// default), so more could never be open. Far below the limit of tokio's `Semaphore`
+/// (usize::MAX >> 3), whose constructor panics past it.
+pub const CONNECTIONS_MAX_CEILING: usize = 1 << 20;
+/// The most `outstanding_requests_max` may be: 1000 times its default (ZooKeeper's
+/// globalOutstandingLimit is 1000 too); a request in the core is memory and a reply owed,
+/// and the connection's reader counts permits in u32 (tokio's `acquire_many`), which a
+/// larger value would overflow (it truncated, and the reader spun).
+pub const OUTSTANDING_REQUESTS_MAX_CEILING: usize = 1 << 20;
+// Both ceilings fit what they feed: tokio's `Semaphore::MAX_PERMITS` and the reader's u32.
+const _: () = assert!(
+    CONNECTIONS_MAX_CEILING <= usize::MAX >> 3
+        && OUTSTANDING_REQUESTS_MAX_CEILING <= usize::MAX >> 3
+        && OUTSTANDING_REQUESTS_MAX_CEILING < u32::MAX as usize
+);
+/// The most `worker_threads` may be: tokio starts every worker at once, each with its own
+/// stack; threads beyond the CPUs only add switches, and 1024 is more CPUs than any
+/// machine coordd targets has.
+pub const WORKER_THREADS_MAX: usize = 1024;
 /// Default for `worker_threads`: one per CPU (tokio's default; measured on the 2-core
 /// benchmark machine: 2 workers served ~30% more reads/s at 64 sessions than 1).
 pub fn worker_threads_default() -> usize {
@@ -473,6 +501,13 @@ impl Config {
         if tick_time_ms == 0 {
             return Err(ConfigError::Invalid("tick_time_ms must be > 0".into()));
         }
+        if tick_time_ms > TICK_TIME_MS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "tick_time_ms ({tick_time_ms}) must be at most {TICK_TIME_MS_MAX} \
+                 (TICK_TIME_MS_MAX: 20 ticks, the default max_session_timeout_ms, must fit \
+                 the protocol's 32-bit timeout)"
+            )));
+        }
         let min_session_timeout_ms = flags
             .min_session_timeout_ms
             .or(file.min_session_timeout_ms)
@@ -481,6 +516,17 @@ impl Config {
             .max_session_timeout_ms
             .or(file.max_session_timeout_ms)
             .unwrap_or(tick_time_ms.saturating_mul(20));
+        for (name, v) in [
+            ("min_session_timeout_ms", min_session_timeout_ms),
+            ("max_session_timeout_ms", max_session_timeout_ms),
+        ] {
+            if v > SESSION_TIMEOUT_MS_MAX {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} ({v}) must be at most {SESSION_TIMEOUT_MS_MAX} \
+                     (SESSION_TIMEOUT_MS_MAX: clients receive it as a signed 32-bit int)"
+                )));
+            }
+        }
         if min_session_timeout_ms > max_session_timeout_ms {
             return Err(ConfigError::Invalid(format!(
                 "min_session_timeout_ms ({min_session_timeout_ms}) > max_session_timeout_ms ({max_session_timeout_ms})"
@@ -491,6 +537,16 @@ impl Config {
                 Err(ConfigError::Invalid(format!("{name} must be > 0")))
             } else {
                 Ok(v)
+            }
+        };
+        // Positive and at most `max` (named by `limit`, the constant).
+        let within = |name: &str, v: usize, limit: &str, max: usize| {
+            if v > max {
+                Err(ConfigError::Invalid(format!(
+                    "{name} ({v}) must be at most {max} ({limit})"
+                )))
+            } else {
+                positive(name, v)
             }
         };
         let config = Config {
@@ -512,26 +568,32 @@ impl Config {
                     .or(file.frame_bytes_max)
                     .unwrap_or(coordd_proto::FRAME_BYTES_MAX_DEFAULT),
             )?,
-            connections_max: positive(
+            connections_max: within(
                 "connections_max",
                 flags
                     .connections_max
                     .or(file.connections_max)
                     .unwrap_or(10_000),
+                "CONNECTIONS_MAX_CEILING",
+                CONNECTIONS_MAX_CEILING,
             )?,
-            connections_per_ip_max: positive(
+            connections_per_ip_max: within(
                 "connections_per_ip_max",
                 flags
                     .connections_per_ip_max
                     .or(file.connections_per_ip_max)
                     .unwrap_or(60),
+                "CONNECTIONS_MAX_CEILING",
+                CONNECTIONS_MAX_CEILING,
             )?,
-            outstanding_requests_max: positive(
+            outstanding_requests_max: within(
                 "outstanding_requests_max",
                 flags
                     .outstanding_requests_max
                     .or(file.outstanding_requests_max)
                     .unwrap_or(1000),
+                "OUTSTANDING_REQUESTS_MAX_CEILING",
+                OUTSTANDING_REQUESTS_MAX_CEILING,
             )?,
             outstanding_bytes_max: positive(
                 "outstanding_bytes_max",
@@ -569,12 +631,15 @@ impl Config {
             ttl_enabled: flags.ttl_enabled || file.ttl_enabled.unwrap_or(false),
             superuser_digest: flags.superuser_digest.or(file.superuser_digest),
             server_id: flags.server_id.or(file.server_id).unwrap_or(1),
-            worker_threads: positive(
+            worker_threads: within(
                 "worker_threads",
                 flags
                     .worker_threads
                     .or(file.worker_threads)
-                    .unwrap_or_else(worker_threads_default),
+                    // A machine with more CPUs than the bound gets the bound.
+                    .unwrap_or_else(|| worker_threads_default().min(WORKER_THREADS_MAX)),
+                "WORKER_THREADS_MAX",
+                WORKER_THREADS_MAX,
             )?,
             inline_commit: flags
                 .inline_commit
@@ -702,6 +767,25 @@ impl Config {
                 });
             }
         }
+        if config.ensemble.is_some() {
+            // A write of a whole frame is one txn, logged in one Raft entry: a frame limit
+            // past what one entry may carry would let clients send writes that can never
+            // be logged (refused as too large, with every other batch of their entry).
+            // The member's Raft settings keep coordd-raft's default payload limit.
+            let payload_max_bytes = coordd_raft::Config::default().payload_max_bytes;
+            let frame_max = crate::server::replicated::ensemble_frame_bytes_max(payload_max_bytes);
+            if config.frame_bytes_max > frame_max {
+                return Err(ConfigError::Invalid(format!(
+                    "frame_bytes_max ({}) is too large for an ensemble member: one write must \
+                     fit one Raft entry, so frames (and node_data_bytes_max, at most the frame) \
+                     are at most {frame_max} bytes (payload_max_bytes {payload_max_bytes} less \
+                     WRITE_OVERHEAD_BYTES_MAX {} for the entry's framing and the session's \
+                     identities)",
+                    config.frame_bytes_max,
+                    crate::server::replicated::WRITE_OVERHEAD_BYTES_MAX
+                )));
+            }
+        }
         if config.peer_tls.is_some() && config.ensemble.is_none() {
             return Err(ConfigError::Invalid(
                 "peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file need ensemble and id"
@@ -724,7 +808,10 @@ impl Config {
     /// ZooKeeper's negotiation: the client's wish clamped to [min, max].
     pub fn negotiate_session_timeout_ms(&self, requested_ms: i32) -> i32 {
         let requested = requested_ms.max(0) as u32;
-        requested.clamp(self.min_session_timeout_ms, self.max_session_timeout_ms) as i32
+        let negotiated = requested.clamp(self.min_session_timeout_ms, self.max_session_timeout_ms);
+        // Both bounds are at most `SESSION_TIMEOUT_MS_MAX` (i32::MAX), so this never
+        // saturates; were they not, the longest timeout beats a negative one.
+        i32::try_from(negotiated).unwrap_or(i32::MAX)
     }
 }
 
@@ -1045,5 +1132,151 @@ mod tests {
             (c.watches_per_session_max, c.node_data_bytes_max),
             (7, 1000)
         );
+    }
+
+    /// In an ensemble one write is one txn in one Raft entry: a frame limit whose writes
+    /// could not fit a Raft payload is refused at start, not found out by the clients.
+    #[test]
+    fn an_ensemble_refuses_a_frame_limit_past_one_raft_payload() {
+        let payload_max_bytes = coordd_raft::Config::default().payload_max_bytes;
+        let frame_max = crate::server::replicated::ensemble_frame_bytes_max(payload_max_bytes);
+        assert!(frame_max >= coordd_proto::FRAME_BYTES_MAX_DEFAULT);
+        let member = |frame: usize, data: Option<usize>| Flags {
+            id: Some(1),
+            ensemble: Some("1=127.0.0.1:2888".into()),
+            frame_bytes_max: Some(frame),
+            node_data_bytes_max: data,
+            ..Default::default()
+        };
+        let c = Config::resolve(member(frame_max, Some(frame_max)), FileConfig::default());
+        assert_eq!(c.unwrap().node_data_bytes_max, frame_max);
+        for data in [None, Some(1 << 20)] {
+            let err = Config::resolve(member(frame_max + 1, data), FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("frame_bytes_max") && err.contains(&frame_max.to_string()),
+                "{err}"
+            );
+        }
+        // Standalone there is no Raft payload: a larger frame stays allowed.
+        let flags = Flags {
+            frame_bytes_max: Some(16 << 20),
+            ..Default::default()
+        };
+        assert!(Config::resolve(flags, FileConfig::default()).is_ok());
+    }
+
+    /// Values that used to pass resolve and then broke the server: a session timeout
+    /// negotiated negative, tokio's Semaphore::new panicking, the reader's u32 permit
+    /// count truncated (a busy loop), a runtime asked for billions of threads. Each bound
+    /// is accepted exactly and refused one above, naming the field and the limit.
+    #[test]
+    fn values_past_their_ceilings_are_refused_by_name() {
+        let refused = |flags: Flags, name: &str, limit: &str| {
+            let err = Config::resolve(flags, FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name) && err.contains(limit), "{err}");
+        };
+        // Session timeouts: the wire's field is an i32.
+        let c = Config::resolve(
+            Flags {
+                tick_time_ms: Some(TICK_TIME_MS_MAX),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.max_session_timeout_ms, TICK_TIME_MS_MAX * 20);
+        assert!(c.negotiate_session_timeout_ms(i32::MAX) > 0);
+        refused(
+            Flags {
+                tick_time_ms: Some(TICK_TIME_MS_MAX + 1),
+                ..Default::default()
+            },
+            "tick_time_ms",
+            "TICK_TIME_MS_MAX",
+        );
+        refused(
+            Flags {
+                tick_time_ms: Some(u32::MAX),
+                ..Default::default()
+            },
+            "tick_time_ms",
+            "TICK_TIME_MS_MAX",
+        );
+        let c = Config::resolve(
+            Flags {
+                max_session_timeout_ms: Some(SESSION_TIMEOUT_MS_MAX),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.negotiate_session_timeout_ms(i32::MAX), i32::MAX);
+        for (min, max) in [
+            (None, Some(SESSION_TIMEOUT_MS_MAX + 1)),
+            (None, Some(u32::MAX)),
+            (Some(u32::MAX), Some(u32::MAX)),
+        ] {
+            let name = if min.is_some() {
+                "min_session_timeout_ms"
+            } else {
+                "max_session_timeout_ms"
+            };
+            refused(
+                Flags {
+                    min_session_timeout_ms: min,
+                    max_session_timeout_ms: max,
+                    ..Default::default()
+                },
+                name,
+                "SESSION_TIMEOUT_MS_MAX",
+            );
+        }
+
+        // Counts: each at its bound, one above it, and usize::MAX.
+        type Set = fn(&mut Flags, usize);
+        let cases: [(&str, &str, usize, Set); 4] = [
+            (
+                "connections_max",
+                "CONNECTIONS_MAX_CEILING",
+                CONNECTIONS_MAX_CEILING,
+                |f, v| f.connections_max = Some(v),
+            ),
+            (
+                "connections_per_ip_max",
+                "CONNECTIONS_MAX_CEILING",
+                CONNECTIONS_MAX_CEILING,
+                |f, v| f.connections_per_ip_max = Some(v),
+            ),
+            (
+                "outstanding_requests_max",
+                "OUTSTANDING_REQUESTS_MAX_CEILING",
+                OUTSTANDING_REQUESTS_MAX_CEILING,
+                |f, v| f.outstanding_requests_max = Some(v),
+            ),
+            (
+                "worker_threads",
+                "WORKER_THREADS_MAX",
+                WORKER_THREADS_MAX,
+                |f, v| f.worker_threads = Some(v),
+            ),
+        ];
+        for (name, limit, max, set) in cases {
+            let mut flags = Flags::default();
+            set(&mut flags, max);
+            assert!(
+                Config::resolve(flags, FileConfig::default()).is_ok(),
+                "{name} = {max}"
+            );
+            for over in [max + 1, u32::MAX as usize + 1, usize::MAX] {
+                let mut flags = Flags::default();
+                set(&mut flags, over);
+                refused(flags, name, limit);
+            }
+        }
+        assert!(Config::default().worker_threads <= WORKER_THREADS_MAX);
     }
 }

@@ -1390,3 +1390,71 @@ async fn a_session_whose_close_was_lost_lives_on_at_the_member_that_took_it() {
     watcher.close().await.unwrap();
     e.stop().await;
 }
+
+/// Writes one session pipelines while its previous batch is on its way all wait for that
+/// batch, and then used to go out together: six setData of ~1 MB each (within the
+/// default frame and node data limits) became one ~5 MB batch, past coordd-raft's
+/// `payload_max_bytes` (4 MiB); the leader refused its entry (TooLarge) and every client
+/// with a batch in it lost its connection. Batches are now bounded in bytes
+/// (`BATCH_BYTES_MAX`) and the leader's entries too (`ENTRY_BYTES_MAX`, checked before a
+/// batch is added): every write succeeds, and so does another session's small one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_large_writes_of_one_session_fit_the_raft_payload_limit() {
+    init_logging();
+    const WRITES: usize = 6;
+    const DATA_BYTES: usize = 1_000_000;
+    let e = Ensemble::start().await;
+    let leader = e.leader().await;
+    let m = (leader + 1) % 3;
+    let big = client(&e.addr(m), 4_000).await;
+    let small = client(&e.addr(leader), 4_000).await;
+    let acl = Acl::open_unsafe();
+    for i in 0..WRITES {
+        big.create(&format!("/big-{i}"), b"", &acl, CreateMode::Persistent)
+            .await
+            .unwrap();
+    }
+    small
+        .create("/small", b"", &acl, CreateMode::Persistent)
+        .await
+        .unwrap();
+
+    // The first setData's batch is held on its way to the leader until the other five
+    // wait in the member's core behind it, so they are all there to be batched at once.
+    let mut held = e.holds[m].arm();
+    let mut writes = Vec::new();
+    for i in 0..WRITES {
+        let c = big.clone();
+        let data = vec![i as u8; DATA_BYTES];
+        writes.push(tokio::spawn(async move {
+            c.set_data(&format!("/big-{i}"), &data, None).await
+        }));
+    }
+    let first = next_held(&mut held).await;
+    let addr = e.addr(m);
+    eventually("all six setData in the member's core", || {
+        let addr = addr.clone();
+        async move { outstanding_requests(&addr).await >= WRITES as u64 }
+    })
+    .await;
+    e.holds[m].disarm();
+    let _ = first.verdict.send(Verdict::Deliver);
+    let small_write = small.set_data("/small", b"x", None).await;
+
+    for (i, w) in writes.into_iter().enumerate() {
+        let stat = tokio::time::timeout(WAIT, w)
+            .await
+            .expect("the setData answered in time")
+            .unwrap()
+            .unwrap_or_else(|err| panic!("setData {i} of {DATA_BYTES} bytes failed: {err:?}"));
+        assert_eq!(stat.data_length as usize, DATA_BYTES);
+    }
+    small_write.expect("the other session's small write succeeded");
+    for i in 0..WRITES {
+        let (data, _) = big.get_data(&format!("/big-{i}"), false).await.unwrap();
+        assert!(data.len() == DATA_BYTES && data.iter().all(|b| *b == i as u8));
+    }
+    big.close().await.unwrap();
+    small.close().await.unwrap();
+    e.stop().await;
+}

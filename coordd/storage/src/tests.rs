@@ -382,6 +382,49 @@ fn bad_segment_header_is_corruption() {
     assert!(msg.contains("offset 0"), "{msg}");
 }
 
+/// `remaining` (records left in the batch) is read from disk: a crafted batch whose
+/// records claim u32::MAX is corruption, not an arithmetic overflow (a debug build
+/// panicked checking that the second record continues the first).
+#[test]
+fn a_crafted_remaining_count_is_corruption_not_an_overflow() {
+    use super::record::{encode_record, segment_header, Kind};
+    let d = tempfile::tempdir().unwrap();
+    let mut bytes = segment_header().to_vec();
+    encode_record(&mut bytes, Kind::Entry, 1, 0, u32::MAX, b"first");
+    encode_record(&mut bytes, Kind::Entry, 2, 0, u32::MAX, b"second");
+    let seg = d.path().join(super::segment::segment_file_name(1));
+    std::fs::write(&seg, &bytes).unwrap();
+    let msg = corrupt_msg(Wal::open(cfg(d.path())));
+    assert!(msg.contains("does not continue its batch"), "{msg}");
+    assert!(msg.contains(&format!("remaining {}", u32::MAX)), "{msg}");
+}
+
+/// Segment names come from the directory: one named with the largest number leaves no
+/// name above it for the next segment, which is refused with an error, not an overflow
+/// (a debug build panicked in `roll`).
+#[test]
+fn a_segment_named_with_the_largest_number_is_refused_not_overflowed() {
+    let d = tempfile::tempdir().unwrap();
+    // Small segments: the next append starts a new one.
+    let c = StorageConfig {
+        segment_bytes_max: 64,
+        ..cfg(d.path())
+    };
+    let (mut wal, _) = Wal::open(c.clone()).unwrap();
+    append_batches(&mut wal, 0, &[1], 100);
+    drop(wal);
+    let seg = &segments(d.path())[0];
+    let renamed = d.path().join(super::segment::segment_file_name(Zxid::MAX));
+    std::fs::rename(seg, &renamed).unwrap();
+    let (mut wal, rec) = Wal::open(c).unwrap();
+    expect_entries(&rec, 1..=1, 100);
+    let err = wal.append(&[(2, &payload(2, 100)[..])]).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("largest possible"), "{msg}");
+    assert!(msg.contains(renamed.to_str().unwrap()), "{msg}");
+}
+
 #[test]
 fn snapshots_recover_prune_and_compact() {
     let d = tempfile::tempdir().unwrap();

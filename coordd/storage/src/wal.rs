@@ -598,12 +598,23 @@ impl Wal {
         // Segment names must rise in creation order (recovery reads them in name order).
         // After a truncation the next first zxid can be at or below an existing segment's
         // name; such a segment is named one above the last one instead.
-        let prev = self
-            .segments
-            .last()
-            .and_then(|s| s.path.file_name()?.to_str().and_then(parse_segment_name));
+        let prev = self.segments.last().and_then(|s| {
+            let number = s.path.file_name()?.to_str().and_then(parse_segment_name)?;
+            Some((number, &s.path))
+        });
         let number = match prev {
-            Some(p) if first_zxid <= p => p + 1,
+            // A segment named with the largest number (a crafted or damaged directory)
+            // leaves no name above it: refused, never an overflow.
+            Some((p, path)) if first_zxid <= p => p.checked_add(1).ok_or_else(|| {
+                StorageError::corrupt(
+                    path,
+                    0,
+                    format!(
+                        "segment number {p} is the largest possible: no later segment can be \
+                         named above it"
+                    ),
+                )
+            })?,
             _ => first_zxid,
         };
         let name = segment_file_name(number);
@@ -873,7 +884,9 @@ fn check_record(
             if rec.kind == Kind::Jump {
                 return bad("jump marker inside a batch".into());
             }
-            if h.base != p.base || h.remaining + 1 != p.remaining || h.zxid <= p.zxid {
+            // `remaining` is read from disk: u32::MAX + 1 must be a mismatch, not a panic.
+            let continues = h.remaining.checked_add(1) == Some(p.remaining);
+            if h.base != p.base || !continues || h.zxid <= p.zxid {
                 return bad(format!(
                     "record (zxid {}, base {}, remaining {}) does not continue its batch \
                      (previous: zxid {}, base {}, remaining {})",

@@ -315,9 +315,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     );
                 }
                 // Until one more reply gives its permit back.
-                let available = handle.permits.available_permits() as u32;
+                // Exact: permits are at most `outstanding_requests_max`, which
+                // `Config::resolve` keeps within OUTSTANDING_REQUESTS_MAX_CEILING, far
+                // below u32::MAX (a count truncated here used to make this loop spin).
+                let wanted = u32::try_from(handle.permits.available_permits())
+                    .map_or(u32::MAX, |available| available.saturating_add(1));
                 let more = tokio::select! {
-                    p = handle.permits.acquire_many(available + 1) => p,
+                    p = handle.permits.acquire_many(wanted) => p,
                     _ = handle.kill.cancelled() => return,
                 };
                 match more {

@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::expiry::{leadership_began, SessionDeadlines};
 use super::replicated::{
-    decode_entry, AppMsg, Proposal, TxnBatch, BATCH_TXNS_MAX, FORWARD_TIMEOUT_MS,
+    decode_entry, txn_batch_bytes, AppMsg, Proposal, TxnBatch, BATCH_BYTES_MAX, BATCH_TXNS_MAX,
+    FORWARD_TIMEOUT_MS, SYNC_BATCH_BYTES,
 };
 use super::PROPOSALS_IN_FLIGHT_MAX;
 use crate::config::Config;
@@ -38,6 +39,26 @@ use crate::state::{
     Applied, Entry, Response, SessionId, StateConfig, StateMachine, StateStats, Txn, Zxid,
 };
 use crate::storage::{Durable, LogWriter};
+
+/// Identities one session may hold at most on a member: the ip identity of its
+/// connection, and what its addAuth calls added (a digest identity each, and `super` for
+/// the superuser's credentials). ZooKeeper keeps every identity a connection adds,
+/// without a limit; clients add one or two (an application's user, at times the
+/// superuser). The list is copied into every write entry of the session (its ACL checks
+/// at apply) and walked by every ACL check, so an unbounded one let a single client make
+/// each of its writes, and the log, as large as it liked. 32 leaves room for clients that
+/// add a few users; an addAuth that would pass it is refused as ZooKeeper refuses a failed
+/// one (AuthFailed, connection closed) and adds nothing.
+pub const AUTH_IDS_PER_SESSION_MAX: usize = 32;
+/// Bytes of one addAuth credential at most (for the digest scheme, `user:password`,
+/// whose user part becomes the identity). ZooKeeper bounds it by its frame limit only;
+/// real credentials are tens of bytes, and 1 KiB keeps a session's identities (at most
+/// `AUTH_IDS_PER_SESSION_MAX` of them) near 34 KiB. Past it: AuthFailed, connection
+/// closed.
+pub const AUTH_CREDENTIAL_BYTES_MAX: usize = 1024;
+/// Characters of a refused addAuth's scheme (chosen by the client, up to a frame) that
+/// go into the log line.
+const AUTH_SCHEME_LOGGED_CHARS_MAX: usize = 64;
 
 /// A frame, or the order to close after the frames before it.
 #[derive(Debug)]
@@ -281,7 +302,9 @@ pub struct RaftLog {
     proposals: mpsc::Sender<Proposal>,
     /// Keeps the core's `durable` channel open (standalone-only messages).
     _durable: mpsc::UnboundedSender<Durable>,
-    pending: Vec<(u64, Txn)>,
+    /// Txns waiting for the proposer: sequence number, txn, and the bytes it takes in a
+    /// batch ([`txn_batch_bytes`], measured once when queued).
+    pending: Vec<(u64, Txn, usize)>,
     pending_syncs: Vec<u64>,
     /// This member's txns in the log or on their way, by local sequence number.
     local: HashMap<u64, Origin>,
@@ -418,7 +441,8 @@ impl RaftLog {
     }
 
     /// Takes the next batch from what waits for the proposer: at most `BATCH_TXNS_MAX`
-    /// txns and as many barriers, in the order they were queued, of the orderers that
+    /// txns and as many barriers, and at most `BATCH_BYTES_MAX` bytes of them unless the
+    /// first txn alone is larger, in the order they were queued, of the orderers that
     /// have nothing in a batch in flight. Once one of an orderer's items stays behind
     /// (its orderer busy, or the batch full), all its later ones do. Barriers come after
     /// the txns in a batch, so a barrier goes only if none of its orderer's txns stayed
@@ -430,13 +454,25 @@ impl RaftLog {
             .flat_map(|b| b.orderers.iter().copied())
             .collect();
         let mut orderers = HashSet::new();
+        let mut bytes = 0;
         let pending = std::mem::take(&mut self.pending);
-        let (txns, kept) =
-            self.split_takeable(pending, |(seq, _)| *seq, &mut behind, &mut orderers);
+        let (txns, kept) = self.split_takeable(
+            pending,
+            |(seq, _, len)| (*seq, *len),
+            &mut bytes,
+            &mut behind,
+            &mut orderers,
+        );
         self.pending = kept;
+        let txns: Vec<(u64, Txn)> = txns.into_iter().map(|(seq, txn, _)| (seq, txn)).collect();
         let pending_syncs = std::mem::take(&mut self.pending_syncs);
-        let (syncs, kept) =
-            self.split_takeable(pending_syncs, |seq| *seq, &mut behind, &mut orderers);
+        let (syncs, kept) = self.split_takeable(
+            pending_syncs,
+            |seq| (*seq, SYNC_BATCH_BYTES),
+            &mut bytes,
+            &mut behind,
+            &mut orderers,
+        );
         self.pending_syncs = kept;
         if txns.is_empty() && syncs.is_empty() {
             return None;
@@ -448,24 +484,33 @@ impl RaftLog {
         })
     }
 
-    /// Splits `items` (queued in order) into those that go in the batch, at most
-    /// `BATCH_TXNS_MAX`, and those that stay: an item stays once its orderer is in
-    /// `behind`, and puts it there; one that goes adds its orderer to `orderers`.
+    /// Splits `items` (queued in order; `seq_len_of` gives an item's sequence number and
+    /// its bytes in a batch) into those that go in the batch, at most `BATCH_TXNS_MAX`,
+    /// and those that stay: an item stays once its orderer is in `behind`, and puts it
+    /// there; one that goes adds its orderer to `orderers` and its bytes to `bytes`, the
+    /// batch's so far, which stay within `BATCH_BYTES_MAX` unless the batch's first item
+    /// alone is larger.
     fn split_takeable<T>(
         &self,
         items: Vec<T>,
-        seq_of: impl Fn(&T) -> u64,
+        seq_len_of: impl Fn(&T) -> (u64, usize),
+        bytes: &mut usize,
         behind: &mut HashSet<Orderer>,
         orderers: &mut HashSet<Orderer>,
     ) -> (Vec<T>, Vec<T>) {
         let (mut taken, mut kept) = (Vec::new(), Vec::new());
         for item in items {
-            let o = self.orderer_of(seq_of(&item));
-            if taken.len() >= BATCH_TXNS_MAX || behind.contains(&o) {
+            let (seq, len) = seq_len_of(&item);
+            let o = self.orderer_of(seq);
+            let full = taken.len() >= BATCH_TXNS_MAX
+                || (*bytes > 0 && bytes.saturating_add(len) > BATCH_BYTES_MAX);
+            if full || behind.contains(&o) {
                 behind.insert(o);
                 kept.push(item);
             } else {
                 orderers.insert(o);
+                // Every item takes bytes (8 at least), so `bytes > 0` once one is taken.
+                *bytes = bytes.saturating_add(len);
                 taken.push(item);
             }
         }
@@ -1643,6 +1688,17 @@ impl Core {
         auth: coordd_proto::AuthPacket,
     ) {
         let zxid = self.state.last_zxid();
+        if auth.auth.len() > AUTH_CREDENTIAL_BYTES_MAX {
+            self.auth_refused_at_limit(
+                session_id,
+                conn_id,
+                xid,
+                "AUTH_CREDENTIAL_BYTES_MAX",
+                auth.auth.len(),
+                AUTH_CREDENTIAL_BYTES_MAX,
+            );
+            return;
+        }
         let ids: Option<Vec<Id>> = match auth.scheme.as_str() {
             "digest" => match std::str::from_utf8(&auth.auth) {
                 Ok(cred) if cred.contains(':') => {
@@ -1668,26 +1724,72 @@ impl Core {
         };
         match ids {
             Some(ids) => {
-                let mut auth = self
+                let mut held = self
                     .sessions
                     .get(&session_id)
                     .map(|s| s.auth.clone())
                     .unwrap_or_default();
                 for id in ids {
-                    if !auth.contains(&id) {
-                        auth.push(id);
+                    if !held.contains(&id) {
+                        held.push(id);
                     }
                 }
-                self.set_auth(session_id, auth);
+                if held.len() > AUTH_IDS_PER_SESSION_MAX {
+                    // The session keeps the identities it had; only this connection ends.
+                    self.auth_refused_at_limit(
+                        session_id,
+                        conn_id,
+                        xid,
+                        "AUTH_IDS_PER_SESSION_MAX",
+                        held.len(),
+                        AUTH_IDS_PER_SESSION_MAX,
+                    );
+                    return;
+                }
+                self.set_auth(session_id, held);
                 self.send_reply(conn_id, xid, zxid, ErrorCode::Ok, None);
             }
             None => {
-                // ZooKeeper answers AuthFailed and closes the connection.
-                tracing::info!(conn_id, scheme = %auth.scheme, "authentication failed");
+                // ZooKeeper answers AuthFailed and closes the connection. The scheme is
+                // the client's (up to a frame): only its start goes into the log line.
+                let scheme: String = auth
+                    .scheme
+                    .chars()
+                    .take(AUTH_SCHEME_LOGGED_CHARS_MAX)
+                    .collect();
+                tracing::info!(conn_id, %scheme, "authentication failed");
                 self.send_reply(conn_id, xid, zxid, ErrorCode::AuthFailed, None);
                 self.close_conn_after_queued(conn_id);
             }
         }
+    }
+
+    /// An addAuth past one of its bounds (`limit`, the constant's name): answered as
+    /// ZooKeeper answers a failed authentication, AuthFailed, then the connection closes
+    /// after the frames before it (its Java client then stops in AUTH_FAILED); nothing
+    /// is added to the session's identities.
+    fn auth_refused_at_limit(
+        &mut self,
+        session_id: SessionId,
+        conn_id: u64,
+        xid: i32,
+        limit: &'static str,
+        value: usize,
+        max: usize,
+    ) {
+        self.metrics.limit_hits.fetch_add(1, Ordering::Relaxed);
+        let peer = self.conns.get(&conn_id).map(|c| c.peer.to_string());
+        tracing::warn!(
+            session_id = %format_args!("0x{session_id:x}"),
+            peer = %peer.as_deref().unwrap_or("-"),
+            limit,
+            value,
+            max,
+            "addAuth refused at a limit: AuthFailed, connection closed, no identity added"
+        );
+        let zxid = self.state.last_zxid();
+        self.send_reply(conn_id, xid, zxid, ErrorCode::AuthFailed, None);
+        self.close_conn_after_queued(conn_id);
     }
 
     /// Logs `txn`; its tag (see [`Queued::Write`]), or None when the log queue refused it.
@@ -1695,7 +1797,8 @@ impl Core {
         if let Log::Raft(r) = &mut self.log {
             let seq = r.next_seq;
             r.next_seq += 1;
-            r.pending.push((seq, txn));
+            let len = txn_batch_bytes(&txn);
+            r.pending.push((seq, txn, len));
             r.local.insert(seq, origin);
             self.log_pending = true;
             return Some(seq);
@@ -2146,7 +2249,7 @@ impl Core {
         // until it is applied or failed: one that lost it above goes.
         if let Log::Raft(r) = &mut self.log {
             let local = &r.local;
-            r.pending.retain(|(seq, _)| local.contains_key(seq));
+            r.pending.retain(|(seq, _, _)| local.contains_key(seq));
             r.pending_syncs.retain(|seq| local.contains_key(seq));
         }
     }
@@ -2243,7 +2346,7 @@ impl Core {
                 let queued: Vec<u64> = r
                     .pending
                     .iter()
-                    .map(|(seq, _)| *seq)
+                    .map(|(seq, _, _)| *seq)
                     .chain(r.pending_syncs.iter().copied())
                     .collect();
                 // Nor do the touches not yet sent: they go to the leader once the quorum
@@ -2646,9 +2749,50 @@ mod tests {
                 origin,
             )
         };
-        r.pending.push((seq, txn));
+        let len = txn_batch_bytes(&txn);
+        r.pending.push((seq, txn, len));
         r.local.insert(seq, origin);
         seq
+    }
+
+    /// Queues a setData of `data_bytes` bytes of `session` and returns its sequence number.
+    fn queue_set_data(r: &mut RaftLog, session: SessionId, data_bytes: usize) -> u64 {
+        let seq = r.next_seq;
+        r.next_seq += 1;
+        let txn = Txn::Write {
+            session_id: session,
+            auth: Vec::new(),
+            request: Request::SetData(coordd_proto::SetDataRequest {
+                path: "/n".into(),
+                data: vec![7; data_bytes],
+                version: -1,
+            }),
+        };
+        let len = txn_batch_bytes(&txn);
+        r.pending.push((seq, txn, len));
+        r.local.insert(
+            seq,
+            Origin::Request {
+                session_id: session,
+                conn_id: 1,
+                xid: seq as i32,
+                received: Instant::now(),
+            },
+        );
+        seq
+    }
+
+    /// The bytes of a taken batch as the proposer sends it.
+    fn encoded_bytes(b: &TakenBatch) -> usize {
+        TxnBatch {
+            member: 1,
+            incarnation: 1,
+            time_ms: 0,
+            txns: b.txns.clone(),
+            syncs: b.syncs.clone(),
+        }
+        .encode()
+        .len()
     }
 
     fn queue_sync(r: &mut RaftLog, session: SessionId) -> u64 {
@@ -2696,7 +2840,7 @@ mod tests {
         let second = r.take_batch().expect("something to propose");
         assert_eq!(seqs(&second), (vec![b1, s1], vec![b_sync]));
         assert_eq!(
-            r.pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            r.pending.iter().map(|(s, _, _)| *s).collect::<Vec<_>>(),
             vec![a2]
         );
         assert_eq!(r.pending_syncs, vec![a_sync]);
@@ -2729,9 +2873,47 @@ mod tests {
         let next = r.take_batch().expect("session 8's txn");
         assert_eq!(seqs(&next), (vec![other], vec![]));
         assert_eq!(
-            r.pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            r.pending.iter().map(|(s, _, _)| *s).collect::<Vec<_>>(),
             vec![over]
         );
         assert_eq!(r.pending_syncs, vec![sync]);
+    }
+
+    /// One session's pipelined large writes wait behind its batch in flight and were then
+    /// taken together, bounded by count only (six setData of ~1 MB: one ~5 MB batch, over
+    /// coordd-raft's payload limit). Now a batch stops at `BATCH_BYTES_MAX`; a txn larger
+    /// than that still goes, alone.
+    #[test]
+    fn batches_are_bounded_in_bytes_and_a_single_large_txn_still_goes() {
+        let mut r = raft_log();
+        let big: Vec<u64> = (0..6)
+            .map(|_| queue_set_data(&mut r, 7, 1_000_000))
+            .collect();
+        let other = queue_set_data(&mut r, 8, 10);
+        let other_sync = queue_sync(&mut r, 8);
+        // The first large write fills the batch; the next one would pass the bound, so it
+        // and the session's later ones stay; session 8's small txn and barrier still fit.
+        let first = r.take_batch().expect("a batch");
+        assert_eq!(seqs(&first), (vec![big[0], other], vec![other_sync]));
+        assert!(encoded_bytes(&first) <= BATCH_BYTES_MAX + 33);
+        in_flight(&mut r, first);
+        assert!(r.take_batch().is_none(), "session 7 has a batch in flight");
+        for (i, want) in big.iter().enumerate().skip(1) {
+            let id = *r.proposing.keys().next().expect("one in flight");
+            r.proposing.remove(&id);
+            let next = r.take_batch().expect("session 7's next write");
+            assert_eq!(seqs(&next), (vec![*want], vec![]), "batch {i}");
+            assert!(encoded_bytes(&next) <= BATCH_BYTES_MAX + 33);
+            in_flight(&mut r, next);
+        }
+
+        // A write larger than the bound goes, alone; what comes after it waits.
+        let mut r = raft_log();
+        let huge = queue_set_data(&mut r, 9, BATCH_BYTES_MAX + 1);
+        let small = queue_set_data(&mut r, 10, 10);
+        let alone = r.take_batch().expect("the large write");
+        assert_eq!(seqs(&alone), (vec![huge], vec![]));
+        let next = r.take_batch().expect("the small write, in the next batch");
+        assert_eq!(seqs(&next), (vec![small], vec![]));
     }
 }

@@ -187,6 +187,16 @@ impl Server {
                 ensemble.id
             ))
         })?;
+        // `Config::resolve` checks the frame limit against the default Raft settings; a
+        // caller may pass others.
+        let needed = replicated::payload_bytes_needed(config.frame_bytes_max);
+        if needed > ensemble.raft.payload_max_bytes {
+            return Err(ServerError::Ensemble(format!(
+                "frame_bytes_max ({}) needs Raft payloads of up to {needed} bytes, but \
+                 payload_max_bytes is {}: a write of a whole frame could never be logged",
+                config.frame_bytes_max, ensemble.raft.payload_max_bytes
+            )));
+        }
         let state_config = StateConfig {
             ttl_enabled: config.ttl_enabled,
             superuser_digest: config.superuser_digest.clone(),

@@ -48,14 +48,71 @@ const ENTRY_FORMAT_MULTI: u8 = 2;
 /// [`new_incarnation`]), so such a batch is never taken for a request of a live run; its
 /// run ended with the upgrade anyway.
 pub const INCARNATION_NONE: u64 = 0;
-/// Batches the leader puts into one entry at most, and their bytes at most (below
-/// coordd-raft's `payload_max_bytes`).
+/// Batches the leader puts into one entry at most.
 pub const ENTRY_BATCHES_MAX: usize = 64;
+/// Bytes of the batches the leader puts into one entry at most, unless a single batch is
+/// larger (it then goes alone): the batcher checks before it adds a batch, so a batch
+/// too large for a Raft payload (from a member configured otherwise) is refused alone,
+/// never with others. Well below coordd-raft's `payload_max_bytes` (4 MiB), and the size
+/// of one AppendEntries of its TCP transport (`append_entries_bytes_max`).
 pub const ENTRY_BYTES_MAX: usize = 1 << 20;
 /// Batches waiting for the leader's batcher at most.
 pub const BATCHER_QUEUE_MAX: usize = 1024;
 /// Txns in one batch at most (the core cuts batches there).
 pub const BATCH_TXNS_MAX: usize = 1024;
+/// Bytes of the txns and barriers the core puts into one batch at most (as
+/// [`txn_batch_bytes`] and [`SYNC_BATCH_BYTES`] count them), unless a single txn is
+/// larger (it then goes alone, so a write of the largest frame still goes). The writes a
+/// session pipelines while its previous batch is on its way all wait for that batch and
+/// were then taken together, bounded by count only: six setData of ~1 MB made one ~5 MB
+/// batch, over `payload_max_bytes`, and the leader refused its entry with every other
+/// member's batch in it. Equal to `ENTRY_BYTES_MAX`: a batch then fills at most one entry.
+pub const BATCH_BYTES_MAX: usize = ENTRY_BYTES_MAX;
+/// Bytes one barrier takes in a batch (its sequence number).
+pub const SYNC_BATCH_BYTES: usize = 8;
+/// Bytes a Raft payload holds at most beyond the client frame of its largest write, or
+/// beyond `BATCH_BYTES_MAX`/`ENTRY_BYTES_MAX` for batched ones: the log entry's header
+/// (26 bytes), the session's identities (at most `AUTH_IDS_PER_SESSION_MAX` of at most
+/// `AUTH_CREDENTIAL_BYTES_MAX` + 48 bytes encoded, ~34 KiB), the txn's place in its batch
+/// (12), the batch's header (33) and the entry's framing (5 + 4 a batch). Rounded up to
+/// 64 KiB; checked below against the identity bounds it depends on.
+pub const WRITE_OVERHEAD_BYTES_MAX: usize = 64 << 10;
+const _: () = assert!(
+    26 + 4
+        + super::core::AUTH_IDS_PER_SESSION_MAX * (super::core::AUTH_CREDENTIAL_BYTES_MAX + 48)
+        + 12
+        + 33
+        + 5
+        + 4 * ENTRY_BATCHES_MAX
+        <= WRITE_OVERHEAD_BYTES_MAX
+);
+
+/// The largest Raft payload a member proposes when its clients' frames are at most
+/// `frame_bytes_max`: a single write of that size goes alone in its batch and entry;
+/// several go together only up to `BATCH_BYTES_MAX` and `ENTRY_BYTES_MAX`. coordd-raft's
+/// `payload_max_bytes` must be at least this, or such writes could never be logged.
+pub fn payload_bytes_needed(frame_bytes_max: usize) -> usize {
+    frame_bytes_max
+        .max(BATCH_BYTES_MAX)
+        .max(ENTRY_BYTES_MAX)
+        .saturating_add(WRITE_OVERHEAD_BYTES_MAX)
+}
+
+/// The largest `frame_bytes_max` an ensemble member can serve when coordd-raft's payloads
+/// are at most `payload_max_bytes`: a write of a whole frame must fit one entry, beside
+/// `WRITE_OVERHEAD_BYTES_MAX` of framing and identities.
+pub fn ensemble_frame_bytes_max(payload_max_bytes: usize) -> usize {
+    payload_max_bytes.saturating_sub(WRITE_OVERHEAD_BYTES_MAX)
+}
+
+/// Bytes `txn` takes in a batch ([`TxnBatch::encode`]): its sequence number and length,
+/// then its log entry. Measured by encoding it (an extra copy of a write's data, small
+/// beside the Raft commit it waits for).
+pub fn txn_batch_bytes(txn: &Txn) -> usize {
+    let mut buf = BytesMut::with_capacity(128);
+    Entry::encode_txn(0, 0, txn, &mut buf);
+    12 + buf.len()
+}
 /// Application message kinds.
 const APP_FORWARD: u8 = 1;
 const APP_TOUCH: u8 = 2;
@@ -129,12 +186,7 @@ impl TxnBatch {
         let mut entry_buf = BytesMut::with_capacity(128);
         for (seq, txn) in &self.txns {
             entry_buf.clear();
-            Entry {
-                zxid: 0,
-                time_ms: self.time_ms,
-                txn: txn.clone(),
-            }
-            .encode(&mut entry_buf);
+            Entry::encode_txn(0, self.time_ms, txn, &mut entry_buf);
             out.put_u64(*seq);
             out.put_u32(entry_buf.len() as u32);
             out.put_slice(&entry_buf);
@@ -314,16 +366,21 @@ async fn run_batcher(
             }
         }
         while in_flight.len() < BATCHER_IN_FLIGHT_MAX && !waiting.is_empty() {
-            let mut items = Vec::new();
-            let mut bytes = 0;
-            // One batch always goes, whatever its size (a member's batch is bounded
-            // by `BATCH_TXNS_MAX` and the frame limit).
-            while let Some(item) = waiting.pop_front() {
-                bytes += item.0.len();
-                items.push(item);
-                if items.len() >= ENTRY_BATCHES_MAX || bytes >= ENTRY_BYTES_MAX {
+            let mut items: Vec<BatcherItem> = Vec::new();
+            let mut bytes = 0usize;
+            // A batch joins the entry only if the entry stays within `ENTRY_BYTES_MAX`;
+            // the first always goes, whatever its size (a member's batch is at most
+            // `BATCH_BYTES_MAX` or a single write: see `payload_bytes_needed`).
+            while let Some(next) = waiting.front() {
+                let len = next.0.len();
+                if !items.is_empty()
+                    && (items.len() >= ENTRY_BATCHES_MAX
+                        || bytes.saturating_add(len) > ENTRY_BYTES_MAX)
+                {
                     break;
                 }
+                bytes = bytes.saturating_add(len);
+                items.extend(waiting.pop_front());
             }
             let member = member.clone();
             in_flight.spawn(async move {

@@ -57,7 +57,12 @@ pub struct Entry {
 
 impl Entry {
     pub fn encode(&self, out: &mut BytesMut) {
-        txn::encode_entry(self, out)
+        txn::encode_entry(self.zxid, self.time_ms, &self.txn, out)
+    }
+
+    /// The entry `Entry { zxid, time_ms, txn }` encodes to, without owning `txn`.
+    pub fn encode_txn(zxid: Zxid, time_ms: i64, txn: &Txn, out: &mut BytesMut) {
+        txn::encode_entry(zxid, time_ms, txn, out)
     }
 
     pub fn decode(buf: &[u8]) -> Result<Entry, DecodeError> {

@@ -23,18 +23,18 @@ const KIND_CLOSE_SESSION: u8 = 2;
 const KIND_WRITE: u8 = 3;
 const KIND_DELETE_EXPIRED: u8 = 4;
 
-pub(super) fn encode_entry(entry: &Entry, out: &mut BytesMut) {
+pub(super) fn encode_entry(zxid: Zxid, time_ms: i64, txn: &Txn, out: &mut BytesMut) {
     out.put_u8(ENTRY_FORMAT_V1);
-    let kind = match &entry.txn {
+    let kind = match txn {
         Txn::CreateSession { .. } => KIND_CREATE_SESSION,
         Txn::CloseSession { .. } => KIND_CLOSE_SESSION,
         Txn::Write { .. } => KIND_WRITE,
         Txn::DeleteExpired { .. } => KIND_DELETE_EXPIRED,
     };
     out.put_u8(kind);
-    out.put_i64(entry.zxid);
-    out.put_i64(entry.time_ms);
-    match &entry.txn {
+    out.put_i64(zxid);
+    out.put_i64(time_ms);
+    match txn {
         Txn::CreateSession {
             session_id,
             passwd,
