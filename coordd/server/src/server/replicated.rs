@@ -113,6 +113,7 @@ pub fn txn_batch_bytes(txn: &Txn) -> usize {
     Entry::encode_txn(0, 0, txn, &mut buf);
     12 + buf.len()
 }
+
 /// Application message kinds.
 const APP_FORWARD: u8 = 1;
 const APP_TOUCH: u8 = 2;
