@@ -2606,6 +2606,9 @@ impl Core {
 
     fn delete_expired_nodes(&mut self) {
         const PATHS_PER_ENTRY_MAX: usize = 1000;
+        // Paths are bounded only by the frame limit: 1000 long ones would pass the
+        // Raft payload limit, and the entry would be refused at every tick.
+        const PATH_BYTES_PER_ENTRY_MAX: usize = 256 * 1024;
         // In an ensemble only the leader removes them (one proposal, not one per member).
         if let Log::Raft(r) = &self.log {
             let leading = r.member.get().is_some_and(|m| m.role() == Role::Leader);
@@ -2613,7 +2616,9 @@ impl Core {
                 return;
             }
         }
-        let paths = self.state.expired_paths(now_wall_ms(), PATHS_PER_ENTRY_MAX);
+        let paths =
+            self.state
+                .expired_paths(now_wall_ms(), PATHS_PER_ENTRY_MAX, PATH_BYTES_PER_ENTRY_MAX);
         if !paths.is_empty() {
             tracing::debug!(
                 count = paths.len(),

@@ -584,14 +584,35 @@ fn containers_expire_once_used_and_empty() {
     ))
     .unwrap();
     assert!(
-        h.sm.expired_paths(i64::MAX, 10).is_empty(),
+        h.sm.expired_paths(i64::MAX, 10, usize::MAX).is_empty(),
         "never had a child"
     );
     h.created("/c/x", 0);
-    assert!(h.sm.expired_paths(i64::MAX, 10).is_empty(), "not empty");
+    assert!(
+        h.sm.expired_paths(i64::MAX, 10, usize::MAX).is_empty(),
+        "not empty"
+    );
     h.delete("/c/x", -1).unwrap();
-    assert_eq!(h.sm.expired_paths(0, 10), vec!["/c"]);
-    assert!(h.sm.expired_paths(0, 0).is_empty());
+    assert_eq!(h.sm.expired_paths(0, 10, usize::MAX), vec!["/c"]);
+    assert!(h.sm.expired_paths(0, 0, usize::MAX).is_empty());
+    // A byte bound below the first path still lets that one path go (one entry must be
+    // able to remove it); a second would pass it.
+    h.w(create_req(
+        OpCode::CreateContainer,
+        "/cc",
+        b"",
+        Acl::open_unsafe(),
+        4,
+        0,
+    ))
+    .unwrap();
+    h.created("/cc/x", 0);
+    h.delete("/cc/x", -1).unwrap();
+    assert_eq!(h.sm.expired_paths(0, 10, usize::MAX), vec!["/c", "/cc"]);
+    assert_eq!(h.sm.expired_paths(0, 10, 1), vec!["/c"]);
+    assert_eq!(h.sm.expired_paths(0, 10, 4), vec!["/c"]);
+    assert_eq!(h.sm.expired_paths(0, 10, 5), vec!["/c", "/cc"]);
+    h.delete("/cc", -1).unwrap();
     h.r(S2, Request::Exists(pw("/c", true))).unwrap();
     // A child arrives before the cleanup applies: the entry leaves the container.
     h.created("/c/y", 0);
@@ -639,14 +660,17 @@ fn ttl_nodes() {
     assert_eq!(path, "/s0000000000");
     h.w(ttl("/t", 5, 10_000)).unwrap();
     let made = h.time();
-    let t_expired = |h: &H, now: i64| h.sm.expired_paths(now, 10).contains(&"/t".to_owned());
+    let t_expired = |h: &H, now: i64| {
+        h.sm.expired_paths(now, 10, usize::MAX)
+            .contains(&"/t".to_owned())
+    };
     assert!(!t_expired(&h, made + 10_000), "needs elapsed > ttl");
     assert!(t_expired(&h, made + 10_001));
     assert_eq!(
-        h.sm.expired_paths(made + 10_001, 10),
+        h.sm.expired_paths(made + 10_001, 10, usize::MAX),
         vec!["/s0000000000", "/t"]
     );
-    assert_eq!(h.sm.expired_paths(made + 10_001, 1).len(), 1);
+    assert_eq!(h.sm.expired_paths(made + 10_001, 1, usize::MAX).len(), 1);
     // setData moves mtime and so the deadline.
     h.set("/t", b"x", -1).unwrap();
     assert!(!t_expired(&h, made + 10_001));

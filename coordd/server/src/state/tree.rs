@@ -1407,16 +1407,25 @@ impl StateMachine {
 
     /// Paths that a `Txn::DeleteExpired` should remove at `now_ms`: containers that
     /// are empty and have had a child (cversion > 0), and TTL nodes with no children
-    /// whose mtime + ttl has passed. At most `max` paths; containers first, each
-    /// kind in path order.
-    pub fn expired_paths(&self, now_ms: i64, max: usize) -> Vec<String> {
-        self.containers
+    /// whose mtime + ttl has passed. At most `max` paths and `bytes_max` bytes of them
+    /// (the first path always, however long: one entry must be able to remove it);
+    /// containers first, each kind in path order.
+    pub fn expired_paths(&self, now_ms: i64, max: usize, bytes_max: usize) -> Vec<String> {
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for p in self
+            .containers
             .iter()
             .chain(self.ttls.iter())
             .filter(|p| self.is_expired(p, now_ms))
-            .take(max)
-            .map(|p| p.to_string())
-            .collect()
+        {
+            bytes = bytes.saturating_add(p.len());
+            if out.len() >= max || (!out.is_empty() && bytes > bytes_max) {
+                break;
+            }
+            out.push(p.to_string());
+        }
+        out
     }
 
     /// Counts as ZooKeeper's `mntr` reports them; `znode_count` includes ZooKeeper's
