@@ -264,6 +264,23 @@ async fn failover_and_rewind_with_pg_library() {
         .await
         .expect("identity while stopped");
 
+    // The agent's fail-safe start runs A as a standby until it is rewound; that standby
+    // is killed before the rewind (a crash, a fence): unclean, with standby.signal, which
+    // pg_rewind's single-user crash recovery refuses ("standby mode is not supported by
+    // single-user servers") unless rewind_from takes the signal away first.
+    std::fs::write(a.server.data_dir().join("standby.signal"), b"").unwrap();
+    a.start().await;
+    assert!(pg::in_recovery(&a.client().await).await.unwrap());
+    a.server
+        .stop(pg::StopMode::Immediate)
+        .await
+        .expect("immediate stop of the standby");
+    let state = a.server.control_data().await.unwrap().cluster_state;
+    assert!(
+        !pg::CLEAN_SHUTDOWN_STATES.contains(&state.as_str()),
+        "an immediate stop leaves {state:?}"
+    );
+
     // Fail-safe restart: rewind A from B, follow B.
     let rewind = a
         .server

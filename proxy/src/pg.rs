@@ -389,6 +389,10 @@ pub struct RewindOutcome {
     pub log: String,
 }
 
+/// `pg_controldata`'s "Database cluster state" of a server that was shut down cleanly:
+/// pg_rewind takes such a target as it is; any other it crash-recovers first.
+pub const CLEAN_SHUTDOWN_STATES: [&str; 2] = ["shut down", "shut down in recovery"];
+
 /// The fields of `pg_controldata` output the agent uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlData {
@@ -961,6 +965,11 @@ impl PgServer {
             StopMode::Fast => ("fast", self.opts.command_timeout),
             StopMode::Immediate => ("immediate", self.opts.fence_timeout),
         };
+        // The postmaster this stop is for. pg_ctl waits for the pid file to go, not for
+        // that process: if another agent run starts a new server meanwhile (a quick
+        // restart after a crash), pg_ctl waits out its timeout on the new pid file, and a
+        // fallback reading the file then would SIGKILL the new server.
+        let target = self.postmaster_pid().and_then(process_identity);
         let mut cmd = self.command("pg_ctl");
         cmd.arg("stop").arg("-D").arg(&self.data_dir).args([
             "-m",
@@ -974,10 +983,12 @@ impl PgServer {
             StopMode::Immediate => Duration::ZERO,
         };
         let res = self.run_status(cmd, timeout + slack).await;
+        let target_alive = || target.is_some_and(|t| process_identity(t.0) == Some(t));
         let res = match res {
             Ok(out) if out.status.success() => return Ok(()),
-            Ok(out) if !self.postmaster_alive() => {
-                // Not running (pg_ctl: "PID file does not exist" / "Is server running?").
+            Ok(out) if !self.postmaster_alive() || !target_alive() => {
+                // Not running (pg_ctl: "PID file does not exist" / "Is server running?"),
+                // or the postmaster it was for is gone (the pid file names another now).
                 let _ = out;
                 return Ok(());
             }
@@ -990,9 +1001,10 @@ impl PgServer {
             // setsid() (its own process group), so killpg of the postmaster's group would
             // reach the postmaster alone: the children are found by parent pid, with the
             // postmaster stopped first so that it forks no one and they stay its children.
-            if let Some(pid) = self.postmaster_pid() {
-                // SAFETY: kill with a pid read from postmaster.pid and pids whose parent
-                // is that pid; no memory involved.
+            if let Some((pid, _)) = target.filter(|_| target_alive()) {
+                // SAFETY: kill with a pid read from postmaster.pid (still the same process:
+                // its start time matches) and pids whose parent is that pid; no memory
+                // involved.
                 unsafe {
                     libc::kill(pid, libc::SIGSTOP);
                     for child in children_of(pid) {
@@ -1070,8 +1082,22 @@ impl PgServer {
     /// after promotion; so when the source's latest checkpoint is on an older timeline than
     /// its WAL, this first runs `CHECKPOINT` on it (else pg_rewind would say "no rewind
     /// required" and the target would then fail to follow).
+    ///
+    /// pg_rewind crash-recovers an unclean target in single-user mode, which refuses to
+    /// run with standby.signal ("standby mode is not supported by single-user servers"):
+    /// a former primary killed while it ran as a standby (waiting to be rewound) would
+    /// never rewind. standby.signal goes first then; `--write-recovery-conf` writes it
+    /// back.
     pub async fn rewind_from(&self, source: &Conninfo) -> Result<RewindOutcome> {
         ensure_checkpointed_timeline(source).await?;
+        let signal = self.data_dir.join("standby.signal");
+        if signal.exists() {
+            let state = self.control_data().await?.cluster_state;
+            if !CLEAN_SHUTDOWN_STATES.contains(&state.as_str()) {
+                std::fs::remove_file(&signal)
+                    .map_err(io_err(format!("remove {}", signal.display())))?;
+            }
+        }
         let mut cmd = self.command("pg_rewind");
         cmd.arg("--target-pgdata")
             .arg(&self.data_dir)
@@ -1230,6 +1256,24 @@ pub fn children_of(parent: libc::pid_t) -> Vec<libc::pid_t> {
 pub fn parent_pid_from_stat(stat: &str) -> Option<libc::pid_t> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The start time (field 22, clock ticks since boot) in a `/proc/<pid>/stat` line.
+pub fn start_time_from_stat(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields from 3 on; the start time is field 22.
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// A live process as (pid, start time): a pid alone may be reused by another process.
+/// None when it is gone or a zombie.
+fn process_identity(pid: libc::pid_t) -> Option<(libc::pid_t, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    Some((pid, start_time_from_stat(&stat)?))
 }
 
 fn describe(cmd: &Command) -> String {
@@ -1590,6 +1634,13 @@ mod tests {
         );
         assert_eq!(parent_pid_from_stat("123 (x) S"), None);
         assert_eq!(parent_pid_from_stat("garbage"), None);
+        // Field 22 is the start time; comm with spaces and parentheses does not shift it.
+        let stat = "123 (postgres: a) b) S 77 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(start_time_from_stat(stat), Some(987654));
+        assert_eq!(start_time_from_stat("123 (x) S 1 2"), None);
+        let me = std::process::id() as libc::pid_t;
+        let mine = process_identity(me).expect("this process runs");
+        assert_eq!(process_identity(me), Some(mine), "stable while it runs");
         let me = std::process::id() as libc::pid_t;
         // SAFETY: getppid has no preconditions.
         let parent = unsafe { libc::getppid() };
