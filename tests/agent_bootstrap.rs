@@ -167,6 +167,41 @@ async fn kill9_of_the_master_agent_alone_stops_its_postgres_before_its_session_e
     );
 }
 
+/// kill -9 of the master's agent, restarted at once (a supervisor's restart): its old
+/// fence guard fences the old primary, and the new agent touches PostgreSQL only once
+/// that guard is gone (the data directory's guard lock). The cluster is whole again (the
+/// node a replica, or the master again if it won the next election). Before, the new agent started its standby while the old guard's immediate
+/// stop still waited for the pid file; the old guard then SIGKILLed the new standby, and
+/// pg_rewind refused the unclean data directory: the node never came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_master_agent_and_an_immediate_restart_rejoins_as_replica() {
+    if postgres::skip() {
+        return;
+    }
+    let mut c = start(3).await;
+    let old = c.wait_healthy(&["n1", "n2", "n3"], None).await;
+    let killed = Instant::now();
+    c.agent_mut(&old).kill9();
+    c.agent_mut(&old).start();
+    // Any master: the old node, back as a standby with all the WAL, may well win again.
+    let master = c.wait_healthy(&["n1", "n2", "n3"], None).await;
+    eprintln!(
+        "agent of {old} killed and restarted at once: {master} master, all three healthy after {:?}",
+        killed.elapsed()
+    );
+    let log = c.agent(&old).log();
+    assert!(
+        !log.contains("pg_rewind --target-pgdata"),
+        "a pg_rewind failed:\n{}",
+        tail(&log, 60)
+    );
+    assert!(
+        !log.contains("PostgreSQL is not running: starting it as a standby"),
+        "the restarted node's server died under it:\n{}",
+        tail(&log, 60)
+    );
+}
+
 /// The master's agent paused (SIGSTOP of its process group: its runtime and lease watchdog
 /// stop turning), PostgreSQL running: the fence guard stops PostgreSQL at the agent's own
 /// fencing deadline, before the session can expire; the replica is promoted; the agent,

@@ -16,7 +16,7 @@ use support::agent::{
     DEADLINE,
 };
 use support::postgres;
-use switchyard_proxy::records;
+use switchyard_proxy::{pg, records};
 
 const SESSION_TIMEOUT_MS: u32 = 2_000;
 
@@ -170,6 +170,109 @@ async fn sync_mode_kill9_of_the_master_loses_no_acknowledged_commit() {
     let log = c.agent(&old).log();
     assert!(log.contains("pg_rewind"), "{}", tail(&log, 40));
     assert_all_acked_on(c.agent(&old).pg_port, acks.iter().map(|a| a.id), &old).await;
+}
+
+/// The master's agent crashes (kill -9) and is restarted at once, within its session,
+/// while its PostgreSQL holds WAL its standbys never received (their WAL receivers were
+/// paused, so those commits wait unacknowledged). The fence guard stops PostgreSQL; the
+/// restarted agent runs it as a standby until the old session expires. The old master is
+/// then ahead of both synchronous standbys, which may therefore not win; before, it was
+/// not in `sync` either, so nobody could win, for good. Now `sync`'s leader races too:
+/// a master is elected and every acknowledged commit is on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_master_agent_crash_and_quick_restart_still_elects_a_master() {
+    if postgres::skip() {
+        return;
+    }
+    let mut c = start_sync(3).await;
+    let old = c.wait_healthy(&ALL, None).await;
+    let standbys = others(&ALL, &old);
+    c.wait_sync(&old, &standbys).await;
+    let old_port = c.agent(&old).pg_port;
+    connect(old_port)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id bigserial primary key, sent_ms bigint)")
+        .await
+        .unwrap();
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let writer = spawn_writer(old_port, acks.clone());
+    wait_acks(&acks, 20).await;
+
+    // The standbys stop receiving; the master writes on (its commits wait).
+    for n in &standbys {
+        assert!(c.agent(n).signal_walreceiver("STOP"), "{n} streams");
+    }
+    let received = |port: u16| async move {
+        let c = connect(port).await?;
+        let row = c
+            .query_one("SELECT pg_last_wal_receive_lsn()::text", &[])
+            .await
+            .ok()?;
+        pg::parse_lsn(&row.get::<_, String>(0)).ok()
+    };
+    let mut standby_lsns = Vec::new();
+    for n in &standbys {
+        standby_lsns.push(
+            received(c.agent(n).pg_port)
+                .await
+                .expect("standby position"),
+        );
+    }
+    let ahead_deadline = Instant::now() + DEADLINE;
+    loop {
+        let master_lsn = match connect(old_port).await {
+            Some(m) => m
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .ok()
+                .and_then(|r| pg::parse_lsn(&r.get::<_, String>(0)).ok()),
+            None => None,
+        };
+        if master_lsn.is_some_and(|m| standby_lsns.iter().all(|s| m > *s)) {
+            break;
+        }
+        assert!(
+            Instant::now() < ahead_deadline,
+            "the master's WAL never moved on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acked_before_crash = acks.lock().unwrap().len();
+
+    // The agent crashes and comes back at once; its guard has stopped PostgreSQL.
+    let crashed = Instant::now();
+    let postmaster = c.agent(&old).postmaster_pid();
+    c.agent_mut(&old).kill9();
+    let stopped_deadline = Instant::now() + DEADLINE;
+    while postmaster.is_some_and(support::agent::runs) {
+        assert!(
+            Instant::now() < stopped_deadline,
+            "the guard never stopped PostgreSQL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.agent_mut(&old).start();
+    for n in &standbys {
+        c.agent(n).signal_walreceiver("CONT");
+    }
+
+    let master = c.wait_healthy(&ALL, None).await;
+    writer.abort();
+    let acks: Vec<Ack> = acks.lock().unwrap().clone();
+    eprintln!(
+        "{old}'s agent crashed and restarted: {master} master after {:?}; {} rows \
+         acknowledged ({acked_before_crash} before the standbys paused... and the crash)",
+        crashed.elapsed(),
+        acks.len()
+    );
+    assert_all_acked_on(c.agent(&master).pg_port, acks.iter().map(|a| a.id), &master).await;
+    connect(c.agent(&master).pg_port)
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO t (sent_ms) VALUES (0)")
+        .await
+        .unwrap();
 }
 
 /// SIGSTOP of the master's agent and its whole PostgreSQL for twice the session

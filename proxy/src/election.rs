@@ -62,6 +62,15 @@ pub enum NotEligible {
 /// commit on at least one synchronous standby and WAL is linear, so the most advanced
 /// of *all* synchronous standbys holds every one; hence each other member of `sync`
 /// must be live (in `live_members` with a position) and not ahead of us.
+///
+/// Synchronous mode also lets `sync.leader` race: the last master (it writes `sync`
+/// before it promotes) wrote every acknowledged commit itself, so it needs no standby
+/// live. And it compares positions only with the nodes of `sync` and its leader: any
+/// other node can hold only WAL nobody acknowledged (it rewinds once another wins).
+/// Without both, a last master that restarted as a standby within its session (an
+/// agent crash and a quick restart, or a winner killed between `pg_promote` and
+/// publishing `primary`) is ahead of every synchronous standby, so none of them may
+/// win, and it was not in `sync`, so it may not either: no master, for good.
 pub fn eligible(
     me: &MemberRecord,
     live_members: &[MemberRecord],
@@ -77,20 +86,37 @@ pub fn eligible(
     let (Some(my_timeline), Some(my_lsn)) = (me.timeline, me.wal_position()) else {
         return Err(NotEligible::PositionUnknown);
     };
-    if config.synchronous {
-        let Some(sync) = sync.filter(|s| s.contains(&me.node)) else {
+    let sync = if config.synchronous {
+        let Some(sync) = sync else {
             return Err(NotEligible::NotSynchronous);
         };
-        for node in sync.standbys.iter().filter(|n| **n != me.node) {
-            let live = live_members
-                .iter()
-                .any(|m| m.node == *node && m.wal_position().is_some());
-            if !live {
-                return Err(NotEligible::SyncMemberMissing { node: node.clone() });
+        let last_master = sync.leader.as_deref() == Some(me.node.as_str());
+        if !last_master && !sync.contains(&me.node) {
+            return Err(NotEligible::NotSynchronous);
+        }
+        if !last_master {
+            for node in sync.standbys.iter().filter(|n| **n != me.node) {
+                let live = live_members
+                    .iter()
+                    .any(|m| m.node == *node && m.wal_position().is_some());
+                if !live {
+                    return Err(NotEligible::SyncMemberMissing { node: node.clone() });
+                }
             }
         }
-    }
-    for peer in live_members.iter().filter(|m| m.node != me.node) {
+        Some(sync)
+    } else {
+        None
+    };
+    let compared = |m: &&MemberRecord| match sync {
+        None => true,
+        Some(s) => s.contains(&m.node) || s.leader.as_deref() == Some(m.node.as_str()),
+    };
+    for peer in live_members
+        .iter()
+        .filter(|m| m.node != me.node)
+        .filter(compared)
+    {
         if let Some(theirs) = peer.timeline {
             if theirs > my_timeline {
                 return Err(NotEligible::BehindTimeline {
@@ -394,10 +420,67 @@ mod tests {
         );
         // Asynchronous mode ignores the record.
         assert_eq!(eligible(&a, &live, &cfg(false), Some(&s)), Ok(()));
-        // In sync but behind a live async peer: the WAL rule still applies.
+        // A node outside `sync` and not its leader is not compared: what it has beyond
+        // the synchronous standbys nobody acknowledged (it rewinds), and since it may
+        // not win, comparing with it would leave the cluster without a master.
         let c = member("c", 1, Some(200), Some(200));
+        assert_eq!(
+            eligible(&b, &[a.clone(), b.clone(), c.clone()], &cfg(true), Some(&s)),
+            Ok(())
+        );
+        assert_eq!(
+            eligible(&c, &[a, b, c.clone()], &cfg(true), Some(&s)),
+            Err(NotEligible::NotSynchronous)
+        );
+    }
+
+    #[test]
+    fn synchronous_mode_lets_the_last_master_race() {
+        // a was master (it wrote `sync`), restarted as a standby with its session's
+        // `leader` gone: it holds WAL the standbys never received.
+        let s = SyncRecord {
+            leader: Some("a".into()),
+            standbys: vec!["b".into(), "c".into()],
+        };
+        let a = member("a", 1, None, Some(300));
+        let b = member("b", 1, Some(200), Some(200));
+        let c = member("c", 1, Some(250), Some(250));
+        let live = [a.clone(), b.clone(), c.clone()];
+        assert_eq!(eligible(&a, &live, &cfg(true), Some(&s)), Ok(()));
+        // The standbys compare with it (it is sync's leader), so they hold back.
         assert!(matches!(
-            eligible(&b, &[a.clone(), b.clone(), c], &cfg(true), Some(&s)),
+            eligible(&c, &live, &cfg(true), Some(&s)),
+            Err(NotEligible::BehindPeer { node, .. }) if node == "a"
+        ));
+        // It needs no standby live: it wrote every acknowledged commit itself.
+        assert_eq!(
+            eligible(&a, std::slice::from_ref(&a), &cfg(true), Some(&s)),
+            Ok(())
+        );
+        // `sync` naming no standby (none streamed yet): the last master still may win.
+        let alone = SyncRecord {
+            leader: Some("a".into()),
+            standbys: Vec::new(),
+        };
+        assert_eq!(eligible(&a, &live, &cfg(true), Some(&alone)), Ok(()));
+        // A winner killed between pg_promote and publishing: on a later timeline than
+        // every standby, which therefore hold back, and it may race again.
+        let promoted = member("a", 2, None, Some(310));
+        let live = [promoted.clone(), b.clone(), c.clone()];
+        assert_eq!(eligible(&promoted, &live, &cfg(true), Some(&s)), Ok(()));
+        assert!(matches!(
+            eligible(&c, &live, &cfg(true), Some(&s)),
+            Err(NotEligible::BehindTimeline { .. })
+        ));
+        // The last master behind a standby (its disk lost WAL) does not win.
+        let lagging = member("a", 1, None, Some(100));
+        assert!(matches!(
+            eligible(
+                &lagging,
+                &[lagging.clone(), c.clone()],
+                &cfg(true),
+                Some(&s)
+            ),
             Err(NotEligible::BehindPeer { .. })
         ));
     }

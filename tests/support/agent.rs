@@ -269,6 +269,27 @@ impl Agent {
         ok.then_some(pid)
     }
 
+    /// Sends `sig` (`STOP`, `CONT`) to this node's WAL receiver, if it runs (a standby
+    /// that streams); returns whether one was found. Stopped, it receives nothing more:
+    /// what its primary writes meanwhile is on the primary alone.
+    pub fn signal_walreceiver(&self, sig: &str) -> bool {
+        let Some(pid) = self.postmaster_pid() else {
+            return false;
+        };
+        let mut found = false;
+        for child in children_of(pid) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            if cmdline.windows(11).any(|w| w == b"walreceiver") {
+                found |= Command::new("kill")
+                    .args([&format!("-{sig}"), &child.to_string()])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+            }
+        }
+        found
+    }
+
     /// kill -9 of the postmaster and every process it forked.
     pub fn kill9_postgres(&self) {
         self.signal_postgres("KILL");

@@ -26,6 +26,14 @@
 //! itself ends it without fencing (a supervisor stopping everything: the agent stops its
 //! PostgreSQL itself).
 //!
+//! One guard per data directory: a guard holds an exclusive `flock` on
+//! `<pg_data>.switchyard-guard.lock` for its life and says `ready` on its stdout once it
+//! has it; the agent touches PostgreSQL only after that. An agent restarted at once after
+//! a crash (a supervisor's restart) therefore waits until the old guard has fenced and
+//! exited. Before, the new agent started its standby while the old guard's immediate
+//! stop still waited for the pid file, which then named the new server: the old guard
+//! killed it, and left it unclean.
+//!
 //! Invariants: once the agent process is gone without standing the guard down, or a
 //! deadline it sent passes without a newer one or `C`, PostgreSQL is stopped within an
 //! immediate stop's time (`pg_ctl`, bounded by `PgOptions::fence_timeout`, then SIGKILL),
@@ -53,6 +61,24 @@ pub const STAND_DOWN_WAIT_MS: u64 = 2_000;
 
 /// Longest line the guard accepts; a longer one is dropped (with a warning).
 pub const GUARD_LINE_BYTES_MAX: usize = 64;
+
+/// How long a new guard waits for the data directory's guard lock: an earlier guard
+/// holds it while it fences (an immediate stop: `PgOptions::fence_timeout`, 2 s, then
+/// SIGKILL), then exits.
+pub const GUARD_LOCK_WAIT_MS: u64 = 10_000;
+
+/// How long the agent waits for its guard's `ready`: the lock wait and the guard's start.
+pub const GUARD_READY_TIMEOUT_MS: u64 = GUARD_LOCK_WAIT_MS + 5_000;
+
+/// What the guard prints on stdout once it holds the lock.
+const GUARD_READY_LINE: &[u8] = b"ready\n";
+
+/// The guard lock of data directory `pg_data`: beside it, like the rewind marker.
+pub fn guard_lock_path(pg_data: &std::path::Path) -> PathBuf {
+    let mut p = pg_data.as_os_str().to_owned();
+    p.push(".switchyard-guard.lock");
+    PathBuf::from(p)
+}
 
 /// What the guard needs to stop one PostgreSQL: its command line after
 /// [`FENCE_GUARD_COMMAND`].
@@ -269,16 +295,28 @@ impl FenceGuard {
         let mut child: Child = Command::new(std::env::current_exe()?)
             .args(target.args())
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0)
             .spawn()?;
         let pid = child.id();
-        let Some(pipe) = child.stdin.take() else {
+        let (Some(pipe), Some(out)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(std::io::Error::other("the fence guard has no stdin pipe"));
+            return Err(std::io::Error::other(
+                "the fence guard has no stdin or stdout pipe",
+            ));
         };
+        // Nothing may touch PostgreSQL before the guard holds the data directory's lock
+        // (an earlier guard may still be fencing).
+        if let Err(e) = wait_ready(out, Duration::from_millis(GUARD_READY_TIMEOUT_MS)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other(format!(
+                "the fence guard is not ready ({e}); is another agent's guard holding {}?",
+                guard_lock_path(&target.pg_data).display()
+            )));
+        }
         // Never block the agent's runtime on a guard that does not read (paused): a
         // deadline that does not fit is dropped, and the guard keeps the one it has.
         // SAFETY: fcntl on the pipe's valid descriptor.
@@ -357,6 +395,113 @@ impl FenceGuard {
     }
 }
 
+/// Reads the guard's stdout until [`GUARD_READY_LINE`], at most `timeout`.
+fn wait_ready(mut out: std::process::ChildStdout, timeout: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    while !got.ends_with(GUARD_READY_LINE) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || got.len() > GUARD_READY_LINE.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no `ready` within {timeout:?}"),
+            ));
+        }
+        let mut pfd = libc::pollfd {
+            fd: out.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if ready == 0 {
+            continue;
+        }
+        match out.read(&mut buf) {
+            Ok(0) => {
+                return Err(std::io::Error::other(
+                    "the guard exited before it was ready",
+                ))
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Takes the exclusive lock on `path` (created if absent), waiting at most
+/// [`GUARD_LOCK_WAIT_MS`] while another guard holds it. Returns the open file (the lock
+/// lives as long as it), or None when the agent's pipe ended meanwhile (the agent is gone
+/// before it touched PostgreSQL: nothing to fence).
+fn take_guard_lock(
+    path: &std::path::Path,
+    agent: libc::c_int,
+) -> Result<Option<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    let deadline = Instant::now() + Duration::from_millis(GUARD_LOCK_WAIT_MS);
+    let mut waited = false;
+    loop {
+        // SAFETY: flock on the file's valid descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            if waited {
+                info!(lock = %path.display(), "the earlier guard is gone: guarding");
+            }
+            return Ok(Some(file));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(format!("lock {}: {e}", path.display()));
+        }
+        if !waited {
+            info!(lock = %path.display(), "another fence guard holds this data directory (an earlier agent's, fencing?): waiting for it");
+            waited = true;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} stayed locked for {GUARD_LOCK_WAIT_MS} ms: another guard (another agent on this data directory?) holds it",
+                path.display()
+            ));
+        }
+        // Meanwhile, an agent that is gone ends the wait (its pipe reads end of file; it
+        // sends nothing else before `ready`).
+        let mut pfd = libc::pollfd {
+            fd: agent,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut pfd, 1, GUARD_LOCK_POLL_MS) } > 0 {
+            let mut byte = [0u8; 1];
+            // SAFETY: read into a valid one-byte buffer.
+            let n = unsafe { libc::read(agent, byte.as_mut_ptr().cast(), 1) };
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Poll interval while a guard waits for the lock.
+const GUARD_LOCK_POLL_MS: libc::c_int = 50;
+
 /// What the guard does next, from its deadline and the time: pure, for tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardStep {
@@ -403,6 +548,15 @@ pub fn run_guard(target: &GuardTarget, rt: &tokio::runtime::Runtime) -> Result<(
     let server = PgServer::new(bins, &target.pg_data, opts).map_err(|e| e.to_string())?;
     let mut stdin = std::io::stdin().lock();
     let fd = stdin.as_raw_fd();
+    let Some(_lock) = take_guard_lock(&guard_lock_path(&target.pg_data), fd)? else {
+        return Ok(());
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(GUARD_READY_LINE)
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("telling the agent it is ready: {e}"))?;
+    }
     let mut lines = LineReader::default();
     let mut fence_at: Option<u64> = None;
     let mut buf = [0u8; 512];
