@@ -269,17 +269,17 @@ impl Agent {
         ok.then_some(pid)
     }
 
-    /// Sends `sig` (`STOP`, `CONT`) to this node's WAL receiver, if it runs (a standby
-    /// that streams); returns whether one was found. Stopped, it receives nothing more:
-    /// what its primary writes meanwhile is on the primary alone.
-    pub fn signal_walreceiver(&self, sig: &str) -> bool {
+    /// Sends `sig` (`STOP`, `CONT`) to this node's PostgreSQL processes whose command
+    /// line holds `name` (`walsender`, `walreceiver`); returns whether one was found.
+    /// The master's WAL senders stopped: what it writes from then on is on it alone.
+    pub fn signal_postgres_processes(&self, name: &str, sig: &str) -> bool {
         let Some(pid) = self.postmaster_pid() else {
             return false;
         };
         let mut found = false;
         for child in children_of(pid) {
             let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-            if cmdline.windows(11).any(|w| w == b"walreceiver") {
+            if cmdline.windows(name.len()).any(|w| w == name.as_bytes()) {
                 found |= Command::new("kill")
                     .args([&format!("-{sig}"), &child.to_string()])
                     .stderr(Stdio::null())
