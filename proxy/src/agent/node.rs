@@ -1483,7 +1483,7 @@ impl<'a> Session<'a> {
                         ),
                     };
                     error!("switchover: {why}; starting again as the master");
-                    self.start_pg().await?;
+                    self.restart_as_master_if_still_leader().await?;
                     return self
                         .finish_switchover(req, version, SwitchoverStatus::Failed, Some(why))
                         .await;
@@ -1799,16 +1799,59 @@ impl<'a> Session<'a> {
         self.publish_member().await
     }
 
-    fn start_watchdog(&mut self) {
-        let client = self.client.clone();
-        let server = self.a.pg.clone();
-        let timeout = Duration::from_millis(u64::from(client.session_timeout_ms()));
-        let margin = match self.config.fence_margin_ms {
+    /// How long before the lease's end a master fences: `fence_margin_ms`, or a third of
+    /// the session timeout.
+    fn fence_margin(&self) -> Duration {
+        let timeout = Duration::from_millis(u64::from(self.client.session_timeout_ms()));
+        match self.config.fence_margin_ms {
             Some(m) if Duration::from_millis(u64::from(m)) < timeout => {
                 Duration::from_millis(u64::from(m))
             }
             _ => timeout / 3,
+        }
+    }
+
+    /// A failed switchover: this master stopped its server, and the target did not catch
+    /// up. It starts again as the master only while it certainly still holds `leader`:
+    /// the watchdog has not fired and the lease is valid. The catch-up wait
+    /// (`SWITCHOVER_CATCHUP_TIMEOUT`) can outlast the session: cut off from coordd
+    /// meanwhile, its session may have expired and the target been elected; a primary
+    /// started then is a second one. Checked again once the server runs: a watchdog that
+    /// fired during the start stopped nothing yet.
+    async fn restart_as_master_if_still_leader(&mut self) -> Result<()> {
+        let still_leader = || {
+            !*self.fenced.borrow()
+                && matches!(
+                    election::lease_state(
+                        self.client.lease().into_std(),
+                        self.fence_margin(),
+                        std::time::Instant::now(),
+                    ),
+                    LeaseState::Valid { .. }
+                )
         };
+        if !still_leader() {
+            return Err(AgentError::SessionEnded(
+                "switchover failed and the lease ran out meanwhile: not starting again as \
+                 the master"
+                    .into(),
+            ));
+        }
+        self.start_pg().await?;
+        if !still_leader() {
+            warn!("the lease ran out while PostgreSQL started: stopping it (immediate)");
+            let _ = self.a.pg.stop(StopMode::Immediate).await;
+            return Err(AgentError::SessionEnded(
+                "switchover failed and the lease ran out while PostgreSQL started".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn start_watchdog(&mut self) {
+        let client = self.client.clone();
+        let server = self.a.pg.clone();
+        let margin = self.fence_margin();
         let tx = self.fenced_tx.clone();
         let guard = self.a.guard.clone();
         self.watchdog = Some(tokio::spawn(async move {
