@@ -221,6 +221,11 @@ impl Topology {
     /// the replica's replay LSN when both are known, since both come from this one
     /// read of the namespace; otherwise the replica's own `lag_bytes`; otherwise
     /// unknown. If a node appears twice, the record updated last wins.
+    ///
+    /// A replica on an older timeline than the leader's (both published) is left out:
+    /// it may hold WAL past the fork that the cluster never committed (a node that was
+    /// ahead at an election, or a former primary before its rewind), and its LSNs are
+    /// not comparable with the master's, neither for lag nor for a causal token.
     pub fn build(
         leader: Option<(LeaderRecord, Epoch)>,
         members: impl IntoIterator<Item = MemberRecord>,
@@ -231,10 +236,12 @@ impl Topology {
         members.dedup_by(|later, first| later.node == first.node);
 
         let leader_node = leader.as_ref().map(|(l, _)| l.node.as_str());
-        let leader_position = members
+        let leader_member = members
             .iter()
-            .find(|m| Some(m.node.as_str()) == leader_node)
-            .and_then(|m| m.wal_position());
+            .find(|m| Some(m.node.as_str()) == leader_node);
+        let leader_position = leader_member.and_then(|m| m.wal_position());
+        let leader_timeline = leader_member.and_then(|m| m.timeline);
+        let on_an_older_timeline = |m: &MemberRecord| matches!((m.timeline, leader_timeline), (Some(mine), Some(theirs)) if mine < theirs);
 
         let replicas: Box<[Replica]> = members
             .iter()
@@ -242,6 +249,7 @@ impl Topology {
                 m.role == Role::Replica
                     && m.state == MemberState::Running
                     && Some(m.node.as_str()) != leader_node
+                    && !on_an_older_timeline(m)
             })
             .map(|m| Replica {
                 endpoint: Arc::new(Endpoint {
@@ -725,6 +733,46 @@ mod tests {
 
     fn nodes<'a>(it: impl Iterator<Item = &'a Endpoint>) -> Vec<&'a str> {
         it.map(|e| e.node.as_str()).collect()
+    }
+
+    #[test]
+    fn a_replica_on_an_older_timeline_gets_no_reads() {
+        // The master promoted onto timeline 2; r_old is still on timeline 1, past the
+        // fork (its replay LSN beyond the master's); r_new streams timeline 2.
+        let mut m = member("m", Role::Primary, 1000);
+        m.timeline = Some(2);
+        let mut r_new = member("r_new", Role::Replica, 900);
+        r_new.timeline = Some(2);
+        let r_old = member("r_old", Role::Replica, 1200);
+        let t = Topology::build(
+            Some((leader("m", LeaderState::Primary), Epoch(9))),
+            [m.clone(), r_new, r_old.clone()],
+            u64::MAX,
+        );
+        assert_eq!(nodes(t.replicas().iter().map(|r| &*r.endpoint)), ["r_new"]);
+        let p = ReadPolicy {
+            max_lag_bytes: u64::MAX,
+            ..ReadPolicy::default()
+        };
+        let cursor = AtomicUsize::new(0);
+        // A token from the new master that r_old's old-timeline LSN "passes": the master.
+        assert_eq!(
+            t.route(Intent::ReadAfter(Lsn(1000)), &p, &cursor),
+            Ok(Target::Master)
+        );
+        for _ in 0..3 {
+            let r = t.route(Intent::Read, &p, &cursor).unwrap();
+            assert_eq!(t.endpoint(r).unwrap().node, "r_new");
+        }
+        // Timelines unknown on either side: nothing to compare, the replica stays.
+        let mut unknown = r_old.clone();
+        unknown.timeline = None;
+        let t = Topology::build(
+            Some((leader("m", LeaderState::Primary), Epoch(9))),
+            [m, unknown],
+            u64::MAX,
+        );
+        assert_eq!(nodes(t.replicas().iter().map(|r| &*r.endpoint)), ["r_old"]);
     }
 
     #[test]
