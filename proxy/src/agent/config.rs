@@ -207,6 +207,9 @@ pub struct Settings {
 
 pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 6_000;
 
+/// Listen-everywhere addresses: valid for `listen_addresses`, never as `--host`.
+const WILDCARD_HOSTS: [&str; 5] = ["0.0.0.0", "*", "::", "[::]", "0"];
+
 /// Default of [`Settings::primary_unresponsive_ms`]: long enough that a busy server's
 /// slow answers (a status check is bounded by 2 s) do not cost a failover, short enough
 /// that a hung primary does not keep writes down for long (Patroni's TTL is 30 s).
@@ -248,6 +251,15 @@ impl Settings {
         }
         if flags.host.is_empty() {
             return Err("--host must not be empty".into());
+        }
+        // --host is published in the member and leader records: where routers and the
+        // other nodes connect. A wildcard there would make each of them connect to itself.
+        if WILDCARD_HOSTS.contains(&flags.host.as_str()) {
+            return Err(format!(
+                "--host {} is a wildcard: give the address other nodes and routers reach this \
+                 PostgreSQL at (listen_addresses in agent.toml sets what it listens on)",
+                flags.host
+            ));
         }
         let pg_data = if flags.pg_data.is_absolute() {
             flags.pg_data.clone()
@@ -338,6 +350,18 @@ mod tests {
             host: "10.0.0.1".into(),
             config: None,
             session_timeout_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_wildcard_host_is_refused() {
+        for host in WILDCARD_HOSTS {
+            let e = Settings::resolve(AgentFlags {
+                host: host.into(),
+                ..flags()
+            })
+            .unwrap_err();
+            assert!(e.contains("wildcard"), "{host}: {e}");
         }
     }
 

@@ -320,13 +320,9 @@ impl Agent {
         c
     }
 
+    /// The local server, at `--host` (never a wildcard: `Settings::resolve` refuses one).
     fn local_conninfo(&self) -> Conninfo {
-        let host = if self.s.host == "0.0.0.0" || self.s.host == "*" {
-            "127.0.0.1"
-        } else {
-            self.s.host.as_str()
-        };
-        self.conninfo(host, self.s.pg_port)
+        self.conninfo(&self.s.host, self.s.pg_port)
     }
 
     async fn start_pg(&self) -> Result<()> {
