@@ -33,7 +33,7 @@ use support::agent::{
     ClusterOpts, ELECTION_DEADLINE,
 };
 use support::postgres;
-use support::router::{start_router, wait_three, wait_topology, where_ran};
+use support::router::{reads_settle_on, start_router, wait_three, wait_topology, where_ran};
 use switchyard_proxy::records::LeaderState;
 use switchyard_proxy::router::Router;
 use tokio::time::{timeout, Instant};
@@ -337,14 +337,7 @@ async fn master_kill9_on_a_coordd_ensemble_the_router_follows_and_the_old_node_r
     // Reads: the remaining replica only.
     let survivor = others(&live, &new)[0];
     let survivor_port = c.agent(survivor).pg_port;
-    wait_topology(&router, "one readable replica", DEADLINE, |t| {
-        t.readable_endpoints(1 << 30).count() == 1
-    })
-    .await;
-    assert_eq!(
-        read_ports(&router, 4).await,
-        BTreeSet::from([survivor_port])
-    );
+    reads_settle_on(&router, survivor_port, DEADLINE).await;
 
     // The old node comes back: rewinds, follows, synchronous standby again, reads.
     let restarted = Instant::now();

@@ -34,7 +34,8 @@ use support::agent::{
 };
 use support::postgres::{self, PgDir};
 use support::router::{
-    router_follows_a_master_kill, start_router, wait_three, wait_topology, where_ran, DbCluster,
+    reads_settle_on, router_follows_a_master_kill, start_router, wait_three, wait_topology,
+    where_ran, DbCluster,
 };
 use support::zookeeper::{ZkMode, ZooKeeper, ZooKeeperEnsemble};
 use switchyard_proxy::namespace::Namespace;
@@ -504,16 +505,7 @@ async fn router_on_zk_ensemble_reads_replicas_and_follows_a_master_failover() {
         .find(|(node, _)| **node != new)
         .map(|(_, port)| *port)
         .unwrap();
-    wait_topology(&router, "one readable replica", DEADLINE, |t| {
-        t.readable_endpoints(1 << 30).count() == 1
-    })
-    .await;
-    for _ in 0..4 {
-        let (rec, port) =
-            where_ran(&router, "SELECT pg_is_in_recovery(), inet_server_port()").await;
-        assert!(rec);
-        assert_eq!(port, survivor);
-    }
+    reads_settle_on(&router, survivor, DEADLINE).await;
     drop(router);
 }
 

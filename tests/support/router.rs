@@ -103,6 +103,39 @@ pub async fn where_ran(router: &Router, sql: &str) -> (bool, u16) {
     (row.get(0), u16::try_from(row.get::<_, i32>(1)).unwrap())
 }
 
+/// After a failover, reads settle on the one remaining replica (port `replica_port`):
+/// until it publishes the new master's timeline the router keeps reads off it (a replica
+/// on an older timeline may be past the fork) and sends them to the master; then four
+/// reads in a row run on it. Panics if a read runs anywhere else, or if they have not
+/// settled within `deadline`.
+pub async fn reads_settle_on(router: &Router, replica_port: u16, deadline: Duration) {
+    let master_port = router
+        .topology()
+        .writable_endpoint()
+        .expect("a master after the failover")
+        .port;
+    let give_up = tokio::time::Instant::now() + deadline;
+    let mut in_a_row = 0;
+    while in_a_row < 4 {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "reads never settled on the remaining replica (port {replica_port}) within {deadline:?}"
+        );
+        let (rec, port) = where_ran(router, "SELECT pg_is_in_recovery(), inet_server_port()").await;
+        if rec && port == replica_port {
+            in_a_row += 1;
+        } else {
+            assert!(
+                !rec && port == master_port,
+                "a read ran on port {port} (in recovery: {rec}), neither the replica \
+                 {replica_port} nor the master {master_port}"
+            );
+            in_a_row = 0;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Waits up to `deadline` (per the router) for a master and two readable replicas that
 /// answer with the role their records claim; returns (master, {replica node: port}).
 /// `dump` describes the cluster when it does not happen.

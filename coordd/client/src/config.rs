@@ -210,6 +210,11 @@ impl ClientConfig {
         if self.reconnect_backoff_min_ms > self.reconnect_backoff_max_ms {
             return bad("reconnect_backoff_min_ms exceeds reconnect_backoff_max_ms");
         }
+        // The backoff doubles from the minimum: from 0 it would never grow, and the
+        // client would reconnect in a tight loop against servers that refuse it.
+        if self.reconnect_backoff_min_ms == 0 {
+            return bad("reconnect_backoff_min_ms must be > 0");
+        }
         if self.events_queue_max == 0 {
             return bad("events_queue_max must be > 0");
         }

@@ -517,6 +517,19 @@ impl SessionTask {
         }
     }
 
+    /// A reply to what was sent at `sent_at` came back with error code `err`. The server
+    /// answers SessionExpired to every packet (pings too) once it has proposed the
+    /// session's expiry or close: such a reply is no sign of life, and the lease ends
+    /// now. Any other reply (errors such as NoNode included) renews it.
+    fn lease_on_reply(&self, err: i32, sent_at: Instant, timeout: Duration) {
+        let mut lease = lock(&self.shared.lease);
+        if err == ErrorCode::SessionExpired as i32 {
+            lease.end(Instant::now());
+        } else {
+            lease.on_reply(sent_at, timeout);
+        }
+    }
+
     /// Queues an event, keeping order with events already waiting.
     fn emit(&mut self, ev: WatchedEvent) {
         if self.outbox.is_empty() {
@@ -771,7 +784,7 @@ impl SessionTask {
             }
             xid::PING => {
                 if let Some(sent_at) = c.ping_sent_at.take() {
-                    lock(&self.shared.lease).on_reply(sent_at, c.timeout);
+                    self.lease_on_reply(hdr.err, sent_at, c.timeout);
                 }
             }
             xid::AUTH => {
@@ -840,7 +853,7 @@ impl SessionTask {
                 if hdr.zxid > 0 {
                     self.shared.last_zxid.fetch_max(hdr.zxid, Ordering::AcqRel);
                 }
-                lock(&self.shared.lease).on_reply(done.sent_at, c.timeout);
+                self.lease_on_reply(hdr.err, done.sent_at, c.timeout);
                 let Pending { op, watch, reply } = done.item;
                 if let Some(w) = &watch {
                     let code = ErrorCode::try_from(hdr.err).unwrap_or(ErrorCode::SystemError);

@@ -433,6 +433,42 @@ async fn idle_connection_pings_and_the_reply_extends_the_lease() {
     );
 }
 
+/// A server that has proposed the session's expiry answers every packet, pings too,
+/// with SessionExpired: that is no sign of life, so the lease ends rather than moves.
+#[tokio::test]
+async fn a_session_expired_reply_ends_the_lease_instead_of_renewing_it() {
+    let fake = Fake::bind().await;
+    let (client, mut events, mut peer, _) =
+        connect_with(&fake, fake.config().with_session_timeout_ms(600), 0x9, 600).await;
+    let lease_at_connect = client.lease();
+    assert!(lease_at_connect > Instant::now());
+    let (h, req) = peer.read_request().await;
+    assert_eq!((h.xid, req), (xid::PING, Request::Ping));
+    peer.send(&[
+        reply(xid::PING, 0, ErrorCode::SessionExpired, |_| {}),
+        notification(EventType::NodeCreated, "/barrier"),
+    ])
+    .await;
+    assert_eq!(next_event(&mut events).await.path, "/barrier");
+    assert!(
+        client.lease() <= Instant::now(),
+        "a SessionExpired ping reply left the lease at {:?} from now",
+        client.lease().saturating_duration_since(Instant::now())
+    );
+}
+
+/// A reconnect backoff from 0 would never grow (it doubles): refused up front.
+#[tokio::test]
+async fn a_zero_reconnect_backoff_is_refused() {
+    let fake = Fake::bind().await;
+    let r = Client::connect(fake.config().with_reconnect_backoff_ms(0, 100)).await;
+    assert!(
+        matches!(&r, Err(Error::InvalidArgument(m)) if m.contains("reconnect_backoff_min_ms")),
+        "{:?}",
+        r.err()
+    );
+}
+
 #[tokio::test]
 async fn silent_server_is_dropped_after_the_read_timeout() {
     let fake = Fake::bind().await;
