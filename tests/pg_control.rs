@@ -366,3 +366,55 @@ async fn failover_and_rewind_with_pg_library() {
         t0.elapsed()
     );
 }
+
+/// Fencing a server whose postmaster is stopped (SIGSTOP, a debugger) while its backends
+/// still serve: SIGQUIT through `pg_ctl` would wait out `fence_timeout` with the backends
+/// committing all along; the stop sees the stopped postmaster and SIGKILLs it and every
+/// backend at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_a_server_whose_postmaster_is_stopped_kills_its_backends_at_once() {
+    if postgres::skip() {
+        return;
+    }
+    let bins = PgBinaries::find(None).expect("binaries");
+    let a = Node::new(&bins);
+    a.server
+        .initdb(&InitdbOptions {
+            auth_local: "trust".into(),
+            auth_host: "trust".into(),
+            no_sync: true,
+            ..InitdbOptions::default()
+        })
+        .await
+        .expect("initdb");
+    a.start().await;
+    let c = a.client().await;
+    c.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    let postmaster = a.server.postmaster_pid().expect("postmaster.pid");
+    // SAFETY: kill with the postmaster's pid; no memory involved.
+    assert_eq!(unsafe { libc::kill(postmaster, libc::SIGSTOP) }, 0);
+    // The danger: with the postmaster stopped, its backend still commits.
+    c.batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .expect("a backend of a stopped postmaster commits");
+
+    let fence = Instant::now();
+    a.server
+        .stop(pg::StopMode::Immediate)
+        .await
+        .expect("immediate stop");
+    let took = fence.elapsed();
+    let fence_timeout = pg::PgOptions::default().fence_timeout;
+    assert!(
+        took < fence_timeout,
+        "fencing waited {took:?}, as long as pg_ctl's timeout ({fence_timeout:?})"
+    );
+    assert!(
+        c.batch_execute("INSERT INTO t VALUES (2)").await.is_err(),
+        "the backend still commits after the fence"
+    );
+    eventually("the postmaster gone", Duration::from_secs(10), || async {
+        (!a.server.postmaster_alive()).then_some(())
+    })
+    .await;
+}

@@ -970,6 +970,15 @@ impl PgServer {
         // restart after a crash), pg_ctl waits out its timeout on the new pid file, and a
         // fallback reading the file then would SIGKILL the new server.
         let target = self.postmaster_pid().and_then(process_identity);
+        if mode == StopMode::Immediate {
+            if let Some((pid, _)) = target.filter(|t| process_stopped(t.0)) {
+                // A stopped postmaster (SIGSTOP, a debugger) cannot pass SIGQUIT on: its
+                // backends would go on serving, and committing, for all of
+                // `fence_timeout`, which a short session's margin may not cover.
+                kill_server(pid);
+                return Ok(());
+            }
+        }
         let mut cmd = self.command("pg_ctl");
         cmd.arg("stop").arg("-D").arg(&self.data_dir).args([
             "-m",
@@ -1002,16 +1011,7 @@ impl PgServer {
             // reach the postmaster alone: the children are found by parent pid, with the
             // postmaster stopped first so that it forks no one and they stay its children.
             if let Some((pid, _)) = target.filter(|_| target_alive()) {
-                // SAFETY: kill with a pid read from postmaster.pid (still the same process:
-                // its start time matches) and pids whose parent is that pid; no memory
-                // involved.
-                unsafe {
-                    libc::kill(pid, libc::SIGSTOP);
-                    for child in children_of(pid) {
-                        libc::kill(child, libc::SIGKILL);
-                    }
-                    libc::kill(pid, libc::SIGKILL);
-                }
+                kill_server(pid);
                 return Ok(());
             }
         }
@@ -1263,6 +1263,32 @@ pub fn start_time_from_stat(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     // Fields from 3 on; the start time is field 22.
     rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// SIGKILL of postmaster `pid` (read from postmaster.pid and checked to be that process)
+/// and every process it forked: the postmaster is stopped first so that it forks no one
+/// and its children stay its children while they are found by parent pid.
+fn kill_server(pid: libc::pid_t) {
+    // SAFETY: kill with the postmaster's pid and pids whose parent is that pid; no memory
+    // involved.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+        for child in children_of(pid) {
+            libc::kill(child, libc::SIGKILL);
+        }
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Whether `pid` is stopped (state `T`, or `t` under a tracer).
+fn process_stopped(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+        })
+        .unwrap_or(false)
 }
 
 /// A live process as (pid, start time): a pid alone may be reused by another process.
