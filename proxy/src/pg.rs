@@ -975,7 +975,7 @@ impl PgServer {
                 // A stopped postmaster (SIGSTOP, a debugger) cannot pass SIGQUIT on: its
                 // backends would go on serving, and committing, for all of
                 // `fence_timeout`, which a short session's margin may not cover.
-                kill_server(pid);
+                kill_server(pid).await;
                 return Ok(());
             }
         }
@@ -1011,7 +1011,7 @@ impl PgServer {
             // reach the postmaster alone: the children are found by parent pid, with the
             // postmaster stopped first so that it forks no one and they stay its children.
             if let Some((pid, _)) = target.filter(|_| target_alive()) {
-                kill_server(pid);
+                kill_server(pid).await;
                 return Ok(());
             }
         }
@@ -1267,8 +1267,12 @@ pub fn start_time_from_stat(stat: &str) -> Option<u64> {
 
 /// SIGKILL of postmaster `pid` (read from postmaster.pid and checked to be that process)
 /// and every process it forked: the postmaster is stopped first so that it forks no one
-/// and its children stay its children while they are found by parent pid.
-fn kill_server(pid: libc::pid_t) {
+/// and its children stay its children while they are found by parent pid. Returns once
+/// the postmaster is gone, or after [`KILL_WAIT_MS`]: none of them runs code after the
+/// signal, but one still in the process table (a loaded machine schedules its exit a
+/// little later) would look alive to whoever checks next.
+async fn kill_server(pid: libc::pid_t) {
+    let target = process_identity(pid);
     // SAFETY: kill with the postmaster's pid and pids whose parent is that pid; no memory
     // involved.
     unsafe {
@@ -1278,7 +1282,23 @@ fn kill_server(pid: libc::pid_t) {
         }
         libc::kill(pid, libc::SIGKILL);
     }
+    let give_up = tokio::time::Instant::now() + Duration::from_millis(KILL_WAIT_MS);
+    while target.is_some() && process_identity(pid) == target {
+        if tokio::time::Instant::now() >= give_up {
+            tracing::warn!(
+                pid,
+                "the postmaster is still in the process table {KILL_WAIT_MS} ms after SIGKILL"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(KILL_POLL_MS)).await;
+    }
 }
+
+/// Bound on waiting for a SIGKILLed postmaster to leave the process table.
+const KILL_WAIT_MS: u64 = 1_000;
+/// Poll interval of that wait.
+const KILL_POLL_MS: u64 = 5;
 
 /// Whether `pid` is stopped (state `T`, or `t` under a tracer).
 fn process_stopped(pid: libc::pid_t) -> bool {
