@@ -578,16 +578,28 @@ async fn propose_one(member: &Member, batcher: &Batcher, batch: Bytes) -> Result
                  ({refused_attempts} forwards refused before they were sent)"
             ));
         }
-        let leader = match member.leader().filter(|l| *l != member.id()) {
-            Some(l) => l,
-            None => member
-                .wait_for(remaining.min(Duration::from_millis(LEADER_WAIT_MS)), |s| {
-                    s.leader.is_some_and(|l| l != s.id)
-                })
-                .await
-                .map_err(|e| format!("no leader to forward to: {e}"))?
-                .leader
-                .ok_or("no leader to forward to")?,
+        let leader = match member.leader() {
+            Some(l) if l != member.id() => l,
+            _ => {
+                // No leader known yet (an election), or this member itself with its role
+                // not yet caught up: wait for another member to lead or for this one to
+                // be leader, then start over at the top. Waiting for another member only
+                // (as before) never ended when this member won the election: its own
+                // clients' writes failed after LEADER_WAIT_MS while it led (seen in CI:
+                // "no leader to forward to" on the new leader, no write after a kill).
+                member
+                    .wait_for(
+                        remaining.min(Duration::from_millis(LEADER_WAIT_MS)),
+                        |s| match s.leader {
+                            Some(l) if l == s.id => s.role == Role::Leader,
+                            Some(_) => true,
+                            None => false,
+                        },
+                    )
+                    .await
+                    .map_err(|e| format!("no leader to forward to: {e}"))?;
+                continue;
+            }
         };
         // A leader that hangs (stopped, cut off) answers nothing: give up as soon as the
         // ensemble has another leader, not at the forward's timeout, so this member's
