@@ -68,6 +68,21 @@ fn spawn_writer(port: u16, acks: Arc<Mutex<Vec<Ack>>>) -> tokio::task::JoinHandl
     })
 }
 
+/// Creates table `t` on the master at `port`, starts a writer on it and waits for its
+/// first `n` acknowledgements.
+async fn start_writing(port: u16, n: usize) -> (Arc<Mutex<Vec<Ack>>>, tokio::task::JoinHandle<()>) {
+    connect(port)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id bigserial primary key, sent_ms bigint)")
+        .await
+        .unwrap();
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let writer = spawn_writer(port, acks.clone());
+    wait_acks(&acks, n).await;
+    (acks, writer)
+}
+
 async fn wait_acks(acks: &Arc<Mutex<Vec<Ack>>>, n: usize) {
     let start = Instant::now();
     while acks.lock().unwrap().len() < n {
@@ -123,16 +138,7 @@ async fn sync_mode_kill9_of_the_master_loses_no_acknowledged_commit() {
         "{out:?}"
     );
     let old_port = c.agent(&old).pg_port;
-    connect(old_port)
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE t (id bigserial primary key, sent_ms bigint)")
-        .await
-        .unwrap();
-
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    let writer = spawn_writer(old_port, acks.clone());
-    wait_acks(&acks, 50).await;
+    let (acks, writer) = start_writing(old_port, 50).await;
 
     let killed = Instant::now();
     {
@@ -190,15 +196,7 @@ async fn sync_mode_master_crash_and_quick_agent_restart_still_elects_a_master() 
     let standbys = others(&ALL, &old);
     c.wait_sync(&old, &standbys).await;
     let old_port = c.agent(&old).pg_port;
-    connect(old_port)
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE t (id bigserial primary key, sent_ms bigint)")
-        .await
-        .unwrap();
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    let writer = spawn_writer(old_port, acks.clone());
-    wait_acks(&acks, 20).await;
+    let (acks, writer) = start_writing(old_port, 20).await;
 
     // The master's WAL senders stop: what it writes from now on stays on it (its
     // commits wait for a standby).
@@ -274,15 +272,7 @@ async fn sync_mode_paused_master_takes_no_write_after_the_promotion() {
     let old = c.wait_healthy(&ALL, None).await;
     c.wait_sync(&old, &others(&ALL, &old)).await;
     let old_port = c.agent(&old).pg_port;
-    connect(old_port)
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE t (id bigserial primary key, sent_ms bigint)")
-        .await
-        .unwrap();
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    let writer = spawn_writer(old_port, acks.clone());
-    wait_acks(&acks, 50).await;
+    let (acks, writer) = start_writing(old_port, 50).await;
 
     // Freeze: PostgreSQL's process group (postmaster, backends, WAL senders, ...) and
     // the agent's.

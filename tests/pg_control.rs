@@ -99,6 +99,19 @@ impl Node {
         }
     }
 
+    /// initdb with trust authentication and no sync (a test cluster).
+    async fn initdb(&self) {
+        self.server
+            .initdb(&InitdbOptions {
+                auth_local: "trust".into(),
+                auth_host: "trust".into(),
+                no_sync: true,
+                ..InitdbOptions::default()
+            })
+            .await
+            .expect("initdb");
+    }
+
     async fn client(&self) -> pg::Client {
         pg::connect(&self.conninfo("test")).await.expect("connect")
     }
@@ -153,15 +166,7 @@ async fn failover_and_rewind_with_pg_library() {
 
     // A: initdb, start, schema.
     let a = Node::new(&bins);
-    a.server
-        .initdb(&InitdbOptions {
-            auth_local: "trust".into(),
-            auth_host: "trust".into(),
-            no_sync: true,
-            ..InitdbOptions::default()
-        })
-        .await
-        .expect("initdb");
+    a.initdb().await;
     assert!(a.server.is_initialized());
     // pg_rewind reads A's WAL back to the last common checkpoint, and the crash recovery it
     // runs first would otherwise recycle it.
@@ -378,15 +383,7 @@ async fn fencing_a_server_whose_postmaster_is_stopped_kills_its_backends_at_once
     }
     let bins = PgBinaries::find(None).expect("binaries");
     let a = Node::new(&bins);
-    a.server
-        .initdb(&InitdbOptions {
-            auth_local: "trust".into(),
-            auth_host: "trust".into(),
-            no_sync: true,
-            ..InitdbOptions::default()
-        })
-        .await
-        .expect("initdb");
+    a.initdb().await;
     a.start().await;
     let c = a.client().await;
     c.batch_execute("CREATE TABLE t (id int)").await.unwrap();

@@ -1251,18 +1251,22 @@ pub fn children_of(parent: libc::pid_t) -> Vec<libc::pid_t> {
     out
 }
 
-/// The parent pid in a `/proc/<pid>/stat` line: `pid (comm) state ppid ...`, where
-/// comm may hold spaces and parentheses (so split after the last `)`).
+/// Field `n` (1-based, as proc(5) numbers them; 3 or more) of a `/proc/<pid>/stat` line:
+/// `pid (comm) state ppid ...`, where comm may hold spaces and parentheses (so the
+/// fields are counted after the last `)`).
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    debug_assert!(n >= 3, "fields 1 and 2 are the pid and comm");
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(n - 3)
+}
+
+/// The parent pid (field 4) in a `/proc/<pid>/stat` line.
 pub fn parent_pid_from_stat(stat: &str) -> Option<libc::pid_t> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_field(stat, 4)?.parse().ok()
 }
 
 /// The start time (field 22, clock ticks since boot) in a `/proc/<pid>/stat` line.
 pub fn start_time_from_stat(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Fields from 3 on; the start time is field 22.
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    stat_field(stat, 22)?.parse().ok()
 }
 
 /// SIGKILL of postmaster `pid` (read from postmaster.pid and checked to be that process)
@@ -1304,19 +1308,14 @@ const KILL_POLL_MS: u64 = 5;
 fn process_stopped(pid: libc::pid_t) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| {
-            let rest = &stat[stat.rfind(')')? + 1..];
-            rest.split_whitespace().next().map(|s| s == "T" || s == "t")
-        })
-        .unwrap_or(false)
+        .is_some_and(|stat| matches!(stat_field(&stat, 3), Some("T" | "t")))
 }
 
 /// A live process as (pid, start time): a pid alone may be reused by another process.
 /// None when it is gone or a zombie.
 fn process_identity(pid: libc::pid_t) -> Option<(libc::pid_t, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
-    if state == "Z" || state == "X" {
+    if matches!(stat_field(&stat, 3)?, "Z" | "X") {
         return None;
     }
     Some((pid, start_time_from_stat(&stat)?))

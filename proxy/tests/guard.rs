@@ -18,6 +18,17 @@ use switchyard_proxy::pg::PgBinaries;
 /// Bound on every wait for a guard's answer or exit.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The guard resolves the PostgreSQL binaries at start: without them, skip (say why).
+fn skip() -> bool {
+    match PgBinaries::find(None) {
+        Ok(_) => false,
+        Err(e) => {
+            eprintln!("skipped: PostgreSQL binaries not found ({e})");
+            true
+        }
+    }
+}
+
 fn spawn_guard(pg_data: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["fence-guard", "--pg-data"])
@@ -58,8 +69,7 @@ fn wait_exit(child: &mut Child) {
 
 #[test]
 fn a_second_guard_on_a_data_directory_is_ready_only_once_the_first_is_gone() {
-    if let Err(e) = PgBinaries::find(None) {
-        eprintln!("skipped: PostgreSQL binaries not found ({e})");
+    if skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -97,8 +107,7 @@ fn a_second_guard_on_a_data_directory_is_ready_only_once_the_first_is_gone() {
 
 #[test]
 fn a_guard_whose_agent_is_gone_while_it_waits_for_the_lock_exits() {
-    if let Err(e) = PgBinaries::find(None) {
-        eprintln!("skipped: PostgreSQL binaries not found ({e})");
+    if skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

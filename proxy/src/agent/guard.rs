@@ -408,22 +408,8 @@ fn wait_ready(mut out: std::process::ChildStdout, timeout: Duration) -> std::io:
                 format!("no `ready` within {timeout:?}"),
             ));
         }
-        let mut pfd = libc::pollfd {
-            fd: out.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
         let timeout_ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if ready < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if ready == 0 {
+        if !poll_readable(out.as_raw_fd(), timeout_ms)? {
             continue;
         }
         match out.read(&mut buf) {
@@ -482,18 +468,35 @@ fn take_guard_lock(
         }
         // Meanwhile, an agent that is gone ends the wait (its pipe reads end of file; it
         // sends nothing else before `ready`).
-        let mut pfd = libc::pollfd {
-            fd: agent,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        if unsafe { libc::poll(&mut pfd, 1, GUARD_LOCK_POLL_MS) } > 0 {
+        if poll_readable(agent, GUARD_LOCK_POLL_MS).unwrap_or(false) {
             let mut byte = [0u8; 1];
             // SAFETY: read into a valid one-byte buffer.
             let n = unsafe { libc::read(agent, byte.as_mut_ptr().cast(), 1) };
             if n == 0 {
                 return Ok(None);
+            }
+        }
+    }
+}
+
+/// Whether `fd` has something to read (or its end) within `timeout_ms` (-1: no limit).
+/// False on a timeout or a signal: callers decide again and wait anew.
+fn poll_readable(fd: libc::c_int, timeout_ms: libc::c_int) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    match unsafe { libc::poll(&mut pfd, 1, timeout_ms) } {
+        n if n > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
             }
         }
     }
@@ -580,23 +583,13 @@ pub fn run_guard(target: &GuardTarget, rt: &tokio::runtime::Runtime) -> Result<(
                 .try_into()
                 .unwrap_or(libc::c_int::MAX),
         };
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if ready < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        match poll_readable(fd, timeout_ms) {
+            Ok(true) => {}
+            Ok(false) => continue, // the deadline (or a signal): decided at the top
+            Err(e) => {
+                warn!(error = %e, "fence guard: poll failed; fencing");
+                return fence(&server, rt, "the guard lost its agent");
             }
-            warn!(error = %e, "fence guard: poll failed; fencing");
-            return fence(&server, rt, "the guard lost its agent");
-        }
-        if ready == 0 {
-            continue; // the deadline: decided at the top
         }
         match stdin.read(&mut buf) {
             Ok(0) => return fence(&server, rt, "the agent is gone"),

@@ -1910,10 +1910,10 @@ impl<'a> Session<'a> {
         let started = tokio::time::Instant::now();
         // One bound for the whole check, so a hung server costs the loop at most this.
         let checked = tokio::time::timeout(Duration::from_millis(STATUS_CHECK_TIMEOUT_MS), async {
-            if !matches!(&self.pg_client, Some(c) if !c.is_closed()) {
-                self.pg_client = Some(pg::connect(&self.a.local_conninfo()).await?);
-            }
-            let c = self.pg_client.as_ref().expect("connected just above");
+            let c = match &mut self.pg_client {
+                Some(c) if !c.is_closed() => c,
+                slot => slot.insert(pg::connect(&self.a.local_conninfo()).await?),
+            };
             status_of(c).await
         })
         .await
